@@ -1,0 +1,66 @@
+"""Commands (imperative) and their replies.
+
+Commands are published to the ``HITL_COMMANDS`` stream. A sender that wants the outcome puts
+an inbox subject in the ``Hitl-Reply-To`` header; the handling service publishes a
+:class:`CommandReply` there once the command has been decided.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from contracts.base import Contract
+from contracts.subjects import check_thread_id
+from contracts.workflow import WorkflowSpec
+
+
+class _ThreadCommand(Contract):
+    thread_id: str
+
+    @field_validator("thread_id")
+    @classmethod
+    def _valid_thread_id(cls, value: str) -> str:
+        return check_thread_id(value)
+
+
+class StartThread(_ThreadCommand):
+    workflow: WorkflowSpec
+    state: dict[str, Any] = Field(default_factory=dict)
+    started_by: str = "anonymous"
+
+
+class ResumeThread(_ThreadCommand):
+    """A human response. ``data`` must be a JSON object (or absent)."""
+
+    action: str = Field(min_length=1)
+    #: Should be a JSON object; anything else is refused (and audited) by the service.
+    data: Any = None
+    #: The data exactly as typed when it was not valid JSON (refused and audited, not dropped).
+    raw_data: str | None = None
+    #: Which pending request is answered; needed only when a thread waits on several.
+    request_id: str | None = None
+    #: The same key sent again gets the same outcome and changes nothing.
+    idempotency_key: str = Field(min_length=1, max_length=200)
+    responder: str = "anonymous"
+
+
+class CancelThread(_ThreadCommand):
+    reason: str = ""
+    requested_by: str = "anonymous"
+
+
+class CommandReply(Contract):
+    """Outcome of a command, sent to the ``Hitl-Reply-To`` subject."""
+
+    ok: bool
+    command: Literal["start", "resume", "cancel", "timeout"]
+    thread_id: str
+    #: Stable machine-readable reason when ``ok`` is false, e.g. ``invalid_response``.
+    code: str | None = None
+    error: str | None = None
+    interaction_id: str | None = None
+    action: str | None = None
+    #: True when this outcome repeats an earlier one (same idempotency key or thread id).
+    duplicate: bool = False

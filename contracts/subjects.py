@@ -1,0 +1,82 @@
+"""NATS subject and stream names: the one place they are spelled."""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+COMMANDS_STREAM: Final = "HITL_COMMANDS"
+EVENTS_STREAM: Final = "HITL_EVENTS"
+SCHEDULES_STREAM: Final = "HITL_SCHEDULES"
+
+COMMANDS_ALL: Final = "hitl.cmd.>"
+EVENTS_ALL: Final = "hitl.evt.>"
+SCHEDULES_ALL: Final = "hitl.sched.>"
+NOTIFY_ALL: Final = "hitl.notify.>"
+
+#: Header naming the subject a command's outcome is published to (JetStream messages carry
+#: no usable reply subject of their own once consumed through a pull consumer).
+REPLY_TO_HEADER: Final = "Hitl-Reply-To"
+#: Header carrying a correlation id through commands, events and logs.
+CORRELATION_HEADER: Final = "Hitl-Correlation-Id"
+
+THREAD_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,127}$"
+_THREAD_ID_RE = re.compile(THREAD_ID_PATTERN)
+
+
+class InvalidThreadIdError(ValueError):
+    """A thread id that cannot be used as a NATS subject token."""
+
+
+def check_thread_id(thread_id: str) -> str:
+    """Return ``thread_id`` if it is usable as a subject token, else raise with what is allowed."""
+    if not _THREAD_ID_RE.match(thread_id):
+        raise InvalidThreadIdError(
+            f"invalid thread id {thread_id!r}: expected 1-128 characters of letters, digits, "
+            "'_' or '-', starting with a letter or digit"
+        )
+    return thread_id
+
+
+def start_subject(thread_id: str) -> str:
+    return f"hitl.cmd.start.{check_thread_id(thread_id)}"
+
+
+def resume_subject(thread_id: str) -> str:
+    return f"hitl.cmd.resume.{check_thread_id(thread_id)}"
+
+
+def cancel_subject(thread_id: str) -> str:
+    return f"hitl.cmd.cancel.{check_thread_id(thread_id)}"
+
+
+def timeout_subject(thread_id: str) -> str:
+    return f"hitl.cmd.timeout.{check_thread_id(thread_id)}"
+
+
+def event_subject(service: str, event_type: str, thread_id: str) -> str:
+    """``hitl.evt.<service>.<EventName>.<thread_id>``."""
+    return f"hitl.evt.{service}.{event_type}.{check_thread_id(thread_id)}"
+
+
+def thread_events_subject(thread_id: str) -> str:
+    """Every event of one thread, from every service."""
+    return f"hitl.evt.*.*.{check_thread_id(thread_id)}"
+
+
+def notify_subject(thread_id: str) -> str:
+    return f"hitl.notify.{check_thread_id(thread_id)}"
+
+
+START_ALL: Final = "hitl.cmd.start.>"
+RESUME_ALL: Final = "hitl.cmd.resume.>"
+CANCEL_ALL: Final = "hitl.cmd.cancel.>"
+TIMEOUT_ALL: Final = "hitl.cmd.timeout.>"
+WORKFLOW_EVENTS: Final = "hitl.evt.workflow.>"
+INTERACTION_EVENTS: Final = "hitl.evt.interaction.>"
+TIMEOUT_EVENTS: Final = "hitl.evt.timeout.>"
+
+# Queries (request/reply, answered from projections).
+Q_THREAD: Final = "hitl.q.thread"
+Q_THREADS: Final = "hitl.q.threads"
+Q_PENDING: Final = "hitl.q.pending"

@@ -1,0 +1,279 @@
+"""Async client for a running hitlflow stack: the CLI, the HTTP gateway and tests use it.
+
+Commands go to the ``HITL_COMMANDS`` stream with an inbox in ``Hitl-Reply-To``; the client then
+follows the thread's own events (``hitl.evt.*.*.<thread>``) until the thread settles, so what it
+reports is the thread's state right after the command took effect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+
+from contracts import subjects
+from contracts.commands import CancelThread, CommandReply, ResumeThread, StartThread
+from contracts.events import EventEnvelope
+from contracts.queries import (
+    PendingInteraction,
+    PendingQuery,
+    PendingReply,
+    ThreadQuery,
+    ThreadReply,
+    ThreadsQuery,
+    ThreadsReply,
+    ThreadView,
+)
+from contracts.workflow import WorkflowSpec
+from services.common.messaging import connect
+
+ENDINGS = {"ThreadCompleted": "completed", "ThreadFailed": "failed",
+           "ThreadTimedOut": "timed_out", "ThreadCancelled": "cancelled"}
+
+
+class StackUnavailableError(RuntimeError):
+    """No hitlflow stack answers at the configured NATS URL."""
+
+
+class NoOutcomeError(RuntimeError):
+    """A command was stored but no service decided it in time."""
+
+
+@dataclass
+class Outcome:
+    """What a command did: the service's reply and the thread's state right after it."""
+
+    reply: CommandReply
+    status: str | None = None
+    node: str | None = None
+    pending: list[dict[str, Any]] = field(default_factory=list)
+    output: Any = None
+    error: str | None = None
+    events: list[EventEnvelope] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.reply.ok
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.reply.ok,
+            "thread_id": self.reply.thread_id,
+            "code": self.reply.code,
+            "error": self.reply.error or self.error,
+            "interaction_id": self.reply.interaction_id,
+            "action": self.reply.action,
+            "duplicate": self.reply.duplicate,
+            "status": self.status,
+            "node": self.node,
+            "output": self.output,
+            "pending": self.pending,
+        }
+
+
+class _ThreadWatch:
+    """Collects one thread's events and tells when it has settled."""
+
+    def __init__(self) -> None:
+        self.events: list[EventEnvelope] = []
+        self.queue: asyncio.Queue[EventEnvelope] = asyncio.Queue()
+
+    async def on_msg(self, msg: Msg) -> None:
+        with contextlib.suppress(ValueError):
+            self.queue.put_nowait(EventEnvelope.model_validate_json(msg.data))
+
+    async def settle(self, outcome: Outcome, timeout: float,
+                     after_interaction: str | None = None) -> None:
+        """Wait until the thread pauses (with every request opened) or ends."""
+        waiting_for_resume = after_interaction is not None
+        expected: set[str] = set()
+        opened: dict[str, dict[str, Any]] = {}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            try:
+                env = await asyncio.wait_for(self.queue.get(), remaining)
+            except TimeoutError:
+                return
+            self.events.append(env)
+            p = env.payload
+            if waiting_for_resume:
+                if env.event_type == "ThreadResumed" and p["interaction_id"] == after_interaction:
+                    waiting_for_resume = False
+                    outcome.status = "running"
+                    if p.get("waiting_on", 0) > 0:
+                        outcome.status = "paused"
+                        outcome.node = p["node"]
+                        return
+                continue
+            if env.event_type == "ThreadPaused":
+                outcome.status = "paused"
+                outcome.node = p["node"]
+                expected = {i["id"] for i in p["interactions"]}
+            elif env.event_type == "InteractionRequested":
+                opened[p["id"]] = p
+            elif env.event_type in ENDINGS:
+                outcome.status = ENDINGS[env.event_type]
+                outcome.node = p.get("node")
+                outcome.output = p.get("output")
+                outcome.error = p.get("error")
+                return
+            elif env.event_type == "NodeCompleted":
+                outcome.status = "running"
+            if expected and expected <= set(opened):
+                outcome.pending = sorted((opened[i] for i in expected),
+                                         key=lambda r: r.get("batch_index", 0))
+                return
+
+
+class HitlClient:
+    def __init__(self, nats_url: str, *, reply_timeout: float = 15.0,
+                 auth: dict[str, str | None] | None = None) -> None:
+        self.nats_url = nats_url
+        self.reply_timeout = reply_timeout
+        self._auth = auth or {}
+        self._nc: Client | None = None
+
+    async def __aenter__(self) -> HitlClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        try:
+            self._nc = await connect(self.nats_url, name="hitlflow-client", **self._auth)
+        except Exception as error:
+            raise StackUnavailableError(
+                f"cannot reach NATS at {self.nats_url} ({error.__class__.__name__}); start the "
+                "embedded stack with 'hitlflow up' or point HITLFLOW_NATS_URL at a running one"
+            ) from error
+
+    async def close(self) -> None:
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await self._nc.drain()
+            self._nc = None
+
+    @property
+    def nc(self) -> Client:
+        assert self._nc is not None, "client not connected"
+        return self._nc
+
+    # -- commands ---------------------------------------------------------------------------
+
+    async def start(self, workflow: WorkflowSpec, state: dict[str, Any] | None = None, *,
+                    thread_id: str | None = None, started_by: str = "cli",
+                    wait: bool = True) -> Outcome:
+        command = StartThread(thread_id=thread_id or f"thread_{uuid.uuid4().hex[:12]}",
+                              workflow=workflow, state=state or {}, started_by=started_by)
+        return await self._send(subjects.start_subject(command.thread_id), command,
+                                command.thread_id, wait=wait)
+
+    async def resume(self, thread_id: str, action: str, data: Any = None, *,
+                     raw_data: str | None = None, request_id: str | None = None,
+                     idempotency_key: str | None = None, responder: str = "cli",
+                     wait: bool = True) -> Outcome:
+        command = ResumeThread(thread_id=thread_id, action=action, data=data, raw_data=raw_data,
+                               request_id=request_id,
+                               idempotency_key=idempotency_key or uuid.uuid4().hex,
+                               responder=responder)
+        return await self._send(subjects.resume_subject(thread_id), command, thread_id,
+                                wait=wait)
+
+    async def cancel(self, thread_id: str, reason: str = "", requested_by: str = "cli") -> Outcome:
+        command = CancelThread(thread_id=thread_id, reason=reason, requested_by=requested_by)
+        return await self._send(subjects.cancel_subject(thread_id), command, thread_id)
+
+    async def publish_raw(self, subject: str, payload: bytes) -> CommandReply:
+        """Send bytes as a command (for systems that build their own JSON); returns the reply."""
+        inbox = self.nc.new_inbox()
+        replies = await self.nc.subscribe(inbox, max_msgs=1)
+        try:
+            await self.nc.jetstream().publish(subject, payload,
+                                              headers={subjects.REPLY_TO_HEADER: inbox})
+            msg = await replies.next_msg(self.reply_timeout)
+        except NatsTimeoutError as error:
+            raise NoOutcomeError(f"no service answered {subject} in time") from error
+        finally:
+            with contextlib.suppress(Exception):
+                await replies.unsubscribe()
+        return CommandReply.model_validate_json(msg.data)
+
+    async def _send(self, subject: str, command: Any, thread_id: str, *,
+                    wait: bool = True) -> Outcome:
+        nc = self.nc
+        watch = _ThreadWatch()
+        events = await nc.subscribe(subjects.thread_events_subject(thread_id), cb=watch.on_msg)
+        inbox = nc.new_inbox()
+        replies = await nc.subscribe(inbox, max_msgs=1)
+        try:
+            await nc.jetstream().publish(subject, command.model_dump_json().encode(),
+                                         headers={subjects.REPLY_TO_HEADER: inbox})
+            try:
+                msg = await replies.next_msg(self.reply_timeout)
+            except NatsTimeoutError as error:
+                raise NoOutcomeError(
+                    f"the command was stored on {subject} but no service decided it within "
+                    f"{self.reply_timeout:g}s; is the stack running ('hitlflow up')?"
+                ) from error
+            reply = CommandReply.model_validate_json(msg.data)
+            outcome = Outcome(reply=reply)
+            if reply.ok and wait and not reply.duplicate:
+                await watch.settle(outcome, self.reply_timeout,
+                                   after_interaction=reply.interaction_id
+                                   if reply.command == "resume" else None)
+            outcome.events = watch.events
+            if reply.ok and (outcome.status is None or reply.duplicate):
+                view = await self.thread(thread_id)
+                if view is not None:
+                    outcome.status = view.status
+                    outcome.node = view.current_node
+                    outcome.pending = [p.model_dump(mode="json") for p in view.pending]
+            return outcome
+        finally:
+            with contextlib.suppress(Exception):
+                await events.unsubscribe()
+            with contextlib.suppress(Exception):
+                await replies.unsubscribe()
+
+    # -- queries ----------------------------------------------------------------------------
+
+    async def _query(self, subject: str, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            msg = await self.nc.request(subject, json.dumps(body).encode(),
+                                        timeout=self.reply_timeout)
+        except (NoRespondersError, NatsTimeoutError) as error:
+            raise StackUnavailableError(
+                f"no projections service answers {subject} at {self.nats_url}; "
+                "is the stack running ('hitlflow up')?"
+            ) from error
+        result: dict[str, Any] = json.loads(msg.data)
+        return result
+
+    async def thread(self, thread_id: str) -> ThreadView | None:
+        reply = ThreadReply.model_validate(
+            await self._query(subjects.Q_THREAD, ThreadQuery(thread_id=thread_id).model_dump())
+        )
+        return reply.thread
+
+    async def threads(self, status: str | None = None, limit: int = 100) -> list[ThreadView]:
+        body = ThreadsQuery(status=status, limit=limit).model_dump()
+        return ThreadsReply.model_validate(await self._query(subjects.Q_THREADS, body)).threads
+
+    async def pending(self, thread_id: str | None = None,
+                      limit: int = 100) -> list[PendingInteraction]:
+        body = PendingQuery(thread_id=thread_id, limit=limit).model_dump()
+        return PendingReply.model_validate(await self._query(subjects.Q_PENDING, body)).pending

@@ -1,0 +1,111 @@
+"""Settings, from the environment (prefix ``HITLFLOW_``) with defaults for the embedded stack."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Literal
+from urllib.parse import unquote, urlparse
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The embedded nats-server's own default port: not 4222, which machines often already use.
+EMBEDDED_NATS_PORT = 4322
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HITLFLOW_", extra="ignore")
+
+    #: Where the embedded stack keeps NATS data, SQLite stores and its ``stack.json``.
+    home: Path = Field(default_factory=lambda: Path.home() / ".hitlflow")
+    #: NATS URL of a running stack. Unset: the embedded stack's (from ``stack.json``).
+    nats_url: str | None = None
+    nats_user: str | None = None
+    nats_password: str | None = None
+    nats_token: str | None = None
+    embedded_port: int = EMBEDDED_NATS_PORT
+    #: Event store backend of the services.
+    persistence: Literal["sqlite", "postgres"] = "sqlite"
+    #: e.g. ``postgresql://postgres@127.0.0.1:5432/hitlflow``; needed when persistence=postgres.
+    postgres_dsn: str | None = None
+    #: PostgreSQL schema for the stores and views (created if missing).
+    postgres_schema: str | None = None
+    #: Python modules whose import registers user agents (comma separated).
+    agents: str = ""
+    #: How long a command waits for its outcome before reporting that none came.
+    reply_timeout: float = 15.0
+    #: Replication of the streams (3 on a NATS cluster).
+    stream_replicas: int = 1
+    log_level: str = "INFO"
+    log_format: Literal["console", "json"] = "console"
+    #: Pull consumer batch size of the services.
+    consumer_batch: int = 64
+
+    @property
+    def stack_file(self) -> Path:
+        return self.home / "stack.json"
+
+    def agent_modules(self) -> list[str]:
+        return [m.strip() for m in self.agents.split(",") if m.strip()]
+
+    def resolved_nats_url(self) -> str:
+        """The URL given, else the running embedded stack's, else the embedded default."""
+        if self.nats_url:
+            return self.nats_url
+        try:
+            info = json.loads(self.stack_file.read_text())
+            return str(info["nats_url"])
+        except (OSError, ValueError, KeyError):
+            return f"nats://127.0.0.1:{self.embedded_port}"
+
+    def store_env(self, service: str, data_dir: Path | None = None) -> dict[str, str]:
+        """eventsourcing environment for one service's event store."""
+        env = {"SINGLE_ROW_TRACKING": "f", "ORIGINATOR_ID_TYPE": "uuid"}
+        if self.persistence == "sqlite":
+            directory = data_dir or self.home / "stores"
+            directory.mkdir(parents=True, exist_ok=True)
+            env.update(
+                PERSISTENCE_MODULE="eventsourcing.sqlite",
+                SQLITE_DBNAME=str(directory / f"{service}.sqlite"),
+                SQLITE_LOCK_TIMEOUT="30",
+            )
+            return env
+        if not self.postgres_dsn:
+            raise ValueError(
+                "HITLFLOW_PERSISTENCE=postgres needs HITLFLOW_POSTGRES_DSN, "
+                "e.g. postgresql://postgres@127.0.0.1:5432/postgres"
+            )
+        env.update(PERSISTENCE_MODULE="eventsourcing.postgres", **postgres_env(self.postgres_dsn))
+        if self.postgres_schema:
+            env["POSTGRES_SCHEMA"] = self.postgres_schema
+        return env
+
+
+def postgres_env(dsn: str) -> dict[str, str]:
+    """Split a ``postgresql://user:password@host:port/dbname`` DSN into eventsourcing's keys."""
+    url = urlparse(dsn)
+    if url.scheme not in ("postgres", "postgresql") or not url.hostname:
+        raise ValueError(
+            f"invalid PostgreSQL DSN {dsn!r}: expected postgresql://user[:password]@host[:port]/db"
+        )
+    return {
+        "POSTGRES_HOST": url.hostname,
+        "POSTGRES_PORT": str(url.port or 5432),
+        "POSTGRES_DBNAME": (url.path or "/postgres").lstrip("/") or "postgres",
+        "POSTGRES_USER": unquote(url.username or "postgres"),
+        "POSTGRES_PASSWORD": unquote(url.password or ""),
+        "POSTGRES_CONNECT_TIMEOUT": "5",
+        "POSTGRES_POOL_SIZE": "5",
+        "POSTGRES_MAX_OVERFLOW": "10",
+    }
+
+
+def load_settings(**overrides: object) -> Settings:
+    values = {k: v for k, v in overrides.items() if v is not None}
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes", "on")

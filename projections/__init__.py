@@ -1,0 +1,1 @@
+"""Read models rebuilt from the services' events: thread status, audit trail, analytics."""

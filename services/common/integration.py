@@ -1,0 +1,77 @@
+"""Converting stored domain events to wire envelopes (the service edge)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from uuid import UUID, uuid5
+
+from eventsourcing.persistence import Notification
+from pydantic import BaseModel
+
+from contracts.events import PAYLOADS, EventEnvelope, Service
+from services.common.store import ServiceApplication
+
+_EVENT_NS = UUID("a3c2e1f0-7d41-4a55-9f8e-2b6c0d9e4f31")
+
+
+class ThreadIdResolver:
+    """Finds the thread an event belongs to: from the event, or its aggregate's first event."""
+
+    def __init__(self, app: ServiceApplication) -> None:
+        self._app = app
+        self._cache: dict[UUID, str] = {}
+
+    def __call__(self, event: Any) -> str:
+        thread_id = getattr(event, "thread_id", None)
+        if isinstance(thread_id, str):
+            self._cache[event.originator_id] = thread_id
+            return thread_id
+        cached = self._cache.get(event.originator_id)
+        if cached is None:
+            first = next(iter(self._app.events.get(event.originator_id, lte=1)))
+            cached = str(first.thread_id)  # type: ignore[attr-defined]
+            if len(self._cache) > 100_000:
+                self._cache.clear()
+            self._cache[event.originator_id] = cached
+        return cached
+
+
+def envelope_factory(
+    app: ServiceApplication,
+    service: Service,
+    published: set[str],
+    aliases: dict[str, dict[str, str]] | None = None,
+) -> Callable[[Any, Notification], EventEnvelope | None]:
+    """Envelopes for the domain events named in ``published``; None for internal ones.
+
+    ``aliases`` maps, per event type, a payload field to the domain attribute it comes from.
+    """
+    resolve = ThreadIdResolver(app)
+    aliases = aliases or {}
+
+    def to_envelope(event: Any, notification: Notification) -> EventEnvelope | None:
+        name = type(event).__name__
+        if name not in published:
+            return None
+        model: type[BaseModel] = PAYLOADS[name]
+        renamed = aliases.get(name, {})
+        fields = {
+            k: getattr(event, renamed.get(k, k))
+            for k in model.model_fields
+            if hasattr(event, renamed.get(k, k))
+        }
+        payload = model.model_validate(fields).model_dump(mode="json", exclude={"schema_version"})
+        return EventEnvelope(
+            event_type=name,
+            service=service,
+            thread_id=resolve(event),
+            event_id=str(uuid5(_EVENT_NS, f"{event.originator_id}:{event.originator_version}")),
+            aggregate_id=str(event.originator_id),
+            aggregate_version=event.originator_version,
+            position=notification.id,
+            occurred_at=event.timestamp,
+            payload=payload,
+        )
+
+    return to_envelope

@@ -1,0 +1,105 @@
+"""NATS plumbing shared by services and clients: connection options, streams, replies."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import nats
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError, NotFoundError
+
+from contracts import subjects
+
+#: JetStream de-duplication window for re-sent events (seconds).
+DUPLICATE_WINDOW = 15 * 60
+#: How long commands are kept in their stream (seconds): long enough to replay an outage.
+COMMAND_MAX_AGE = 7 * 24 * 3600
+
+
+def connect_options(
+    url: str,
+    *,
+    name: str,
+    user: str | None = None,
+    password: str | None = None,
+    token: str | None = None,
+) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "servers": [u.strip() for u in url.split(",") if u.strip()],
+        "name": name,
+        "connect_timeout": 3,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.5,
+    }
+    if user:
+        options["user"] = user
+        options["password"] = password or ""
+    if token:
+        options["token"] = token
+    return options
+
+
+async def connect(url: str, *, name: str, **auth: str | None) -> Client:
+    return await nats.connect(**connect_options(url, name=name, **auth))
+
+
+def stream_configs(replicas: int = 1) -> list[StreamConfig]:
+    return [
+        StreamConfig(
+            name=subjects.COMMANDS_STREAM,
+            subjects=[subjects.COMMANDS_ALL],
+            retention=RetentionPolicy.LIMITS,
+            max_age=COMMAND_MAX_AGE,
+            storage=StorageType.FILE,
+            duplicate_window=DUPLICATE_WINDOW,
+            num_replicas=replicas,
+        ),
+        StreamConfig(
+            name=subjects.EVENTS_STREAM,
+            subjects=[subjects.EVENTS_ALL],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            duplicate_window=DUPLICATE_WINDOW,
+            discard=DiscardPolicy.OLD,
+            num_replicas=replicas,
+        ),
+    ]
+
+
+async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
+    """Create the streams, or bring an existing one's configuration up to date."""
+    for config in stream_configs(replicas):
+        try:
+            await js.stream_info(config.name or "")
+        except NotFoundError:
+            await js.add_stream(config)
+        else:
+            try:
+                await js.update_stream(config)
+            except BadRequestError:
+                pass  # a setting that cannot change in place (e.g. storage): keep it
+
+
+def make_broker(url: str, *, name: str, user: str | None = None, password: str | None = None,
+                token: str | None = None) -> Any:
+    """A faststream NATS broker that reconnects forever (services must outlive NATS restarts)."""
+    from faststream.nats import NatsBroker
+    from faststream.nats.security import NatsToken, NatsUserPassword
+
+    security: Any = None
+    if user:
+        security = NatsUserPassword(user, password or "")
+    elif token:
+        security = NatsToken(token)
+    return NatsBroker(
+        [u.strip() for u in url.split(",") if u.strip()],
+        name=name,
+        connect_timeout=3,
+        reconnect_time_wait=1,
+        max_reconnect_attempts=-1,
+        security=security,
+        log_level=logging.DEBUG,
+    )

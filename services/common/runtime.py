@@ -1,0 +1,75 @@
+"""Running one service: its broker, subscribers and outbox relay, started and stopped together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from faststream.nats import NatsBroker
+
+from services.common.consumer import PullConsumer, Subscription
+from services.common.logging import get_logger
+from services.common.messaging import ensure_streams, make_broker
+from services.common.relay import Relay, ToEnvelope
+from services.common.store import ServiceApplication
+
+log = get_logger(__name__)
+
+
+class ServiceRuntime:
+    """A service application wired to NATS. ``start()`` connects; nothing connects before."""
+
+    def __init__(
+        self,
+        name: str,
+        app: ServiceApplication,
+        *,
+        nats_url: str,
+        subscriptions: Callable[[Any, Any], list[Subscription]],
+        to_envelope: ToEnvelope | None,
+        auth: dict[str, str | None] | None = None,
+        stream_replicas: int = 1,
+        batch_size: int = 64,
+    ) -> None:
+        self._batch_size = batch_size
+        self.name = name
+        self.app = app
+        self._nats_url = nats_url
+        self._subscriptions = subscriptions
+        self._to_envelope = to_envelope
+        self._auth = auth or {}
+        self._replicas = stream_replicas
+        self.broker: NatsBroker | None = None
+        self.relay: Relay | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        broker = make_broker(self._nats_url, name=f"hitlflow-{self.name}", **self._auth)
+        self.broker = broker
+        await broker.connect()
+        js = broker.connection.jetstream()
+        await ensure_streams(js, self._replicas)
+        await broker.start()
+        for subscription in self._subscriptions(broker, self.app):
+            consumer = PullConsumer(js, subscription, batch_size=self._batch_size)
+            self._tasks.append(asyncio.create_task(consumer.run(), name=subscription.durable))
+        if self._to_envelope is not None:
+            self.relay = Relay(self.app, js, self._to_envelope)
+            self._tasks.append(asyncio.create_task(self.relay.run(), name=f"{self.name}-relay"))
+        log.info("service_started", service=self.name, nats_url=self._nats_url)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self.broker is not None:
+            with contextlib.suppress(Exception):
+                await self.broker.stop()
+            self.broker = None
+        await asyncio.to_thread(self.app.close)
+        log.info("service_stopped", service=self.name)

@@ -1,0 +1,131 @@
+"""Event store plumbing shared by the services: one eventsourcing application each.
+
+Every service application records, in the same transaction as its new events, the position of
+the upstream message that caused them (eventsourcing ``Tracking``, multi-row so that messages
+may be handled out of order by several replicas). A redelivered message then changes nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+from uuid import UUID
+
+from eventsourcing.application import Application, ProcessingEvent
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import IntegrityError, ProcessRecorder, Tracking
+
+T = TypeVar("T")
+
+MAX_CONFLICT_RETRIES = 25
+
+
+class ConflictError(RuntimeError):
+    """An aggregate kept changing under a command: gave up after many retries."""
+
+
+class ServiceApplication(Application[UUID]):
+    """An eventsourcing application whose recorder also records tracking positions."""
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        super().__init__(env=env)
+        self._listeners: list[Callable[[], None]] = []
+        self._listeners_lock = threading.Lock()
+
+    def construct_recorder(self) -> ProcessRecorder:  # type: ignore[override]
+        return self.factory.process_recorder()
+
+    @property
+    def process_recorder(self) -> ProcessRecorder:
+        recorder = self.recorder
+        assert isinstance(recorder, ProcessRecorder)
+        return recorder
+
+    # -- change notification (wakes the relay) ------------------------------------------------
+
+    def on_saved(self, listener: Callable[[], None]) -> None:
+        with self._listeners_lock:
+            self._listeners.append(listener)
+
+    def _notify_saved(self) -> None:
+        with self._listeners_lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener()
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def record(self, aggregates: Iterable[Aggregate], tracking: Tracking | None = None) -> None:
+        """Save the pending events of ``aggregates`` (and ``tracking``) in one transaction."""
+        processing_event: ProcessingEvent[UUID] = ProcessingEvent(tracking=tracking)
+        processing_event.collect_events(*aggregates)
+        if not processing_event.events and tracking is None:
+            return
+        if processing_event.events:
+            self._record(processing_event)
+            self._take_snapshots(processing_event)
+        else:
+            assert tracking is not None
+            self.process_recorder.insert_tracking(tracking)
+        self._notify_saved()
+
+    def is_tracked(self, upstream: str, position: int) -> bool:
+        """Has the message at ``position`` of ``upstream`` already been handled here?"""
+        recorder: Any = self.recorder
+        datastore = recorder.datastore
+        with datastore.transaction(commit=False) as cursor:
+            if type(recorder).__module__.endswith("sqlite"):
+                cursor.execute(
+                    "SELECT 1 FROM tracking WHERE application_name=? AND notification_id=?",
+                    (upstream, position),
+                )
+            else:
+                from psycopg.sql import SQL, Identifier
+
+                cursor.execute(
+                    SQL("SELECT 1 FROM {} WHERE application_name=%s AND notification_id=%s").format(
+                        Identifier(datastore.schema or "public", recorder.tracking_table_name)
+                    ),
+                    (upstream, position),
+                )
+            return cursor.fetchone() is not None
+
+    def handle_tracked(
+        self,
+        upstream: str,
+        position: int,
+        decide: Callable[[], Sequence[Aggregate]],
+    ) -> bool:
+        """Run ``decide`` (which loads and changes aggregates) and save with tracking.
+
+        Returns False when the message was handled before. Version conflicts with another
+        writer reload and decide again.
+        """
+        for _ in range(MAX_CONFLICT_RETRIES):
+            if self.is_tracked(upstream, position):
+                return False
+            aggregates = decide()
+            try:
+                self.record(aggregates, Tracking(upstream, position))
+            except IntegrityError:
+                continue
+            return True
+        raise ConflictError(f"gave up on {upstream}:{position} after repeated version conflicts")
+
+    def retry_on_conflict(self, attempt: Callable[[], T]) -> T:
+        """Run ``attempt`` again (it reloads what it needs) after an optimistic conflict."""
+        for _ in range(MAX_CONFLICT_RETRIES):
+            try:
+                return attempt()
+            except IntegrityError:
+                continue
+        raise ConflictError("gave up after repeated version conflicts")
+
+    def get_or_none(self, aggregate_id: UUID) -> Any:
+        from eventsourcing.application import AggregateNotFoundError
+
+        try:
+            return self.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            return None

@@ -1,0 +1,160 @@
+"""Interaction service: opens requests for paused threads and decides every response."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+from uuid import UUID
+
+from contracts.commands import CommandReply, ResumeThread
+from contracts.events import InteractionSpec
+from services.common.clock import Clock, SystemClock
+from services.common.logging import get_logger
+from services.common.store import ServiceApplication
+from services.interaction.domain import (
+    Inbox,
+    Interaction,
+    InteractionError,
+    InvalidResponseError,
+    MalformedCommandError,
+    inbox_uuid,
+)
+
+log = get_logger(__name__)
+
+ENDED = ("completed", "failed", "timed_out", "cancelled")
+
+
+class InteractionService(ServiceApplication):
+    name = "interaction"
+
+    def __init__(self, env: dict[str, str] | None = None, *, clock: Clock | None = None) -> None:
+        super().__init__(env)
+        self.clock = clock or SystemClock()
+
+    # -- responses --------------------------------------------------------------------------
+
+    def respond(self, command: ResumeThread) -> CommandReply:
+        """Decide one response. The same idempotency key always gets the same outcome."""
+        pinned: dict[str, str | None] = {"request_id": command.request_id}
+
+        def attempt() -> CommandReply:
+            inbox = self._inbox(command.thread_id)
+            earlier = inbox.outcomes.get(command.idempotency_key)
+            if earlier is not None:
+                return self._reply(command, earlier, duplicate=True)
+            now = self.clock.now()
+            request_id: str | None = pinned["request_id"]
+            try:
+                if command.raw_data is not None:
+                    raise InvalidResponseError(
+                        f"response data is not valid JSON ({command.raw_data[:80]!r}); "
+                        "expected a JSON object such as '{\"reason\": \"...\"}'"
+                    )
+                request_id = inbox.target(request_id)
+                pinned["request_id"] = request_id
+                interaction: Interaction = self.repository.get(_uuid(request_id))
+                decision = interaction.respond(command.action, command.data, command.responder,
+                                               command.idempotency_key, now)
+            except InteractionError as error:
+                outcome = inbox.reject(request_id, command.action, command.data,
+                                       command.responder, command.idempotency_key, error, now)
+                self.record([inbox])
+                log.info("response_rejected", thread_id=command.thread_id,
+                         interaction_id=request_id, code=error.code, reason=str(error))
+                return self._reply(command, outcome)
+            outcome = {"ok": True, "interaction_id": request_id, "action": command.action,
+                       "route": decision.route}
+            inbox.close_request(request_id, command.idempotency_key, outcome)
+            self.record([interaction, inbox])
+            log.info("response_accepted", thread_id=command.thread_id,
+                     interaction_id=request_id, action=command.action)
+            return self._reply(command, outcome)
+
+        return self.retry_on_conflict(attempt)
+
+    def record_malformed(self, thread_id: str, reason: str, position: int) -> None:
+        """Keep a resume command that broke its contract as a refused attempt."""
+        key = f"malformed:{position}"
+
+        def attempt() -> None:
+            inbox = self._inbox(thread_id)
+            if key not in inbox.outcomes:
+                inbox.reject(None, "", None, "unknown", key, MalformedCommandError(reason),
+                             self.clock.now())
+                self.record([inbox])
+
+        self.retry_on_conflict(attempt)
+
+    # -- workflow events --------------------------------------------------------------------
+
+    def on_thread_event(
+        self, thread_id: str, event_type: str, payload: dict[str, Any], upstream: str,
+        position: int,
+    ) -> bool:
+        def decide() -> list[Any]:
+            inbox = self._inbox(thread_id)
+            changed: list[Any] = [inbox]
+            if event_type == "ThreadStarted":
+                inbox.thread_started()
+            elif event_type == "ThreadPaused":
+                inbox.thread_started()
+                for raw in payload["interactions"]:
+                    spec = InteractionSpec.model_validate(raw)
+                    if self.get_or_none(_uuid(spec.id)) is None:
+                        changed.append(self._open(spec))
+                    inbox.open_request(spec.id)
+            elif event_type in ("ThreadCompleted", "ThreadFailed", "ThreadTimedOut",
+                                "ThreadCancelled"):
+                status = {"ThreadCompleted": "completed", "ThreadFailed": "failed",
+                          "ThreadTimedOut": "timed_out", "ThreadCancelled": "cancelled"}
+                inbox.thread_ended(status[event_type])
+                for request_id in list(inbox.open):
+                    interaction: Interaction = self.repository.get(_uuid(request_id))
+                    interaction.cancel(f"thread {status[event_type]}")
+                    inbox.close_request(request_id, None, {"ok": False, "code": "thread_ended"})
+                    changed.append(interaction)
+            return changed
+
+        return self.handle_tracked(upstream, position, decide)
+
+    # -- queries ----------------------------------------------------------------------------
+
+    def inbox(self, thread_id: str) -> Inbox | None:
+        inbox: Inbox | None = self.get_or_none(inbox_uuid(thread_id))
+        return inbox
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _inbox(self, thread_id: str) -> Inbox:
+        inbox = self.inbox(thread_id)
+        return inbox if inbox is not None else Inbox(thread_id=thread_id)
+
+    def _open(self, spec: InteractionSpec) -> Interaction:
+        created = self.clock.now()
+        deadline = (created + timedelta(seconds=spec.timeout_seconds)
+                    if spec.timeout_seconds else None)
+        return Interaction(
+            request_id=spec.id, thread_id=spec.thread_id, node_name=spec.node_name,
+            interaction_type=spec.interaction_type, prompt=spec.prompt,
+            context=json.loads(json.dumps(spec.context, default=str)),
+            options=list(spec.options), timeout_seconds=spec.timeout_seconds,
+            on_timeout=spec.on_timeout, assignees=list(spec.assignees),
+            response_schema=spec.response_schema, batch_index=spec.batch_index,
+            batch_size=spec.batch_size, created_at=created, deadline=deadline,
+        )
+
+    @staticmethod
+    def _reply(command: ResumeThread, outcome: dict[str, Any], *,
+               duplicate: bool = False) -> CommandReply:
+        return CommandReply(
+            ok=bool(outcome.get("ok")), command="resume", thread_id=command.thread_id,
+            code=outcome.get("code"), error=outcome.get("error"),
+            interaction_id=outcome.get("interaction_id"), action=outcome.get("action"),
+            duplicate=duplicate,
+        )
+
+
+def _uuid(request_id: str) -> UUID:
+    return UUID(request_id)

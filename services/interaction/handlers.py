@@ -1,0 +1,61 @@
+"""Interaction service's NATS subscribers: decode a contract, make one application call, reply."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+from nats.aio.msg import Msg
+from pydantic import ValidationError
+
+from contracts import subjects
+from contracts.commands import ResumeThread
+from contracts.subjects import InvalidThreadIdError, check_thread_id
+from services.common.consumer import Subscription, decode_envelope, thread_of
+from services.common.replies import (
+    describe_validation_error,
+    refuse,
+    send_reply,
+    stream_position,
+)
+from services.interaction.application import InteractionService
+
+THREAD_EVENTS = frozenset({
+    "ThreadStarted", "ThreadPaused", "ThreadCompleted", "ThreadFailed", "ThreadTimedOut",
+    "ThreadCancelled",
+})
+
+
+def subscriptions(broker: Any, app: InteractionService) -> list[Subscription]:
+    async def on_resume(msg: Msg) -> None:
+        thread_id = thread_of(msg)
+        with structlog.contextvars.bound_contextvars(thread_id=thread_id):
+            try:
+                command = ResumeThread.model_validate_json(msg.data)
+            except ValidationError as error:
+                try:
+                    check_thread_id(thread_id)
+                except InvalidThreadIdError:
+                    pass
+                else:  # keep the refused attempt in the thread's audit, then tell the sender
+                    await asyncio.to_thread(app.record_malformed, thread_id,
+                                            describe_validation_error(error),
+                                            stream_position(msg))
+                await refuse(broker.connection, msg, "resume", error)
+                return
+            reply = await asyncio.to_thread(app.respond, command)
+            await send_reply(broker.connection, msg, reply)
+
+    async def on_thread_event(msg: Msg) -> None:
+        envelope = decode_envelope(msg.data)
+        if envelope.event_type not in THREAD_EVENTS:
+            return
+        with structlog.contextvars.bound_contextvars(thread_id=envelope.thread_id):
+            await asyncio.to_thread(app.on_thread_event, envelope.thread_id, envelope.event_type,
+                                    envelope.payload, envelope.service, envelope.position)
+
+    return [
+        Subscription(subjects.RESUME_ALL, subjects.COMMANDS_STREAM, "interaction-resume", on_resume),
+        Subscription(subjects.WORKFLOW_EVENTS, subjects.EVENTS_STREAM, "interaction-threads", on_thread_event),
+    ]

@@ -1,0 +1,38 @@
+"""Wiring of the interaction service: settings → store, broker, relay."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from hitlflow.settings import Settings
+from services.common.clock import Clock
+from services.common.integration import envelope_factory
+from services.common.runtime import ServiceRuntime
+from services.interaction import handlers
+from services.interaction.application import InteractionService
+
+PUBLISHED = {
+    "InteractionRequested", "ResponseAccepted", "ResponseRejected", "InteractionTimedOut",
+    "InteractionCancelled",
+}
+
+
+def build(
+    settings: Settings,
+    *,
+    nats_url: str | None = None,
+    data_dir: Path | None = None,
+    clock: Clock | None = None,
+) -> ServiceRuntime:
+    app = InteractionService(settings.store_env("interaction", data_dir), clock=clock)
+
+    return ServiceRuntime(
+        "interaction", app,
+        nats_url=nats_url or settings.resolved_nats_url(),
+        subscriptions=handlers.subscriptions,
+        to_envelope=envelope_factory(app, "interaction", PUBLISHED,
+                                     {"InteractionRequested": {"id": "request_id"}}),
+        auth={"user": settings.nats_user, "password": settings.nats_password,
+              "token": settings.nats_token},
+        stream_replicas=settings.stream_replicas,
+        batch_size=settings.consumer_batch,
+    )

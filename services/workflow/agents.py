@@ -1,0 +1,137 @@
+"""Agents: what a node does. Built-ins here; user agents register by name.
+
+A user agent is any callable ``agent(inputs, ctx) -> value`` (or a class whose instances are
+such callables). Return :class:`AgentResult` to choose the failure route; raising routes to
+``next_on_failure`` too (or fails the thread when the node has none).
+
+Registration: decorate with :func:`agent` in a module named by ``HITLFLOW_AGENTS`` (comma
+separated), or expose it under the ``hitlflow.agents`` entry-point group.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
+
+from services.workflow.templates import render
+
+INTERACTION_AGENT_TYPES: dict[str, str | None] = {
+    "approval_interaction": "approval",
+    "edit_interaction": "edit",
+    "choice_interaction": "choice",
+    "text_input_interaction": "text_input",
+    "conversation_interaction": "conversation",
+    "human": None,  # the type comes from the node's context
+}
+
+
+@dataclass(frozen=True)
+class AgentContext:
+    thread_id: str
+    node_name: str
+    agent_type: str
+    prompt: str
+    context: Mapping[str, Any]
+    state: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class AgentResult:
+    value: Any = None
+    success: bool = True
+    #: Extra facts to record with the node's completion (e.g. the inputs of a decision).
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+AgentFn = Callable[[dict[str, Any], AgentContext], Any]
+
+
+class UnknownAgentError(LookupError):
+    """A node names an agent type that nobody registered."""
+
+
+def _single_or_dict(inputs: dict[str, Any]) -> Any:
+    if len(inputs) == 1:
+        return next(iter(inputs.values()))
+    return inputs
+
+
+def input_agent(inputs: dict[str, Any], ctx: AgentContext) -> Any:
+    return _single_or_dict(inputs)
+
+
+def output_agent(inputs: dict[str, Any], ctx: AgentContext) -> Any:
+    return ctx.prompt if ctx.prompt else _single_or_dict(inputs)
+
+
+def echo_agent(inputs: dict[str, Any], ctx: AgentContext) -> Any:
+    return _single_or_dict(inputs)
+
+
+def branching_agent(inputs: dict[str, Any], ctx: AgentContext) -> AgentResult:
+    """Routes to success when the input is truthy (or its ``success`` key is)."""
+    value = _single_or_dict(inputs)
+    flag = value.get("success", bool(value)) if isinstance(value, dict) else bool(value)
+    return AgentResult(value=value, success=bool(flag))
+
+
+BUILTIN_AGENTS: dict[str, AgentFn] = {
+    "input": input_agent,
+    "output": output_agent,
+    "echo": echo_agent,
+    "default": echo_agent,
+    "branching": branching_agent,
+}
+
+_registered: dict[str, AgentFn] = {}
+
+
+def agent(name: str) -> Callable[[Any], Any]:
+    """Register a user agent under ``name`` (a function, or a class instantiated once)."""
+
+    def register(target: Any) -> Any:
+        _registered[name] = target() if inspect.isclass(target) else target
+        return target
+
+    return register
+
+
+class AgentRegistry:
+    def __init__(self, extra: Mapping[str, AgentFn] | None = None) -> None:
+        self._agents: dict[str, AgentFn] = dict(BUILTIN_AGENTS)
+        self._agents.update(_registered)
+        if extra:
+            self._agents.update(extra)
+
+    @classmethod
+    def load(cls, modules: list[str]) -> AgentRegistry:
+        """Built-ins, entry points of group ``hitlflow.agents``, then the named modules."""
+        found: dict[str, AgentFn] = {}
+        for entry in entry_points(group="hitlflow.agents"):
+            loaded = entry.load()
+            found[entry.name] = loaded() if inspect.isclass(loaded) else loaded
+        for module in modules:
+            importlib.import_module(module)
+        return cls({**found, **_registered})
+
+    def names(self) -> set[str]:
+        return set(self._agents) | set(INTERACTION_AGENT_TYPES)
+
+    def knows(self, agent_type: str) -> bool:
+        return agent_type in self._agents or agent_type in INTERACTION_AGENT_TYPES
+
+    def get(self, agent_type: str) -> AgentFn:
+        try:
+            return self._agents[agent_type]
+        except KeyError:
+            raise UnknownAgentError(
+                f"unknown agent type {agent_type!r}: known types are "
+                f"{', '.join(sorted(self.names()))}"
+            ) from None
+
+
+__all__ = ["AgentContext", "AgentRegistry", "AgentResult", "agent", "render"]

@@ -1,0 +1,173 @@
+"""Workflow service: starts threads, runs graphs, resumes them on accepted answers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from contracts.commands import CancelThread, CommandReply, StartThread
+from contracts.events import ResponseAccepted
+from contracts.workflow import WorkflowSpec
+from services.common.clock import Clock, SystemClock
+from services.common.logging import get_logger
+from services.common.store import ServiceApplication
+from services.workflow.agents import AgentRegistry
+from services.workflow.domain import (
+    Graph,
+    Thread,
+    ThreadError,
+    WorkflowDefinition,
+    thread_uuid,
+    workflow_uuid,
+)
+
+log = get_logger(__name__)
+
+COMMANDS = "commands"
+
+
+class StartRefusedError(Exception):
+    """A StartThread command that cannot start a thread."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class WorkflowService(ServiceApplication):
+    name = "workflow"
+
+    def __init__(
+        self,
+        env: dict[str, str] | None = None,
+        *,
+        agents: AgentRegistry | None = None,
+        clock: Clock | None = None,
+        request_defaults: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(env)
+        self.agents = agents or AgentRegistry()
+        self.clock = clock or SystemClock()
+        self.request_defaults = dict(request_defaults or {})
+        self._graphs: dict[str, Graph] = {}
+
+    # -- commands ---------------------------------------------------------------------------
+
+    def start_thread(self, command: StartThread, position: int) -> CommandReply:
+        def decide() -> list[Any]:
+            if self.get_or_none(thread_uuid(command.thread_id)) is not None:
+                raise StartRefusedError(
+                    "thread_exists",
+                    f"thread id {command.thread_id!r} is already in use; choose another id",
+                )
+            spec = command.workflow
+            self._check_runnable(spec, command.state)
+            digest = spec.digest
+            definition = self.get_or_none(workflow_uuid(digest))
+            new_definition = None
+            if definition is None:
+                new_definition = WorkflowDefinition(
+                    digest=digest, graph_name=spec.graph_name,
+                    spec=spec.model_dump(mode="json"),
+                )
+            thread = Thread(
+                thread_id=command.thread_id, graph_name=spec.graph_name,
+                workflow_digest=digest, inputs=command.state, started_by=command.started_by,
+                start_node=spec.start,
+            )
+            thread.advance(self._graph(digest, spec), self.agents, self.clock.now,
+                           self.request_defaults)
+            return [a for a in (new_definition, thread) if a is not None]
+
+        try:
+            handled = self.handle_tracked(f"{COMMANDS}:start", position, decide)
+        except StartRefusedError as refused:
+            return CommandReply(ok=False, command="start", thread_id=command.thread_id,
+                                code=refused.code, error=str(refused))
+        log.info("thread_started", thread_id=command.thread_id, duplicate=not handled)
+        return CommandReply(ok=True, command="start", thread_id=command.thread_id,
+                            duplicate=not handled)
+
+    def cancel_thread(self, command: CancelThread, position: int) -> CommandReply:
+        def decide() -> list[Any]:
+            thread = self.get_or_none(thread_uuid(command.thread_id))
+            if thread is None:
+                raise StartRefusedError("unknown_thread", f"unknown thread {command.thread_id!r}")
+            try:
+                thread.cancel(command.reason, command.requested_by)
+            except ThreadError as error:
+                raise StartRefusedError(error.code, str(error)) from error
+            return [thread]
+
+        try:
+            handled = self.handle_tracked(f"{COMMANDS}:cancel", position, decide)
+        except StartRefusedError as refused:
+            return CommandReply(ok=False, command="cancel", thread_id=command.thread_id,
+                                code=refused.code, error=str(refused))
+        return CommandReply(ok=True, command="cancel", thread_id=command.thread_id,
+                            duplicate=not handled)
+
+    # -- integration events -----------------------------------------------------------------
+
+    def on_response_accepted(
+        self, thread_id: str, answer: ResponseAccepted, upstream: str, position: int
+    ) -> bool:
+        def decide() -> list[Any]:
+            thread = self.get_or_none(thread_uuid(thread_id))
+            if thread is None:
+                log.warning("answer_for_unknown_thread", thread_id=thread_id,
+                            interaction_id=answer.request_id)
+                return []
+            try:
+                thread.resume(answer.request_id, answer.action, answer.data, answer.value,
+                              answer.route, answer.responder, by_timeout=answer.by_timeout)
+            except ThreadError as error:
+                log.warning("answer_not_applied", thread_id=thread_id,
+                            interaction_id=answer.request_id, reason=str(error))
+                return []
+            thread.advance(self._graph_of(thread), self.agents, self.clock.now,
+                           self.request_defaults)
+            return [thread]
+
+        return self.handle_tracked(upstream, position, decide)
+
+    # -- queries (own store only) -----------------------------------------------------------
+
+    def thread(self, thread_id: str) -> Thread | None:
+        thread: Thread | None = self.get_or_none(thread_uuid(thread_id))
+        return thread
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _check_runnable(self, spec: WorkflowSpec, state: dict[str, Any]) -> None:
+        unknown = sorted({n.agent_type for n in spec.nodes if not self.agents.knows(n.agent_type)})
+        if unknown:
+            raise StartRefusedError(
+                "unknown_agent",
+                f"graph {spec.graph_name!r} uses agent types this workflow service does not "
+                f"know: {', '.join(unknown)} (register them with HITLFLOW_AGENTS)",
+            )
+        first = spec.nodes[0]
+        if first.agent_type == "input":
+            missing = [f for f in first.input_fields if f not in state]
+            if missing:
+                raise StartRefusedError(
+                    "missing_input",
+                    f"state is missing {', '.join(map(repr, missing))} needed by the start node "
+                    f"{first.name!r}; pass e.g. --state '{{\"{missing[0]}\": ...}}'",
+                )
+
+    def _graph(self, digest: str, spec: WorkflowSpec) -> Graph:
+        graph = self._graphs.get(digest)
+        if graph is None:
+            graph = self._graphs[digest] = Graph(spec)
+        return graph
+
+    def _graph_of(self, thread: Thread) -> Graph:
+        graph = self._graphs.get(thread.workflow_digest)
+        if graph is None:
+            definition: WorkflowDefinition = self.repository.get(
+                workflow_uuid(thread.workflow_digest)
+            )
+            graph = self._graphs[thread.workflow_digest] = definition.graph()
+        return graph

@@ -1,0 +1,342 @@
+"""Workflow domain: the Thread aggregate and how a graph advances. No I/O.
+
+A thread runs node after node until a node needs a person (ThreadPaused), the graph ends
+(ThreadCompleted) or something fails (ThreadFailed). Answers arrive as ThreadResumed; once
+every pending request of the paused node is answered the thread runs on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+from uuid import UUID, uuid5
+
+from eventsourcing.domain import Aggregate, event
+
+from contracts.workflow import NodeSpec, WorkflowSpec
+from services.workflow.agents import AgentContext, AgentRegistry, AgentResult
+from services.workflow.definition import interaction_type_of
+from services.workflow.templates import render
+
+NAMESPACE = UUID("6f1d3c52-3b0e-4c1e-9d47-1f0a4d0c9e11")
+#: Steps one advance may take without pausing: guards against loops of automatic nodes.
+MAX_STEPS_PER_ADVANCE = 1000
+#: Context keys that steer an interaction rather than being shown to the responder.
+CONTROL_KEYS = frozenset({
+    "interaction_type", "options", "timeout_seconds", "on_timeout", "assignees",
+    "response_schema", "condition", "batch", "fallback", "urgency",
+})
+
+
+def thread_uuid(thread_id: str) -> UUID:
+    return uuid5(NAMESPACE, f"thread:{thread_id}")
+
+
+def workflow_uuid(digest: str) -> UUID:
+    return uuid5(NAMESPACE, f"workflow:{digest}")
+
+
+def interaction_id(thread_id: str, pause_number: int, index: int) -> str:
+    return str(uuid5(NAMESPACE, f"interaction:{thread_id}:{pause_number}:{index}"))
+
+
+class ThreadError(Exception):
+    """Base of the workflow rules' refusals."""
+
+    code = "thread_error"
+
+
+class ThreadNotWaitingError(ThreadError):
+    """An answer for a request the thread is not waiting on."""
+
+    code = "not_waiting"
+
+
+class ThreadFinishedError(ThreadError):
+    """A change to a thread that has already ended."""
+
+    code = "thread_ended"
+
+
+class Graph:
+    """A validated workflow definition, indexed by node name."""
+
+    def __init__(self, spec: WorkflowSpec) -> None:
+        self.spec = spec
+        self.nodes: dict[str, NodeSpec] = {node.name: node for node in spec.nodes}
+
+    def node(self, name: str) -> NodeSpec:
+        return self.nodes[name]
+
+
+class WorkflowDefinition(Aggregate):
+    """A workflow version, stored once by digest; threads refer to it."""
+
+    @staticmethod
+    def create_id(digest: str) -> UUID:
+        return workflow_uuid(digest)
+
+    @event("Registered")
+    def __init__(self, digest: str, graph_name: str, spec: dict[str, Any]) -> None:
+        self.digest = digest
+        self.graph_name = graph_name
+        self.spec = spec
+
+    def graph(self) -> Graph:
+        return Graph(WorkflowSpec.model_validate(self.spec))
+
+
+class Thread(Aggregate):
+    @staticmethod
+    def create_id(thread_id: str) -> UUID:
+        return thread_uuid(thread_id)
+
+    @event("ThreadStarted")
+    def __init__(
+        self,
+        thread_id: str,
+        graph_name: str,
+        workflow_digest: str,
+        inputs: dict[str, Any],
+        started_by: str,
+        start_node: str,
+    ) -> None:
+        self.thread_id = thread_id
+        self.graph_name = graph_name
+        self.workflow_digest = workflow_digest
+        self.inputs = inputs
+        self.started_by = started_by
+        self.state: dict[str, Any] = dict(inputs)
+        self.status = "running"
+        self.current_node: str | None = start_node
+        self.pending: dict[str, dict[str, Any]] = {}
+        self.answers: dict[str, dict[str, Any]] = {}
+        self.pause_count = 0
+        self.conversation: list[dict[str, Any]] = []
+        self.output: Any = None
+        self.error: str | None = None
+
+    # -- events -----------------------------------------------------------------------------
+
+    @event("NodeCompleted")
+    def _node_completed(
+        self,
+        node: str,
+        output: Any,
+        output_field: str | None,
+        route: str | None,
+        next_node: str | None,
+        duration_ms: float,
+        details: dict[str, Any] | None = None,
+        conversation_turn: dict[str, Any] | None = None,
+    ) -> None:
+        if output_field:
+            self.state[output_field] = output
+        if conversation_turn:
+            self.conversation.append(conversation_turn)
+        self.answers = {}
+        self.output = output
+        self.current_node = next_node
+
+    @event("NodeFailed")
+    def _node_failed(self, node: str, error: str, next_node: str | None) -> None:
+        self.current_node = next_node
+
+    @event("ThreadPaused")
+    def _paused(self, node: str, interactions: list[dict[str, Any]]) -> None:
+        self.status = "paused"
+        self.pause_count += 1
+        self.pending = {spec["id"]: spec for spec in interactions}
+        self.answers = {}
+
+    @event("ThreadResumed")
+    def _resumed(
+        self,
+        node: str,
+        interaction_id: str,
+        action: str,
+        data: dict[str, Any] | None,
+        value: Any,
+        route: str,
+        responder: str,
+        by_timeout: bool = False,
+        waiting_on: int = 0,
+    ) -> None:
+        spec = self.pending.pop(interaction_id)
+        self.answers[interaction_id] = {
+            "action": action, "data": data, "value": value, "route": route,
+            "responder": responder, "batch_index": spec.get("batch_index", 0),
+            "prompt": spec.get("prompt", ""), "by_timeout": by_timeout,
+        }
+        if not self.pending:
+            self.status = "running"
+
+    @event("ThreadCompleted")
+    def _completed(self, node: str, output: Any) -> None:
+        self.status = "completed"
+        self.current_node = None
+
+    @event("ThreadFailed")
+    def _failed(self, node: str | None, error: str) -> None:
+        self.status = "failed"
+        self.error = error
+
+    @event("ThreadTimedOut")
+    def _timed_out(self, node: str, interaction_id: str) -> None:
+        self.status = "timed_out"
+        self.pending = {}
+
+    @event("ThreadCancelled")
+    def _cancelled(self, reason: str, requested_by: str) -> None:
+        self.status = "cancelled"
+        self.pending = {}
+
+    # -- commands ---------------------------------------------------------------------------
+
+    @property
+    def ended(self) -> bool:
+        return self.status in ("completed", "failed", "timed_out", "cancelled")
+
+    def resume(
+        self,
+        interaction_id: str,
+        action: str,
+        data: dict[str, Any] | None,
+        value: Any,
+        route: str,
+        responder: str,
+        *,
+        by_timeout: bool = False,
+    ) -> None:
+        """Take one accepted answer; raises when the thread does not wait on that request."""
+        if self.ended:
+            raise ThreadFinishedError(f"thread {self.thread_id!r} is {self.status}")
+        if interaction_id not in self.pending:
+            raise ThreadNotWaitingError(
+                f"thread {self.thread_id!r} is not waiting on request {interaction_id}"
+            )
+        self._resumed(self.current_node or "", interaction_id, action, data, value, route,
+                      responder, by_timeout, len(self.pending) - 1)
+
+    def time_out(self, interaction_id: str) -> None:
+        if self.ended:
+            raise ThreadFinishedError(f"thread {self.thread_id!r} is {self.status}")
+        if interaction_id not in self.pending:
+            raise ThreadNotWaitingError(
+                f"thread {self.thread_id!r} is not waiting on request {interaction_id}"
+            )
+        self._timed_out(self.current_node or "", interaction_id)
+
+    def cancel(self, reason: str, requested_by: str) -> None:
+        if self.ended:
+            raise ThreadFinishedError(f"thread {self.thread_id!r} is already {self.status}")
+        self._cancelled(reason, requested_by)
+
+    def advance(
+        self,
+        graph: Graph,
+        agents: AgentRegistry,
+        now: Callable[[], datetime],
+        request_defaults: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Run automatic nodes until the thread pauses, completes or fails."""
+        steps = 0
+        while self.status == "running":
+            steps += 1
+            if steps > MAX_STEPS_PER_ADVANCE:
+                self._failed(self.current_node, f"more than {MAX_STEPS_PER_ADVANCE} steps "
+                             "without a pause: does the graph loop through automatic nodes?")
+                return
+            assert self.current_node is not None
+            node = graph.node(self.current_node)
+            kind = interaction_type_of(node)
+            if kind is not None:
+                if not self.answers:
+                    self._pause_at(node, kind, now, request_defaults or {})
+                    return
+                self._complete_interaction_node(node, kind)
+            else:
+                self._run_agent(node, agents)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _finish_node(
+        self, node: NodeSpec, output: Any, route: str, duration_ms: float,
+        details: dict[str, Any] | None = None, conversation_turn: dict[str, Any] | None = None,
+    ) -> None:
+        next_node = node.next_on_success if route == "success" else node.next_on_failure
+        self._node_completed(node.name, output, node.output_field, route, next_node,
+                             round(duration_ms, 3), details, conversation_turn)
+        if next_node is None:
+            self._completed(node.name, output)
+
+    def _run_agent(self, node: NodeSpec, agents: AgentRegistry) -> None:
+        inputs = {f: self.state.get(f) for f in node.input_fields}
+        ctx = AgentContext(
+            thread_id=self.thread_id, node_name=node.name, agent_type=node.agent_type,
+            prompt=render(node.prompt, self.state), context=node.context,
+            state=dict(self.state),
+        )
+        started = time.perf_counter()
+        try:
+            if node.agent_type == "input":
+                missing = [f for f in node.input_fields if f not in self.state]
+                if missing:
+                    raise KeyError(f"thread state has no {', '.join(map(repr, missing))}")
+            result = agents.get(node.agent_type)(inputs, ctx)
+        except Exception as error:  # noqa: BLE001 - a user agent's failure routes, never crashes
+            message = f"{type(error).__name__}: {error}"
+            self._node_failed(node.name, message, node.next_on_failure)
+            if node.next_on_failure is None:
+                self._failed(node.name, f"node {node.name!r} failed: {message}")
+            return
+        duration_ms = (time.perf_counter() - started) * 1000
+        if isinstance(result, AgentResult):
+            self._finish_node(node, result.value, "success" if result.success else "failure",
+                              duration_ms, result.details or None)
+        else:
+            self._finish_node(node, result, "success", duration_ms)
+
+    def _pause_at(
+        self, node: NodeSpec, kind: str, now: Callable[[], datetime],
+        defaults: Mapping[str, Any],
+    ) -> None:
+        shown = {k: v for k, v in node.context.items() if k not in CONTROL_KEYS}
+        for field in node.input_fields:
+            shown.setdefault(field, self.state.get(field))
+        if kind == "edit" and "original_content" not in shown and len(node.input_fields) == 1:
+            shown["original_content"] = self.state.get(node.input_fields[0])
+        timeout = node.context.get("timeout_seconds", defaults.get(kind))
+        spec = {
+            "id": interaction_id(self.thread_id, self.pause_count, 0),
+            "thread_id": self.thread_id,
+            "node_name": node.name,
+            "interaction_type": kind,
+            "prompt": render(node.prompt, self.state) or f"Input needed at {node.name}",
+            "context": shown,
+            "options": list(node.context.get("options") or []),
+            "timeout_seconds": timeout,
+            "on_timeout": node.context.get("on_timeout"),
+            "assignees": list(node.context.get("assignees") or []),
+            "response_schema": node.context.get("response_schema"),
+            "batch_index": 0,
+            "batch_size": 1,
+        }
+        self._paused(node.name, [spec])
+
+    def _complete_interaction_node(self, node: NodeSpec, kind: str) -> None:
+        answers = sorted(self.answers.values(), key=lambda a: a["batch_index"])
+        answer = answers[0]
+        value = answer["value"]
+        turn = None
+        if kind == "conversation":
+            turn = {"node": node.name, "prompt": answer["prompt"], "action": answer["action"],
+                    "message": (answer["data"] or {}).get("message"),
+                    "responder": answer["responder"]}
+            value = {**(value if isinstance(value, dict) else {"message": value}),
+                     "history": [*self.conversation, turn]}
+        self._finish_node(node, value, answer["route"], 0.0,
+                          {"action": answer["action"], "responder": answer["responder"],
+                           "by_timeout": answer["by_timeout"]}, turn)

@@ -1,0 +1,55 @@
+"""Workflow service's NATS subscribers: decode a contract, make one application call, reply."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+from nats.aio.msg import Msg
+from pydantic import ValidationError
+
+from contracts import subjects
+from contracts.commands import CancelThread, StartThread
+from contracts.events import ResponseAccepted
+from services.common.consumer import Subscription, PoisonMessageError, decode_envelope, thread_of
+from services.common.replies import refuse, send_reply, stream_position
+from services.workflow.application import WorkflowService
+
+
+def subscriptions(broker: Any, app: WorkflowService) -> list[Subscription]:
+    async def on_start(msg: Msg) -> None:
+        with structlog.contextvars.bound_contextvars(thread_id=thread_of(msg)):
+            try:
+                command = StartThread.model_validate_json(msg.data)
+            except ValidationError as error:
+                await refuse(broker.connection, msg, "start", error)
+                return
+            reply = await asyncio.to_thread(app.start_thread, command, stream_position(msg))
+            await send_reply(broker.connection, msg, reply)
+
+    async def on_cancel(msg: Msg) -> None:
+        with structlog.contextvars.bound_contextvars(thread_id=thread_of(msg)):
+            try:
+                command = CancelThread.model_validate_json(msg.data)
+            except ValidationError as error:
+                await refuse(broker.connection, msg, "cancel", error)
+                return
+            reply = await asyncio.to_thread(app.cancel_thread, command, stream_position(msg))
+            await send_reply(broker.connection, msg, reply)
+
+    async def on_answer(msg: Msg) -> None:
+        envelope = decode_envelope(msg.data)
+        with structlog.contextvars.bound_contextvars(thread_id=envelope.thread_id):
+            try:
+                answer = ResponseAccepted.model_validate(envelope.payload)
+            except ValidationError as error:
+                raise PoisonMessageError(str(error)) from error
+            await asyncio.to_thread(app.on_response_accepted, envelope.thread_id, answer,
+                                    envelope.service, envelope.position)
+
+    return [
+        Subscription(subjects.START_ALL, subjects.COMMANDS_STREAM, "workflow-start", on_start),
+        Subscription(subjects.CANCEL_ALL, subjects.COMMANDS_STREAM, "workflow-cancel", on_cancel),
+        Subscription("hitl.evt.interaction.ResponseAccepted.>", subjects.EVENTS_STREAM, "workflow-answers", on_answer),
+    ]
