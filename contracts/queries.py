@@ -12,6 +12,9 @@ from contracts.base import Contract
 
 class ThreadQuery(Contract):
     thread_id: str
+    #: Read-your-writes: answer only once the view has applied these positions
+    #: (service → position in its notification log), or after a bounded wait.
+    after: dict[str, int] = Field(default_factory=dict)
 
 
 class ThreadsQuery(Contract):

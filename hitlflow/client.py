@@ -236,9 +236,13 @@ class HitlClient:
                                    after_interaction=reply.interaction_id
                                    if reply.command == "resume" else None)
             outcome.events = watch.events
-            if reply.ok and (outcome.status is None or reply.duplicate):
-                view = await self.thread(thread_id)
-                if view is not None:
+            after: dict[str, int] = {}
+            for env in watch.events:
+                after[env.service] = max(after.get(env.service, 0), env.position)
+            if reply.ok:
+                # Read-your-writes: return once the thread_status view shows this change.
+                view = await self.thread(thread_id, after=after)
+                if view is not None and (outcome.status is None or reply.duplicate):
                     outcome.status = view.status
                     outcome.node = view.current_node
                     outcome.pending = [p.model_dump(mode="json") for p in view.pending]
@@ -263,10 +267,10 @@ class HitlClient:
         result: dict[str, Any] = json.loads(msg.data)
         return result
 
-    async def thread(self, thread_id: str) -> ThreadView | None:
-        reply = ThreadReply.model_validate(
-            await self._query(subjects.Q_THREAD, ThreadQuery(thread_id=thread_id).model_dump())
-        )
+    async def thread(self, thread_id: str, *,
+                     after: dict[str, int] | None = None) -> ThreadView | None:
+        query = ThreadQuery(thread_id=thread_id, after=after or {})
+        reply = ThreadReply.model_validate(await self._query(subjects.Q_THREAD, query.model_dump()))
         return reply.thread
 
     async def threads(self, status: str | None = None, limit: int = 100) -> list[ThreadView]:

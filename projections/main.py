@@ -33,6 +33,8 @@ from services.common.messaging import ensure_streams, make_broker
 log = get_logger(__name__)
 
 DURABLE = "projections"
+#: Longest a read-your-writes query waits for the view to catch up.
+CATCH_UP_TIMEOUT = 5.0
 
 
 class ProjectionsRuntime:
@@ -45,6 +47,7 @@ class ProjectionsRuntime:
         self.projector = Projector(self.db)
         self.broker: NatsBroker | None = None
         self._task: asyncio.Task[None] | None = None
+        self._applied = asyncio.Condition()
 
     async def start(self) -> None:
         broker = make_broker(self.nats_url, name="hitlflow-projections",
@@ -93,6 +96,24 @@ class ProjectionsRuntime:
             return
         for msg, _ in good:
             await msg.ack()
+        async with self._applied:
+            self._applied.notify_all()
+
+    async def caught_up(self, after: dict[str, int], timeout: float = CATCH_UP_TIMEOUT) -> bool:
+        """Wait until the thread_status view has applied ``after`` (service → position)."""
+
+        def reached() -> bool:
+            return all(self.db.position(thread_status.NAME, service) >= position
+                       for service, position in after.items())
+
+        if not after:
+            return True
+        async with self._applied:
+            try:
+                await asyncio.wait_for(self._applied.wait_for(reached), timeout)
+            except TimeoutError:
+                return False
+        return True
 
     def _register(self, broker: NatsBroker) -> None:
         db = self.db
@@ -104,6 +125,7 @@ class ProjectionsRuntime:
             except ValidationError as error:
                 return ThreadReply(error=QueryError(error=str(error), code="invalid_query")
                                    ).model_dump(mode="json")
+            await self.caught_up(query.after)
             view = await asyncio.to_thread(thread_status.thread, db, query.thread_id)
             if view is None:
                 return ThreadReply(error=QueryError(

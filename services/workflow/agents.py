@@ -11,10 +11,13 @@ separated), or expose it under the ``hitlflow.agents`` entry-point group.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 from services.workflow.templates import render
@@ -100,6 +103,25 @@ def agent(name: str) -> Callable[[Any], Any]:
     return register
 
 
+def _import_agents(module: str) -> None:
+    """Import a module by dotted name, or a Python file by path (``agents/my_agents.py``)."""
+    if module.endswith(".py") or "/" in module:
+        path = Path(module).resolve()
+        if not path.exists():
+            raise UnknownAgentError(f"agents module file {module!r} does not exist")
+        name = f"hitlflow_user_agents_{abs(hash(str(path)))}"
+        if name in sys.modules:
+            return
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise UnknownAgentError(f"cannot load agents from {module!r}")
+        loaded = importlib.util.module_from_spec(spec)
+        sys.modules[name] = loaded
+        spec.loader.exec_module(loaded)
+        return
+    importlib.import_module(module)
+
+
 class AgentRegistry:
     def __init__(self, extra: Mapping[str, AgentFn] | None = None) -> None:
         self._agents: dict[str, AgentFn] = dict(BUILTIN_AGENTS)
@@ -115,7 +137,7 @@ class AgentRegistry:
             loaded = entry.load()
             found[entry.name] = loaded() if inspect.isclass(loaded) else loaded
         for module in modules:
-            importlib.import_module(module)
+            _import_agents(module)
         return cls({**found, **_registered})
 
     def names(self) -> set[str]:

@@ -1,0 +1,3 @@
+from hitlflow.cli import main
+
+main()

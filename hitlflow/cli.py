@@ -1,0 +1,434 @@
+"""The ``hitlflow`` command.
+
+Exit codes scripts can trust: 0 done/accepted; 1 refused (a response or command the services
+rejected, with the reason on stderr); 2 bad input (unreadable CSV, invalid option); 3 no stack
+(nothing answers at the NATS URL, or no outcome in time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+
+from contracts.subjects import InvalidThreadIdError, check_thread_id
+from hitlflow import display
+from hitlflow.client import HitlClient, NoOutcomeError, Outcome, StackUnavailableError
+from hitlflow.settings import Settings, load_settings
+from services.common.logging import configure_logging
+from services.workflow.definition import WorkflowError, load_workflow
+
+EXIT_REFUSED = 1
+EXIT_BAD_INPUT = 2
+EXIT_NO_STACK = 3
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Workflows that pause for people and resume on their answer.")
+out = Console()
+err = Console(stderr=True)
+
+NatsUrl = Annotated[str | None, typer.Option("--nats-url", envvar="HITLFLOW_NATS_URL",
+                                             help="NATS of a running stack (default: the "
+                                                  "embedded stack's).")]
+JsonOut = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def fail(message: str, code: int) -> NoReturn:
+    err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _settings(nats_url: str | None = None) -> Settings:
+    return load_settings(nats_url=nats_url)
+
+
+def _client(settings: Settings) -> HitlClient:
+    return HitlClient(settings.resolved_nats_url(), reply_timeout=settings.reply_timeout,
+                      auth={"user": settings.nats_user, "password": settings.nats_password,
+                            "token": settings.nats_token})
+
+
+def _run(coro: Any) -> Any:
+    try:
+        return asyncio.run(coro)
+    except StackUnavailableError as error:
+        fail(str(error), EXIT_NO_STACK)
+    except NoOutcomeError as error:
+        fail(str(error), EXIT_NO_STACK)
+
+
+def _thread_id(value: str) -> str:
+    try:
+        return check_thread_id(value)
+    except InvalidThreadIdError as error:
+        fail(str(error), EXIT_BAD_INPUT)
+
+
+def _report(outcome: Outcome, as_json: bool) -> None:
+    data = outcome.as_dict()
+    if as_json:
+        out.print_json(json.dumps(data, default=str))
+    elif outcome.ok:
+        if outcome.reply.command == "resume":
+            out.print(f"[green]accepted[/]: {outcome.reply.action} on request "
+                      f"{outcome.reply.interaction_id}")
+        display.show_outcome(out, data)
+    if not outcome.ok:
+        fail(f"{outcome.reply.code}: {outcome.reply.error}", EXIT_REFUSED)
+
+
+def _json_object(text: str, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        fail(f"{what} is not valid JSON ({error.msg} at character {error.pos}); "
+             "expected a JSON object like '{\"key\": \"value\"}'", EXIT_BAD_INPUT)
+    if not isinstance(value, dict):
+        fail(f"{what} must be a JSON object, got {type(value).__name__}", EXIT_BAD_INPUT)
+    return value
+
+
+@app.command()
+def run(
+    target: Annotated[str, typer.Argument(help="FILE.csv::GraphName")],
+    state: Annotated[str, typer.Option("--state", help="Initial state, a JSON object.")] = "{}",
+    state_file: Annotated[Path | None, typer.Option("--state-file")] = None,
+    thread_id: Annotated[str | None, typer.Option("--thread-id",
+                                                  help="Your own id for the thread.")] = None,
+    started_by: Annotated[str, typer.Option("--by", help="Who starts it.")] = "cli",
+    nats_url: NatsUrl = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Start a thread; returns when it pauses or ends, showing what it waits for."""
+    try:
+        workflow = load_workflow(target)
+    except WorkflowError as error:
+        fail(str(error), EXIT_BAD_INPUT)
+    text = state_file.read_text() if state_file else state
+    initial = _json_object(text, "--state-file" if state_file else "--state")
+    if thread_id is not None:
+        _thread_id(thread_id)
+    settings = _settings(nats_url)
+
+    async def go() -> Outcome:
+        async with _client(settings) as client:
+            return await client.start(workflow, initial, thread_id=thread_id,
+                                      started_by=started_by)
+
+    _report(_run(go()), as_json)
+
+
+@app.command()
+def resume(
+    thread_id: Annotated[str, typer.Argument(help="The paused thread.")],
+    action: Annotated[str, typer.Argument(help="approve, reject, edit, choose, respond, end")],
+    data: Annotated[str | None, typer.Option("--data", help="Response data, a JSON object.")]
+    = None,
+    data_file: Annotated[Path | None, typer.Option("--data-file")] = None,
+    request_id: Annotated[str | None, typer.Option("--request-id",
+                                                   help="Which request, when several wait.")]
+    = None,
+    key: Annotated[str | None, typer.Option("--key", help="Idempotency key: sending the same "
+                                            "key again repeats the first outcome.")] = None,
+    responder: Annotated[str, typer.Option("--as", help="Who answers.")] = "",
+    nats_url: NatsUrl = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Answer a paused thread (the guide's resume commands)."""
+    _thread_id(thread_id)
+    if data is not None and data_file is not None:
+        fail("give either --data or --data-file, not both", EXIT_BAD_INPUT)
+    text = data_file.read_text() if data_file else data
+    parsed: Any = None
+    raw: str | None = None
+    if text is not None:
+        try:
+            parsed = json.loads(text)
+        except json.JSONDecodeError:
+            raw = text  # sent as typed: the service refuses it and keeps it in the audit
+    settings = _settings(nats_url)
+    who = responder or os.environ.get("USER") or "cli"
+
+    async def go() -> Outcome:
+        async with _client(settings) as client:
+            return await client.resume(thread_id, action, parsed, raw_data=raw,
+                                       request_id=request_id, idempotency_key=key,
+                                       responder=who)
+
+    _report(_run(go()), as_json)
+
+
+@app.command()
+def cancel(
+    thread_id: str,
+    reason: Annotated[str, typer.Option("--reason")] = "",
+    nats_url: NatsUrl = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Cancel a thread that has not ended."""
+    _thread_id(thread_id)
+    settings = _settings(nats_url)
+
+    async def go() -> Outcome:
+        async with _client(settings) as client:
+            return await client.cancel(thread_id, reason)
+
+    _report(_run(go()), as_json)
+
+
+@app.command()
+def status(thread_id: str, nats_url: NatsUrl = None, as_json: JsonOut = False) -> None:
+    """A thread's status, current node and pending requests."""
+    _thread_id(thread_id)
+    settings = _settings(nats_url)
+
+    async def go() -> Any:
+        async with _client(settings) as client:
+            return await client.thread(thread_id)
+
+    view = _run(go())
+    if view is None:
+        fail(f"unknown thread {thread_id!r}", EXIT_REFUSED)
+    data = view.model_dump(mode="json")
+    if as_json:
+        out.print_json(json.dumps(data))
+        return
+    display.show_outcome(out, {**data, "node": data["current_node"],
+                               "pending": data["pending"]})
+
+
+@app.command()
+def pending(
+    thread_id: Annotated[str | None, typer.Argument()] = None,
+    limit: Annotated[int, typer.Option("--limit")] = 100,
+    nats_url: NatsUrl = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Open requests waiting for a person (all threads, or one)."""
+    if thread_id:
+        _thread_id(thread_id)
+    settings = _settings(nats_url)
+
+    async def go() -> Any:
+        async with _client(settings) as client:
+            return await client.pending(thread_id, limit)
+
+    items = [p.model_dump(mode="json") for p in _run(go())]
+    if as_json:
+        out.print_json(json.dumps(items))
+        return
+    if not items:
+        out.print("nothing is waiting for a person")
+    by_thread: dict[str, int] = {}
+    for item in items:
+        by_thread[item["thread_id"]] = by_thread.get(item["thread_id"], 0) + 1
+    for item in items:
+        out.print(display.request_panel(item, several=by_thread[item["thread_id"]] > 1))
+
+
+@app.command()
+def threads(
+    status_filter: Annotated[str | None, typer.Option("--status")] = None,
+    limit: Annotated[int, typer.Option("--limit")] = 100,
+    nats_url: NatsUrl = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Threads, most recently changed first."""
+    settings = _settings(nats_url)
+
+    async def go() -> Any:
+        async with _client(settings) as client:
+            return await client.threads(status_filter, limit)
+
+    items = [t.model_dump(mode="json") for t in _run(go())]
+    if as_json:
+        out.print_json(json.dumps(items))
+    else:
+        out.print(display.threads_table(items))
+
+
+@app.command()
+def validate(
+    target: Annotated[str, typer.Argument(help="FILE.csv or FILE.csv::GraphName")],
+    as_json: JsonOut = False,
+) -> None:
+    """Check a CSV workflow; every problem is reported with its row and column."""
+    from services.workflow.agents import AgentRegistry
+    from services.workflow.definition import graph_names, split_target
+
+    settings = _settings()
+    registry = AgentRegistry.load(settings.agent_modules())
+    path, graph = split_target(target)
+    try:
+        names = [graph] if graph else graph_names(Path(path))
+    except WorkflowError as error:
+        fail(str(error), EXIT_BAD_INPUT)
+    problems: list[str] = []
+    for name in names:
+        try:
+            load_workflow(path, name, registry=registry)
+        except WorkflowError as error:
+            problems += [str(p) for p in error.problems]
+    if as_json:
+        out.print_json(json.dumps({"ok": not problems, "graphs": names, "problems": problems}))
+    elif not problems:
+        out.print(f"[green]ok[/]: {path} ({', '.join(names)})")
+    for problem in problems if not as_json else []:
+        err.print(problem, markup=False, highlight=False, soft_wrap=True)
+    if problems:
+        raise typer.Exit(EXIT_BAD_INPUT)
+
+
+# -- running the stack ------------------------------------------------------------------------
+
+
+def _live_stack(settings: Settings) -> dict[str, Any] | None:
+    try:
+        info: dict[str, Any] = json.loads(settings.stack_file.read_text())
+        os.kill(int(info["pid"]), 0)
+    except (OSError, ValueError, KeyError):
+        return None
+    return info
+
+
+async def _serve_until_signal(start: Any, stop: Any, on_started: Any = None) -> None:
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    await start()
+    try:
+        if on_started:
+            on_started()
+        await stopping.wait()
+    finally:
+        await stop()
+
+
+@app.command()
+def up(
+    port: Annotated[int | None, typer.Option("--port", help="Embedded NATS port.")] = None,
+    nats_url: Annotated[str | None, typer.Option(
+        "--nats-url", help="Use this NATS server instead of starting the embedded one.")] = None,
+    home: Annotated[Path | None, typer.Option("--home", envvar="HITLFLOW_HOME",
+                                              help="Data directory.")] = None,
+    detach: Annotated[bool, typer.Option("--detach", help="Run in the background.")] = False,
+) -> None:
+    """Start the embedded stack: nats-server (JetStream) and every service, SQLite stores."""
+    from hitlflow.stack import NatsServerNotFoundError, PortInUseError, Stack
+    from services.workflow.agents import AgentRegistry
+
+    settings = load_settings(home=home)
+    running = _live_stack(settings)
+    if running:
+        fail(f"a hitlflow stack is already running (pid {running['pid']}, "
+             f"{running['nats_url']}); stop it with 'hitlflow down'", EXIT_BAD_INPUT)
+    if detach:
+        _detach(settings, port, nats_url)
+        return
+    configure_logging(settings.log_level, settings.log_format)
+    stack = Stack(settings, nats_url=nats_url, port=port,
+                  agents=AgentRegistry.load(settings.agent_modules()))
+
+    def started() -> None:
+        settings.stack_file.write_text(json.dumps({
+            "pid": os.getpid(), "nats_url": stack.nats_url, "home": str(settings.home),
+            "started_at": datetime.now(UTC).isoformat(),
+        }))
+        err.print(f"hitlflow stack up: NATS {stack.nats_url}, data in {settings.home} "
+                  "(Ctrl-C or 'hitlflow down' to stop)")
+
+    async def stop() -> None:
+        with contextlib.suppress(OSError):
+            settings.stack_file.unlink()
+        await stack.stop()
+
+    settings.home.mkdir(parents=True, exist_ok=True)
+    try:
+        asyncio.run(_serve_until_signal(stack.start, stop, started))
+    except (PortInUseError, NatsServerNotFoundError) as error:
+        fail(str(error), EXIT_BAD_INPUT)
+
+
+def _detach(settings: Settings, port: int | None, nats_url: str | None) -> None:
+    settings.home.mkdir(parents=True, exist_ok=True)
+    log_path = settings.home / "stack.log"
+    command = [sys.executable, "-m", "hitlflow", "up", "--home", str(settings.home)]
+    if port:
+        command += ["--port", str(port)]
+    if nats_url:
+        command += ["--nats-url", nats_url]
+    with log_path.open("ab") as log:
+        child = subprocess.Popen(command, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                 start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        info = _live_stack(settings)
+        if info and int(info["pid"]) == child.pid:
+            err.print(f"hitlflow stack up in the background (pid {child.pid}): "
+                      f"NATS {info['nats_url']}; log {log_path}")
+            return
+        if child.poll() is not None:
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
+            fail("the stack did not start: " + " | ".join(tail), EXIT_BAD_INPUT)
+        time.sleep(0.1)
+    child.terminate()
+    fail(f"the stack did not come up within 60 s; see {log_path}", EXIT_NO_STACK)
+
+
+@app.command()
+def down(
+    home: Annotated[Path | None, typer.Option("--home", envvar="HITLFLOW_HOME")] = None,
+) -> None:
+    """Stop a stack started with 'hitlflow up' (foreground or --detach)."""
+    settings = load_settings(home=home)
+    info = _live_stack(settings)
+    if info is None:
+        fail(f"no hitlflow stack is running from {settings.home}", EXIT_NO_STACK)
+    pid = int(info["pid"])
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            err.print(f"hitlflow stack (pid {pid}) stopped")
+            return
+        time.sleep(0.1)
+    fail(f"stack (pid {pid}) did not stop within 30 s", EXIT_NO_STACK)
+
+
+@app.command()
+def serve(
+    service: Annotated[str, typer.Argument(help="workflow | interaction | projections")],
+    nats_url: NatsUrl = None,
+) -> None:
+    """Run one service alone against a NATS URL (for scaled deployments)."""
+    from projections import main as projections_main
+    from services.interaction import main as interaction_main
+    from services.workflow import main as workflow_main
+
+    settings = _settings(nats_url)
+    configure_logging(settings.log_level, settings.log_format)
+    builders = {"workflow": workflow_main.build, "interaction": interaction_main.build,
+                "projections": projections_main.build}
+    if service not in builders:
+        fail(f"unknown service {service!r}; expected one of: {', '.join(builders)}",
+             EXIT_BAD_INPUT)
+    runtime: Any = builders[service](settings)
+    asyncio.run(_serve_until_signal(runtime.start, runtime.stop))
+
+
+def main() -> None:
+    app()

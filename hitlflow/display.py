@@ -1,0 +1,95 @@
+"""How the CLI shows things to a person (rich) — pending requests the way the guide shows them."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from typing import Any
+
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+SUGGESTIONS: dict[str, list[tuple[str, dict[str, Any] | None, str]]] = {
+    "approval": [("approve", None, "approve"),
+                 ("reject", {"reason": "..."}, "reject with a reason")],
+    "edit": [("edit", {"edited": "...", "changes": ["..."]}, "submit edited content"),
+             ("approve", None, "keep the content as it is"),
+             ("reject", {"reason": "..."}, "reject")],
+    "choice": [("choose", {"choice": 1}, "choose by option number"),
+               ("choose", {"choice": 2, "justification": "..."}, "choose with a justification")],
+    "text_input": [("respond", {"text": "..."}, "answer in free text"),
+                   ("respond", {"response": "...", "priority": "high"}, "structured answer")],
+    "conversation": [("respond", {"message": "..."}, "reply and continue"),
+                     ("end", None, "end the conversation")],
+}
+
+
+def resume_commands(request: dict[str, Any], several: bool = False) -> list[tuple[str, str]]:
+    thread = request["thread_id"]
+    out = []
+    for action, data, meaning in SUGGESTIONS[request["interaction_type"]]:
+        parts = ["hitlflow", "resume", thread, action]
+        if data is not None:
+            parts += ["--data", json.dumps(data)]
+        if several:
+            parts += ["--request-id", request["id"]]
+        out.append((shlex.join(parts), meaning))
+    return out
+
+
+def _value(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def request_panel(request: dict[str, Any], several: bool = False) -> Panel:
+    body: list[Any] = [Text(request["prompt"], style="bold")]
+    if request.get("context"):
+        table = Table.grid(padding=(0, 2))
+        table.add_column(style="cyan", no_wrap=True)
+        table.add_column()
+        for key, value in request["context"].items():
+            table.add_row(key, _value(value))
+        body += [Text(""), Text("Context", style="underline"), table]
+    if request.get("options"):
+        body += [Text(""), Text("Options", style="underline")]
+        body += [Text(f"  {i}. {option}") for i, option in enumerate(request["options"], 1)]
+    if request.get("deadline"):
+        body += [Text(""), Text(f"Answer before {request['deadline']}", style="yellow")]
+    body += [Text(""), Text("Respond with", style="underline")]
+    for command, meaning in resume_commands(request, several):
+        body.append(Text.assemble(("  " + command, "green"), (f"   # {meaning}", "dim")))
+    title = (f"Human input required: {request['node_name']} ({request['interaction_type']})"
+             + (f" [{request.get('batch_index', 0) + 1}/{request['batch_size']}]"
+                if request.get("batch_size", 1) > 1 else ""))
+    return Panel(Group(*body), title=title, title_align="left", border_style="magenta")
+
+
+def show_outcome(console: Console, outcome: dict[str, Any]) -> None:
+    thread = outcome["thread_id"]
+    status = outcome.get("status") or "unknown"
+    style = {"completed": "green", "paused": "magenta", "failed": "red", "timed_out": "red",
+             "cancelled": "yellow"}.get(status, "white")
+    console.print(Text.assemble(("thread ", "dim"), (thread, "bold"), ("  status ", "dim"),
+                                (status, f"bold {style}"),
+                                (f"  at {outcome['node']}" if outcome.get("node") else "", "dim")))
+    if outcome.get("duplicate"):
+        console.print(Text("(this repeats an earlier command: nothing changed)", style="dim"))
+    if status == "completed" and outcome.get("output") is not None:
+        console.print(Text.assemble(("output: ", "dim"), _value(outcome["output"])))
+    if outcome.get("error") and status in ("failed", "timed_out"):
+        console.print(Text(outcome["error"], style="red"))
+    pending = outcome.get("pending") or []
+    for request in pending:
+        console.print(request_panel(request, several=len(pending) > 1))
+
+
+def threads_table(threads: list[dict[str, Any]]) -> Table:
+    table = Table(title="threads")
+    for column in ("thread", "graph", "status", "node", "started", "updated"):
+        table.add_column(column)
+    for t in threads:
+        table.add_row(t["thread_id"], t["graph_name"], t["status"], t.get("current_node") or "",
+                      str(t["started_at"])[:19], str(t["updated_at"])[:19])
+    return table
