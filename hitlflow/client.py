@@ -154,7 +154,8 @@ class HitlClient:
 
     async def connect(self) -> None:
         try:
-            self._nc = await connect(self.nats_url, name="hitlflow-client", **self._auth)
+            self._nc = await connect(self.nats_url, name="hitlflow-client",
+                                     reconnect_attempts=3, **self._auth)
         except Exception as error:
             raise StackUnavailableError(
                 f"cannot reach NATS at {self.nats_url} ({error.__class__.__name__}); start the "

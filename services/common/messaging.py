@@ -26,12 +26,13 @@ def connect_options(
     user: str | None = None,
     password: str | None = None,
     token: str | None = None,
+    reconnect_attempts: int = -1,
 ) -> dict[str, Any]:
     options: dict[str, Any] = {
         "servers": [u.strip() for u in url.split(",") if u.strip()],
         "name": name,
         "connect_timeout": 3,
-        "max_reconnect_attempts": -1,
+        "max_reconnect_attempts": reconnect_attempts,
         "reconnect_time_wait": 0.5,
     }
     if user:
@@ -42,8 +43,10 @@ def connect_options(
     return options
 
 
-async def connect(url: str, *, name: str, **auth: str | None) -> Client:
-    return await nats.connect(**connect_options(url, name=name, **auth))
+async def connect(url: str, *, name: str, reconnect_attempts: int = -1,
+                  **auth: str | None) -> Client:
+    return await nats.connect(**connect_options(url, name=name,
+                                                reconnect_attempts=reconnect_attempts, **auth))
 
 
 def stream_configs(replicas: int = 1) -> list[StreamConfig]:

@@ -25,10 +25,29 @@ class ConflictError(RuntimeError):
     """An aggregate kept changing under a command: gave up after many retries."""
 
 
+def ensure_postgres_schema(env: dict[str, str]) -> None:
+    """Create the configured PostgreSQL schema if missing (eventsourcing expects it to exist)."""
+    schema = env.get("POSTGRES_SCHEMA")
+    if not schema:
+        return
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(
+        host=env["POSTGRES_HOST"], port=int(env.get("POSTGRES_PORT", "5432")),
+        dbname=env["POSTGRES_DBNAME"], user=env["POSTGRES_USER"],
+        password=env.get("POSTGRES_PASSWORD") or None, autocommit=True,
+        connect_timeout=int(env.get("POSTGRES_CONNECT_TIMEOUT", "5")),
+    ) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+
+
 class ServiceApplication(Application[UUID]):
     """An eventsourcing application whose recorder also records tracking positions."""
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
+        if env and env.get("PERSISTENCE_MODULE") == "eventsourcing.postgres":
+            ensure_postgres_schema(env)
         super().__init__(env=env)
         self._listeners: list[Callable[[], None]] = []
         self._listeners_lock = threading.Lock()

