@@ -89,7 +89,7 @@ class ProjectionsRuntime:
                 await msg.term()
         try:
             await asyncio.to_thread(self.projector.apply, [env for _, env in good])
-        except Exception as error:  # noqa: BLE001 - retry the batch later
+        except Exception as error:
             log.warning("projection_retry", error=repr(error))
             for msg, _ in good:
                 await msg.nak(delay=1.0)

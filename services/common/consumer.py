@@ -76,7 +76,7 @@ async def handle_batch(
                           reason=str(error))
                 await _dead_letter(msg, consumer, str(error))
                 await msg.term()
-            except Exception as error:  # noqa: BLE001 - redeliver the rest of the group
+            except Exception as error:
                 log.warning("message_retry", consumer=consumer, subject=msg.subject,
                             error=repr(error))
                 for pending in group[index:]:
@@ -90,13 +90,13 @@ async def handle_batch(
 
 async def _dead_letter(msg: Msg, consumer: str, reason: str) -> None:
     try:
-        await msg._client.publish(  # noqa: SLF001 - the connection the message came on
+        await msg._client.publish(
             f"hitl.dlq.{consumer}",
             msg.data,
             headers={**(msg.headers or {}), "Hitl-Error": reason[:500],
                      "Hitl-Subject": msg.subject},
         )
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         log.warning("dead_letter_failed", consumer=consumer, error=repr(error))
 
 
@@ -141,7 +141,7 @@ class PullConsumer:
                 continue
             except asyncio.CancelledError:
                 raise
-            except Exception as error:  # noqa: BLE001 - NATS reconnecting: try again shortly
+            except Exception as error:
                 log.warning("fetch_failed", consumer=spec.durable, error=repr(error))
                 await asyncio.sleep(0.5)
                 continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -80,10 +81,9 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
         except NotFoundError:
             await js.add_stream(config)
         else:
-            try:
+            # a setting that cannot change in place (e.g. storage) is kept as it is
+            with contextlib.suppress(BadRequestError):
                 await js.update_stream(config)
-            except BadRequestError:
-                pass  # a setting that cannot change in place (e.g. storage): keep it
 
 
 def make_broker(url: str, *, name: str, user: str | None = None, password: str | None = None,

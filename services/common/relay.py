@@ -9,6 +9,7 @@ de-duplication (``Nats-Msg-Id = <service>:<position>``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -60,12 +61,10 @@ class Relay:
                     pass
             except asyncio.CancelledError:
                 raise
-            except Exception as error:  # noqa: BLE001 - keep relaying after NATS hiccups
+            except Exception as error:
                 log.warning("relay_publish_failed", error=str(error))
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._poll_interval)
-            except TimeoutError:
-                pass
             self._wake.clear()
 
     async def publish_pending(self) -> int:
@@ -91,11 +90,9 @@ class Relay:
                 )
             )
         await asyncio.gather(*acks)
-        try:
+        with contextlib.suppress(IntegrityError):  # another replica's relay got there first
             await asyncio.to_thread(
                 recorder.insert_tracking, Tracking(RELAY_TRACKING_NAME, notifications[-1].id)
             )
-        except IntegrityError:
-            pass  # another replica's relay recorded the same position
         self.published += len(acks)
         return len(notifications)

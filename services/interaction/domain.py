@@ -360,7 +360,8 @@ class Inbox(Aggregate):
             raise UnknownThreadError(f"unknown thread {self.thread_id!r}: no such thread started")
         if self.thread_status in ("completed", "failed", "timed_out", "cancelled"):
             raise ThreadEndedError(
-                f"thread {self.thread_id!r} is {self.thread_status}; nothing is waiting for an answer"
+                f"thread {self.thread_id!r} is {self.thread_status}; "
+                "nothing is waiting for an answer"
             )
         if request_id is not None:
             if request_id in self.open:

@@ -56,6 +56,8 @@ def subscriptions(broker: Any, app: InteractionService) -> list[Subscription]:
                                     envelope.payload, envelope.service, envelope.position)
 
     return [
-        Subscription(subjects.RESUME_ALL, subjects.COMMANDS_STREAM, "interaction-resume", on_resume),
-        Subscription(subjects.WORKFLOW_EVENTS, subjects.EVENTS_STREAM, "interaction-threads", on_thread_event),
+        Subscription(subjects.RESUME_ALL, subjects.COMMANDS_STREAM, "interaction-resume",
+                     on_resume),
+        Subscription(subjects.WORKFLOW_EVENTS, subjects.EVENTS_STREAM, "interaction-threads",
+                     on_thread_event),
     ]

@@ -76,7 +76,9 @@ def read_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as error:
-        raise WorkflowError([Problem(str(path), 0, "", f"cannot read file: {error.strerror}")])
+        raise WorkflowError(
+            [Problem(str(path), 0, "", f"cannot read file: {error.strerror}")]
+        ) from error
     reader = csv.DictReader(io.StringIO(text))
     header = [h.strip() for h in (reader.fieldnames or [])]
     reader.fieldnames = header
@@ -206,7 +208,8 @@ def _interaction_problems(file: str, node: NodeSpec) -> list[Problem]:
     implied = INTERACTION_AGENT_TYPES[node.agent_type]
     if kind is None:
         problems.append(Problem(file, node.row, "context",
-            f"agent type 'human' needs \"interaction_type\" in context, one of {INTERACTION_TYPES}"))
+            "agent type 'human' needs \"interaction_type\" in context, one of "
+            f"{', '.join(INTERACTION_TYPES)}"))
         return problems
     if kind not in INTERACTION_TYPES:
         problems.append(Problem(file, node.row, "context",

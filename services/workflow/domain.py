@@ -286,7 +286,7 @@ class Thread(Aggregate):
                 if missing:
                     raise KeyError(f"thread state has no {', '.join(map(repr, missing))}")
             result = agents.get(node.agent_type)(inputs, ctx)
-        except Exception as error:  # noqa: BLE001 - a user agent's failure routes, never crashes
+        except Exception as error:
             message = f"{type(error).__name__}: {error}"
             self._node_failed(node.name, message, node.next_on_failure)
             if node.next_on_failure is None:

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from contracts import subjects
 from contracts.commands import CancelThread, StartThread
 from contracts.events import ResponseAccepted
-from services.common.consumer import Subscription, PoisonMessageError, decode_envelope, thread_of
+from services.common.consumer import PoisonMessageError, Subscription, decode_envelope, thread_of
 from services.common.replies import refuse, send_reply, stream_position
 from services.workflow.application import WorkflowService
 
@@ -51,5 +51,6 @@ def subscriptions(broker: Any, app: WorkflowService) -> list[Subscription]:
     return [
         Subscription(subjects.START_ALL, subjects.COMMANDS_STREAM, "workflow-start", on_start),
         Subscription(subjects.CANCEL_ALL, subjects.COMMANDS_STREAM, "workflow-cancel", on_cancel),
-        Subscription("hitl.evt.interaction.ResponseAccepted.>", subjects.EVENTS_STREAM, "workflow-answers", on_answer),
+        Subscription("hitl.evt.interaction.ResponseAccepted.>", subjects.EVENTS_STREAM,
+                     "workflow-answers", on_answer),
     ]

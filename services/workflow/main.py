@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+
 from hitlflow.settings import Settings
 from services.common.clock import Clock
 from services.common.integration import envelope_factory
