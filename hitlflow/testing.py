@@ -38,13 +38,14 @@ class HitlTestStack:
         settings: Settings | None = None,
         clock: Clock | None = None,
         nats_url: str | None = None,
+        port: int | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.settings = settings or Settings(home=self.data_dir)
         configure_logging(self.settings.log_level, self.settings.log_format)
         self.registry = AgentRegistry.load(agents or [])
         self._stack = Stack(self.settings, data_dir=self.data_dir, nats_url=nats_url,
-                            port=None if nats_url else free_port(), clock=clock,
+                            port=None if nats_url else (port or free_port()), clock=clock,
                             agents=self.registry)
         self._bg: BackgroundStack | None = None
         self._client: HitlClient | None = None
