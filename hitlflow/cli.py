@@ -421,7 +421,7 @@ def serve(
 
     settings = _settings(nats_url)
     configure_logging(settings.log_level, settings.log_format)
-    builders = {"workflow": workflow_main.build, "interaction": interaction_main.build,
+    builders: dict[str, Any] = {"workflow": workflow_main.build, "interaction": interaction_main.build,
                 "projections": projections_main.build}
     if service not in builders:
         fail(f"unknown service {service!r}; expected one of: {', '.join(builders)}",
