@@ -9,6 +9,7 @@ conflict storm) is negatively acknowledged and redelivered after a delay.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -134,18 +135,23 @@ class PullConsumer:
             spec.subject, durable=spec.durable, stream=spec.stream,
             config=consumer_config(spec.durable, spec.subject),
         )
-        while True:
-            try:
-                messages = await pull.fetch(self._batch_size, timeout=self._idle_timeout)
-            except NatsTimeoutError:
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
-                log.warning("fetch_failed", consumer=spec.durable, error=repr(error))
-                await asyncio.sleep(0.5)
-                continue
-            if self._handle_messages is not None:
-                await self._handle_messages(messages)
-            else:
-                await handle_batch(messages, spec.handle, consumer=spec.durable)
+        try:
+            while True:
+                try:
+                    messages = await pull.fetch(self._batch_size, timeout=self._idle_timeout)
+                except NatsTimeoutError:
+                    continue
+                except asyncio.CancelledError:
+                    raise
+                except Exception as error:  # NATS reconnecting: retry shortly
+                    log.warning("fetch_failed", consumer=spec.durable, error=repr(error))
+                    await asyncio.sleep(0.5)
+                    continue
+                if self._handle_messages is not None:
+                    await self._handle_messages(messages)
+                else:
+                    await handle_batch(messages, spec.handle, consumer=spec.durable)
+        finally:
+            # an abandoned pull subscription would hold up the connection's drain on shutdown
+            with contextlib.suppress(Exception):
+                await pull.unsubscribe()
