@@ -14,6 +14,13 @@ from pydantic import BaseModel, Field
 
 from contracts.base import Contract
 from contracts.subjects import event_subject
+from contracts.timeouts import (
+    DeadlineCleared,
+    DeadlineFired,
+    DeadlineScheduled,
+    InteractionEscalated,
+    InteractionReminded,
+)
 
 Service = Literal["workflow", "interaction", "timeout"]
 InteractionType = Literal["approval", "edit", "choice", "text_input", "conversation"]
@@ -52,7 +59,8 @@ class InteractionSpec(Contract):
     context: dict[str, Any] = Field(default_factory=dict)
     options: tuple[str, ...] = ()
     timeout_seconds: float | None = None
-    on_timeout: dict[str, Any] | None = None
+    #: A policy object, a chain (list) of them, or a policy name (see contracts.timeouts).
+    on_timeout: dict[str, Any] | list[Any] | str | None = None
     assignees: tuple[str, ...] = ()
     response_schema: dict[str, Any] | None = None
     #: Position of this request within a batch raised by one node (0-based).
@@ -121,6 +129,44 @@ class ThreadCancelled(Contract):
     requested_by: str
 
 
+class NodeDecided(Contract):
+    """An interaction node that decided without a person: its ``condition`` was false.
+
+    ``expression``, ``inputs`` (the state values it named) and ``result`` say why; ``action``
+    and ``data`` are the response taken in the person's place, ``value`` and ``route`` what it
+    handed to the graph (the same rules as a person's answer).
+    """
+
+    node: str
+    interaction_type: InteractionType
+    expression: str
+    inputs: dict[str, Any]
+    result: bool
+    action: str
+    data: dict[str, Any] | None = None
+    value: Any = None
+    route: Literal["success", "failure"]
+
+
+class FallbackTaken(Contract):
+    """An interaction node that went to its automated fallback instead of asking a person.
+
+    ``reason`` is ``policy`` (the node's fallback says ``"when": "always"``) or
+    ``request_failed`` (its request could not be built; ``error`` says why). The fallback
+    either routes to ``next_node`` or decides with ``action``/``data`` (``value``, ``route``).
+    """
+
+    node: str
+    interaction_type: InteractionType
+    reason: Literal["policy", "request_failed"]
+    error: str | None = None
+    next_node: str | None = None
+    action: str | None = None
+    data: dict[str, Any] | None = None
+    value: Any = None
+    route: Literal["success", "failure"] | None = None
+
+
 # ---- payloads: interaction service ----------------------------------------------------------
 
 
@@ -158,10 +204,19 @@ class ResponseRejected(Contract):
 
 
 class InteractionTimedOut(Contract):
+    """The request's deadline passed and its policy closed it: ``fail`` (the thread times out)
+    or ``default`` (``action`` was taken in the person's place: see ResponseAccepted)."""
+
     request_id: str
     node_name: str
     policy: str
     timestamp: datetime
+    #: Which expiry of the request this was (0 = the first deadline).
+    step: int = 0
+    deadline: datetime | None = None
+    action: str | None = None
+    #: Why a default policy could not answer (the request then failed instead).
+    detail: str | None = None
 
 
 class InteractionCancelled(Contract):
@@ -181,11 +236,18 @@ PAYLOADS: dict[str, type[BaseModel]] = {
         ThreadFailed,
         ThreadTimedOut,
         ThreadCancelled,
+        NodeDecided,
+        FallbackTaken,
         InteractionRequested,
         ResponseAccepted,
         ResponseRejected,
         InteractionTimedOut,
         InteractionCancelled,
+        InteractionReminded,
+        InteractionEscalated,
+        DeadlineScheduled,
+        DeadlineFired,
+        DeadlineCleared,
     )
 }
 

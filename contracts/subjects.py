@@ -80,3 +80,21 @@ TIMEOUT_EVENTS: Final = "hitl.evt.timeout.>"
 Q_THREAD: Final = "hitl.q.thread"
 Q_THREADS: Final = "hitl.q.threads"
 Q_PENDING: Final = "hitl.q.pending"
+
+# Timers (stream HITL_SCHEDULES, which allows message schedules): one held schedule message per
+# request on ``hitl.sched.at.<request_id>.<thread_id>``; at its time the server publishes the
+# TimeoutInteraction it carries to ``hitl.sched.fire.<thread_id>`` in the same stream.
+SCHEDULE_FIRE_ALL: Final = "hitl.sched.fire.>"
+
+
+def schedule_subject(request_id: str, thread_id: str) -> str:
+    return f"hitl.sched.at.{request_id}.{check_thread_id(thread_id)}"
+
+
+def schedule_fire_subject(thread_id: str) -> str:
+    return f"hitl.sched.fire.{check_thread_id(thread_id)}"
+
+
+# Control requests answered by a timeout service replica (core NATS request/reply).
+TIMEOUTS_CHECK: Final = "hitl.ctl.timeouts.check"
+TIMEOUTS_LIST: Final = "hitl.ctl.timeouts.list"

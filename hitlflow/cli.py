@@ -23,7 +23,8 @@ import typer
 from rich.console import Console
 
 from contracts.subjects import InvalidThreadIdError, check_thread_id
-from hitlflow import display
+from hitlflow import cli_demo, cli_projections, display
+from hitlflow.cli_timeouts import app as timeouts_app
 from hitlflow.client import HitlClient, NoOutcomeError, Outcome, StackUnavailableError
 from hitlflow.settings import Settings, load_settings
 from services.common.logging import configure_logging
@@ -238,56 +239,69 @@ def pending(
 
 
 @app.command()
-def threads(
-    status_filter: Annotated[str | None, typer.Option("--status")] = None,
-    limit: Annotated[int, typer.Option("--limit")] = 100,
-    nats_url: NatsUrl = None,
-    as_json: JsonOut = False,
-) -> None:
-    """Threads, most recently changed first."""
-    settings = _settings(nats_url)
-
-    async def go() -> Any:
-        async with _client(settings) as client:
-            return await client.threads(status_filter, limit)
-
-    items = [t.model_dump(mode="json") for t in _run(go())]
-    if as_json:
-        out.print_json(json.dumps(items))
-    else:
-        out.print(display.threads_table(items))
-
-
-@app.command()
 def validate(
     target: Annotated[str, typer.Argument(help="FILE.csv or FILE.csv::GraphName")],
+    agents: Annotated[str | None, typer.Option(
+        "--agents", help="Modules or .py files registering agents (default: HITLFLOW_AGENTS).",
+    )] = None,
     as_json: JsonOut = False,
 ) -> None:
-    """Check a CSV workflow; every problem is reported with its row and column."""
-    from services.workflow.agents import AgentRegistry
-    from services.workflow.definition import graph_names, split_target
+    """Check a CSV workflow; every problem is reported with its row and column.
+
+    Errors stop a run (exit 2); warnings do not, but are likely mistakes (exit 1 when there
+    are only warnings); exit 0 when the file is clean.
+    """
+    from services.workflow.agents import AgentRegistry, UnknownAgentError
+    from services.workflow.definition import check_workflow, graph_names, split_target
 
     settings = _settings()
-    registry = AgentRegistry.load(settings.agent_modules())
+    modules = ([m.strip() for m in agents.split(",") if m.strip()] if agents is not None
+               else settings.agent_modules())
+    try:
+        registry = AgentRegistry.load(modules)
+    except (UnknownAgentError, ImportError) as error:
+        fail(f"cannot load agents {modules}: {error}", EXIT_BAD_INPUT)
     path, graph = split_target(target)
     try:
         names = [graph] if graph else graph_names(Path(path))
     except WorkflowError as error:
         fail(str(error), EXIT_BAD_INPUT)
-    problems: list[str] = []
+    found_errors: list[Any] = []
+    found_warnings: list[Any] = []
     for name in names:
         try:
-            load_workflow(path, name, registry=registry)
+            report = check_workflow(path, name, registry=registry)
         except WorkflowError as error:
-            problems += [str(p) for p in error.problems]
+            found_errors += error.problems
+        else:
+            found_errors += report.errors
+            found_warnings += report.warnings
     if as_json:
-        out.print_json(json.dumps({"ok": not problems, "graphs": names, "problems": problems}))
-    elif not problems:
+        out.print_json(json.dumps({
+            "ok": not found_errors and not found_warnings, "graphs": names,
+            "problems": [str(p) for p in found_errors],
+            "errors": [{"row": p.row, "column": p.column, "message": p.message}
+                       for p in found_errors],
+            "warnings": [{"row": p.row, "column": p.column, "message": p.message}
+                         for p in found_warnings],
+        }))
+    elif not found_errors and not found_warnings:
         out.print(f"[green]ok[/]: {path} ({', '.join(names)})")
-    for problem in problems if not as_json else []:
-        err.print(problem, markup=False, highlight=False, soft_wrap=True)
-    if problems:
+    if not as_json:
+        for problem in [*found_errors, *found_warnings]:
+            err.print(problem.describe(), markup=False, highlight=False, soft_wrap=True)
+        summary = [f"{len(found_errors)} error(s): a run is refused until they are fixed"
+                   if found_errors else "",
+                   f"{len(found_warnings)} warning(s): the workflow "
+                   f"{'would run' if found_errors else 'runs'}, but check them"
+                   if found_warnings else ""]
+        if found_errors or found_warnings:
+            err.print("; ".join(s for s in summary if s), markup=False, highlight=False,
+                      soft_wrap=True)
+    if found_errors:
         raise typer.Exit(EXIT_BAD_INPUT)
+    if found_warnings:
+        raise typer.Exit(EXIT_REFUSED)
 
 
 # -- running the stack ------------------------------------------------------------------------
@@ -411,23 +425,42 @@ def down(
 
 @app.command()
 def serve(
-    service: Annotated[str, typer.Argument(help="workflow | interaction | projections")],
+    service: Annotated[str, typer.Argument(
+        help="workflow | interaction | timeout | projections | gateway")],
     nats_url: NatsUrl = None,
+    host: Annotated[str, typer.Option("--host", help="gateway: address to listen on")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="gateway: HTTP port")] = 8080,
 ) -> None:
     """Run one service alone against a NATS URL (for scaled deployments)."""
     from projections import main as projections_main
     from services.interaction import main as interaction_main
+    from services.timeout import main as timeout_main
     from services.workflow import main as workflow_main
 
     settings = _settings(nats_url)
     configure_logging(settings.log_level, settings.log_format)
-    builders: dict[str, Any] = {"workflow": workflow_main.build, "interaction": interaction_main.build,
-                "projections": projections_main.build}
+    if service == "gateway":
+        import uvicorn
+
+        from hitlflow.gateway import create_app
+
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+        return
+    builders: dict[str, Any] = {"workflow": workflow_main.build,
+                                "interaction": interaction_main.build,
+                                "timeout": timeout_main.build,
+                                "projections": projections_main.build}
     if service not in builders:
         fail(f"unknown service {service!r}; expected one of: {', '.join(builders)}",
              EXIT_BAD_INPUT)
     runtime: Any = builders[service](settings)
     asyncio.run(_serve_until_signal(runtime.start, runtime.stop))
+
+
+app.add_typer(timeouts_app, name="timeouts")
+cli_projections.register(app)  # threads, show, audit, analytics, projections rebuild
+app.command("demo")(cli_demo.demo)  # the guide's five patterns, asked or scripted
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,14 +24,28 @@ from contracts import subjects
 from contracts.commands import CancelThread, CommandReply, ResumeThread, StartThread
 from contracts.events import EventEnvelope
 from contracts.queries import (
+    ADMIN_REBUILD,
+    Q_ANALYTICS,
+    Q_AUDIT,
+    Q_TIMELINE,
+    AnalyticsQuery,
+    AnalyticsReply,
+    AuditEntry,
+    AuditQuery,
+    AuditReply,
     PendingInteraction,
     PendingQuery,
     PendingReply,
+    RebuildReply,
+    RebuildRequest,
     ThreadQuery,
     ThreadReply,
     ThreadsQuery,
     ThreadsReply,
     ThreadView,
+    TimelineEvent,
+    TimelineQuery,
+    TimelineReply,
 )
 from contracts.workflow import WorkflowSpec
 from services.common.messaging import connect
@@ -45,6 +60,14 @@ class StackUnavailableError(RuntimeError):
 
 class NoOutcomeError(RuntimeError):
     """A command was stored but no service decided it in time."""
+
+
+class QueryRefusedError(ValueError):
+    """The projections refused a query (``code`` says why, e.g. ``invalid_query``)."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass
@@ -256,10 +279,11 @@ class HitlClient:
 
     # -- queries ----------------------------------------------------------------------------
 
-    async def _query(self, subject: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def _query(self, subject: str, body: dict[str, Any],
+                     timeout: float | None = None) -> dict[str, Any]:
         try:
-            msg = await self.nc.request(subject, json.dumps(body).encode(),
-                                        timeout=self.reply_timeout)
+            msg = await self.nc.request(subject, json.dumps(body, default=str).encode(),
+                                        timeout=timeout or self.reply_timeout)
         except (NoRespondersError, NatsTimeoutError) as error:
             raise StackUnavailableError(
                 f"no projections service answers {subject} at {self.nats_url}; "
@@ -274,11 +298,63 @@ class HitlClient:
         reply = ThreadReply.model_validate(await self._query(subjects.Q_THREAD, query.model_dump()))
         return reply.thread
 
-    async def threads(self, status: str | None = None, limit: int = 100) -> list[ThreadView]:
-        body = ThreadsQuery(status=status, limit=limit).model_dump()
-        return ThreadsReply.model_validate(await self._query(subjects.Q_THREADS, body)).threads
+    async def threads(self, status: str | None = None, limit: int = 100,
+                      graph_name: str | None = None) -> list[ThreadView]:
+        body = ThreadsQuery(status=status, limit=limit,  # type: ignore[arg-type]
+                            graph_name=graph_name).model_dump()
+        reply = ThreadsReply.model_validate(await self._query(subjects.Q_THREADS, body))
+        _raise_for(reply.error)
+        return reply.threads
 
     async def pending(self, thread_id: str | None = None,
                       limit: int = 100) -> list[PendingInteraction]:
         body = PendingQuery(thread_id=thread_id, limit=limit).model_dump()
         return PendingReply.model_validate(await self._query(subjects.Q_PENDING, body)).pending
+
+    async def timeline(self, thread_id: str, *, after: dict[str, int] | None = None,
+                       page: int = 500) -> tuple[ThreadView | None, list[TimelineEvent]]:
+        """A thread's status and every event of it, oldest first (None when unknown)."""
+        events: list[TimelineEvent] = []
+        query = TimelineQuery(thread_id=thread_id, after_positions=after or {}, limit=page)
+        while True:
+            reply = TimelineReply.model_validate(
+                await self._query(Q_TIMELINE, query.model_dump(mode="json")))
+            if reply.error is not None and reply.error.code == "not_found":
+                return None, []
+            _raise_for(reply.error)
+            events += reply.events
+            if reply.next is None:
+                return reply.thread, events
+            query = query.model_copy(update={"after": reply.next, "after_positions": {}})
+
+    async def audit(self, query: AuditQuery | None = None) -> AsyncIterator[AuditEntry]:
+        """Every matching audit entry, oldest first, fetched a page at a time."""
+        query = query or AuditQuery()
+        while True:
+            reply = AuditReply.model_validate(
+                await self._query(Q_AUDIT, query.model_dump(mode="json")))
+            _raise_for(reply.error)
+            for entry in reply.entries:
+                yield entry
+            if reply.next is None:
+                return
+            query = query.model_copy(update={"after": reply.next})
+
+    async def analytics(self, query: AnalyticsQuery | None = None) -> AnalyticsReply:
+        body = (query or AnalyticsQuery()).model_dump(mode="json")
+        reply = AnalyticsReply.model_validate(await self._query(Q_ANALYTICS, body))
+        _raise_for(reply.error)
+        return reply
+
+    async def rebuild(self, views: list[str] | None = None, *,
+                      timeout: float = 3600.0) -> RebuildReply:
+        """Ask the projections service to rebuild views from the event stores (all: None)."""
+        body = RebuildRequest(views=views or []).model_dump(mode="json")  # type: ignore[arg-type]
+        reply = RebuildReply.model_validate(await self._query(ADMIN_REBUILD, body, timeout))
+        _raise_for(reply.error)
+        return reply
+
+
+def _raise_for(error: Any) -> None:
+    if error is not None:
+        raise QueryRefusedError(error.error, error.code)

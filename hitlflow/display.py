@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console, Group
@@ -43,6 +44,31 @@ def _value(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
+def _moment(value: datetime | str) -> datetime:
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
+
+
+def _span(seconds: float) -> str:
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+def time_left(deadline: datetime | str, now: datetime | None = None) -> str:
+    """``2h 05m left`` before a deadline, or ``overdue by 12s`` after it."""
+    remaining = (_moment(deadline) - (now or datetime.now(UTC))).total_seconds()
+    return f"{_span(remaining)} left" if remaining >= 0 else f"overdue by {_span(-remaining)}"
+
+
 def request_panel(request: dict[str, Any], several: bool = False) -> Panel:
     body: list[Any] = [Text(request["prompt"], style="bold")]
     if request.get("context"):
@@ -56,7 +82,9 @@ def request_panel(request: dict[str, Any], several: bool = False) -> Panel:
         body += [Text(""), Text("Options", style="underline")]
         body += [Text(f"  {i}. {option}") for i, option in enumerate(request["options"], 1)]
     if request.get("deadline"):
-        body += [Text(""), Text(f"Answer before {request['deadline']}", style="yellow")]
+        deadline = _moment(request["deadline"])
+        body += [Text(""), Text(f"Answer before {deadline:%Y-%m-%d %H:%M:%S} UTC "
+                                f"({time_left(deadline)})", style="yellow")]
     body += [Text(""), Text("Respond with", style="underline")]
     for command, meaning in resume_commands(request, several):
         body.append(Text.assemble(("  " + command, "green"), (f"   # {meaning}", "dim")))

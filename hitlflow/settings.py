@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlparse
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The embedded nats-server's own default port: not 4222, which machines often already use.
@@ -42,6 +42,41 @@ class Settings(BaseSettings):
     log_format: Literal["console", "json"] = "console"
     #: Pull consumer batch size of the services.
     consumer_batch: int = 64
+    #: Every interaction request is published on NATS ``hitl.notify.<thread>``; also log it.
+    notify_log: bool = True
+    #: Webhook URLs (comma separated) that get each notification as an HTTP POST of JSON.
+    notify_webhook_url: str = ""
+    #: Retries after a failed webhook POST (connection error, timeout, 429, 5xx).
+    notify_webhook_retries: int = 3
+    #: First retry delay in seconds; doubles with each retry.
+    notify_webhook_backoff: float = 0.5
+    notify_webhook_timeout: float = 5.0
+    #: Timeout of a request, per interaction type, when its node sets no ``timeout_seconds``
+    #: (seconds; empty or "none" = no timeout): the guide's 24 h approvals, 2 h edits, 30 min
+    #: choices, none for conversations.
+    timeout_approval: float | None = Field(default=24 * 3600, gt=0)
+    timeout_edit: float | None = Field(default=2 * 3600, gt=0)
+    timeout_choice: float | None = Field(default=30 * 60, gt=0)
+    timeout_text_input: float | None = Field(default=None, gt=0)
+    timeout_conversation: float | None = Field(default=None, gt=0)
+    #: How often the timeout service sweeps for due deadlines whose timer did not go off.
+    timeout_sweep_interval: float = Field(default=30.0, gt=0)
+    #: The periodic sweep leaves a due deadline to its NATS timer for this many seconds.
+    timeout_sweep_grace: float = Field(default=2.0, ge=0)
+
+    @field_validator("timeout_approval", "timeout_edit", "timeout_choice", "timeout_text_input",
+                     "timeout_conversation", mode="before")
+    @classmethod
+    def _no_timeout(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() in ("", "none", "null", "off"):
+            return None
+        return value
+
+    def request_timeouts(self) -> dict[str, float]:
+        """Default ``timeout_seconds`` per interaction type (types without one left out)."""
+        kinds = ("approval", "edit", "choice", "text_input", "conversation")
+        return {kind: value for kind in kinds
+                if (value := getattr(self, f"timeout_{kind}")) is not None}
 
     @property
     def stack_file(self) -> Path:

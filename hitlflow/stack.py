@@ -20,6 +20,7 @@ from projections import main as projections_main
 from services.common.clock import Clock
 from services.common.logging import get_logger
 from services.interaction import main as interaction_main
+from services.timeout import main as timeout_main
 from services.workflow import main as workflow_main
 from services.workflow.agents import AgentRegistry
 
@@ -134,7 +135,7 @@ class Stack:
         port: int | None = None,
         clock: Clock | None = None,
         agents: AgentRegistry | None = None,
-        services: tuple[str, ...] = ("workflow", "interaction", "projections"),
+        services: tuple[str, ...] = ("workflow", "interaction", "timeout", "projections"),
     ) -> None:
         self.settings = settings
         self.data_dir = data_dir or settings.home
@@ -170,9 +171,12 @@ class Stack:
             elif name == "interaction":
                 runtime = interaction_main.build(self.settings, nats_url=self.nats_url,
                                                  data_dir=stores, clock=self.clock)
+            elif name == "timeout":
+                runtime = timeout_main.build(self.settings, nats_url=self.nats_url,
+                                             data_dir=stores, clock=self.clock)
             elif name == "projections":
                 runtime = projections_main.build(self.settings, nats_url=self.nats_url,
-                                                 data_dir=stores)
+                                                 data_dir=stores, clock=self.clock)
             else:
                 raise ValueError(f"unknown service {name!r}")
             await runtime.start()

@@ -1,75 +1,341 @@
-"""The views' database: SQLite file by default. Each view keeps tracking rows
-(service, position) written in the same transaction as its rows, so a redelivered event
-changes nothing."""
+"""The views' database: a SQLite file by default, PostgreSQL by settings, one code path.
+
+Views write their SQL once, with ``?`` placeholders and the portable subset both engines share
+(``INSERT … ON CONFLICT``, ``COALESCE``, ``CASE``, row-value comparisons, ``LIMIT … OFFSET``);
+a small dialect adapter turns placeholders into psycopg's and knows how each engine begins a
+write transaction and which errors are worth a retry.
+
+Bookkeeping tables, written in the same transaction as the view rows they account for:
+
+- ``applied_events (service, position)``: every event applied live, so a redelivered or
+  re-published event changes nothing;
+- ``view_positions (view, service, upto)``: a rebuilt view has applied every event of
+  ``service`` up to ``upto`` (set by a rebuild, which writes no per-event rows);
+- ``view_consumers (consumer, stream_seq)``: the last stream sequence applied, where the live
+  consumer resumes after a restart (so a crash never lets later events overtake earlier ones);
+- ``view_meta (view, version)``: the schema version each view was built with.
+
+Reads go through their own connections (one per thread): on SQLite (WAL) and PostgreSQL alike
+they see the last committed state and never wait for a write, even a rebuild's.
+"""
 
 from __future__ import annotations
 
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-TRACKING_DDL = """
-CREATE TABLE IF NOT EXISTS view_tracking (
-    view TEXT NOT NULL,
-    service TEXT NOT NULL,
-    position INTEGER NOT NULL,
-    PRIMARY KEY (view, service, position)
+BOOKKEEPING_DDL = (
+    """CREATE TABLE IF NOT EXISTS applied_events (
+        service TEXT NOT NULL,
+        position BIGINT NOT NULL,
+        PRIMARY KEY (service, position)
+    )""",
+    """CREATE TABLE IF NOT EXISTS view_positions (
+        view TEXT NOT NULL,
+        service TEXT NOT NULL,
+        upto BIGINT NOT NULL,
+        PRIMARY KEY (view, service)
+    )""",
+    """CREATE TABLE IF NOT EXISTS view_consumers (
+        consumer TEXT PRIMARY KEY,
+        stream_seq BIGINT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS view_meta (
+        view TEXT PRIMARY KEY,
+        version INTEGER NOT NULL
+    )""",
+    # One row every writer updates first: writers (live batches, rebuilds, other processes)
+    # take turns on both engines.
+    "CREATE TABLE IF NOT EXISTS view_writer (id INTEGER PRIMARY KEY)",
 )
-"""
+
+Row = dict[str, Any]
 
 
 def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), default=str)
+    """Compact JSON for view columns (and for digests: keys sorted, no spaces)."""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False,
+                      default=str)
 
 
-class ViewDatabase:
+class Dialect(Protocol):
+    name: str
+
+    def connect(self) -> Any: ...
+
+    def sql(self, text: str) -> str: ...
+
+    def begin(self, conn: Any) -> None: ...
+
+    def is_transient(self, error: BaseException) -> bool: ...
+
+
+def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> Row:
+    return {column[0]: value for column, value in zip(cursor.description, row, strict=True)}
+
+
+class SqliteDialect:
+    name = "sqlite"
+
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None,
-                                     timeout=30)
-        self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._lock = threading.RLock()
-        self._conn.execute(TRACKING_DDL)
+
+    def connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None,
+                               timeout=30)
+        conn.row_factory = _dict_row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
+    def sql(self, text: str) -> str:
+        return text
+
+    def begin(self, conn: Any) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+
+    def is_transient(self, error: BaseException) -> bool:
+        return isinstance(error, sqlite3.OperationalError)
+
+
+class PostgresDialect:
+    name = "postgres"
+
+    def __init__(self, dsn: str, schema: str | None = None) -> None:
+        self.dsn = dsn
+        self.schema = schema
+        self._translated: dict[str, str] = {}
+        if schema:
+            import psycopg
+            from psycopg import sql
+
+            with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
+                conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                    sql.Identifier(schema)))
+
+    def connect(self) -> Any:
+        import psycopg
+        from psycopg import sql
+        from psycopg.rows import dict_row
+
+        conn = psycopg.connect(self.dsn, autocommit=True, row_factory=dict_row,
+                               connect_timeout=5)
+        if self.schema:
+            conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
+        return conn
+
+    def sql(self, text: str) -> str:
+        translated = self._translated.get(text)
+        if translated is None:
+            translated = self._translated[text] = text.replace("%", "%%").replace("?", "%s")
+        return translated
+
+    def begin(self, conn: Any) -> None:
+        conn.execute("BEGIN")
+
+    def is_transient(self, error: BaseException) -> bool:
+        import psycopg
+
+        return isinstance(error, psycopg.OperationalError | psycopg.InterfaceError |
+                          psycopg.errors.SerializationFailure |
+                          psycopg.errors.DeadlockDetected)
+
+
+class Tx:
+    """An open write transaction: ``execute`` returns the row count, ``one``/``all`` rows."""
+
+    def __init__(self, dialect: Dialect, conn: Any) -> None:
+        self._dialect = dialect
+        self._cursor = conn.cursor()
+        self._sql = dialect.sql
+
+    @property
+    def dialect(self) -> str:
+        return self._dialect.name
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        cursor = self._cursor
+        cursor.execute(self._sql(sql), params)
+        return int(cursor.rowcount)
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            self._cursor.executemany(self._sql(sql), rows)
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        self._cursor.execute(self._sql(sql), params)
+        row: Row | None = self._cursor.fetchone()
+        return row
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        self._cursor.execute(self._sql(sql), params)
+        return list(self._cursor.fetchall())
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Cursor]:
+    def savepoint(self, name: str) -> Iterator[None]:
+        """Undo only the statements inside when they raise (the transaction goes on)."""
+        self._cursor.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException:
+            self._cursor.execute(f"ROLLBACK TO SAVEPOINT {name}")
+            self._cursor.execute(f"RELEASE SAVEPOINT {name}")
+            raise
+        self._cursor.execute(f"RELEASE SAVEPOINT {name}")
+
+
+class ViewDatabase:
+    """One writer connection (serialised by a lock) and a read connection per thread."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+        self._writer = dialect.connect()
+        self._lock = threading.RLock()
+        self._local = threading.local()
+        self._readers: list[Any] = []
+        self._readers_lock = threading.Lock()
+        self._closed = False
+        with self.transaction(turn=False) as tx:
+            for statement in BOOKKEEPING_DDL:
+                tx.execute(statement)
+            tx.execute("INSERT INTO view_writer (id) VALUES (1) ON CONFLICT DO NOTHING")
+
+    @classmethod
+    def sqlite(cls, path: Path) -> ViewDatabase:
+        return cls(SqliteDialect(path))
+
+    @classmethod
+    def postgres(cls, dsn: str, schema: str | None = None) -> ViewDatabase:
+        return cls(PostgresDialect(dsn, schema))
+
+    @property
+    def name(self) -> str:
+        return self.dialect.name
+
+    def is_transient(self, error: BaseException) -> bool:
+        """Is ``error`` one a retry may get past (a busy or lost connection)?"""
+        return self.dialect.is_transient(error)
+
+    # -- writing -----------------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self, *, turn: bool = True) -> Iterator[Tx]:
+        """A write transaction; writers of every process take turns (``view_writer``)."""
         with self._lock:
-            cursor = self._conn.cursor()
-            cursor.execute("BEGIN IMMEDIATE")
+            conn = self._writer
+            self.dialect.begin(conn)
             try:
-                yield cursor
+                tx = Tx(self.dialect, conn)
+                if turn:
+                    tx.execute("UPDATE view_writer SET id = id WHERE id = 1")
+                yield tx
             except BaseException:
-                cursor.execute("ROLLBACK")
+                with suppress(Exception):  # a broken connection has nothing to undo
+                    conn.execute("ROLLBACK")
                 raise
             else:
-                cursor.execute("COMMIT")
+                conn.execute("COMMIT")
 
-    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._conn.execute(sql, params).fetchall()
+    # -- reading -----------------------------------------------------------------------------
 
-    def track(self, cursor: sqlite3.Cursor, view: str, service: str, position: int) -> bool:
-        """Record a position for a view; False when the view has seen it before."""
-        cursor.execute(
-            "INSERT OR IGNORE INTO view_tracking (view, service, position) VALUES (?, ?, ?)",
-            (view, service, position),
-        )
-        return cursor.rowcount == 1
+    def _reader(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            if self._closed:
+                raise RuntimeError("the views database is closed")
+            conn = self.dialect.connect()
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        cursor = self._reader().cursor()
+        try:
+            cursor.execute(self.dialect.sql(sql), params)
+            return list(cursor.fetchall())
+        finally:
+            cursor.close()
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        rows = self.query(sql, params)
+        return rows[0] if rows else None
+
+    def stream(self, sql: str, params: Sequence[Any] = (), chunk: int = 2000) -> Iterator[Row]:
+        """Rows one by one, fetched ``chunk`` at a time (constant memory)."""
+        cursor = self._reader().cursor()
+        try:
+            cursor.execute(self.dialect.sql(sql), params)
+            while True:
+                rows = cursor.fetchmany(chunk)
+                if not rows:
+                    return
+                yield from rows
+        finally:
+            cursor.close()
+
+    # -- bookkeeping -------------------------------------------------------------------------
 
     def position(self, view: str, service: str) -> int:
-        rows = self.query(
-            "SELECT MAX(position) AS p FROM view_tracking WHERE view=? AND service=?",
-            (view, service),
+        """How far ``view`` has applied ``service``'s notification log (0: nothing)."""
+        row = self.one(
+            "SELECT MAX(p) AS p FROM ("
+            " SELECT MAX(position) AS p FROM applied_events WHERE service = ?"
+            " UNION ALL SELECT upto AS p FROM view_positions WHERE view = ? AND service = ?"
+            ") AS known",
+            (service, view, service),
         )
-        return int(rows[0]["p"] or 0)
+        return int(row["p"] or 0) if row else 0
+
+    def consumer_position(self, consumer: str) -> int:
+        row = self.one("SELECT stream_seq FROM view_consumers WHERE consumer = ?", (consumer,))
+        return int(row["stream_seq"]) if row else 0
 
     def close(self) -> None:
+        self._closed = True
+        with self._readers_lock:
+            readers, self._readers = self._readers, []
+        for conn in readers:
+            try:
+                conn.close()
+            except Exception:  # noqa: S112 - closing what is already broken
+                continue
         with self._lock:
-            self._conn.close()
+            self._writer.close()
+
+
+def open_view_database(settings: Any, data_dir: Path | None = None) -> ViewDatabase:
+    """The views database the settings name: PostgreSQL (same DSN and schema as the stores)
+    when ``persistence`` is ``postgres``, else ``projections.sqlite`` beside the stores."""
+    if settings.persistence == "postgres":
+        if not settings.postgres_dsn:
+            raise ValueError(
+                "HITLFLOW_PERSISTENCE=postgres needs HITLFLOW_POSTGRES_DSN, "
+                "e.g. postgresql://postgres@127.0.0.1:5432/postgres"
+            )
+        return ViewDatabase.postgres(settings.postgres_dsn, settings.postgres_schema)
+    directory = data_dir or settings.home / "stores"
+    return ViewDatabase.sqlite(directory / "projections.sqlite")
+
+
+def iso(moment: Any) -> str:
+    """A timestamp as UTC ISO text with microseconds (sorts as text, compares as equal)."""
+    value = datetime.fromisoformat(moment) if isinstance(moment, str) else moment
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return str(value.astimezone(UTC).isoformat(timespec="microseconds"))
+
+
+def epoch(moment: Any) -> float:
+    """A timestamp (datetime or ISO text) as seconds since the epoch."""
+    value = datetime.fromisoformat(moment) if isinstance(moment, str) else moment
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return float(value.timestamp())

@@ -1,44 +1,161 @@
-"""Folds event envelopes into every view, exactly once per (view, service, position)."""
+"""Folds event envelopes into the views, exactly once per (service, position).
+
+Live: a batch from the stream is applied in one transaction together with its tracking rows
+and the stream sequence the consumer resumes from. Rebuild: the replayed events are applied
+without per-event tracking; the view records instead how far into each service's log it got
+(``view_positions``), and live events up to there are skipped for that view.
+
+An event a view cannot fold (a payload it does not understand) is logged and skipped, in the
+live path and in a rebuild alike, so both end in the same state; the other events of its batch
+are still applied. Errors a retry may get past (a busy database, a lost connection) are
+raised for the caller to retry the whole batch.
+"""
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from itertools import islice
 
 from contracts.events import EventEnvelope
-from projections import thread_status
-from projections.db import ViewDatabase
+from projections import analytics, audit_trail, thread_status
+from projections.db import Tx, ViewDatabase
+from services.common.logging import get_logger
+
+log = get_logger(__name__)
+
+#: Events replayed between savepoints during a rebuild.
+REPLAY_CHUNK = 2000
 
 
 @dataclass(frozen=True)
 class View:
     name: str
-    create: Callable[[ViewDatabase], None]
-    drop: Callable[[ViewDatabase], None]
-    apply: Callable[[sqlite3.Cursor, EventEnvelope], None]
+    version: int
+    tables: tuple[str, ...]
+    ddl: tuple[str, ...]
+    apply: Callable[[Tx, EventEnvelope], None]
+
+    def create(self, tx: Tx) -> None:
+        for statement in self.ddl:
+            tx.execute(statement)
+
+    def drop(self, tx: Tx) -> None:
+        for table in self.tables:
+            tx.execute(f"DROP TABLE IF EXISTS {table}")
 
 
 VIEWS: dict[str, View] = {
-    thread_status.NAME: View(thread_status.NAME, thread_status.create, thread_status.drop,
-                             thread_status.apply),
+    module.NAME: View(module.NAME, module.VERSION, module.TABLES, module.DDL, module.apply)
+    for module in (thread_status, audit_trail, analytics)
 }
+
+
+class UnknownViewError(ValueError):
+    """A view name that is not one of the projections."""
+
+
+def select_views(names: Iterable[str]) -> list[View]:
+    """The views named (all of them when none are), in their fixed order."""
+    wanted = list(names)
+    unknown = sorted(set(wanted) - set(VIEWS))
+    if unknown:
+        raise UnknownViewError(f"unknown view(s) {', '.join(map(repr, unknown))}; expected one "
+                               f"of: {', '.join(VIEWS)}")
+    return [view for name, view in VIEWS.items() if not wanted or name in wanted]
 
 
 class Projector:
     def __init__(self, db: ViewDatabase, views: Sequence[View] | None = None) -> None:
         self.db = db
         self.views = list(views or VIEWS.values())
-        for view in self.views:
-            view.create(db)
+        self._stale: list[str] = []
+        with db.transaction() as tx:
+            for view in self.views:
+                row = tx.one("SELECT version FROM view_meta WHERE view = ?", (view.name,))
+                if row is None:
+                    view.create(tx)
+                    tx.execute("INSERT INTO view_meta (view, version) VALUES (?, ?)",
+                               (view.name, view.version))
+                elif int(row["version"]) != view.version:
+                    self._stale.append(view.name)
+                else:
+                    view.create(tx)  # indexes added since are created
 
-    def apply(self, envelopes: Sequence[EventEnvelope]) -> int:
-        """Apply a batch in one transaction, in order; returns how many were new."""
-        applied = 0
-        with self.db.transaction() as cursor:
-            for env in envelopes:
-                for view in self.views:
-                    if self.db.track(cursor, view.name, env.service, env.position):
-                        view.apply(cursor, env)
-                        applied += 1
+    def stale(self) -> list[str]:
+        """Views built by another version of their schema: rebuild them before applying."""
+        return list(self._stale)
+
+    def rebuilt(self, names: Iterable[str]) -> None:
+        done = set(names)
+        self._stale = [name for name in self._stale if name not in done]
+
+    # -- live ---------------------------------------------------------------------------------
+
+    def apply(self, envelopes: Sequence[EventEnvelope], *, consumer: str | None = None,
+              stream_seq: int | None = None) -> int:
+        """Apply a batch in one transaction, in order; returns how many events were new."""
+        with self.db.transaction() as tx:
+            upto = {(row["view"], row["service"]): int(row["upto"])
+                    for row in tx.all("SELECT view, service, upto FROM view_positions")}
+            try:
+                with tx.savepoint("view_batch"):
+                    applied = self._apply_live(tx, envelopes, upto, careful=False)
+            except Exception as error:
+                if self.db.is_transient(error):
+                    raise
+                applied = self._apply_live(tx, envelopes, upto, careful=True)
+            if consumer is not None and stream_seq is not None:
+                tx.execute(
+                    "INSERT INTO view_consumers (consumer, stream_seq) VALUES (?, ?)"
+                    " ON CONFLICT (consumer) DO UPDATE SET stream_seq = excluded.stream_seq",
+                    (consumer, stream_seq),
+                )
         return applied
+
+    def _apply_live(self, tx: Tx, envelopes: Sequence[EventEnvelope],
+                    upto: dict[tuple[str, str], int], *, careful: bool) -> int:
+        applied = 0
+        for env in envelopes:
+            if not tx.execute("INSERT INTO applied_events (service, position) VALUES (?, ?)"
+                              " ON CONFLICT DO NOTHING", (env.service, env.position)):
+                continue  # applied before: a redelivery or a re-published event
+            applied += 1
+            targets = [v for v in self.views if env.position > upto.get((v.name, env.service), 0)]
+            if careful:
+                self._apply_careful(tx, env, targets)
+            else:
+                for view in targets:
+                    view.apply(tx, env)
+        return applied
+
+    def _apply_careful(self, tx: Tx, env: EventEnvelope, views: Sequence[View]) -> None:
+        try:
+            with tx.savepoint("view_event"):
+                for view in views:
+                    view.apply(tx, env)
+        except Exception as error:
+            if self.db.is_transient(error):
+                raise
+            log.error("event_not_projected", event_type=env.event_type, service=env.service,
+                      position=env.position, thread_id=env.thread_id, error=repr(error))
+
+    # -- rebuild ------------------------------------------------------------------------------
+
+    def replay(self, tx: Tx, envelopes: Iterable[EventEnvelope], views: Sequence[View]) -> int:
+        """Apply replayed events to ``views`` (no tracking); returns how many were applied."""
+        count = 0
+        stream = iter(envelopes)
+        while chunk := list(islice(stream, REPLAY_CHUNK)):
+            try:
+                with tx.savepoint("view_chunk"):
+                    for env in chunk:
+                        for view in views:
+                            view.apply(tx, env)
+            except Exception as error:
+                if self.db.is_transient(error):
+                    raise
+                for env in chunk:
+                    self._apply_careful(tx, env, views)
+            count += len(chunk)
+        return count

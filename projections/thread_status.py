@@ -1,20 +1,27 @@
-"""thread_status: the guide's ``threads`` collection, plus each thread's open requests."""
+"""thread_status: the guide's ``threads`` collection, each thread's open requests, and the full
+event timeline of every thread (what ``hitlflow show`` prints).
+
+Rows of ``thread_status`` come from the workflow service's events only, rows of
+``thread_requests`` from the interaction service's only, so their final state does not depend
+on how the two services' events interleave (live and rebuilt views agree).
+"""
 
 from __future__ import annotations
 
 import json
-import sqlite3
+from collections.abc import Callable
 from typing import Any
 
 from contracts.events import EventEnvelope
-from contracts.queries import PendingInteraction, ThreadView
-from projections.db import ViewDatabase, dumps
+from contracts.queries import Cursor, PendingInteraction, ThreadView, TimelineEvent
+from projections.db import Row, Tx, ViewDatabase, epoch, iso
 
 NAME = "thread_status"
+VERSION = 2
+TABLES = ("thread_status", "thread_requests", "thread_timeline")
 
-DDL = [
-    """
-    CREATE TABLE IF NOT EXISTS threads (
+DDL = (
+    """CREATE TABLE IF NOT EXISTS thread_status (
         thread_id TEXT PRIMARY KEY,
         graph_name TEXT NOT NULL,
         workflow_digest TEXT NOT NULL,
@@ -25,11 +32,12 @@ DDL = [
         updated_at TEXT NOT NULL,
         completed_at TEXT,
         error TEXT,
-        output TEXT
+        output TEXT,
+        version BIGINT NOT NULL
     )""",
-    "CREATE INDEX IF NOT EXISTS threads_status ON threads (status, updated_at)",
-    """
-    CREATE TABLE IF NOT EXISTS requests (
+    "CREATE INDEX IF NOT EXISTS thread_status_by_status ON thread_status (status, updated_at)",
+    "CREATE INDEX IF NOT EXISTS thread_status_by_update ON thread_status (updated_at)",
+    """CREATE TABLE IF NOT EXISTS thread_requests (
         id TEXT PRIMARY KEY,
         thread_id TEXT NOT NULL,
         node_name TEXT NOT NULL,
@@ -38,7 +46,7 @@ DDL = [
         context TEXT NOT NULL,
         options TEXT NOT NULL,
         assignees TEXT NOT NULL,
-        timeout_seconds REAL,
+        timeout_seconds DOUBLE PRECISION,
         deadline TEXT,
         created_at TEXT NOT NULL,
         batch_index INTEGER NOT NULL,
@@ -48,8 +56,20 @@ DDL = [
         action TEXT,
         responder TEXT
     )""",
-    "CREATE INDEX IF NOT EXISTS requests_open ON requests (status, thread_id, created_at)",
-]
+    "CREATE INDEX IF NOT EXISTS thread_requests_open ON thread_requests "
+    "(status, thread_id, created_at)",
+    """CREATE TABLE IF NOT EXISTS thread_timeline (
+        thread_id TEXT NOT NULL,
+        at_ts DOUBLE PRECISION NOT NULL,
+        service TEXT NOT NULL,
+        position BIGINT NOT NULL,
+        at TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        aggregate_version BIGINT NOT NULL,
+        payload TEXT NOT NULL,
+        PRIMARY KEY (thread_id, at_ts, service, position)
+    )""",
+)
 
 ENDINGS = {
     "ThreadCompleted": "completed",
@@ -58,79 +78,153 @@ ENDINGS = {
     "ThreadCancelled": "cancelled",
 }
 
-
-def create(db: ViewDatabase) -> None:
-    with db.transaction() as cursor:
-        for statement in DDL:
-            cursor.execute(statement)
+_THREAD_COLUMNS = ("thread_id, graph_name, workflow_digest, status, current_node, started_by, "
+                   "started_at, updated_at, completed_at, error, output")
 
 
-def drop(db: ViewDatabase) -> None:
-    with db.transaction() as cursor:
-        cursor.execute("DROP TABLE IF EXISTS threads")
-        cursor.execute("DROP TABLE IF EXISTS requests")
-        cursor.execute("DELETE FROM view_tracking WHERE view=?", (NAME,))
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
-def apply(cursor: sqlite3.Cursor, env: EventEnvelope) -> None:
-    """Fold one event into the view (the caller handles tracking and the transaction)."""
-    p = env.payload
-    at = env.occurred_at.isoformat()
-    kind = env.event_type
-    if kind == "ThreadStarted":
-        cursor.execute(
-            "INSERT OR IGNORE INTO threads (thread_id, graph_name, workflow_digest, status, "
-            "current_node, started_by, started_at, updated_at) VALUES (?,?,?,?,?,?,?,?)",
-            (env.thread_id, p["graph_name"], p["workflow_digest"], "running", None,
-             p["started_by"], at, at),
-        )
-    elif kind == "NodeCompleted":
-        cursor.execute("UPDATE threads SET current_node=?, updated_at=?, output=? "
-                       "WHERE thread_id=?", (p.get("next_node"), at, dumps(p.get("output")),
-                                             env.thread_id))
-    elif kind == "NodeFailed":
-        cursor.execute("UPDATE threads SET current_node=?, updated_at=? WHERE thread_id=?",
-                       (p.get("next_node"), at, env.thread_id))
-    elif kind == "ThreadPaused":
-        cursor.execute("UPDATE threads SET status='paused', current_node=?, updated_at=? "
-                       "WHERE thread_id=?", (p["node"], at, env.thread_id))
-    elif kind == "ThreadResumed":
-        cursor.execute(
-            "UPDATE threads SET status=CASE WHEN EXISTS (SELECT 1 FROM requests WHERE "
-            "thread_id=? AND status='pending' AND id<>?) THEN status ELSE 'running' END, "
-            "updated_at=? WHERE thread_id=?",
-            (env.thread_id, p["interaction_id"], at, env.thread_id),
-        )
-    elif kind in ENDINGS:
-        cursor.execute(
-            "UPDATE threads SET status=?, updated_at=?, completed_at=?, error=?, "
-            "output=COALESCE(?, output) WHERE thread_id=?",
-            (ENDINGS[kind], at, at, p.get("error"),
-             dumps(p["output"]) if "output" in p else None, env.thread_id),
-        )
-    elif kind == "InteractionRequested":
-        cursor.execute(
-            "INSERT OR IGNORE INTO requests (id, thread_id, node_name, interaction_type, prompt, "
-            "context, options, assignees, timeout_seconds, deadline, created_at, batch_index, "
-            "batch_size, status) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?, 'pending')",
-            (p["id"], env.thread_id, p["node_name"], p["interaction_type"], p["prompt"],
-             dumps(p["context"]), dumps(p["options"]), dumps(p["assignees"]),
-             p.get("timeout_seconds"), p.get("deadline"), p["created_at"],
-             p.get("batch_index", 0), p.get("batch_size", 1)),
-        )
-    elif kind == "ResponseAccepted":
-        cursor.execute("UPDATE requests SET status='answered', closed_at=?, action=?, "
-                       "responder=? WHERE id=?",
-                       (p["timestamp"], p["action"], p["responder"], p["request_id"]))
-    elif kind == "InteractionTimedOut":
-        cursor.execute("UPDATE requests SET status='timed_out', closed_at=? WHERE id=? AND "
-                       "status='pending'", (p["timestamp"], p["request_id"]))
-    elif kind == "InteractionCancelled":
-        cursor.execute("UPDATE requests SET status='cancelled', closed_at=? WHERE id=? AND "
-                       "status='pending'", (at, p["request_id"]))
+# -- folding events -----------------------------------------------------------------------------
 
 
-def _pending(row: sqlite3.Row) -> PendingInteraction:
+def _started(tx: Tx, env: EventEnvelope, p: dict[str, Any], at: str) -> None:
+    tx.execute(
+        "INSERT INTO thread_status (thread_id, graph_name, workflow_digest, status, current_node,"
+        " started_by, started_at, updated_at, version) VALUES (?,?,?,?,?,?,?,?,?)"
+        " ON CONFLICT DO NOTHING",
+        (env.thread_id, p["graph_name"], p["workflow_digest"], "running", None,
+         p.get("started_by", "anonymous"), at, at, env.aggregate_version),
+    )
+
+
+def _node_completed(tx: Tx, env: EventEnvelope, p: dict[str, Any], at: str) -> None:
+    tx.execute("UPDATE thread_status SET current_node=?, output=?, updated_at=?, version=?"
+               " WHERE thread_id=?",
+               (p.get("next_node"), _json(p.get("output")), at, env.aggregate_version,
+                env.thread_id))
+
+
+def _node_failed(tx: Tx, env: EventEnvelope, p: dict[str, Any], at: str) -> None:
+    tx.execute("UPDATE thread_status SET current_node=?, updated_at=?, version=?"
+               " WHERE thread_id=?", (p.get("next_node"), at, env.aggregate_version,
+                                     env.thread_id))
+
+
+def _touched(tx: Tx, env: EventEnvelope, p: dict[str, Any], at: str) -> None:
+    tx.execute("UPDATE thread_status SET updated_at=?, version=? WHERE thread_id=?",
+               (at, env.aggregate_version, env.thread_id))
+
+
+def _paused(tx: Tx, env: EventEnvelope, p: dict[str, Any], at: str) -> None:
+    tx.execute("UPDATE thread_status SET status='paused', current_node=?, updated_at=?,"
+               " version=? WHERE thread_id=?", (p["node"], at, env.aggregate_version,
+                                                env.thread_id))
+
+
+def _resumed(tx: Tx, env: EventEnvelope, p: dict[str, Any], at: str) -> None:
+    # a batch stays paused until its last request is answered
+    status = "paused" if int(p.get("waiting_on") or 0) > 0 else "running"
+    tx.execute("UPDATE thread_status SET status=?, updated_at=?, version=? WHERE thread_id=?",
+               (status, at, env.aggregate_version, env.thread_id))
+
+
+def _ended(tx: Tx, env: EventEnvelope, p: dict[str, Any], at: str) -> None:
+    node = None if env.event_type == "ThreadCompleted" else p.get("node")
+    error = p.get("error")
+    if env.event_type == "ThreadTimedOut":
+        error = f"request {p.get('interaction_id')} at node {p.get('node')!r} timed out"
+    tx.execute(
+        "UPDATE thread_status SET status=?, current_node=COALESCE(?, current_node),"
+        " updated_at=?, completed_at=?, error=?, output=COALESCE(?, output), version=?"
+        " WHERE thread_id=?",
+        (ENDINGS[env.event_type], node, at, at, error,
+         _json(p["output"]) if "output" in p else None, env.aggregate_version, env.thread_id),
+    )
+
+
+def _requested(tx: Tx, env: EventEnvelope, p: dict[str, Any], at: str) -> None:
+    tx.execute(
+        "INSERT INTO thread_requests (id, thread_id, node_name, interaction_type, prompt,"
+        " context, options, assignees, timeout_seconds, deadline, created_at, batch_index,"
+        " batch_size, status) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?, 'pending')"
+        " ON CONFLICT DO NOTHING",
+        (p["id"], env.thread_id, p["node_name"], p["interaction_type"], p["prompt"],
+         _json(p.get("context") or {}), _json(list(p.get("options") or ())),
+         _json(list(p.get("assignees") or ())), p.get("timeout_seconds"),
+         iso(p["deadline"]) if p.get("deadline") else None, iso(p["created_at"]),
+         p.get("batch_index", 0), p.get("batch_size", 1)),
+    )
+
+
+def _accepted(tx: Tx, env: EventEnvelope, p: dict[str, Any], at: str) -> None:
+    tx.execute("UPDATE thread_requests SET status='answered', closed_at=?, action=?, responder=?"
+               " WHERE id=?", (iso(p["timestamp"]), p["action"], p.get("responder"),
+                               p["request_id"]))
+
+
+def _timed_out(tx: Tx, env: EventEnvelope, p: dict[str, Any], at: str) -> None:
+    tx.execute("UPDATE thread_requests SET status='timed_out', closed_at=? WHERE id=?"
+               " AND status='pending'", (iso(p.get("timestamp") or at), p["request_id"]))
+
+
+def _cancelled(tx: Tx, env: EventEnvelope, p: dict[str, Any], at: str) -> None:
+    tx.execute("UPDATE thread_requests SET status='cancelled', closed_at=? WHERE id=?"
+               " AND status='pending'", (at, p["request_id"]))
+
+
+def _reminded(tx: Tx, env: EventEnvelope, p: dict[str, Any], at: str) -> None:
+    if p.get("deadline"):
+        tx.execute("UPDATE thread_requests SET deadline=? WHERE id=?",
+                   (iso(p["deadline"]), p["request_id"]))
+
+
+def _escalated(tx: Tx, env: EventEnvelope, p: dict[str, Any], at: str) -> None:
+    tx.execute("UPDATE thread_requests SET assignees=?, deadline=COALESCE(?, deadline)"
+               " WHERE id=?", (_json(list(p.get("assignees") or ())),
+                               iso(p["deadline"]) if p.get("deadline") else None,
+                               p["request_id"]))
+
+
+Handler = Callable[[Tx, EventEnvelope, dict[str, Any], str], None]
+
+HANDLERS: dict[str, Handler] = {
+    "ThreadStarted": _started,
+    "NodeCompleted": _node_completed,
+    "NodeFailed": _node_failed,
+    "NodeDecided": _touched,
+    "FallbackTaken": _touched,
+    "ThreadPaused": _paused,
+    "ThreadResumed": _resumed,
+    **dict.fromkeys(ENDINGS, _ended),
+    "InteractionRequested": _requested,
+    "ResponseAccepted": _accepted,
+    "InteractionTimedOut": _timed_out,
+    "InteractionCancelled": _cancelled,
+    "InteractionReminded": _reminded,
+    "InteractionEscalated": _escalated,
+}
+
+
+def apply(tx: Tx, env: EventEnvelope) -> None:
+    """Fold one event (of any type, known or not) into the view."""
+    at = iso(env.occurred_at)
+    tx.execute(
+        "INSERT INTO thread_timeline (thread_id, at_ts, service, position, at, event_type,"
+        " aggregate_version, payload) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+        (env.thread_id, epoch(env.occurred_at), env.service, env.position, at, env.event_type,
+         env.aggregate_version, _json(env.payload)),
+    )
+    handler = HANDLERS.get(env.event_type)
+    if handler is not None:
+        handler(tx, env, env.payload, at)
+
+
+# -- queries ------------------------------------------------------------------------------------
+
+
+def _pending(row: Row) -> PendingInteraction:
     return PendingInteraction(
         id=row["id"], thread_id=row["thread_id"], node_name=row["node_name"],
         interaction_type=row["interaction_type"], prompt=row["prompt"],
@@ -144,15 +238,15 @@ def _pending(row: sqlite3.Row) -> PendingInteraction:
 def pending(db: ViewDatabase, thread_id: str | None = None,
             limit: int = 100) -> list[PendingInteraction]:
     if thread_id:
-        rows = db.query("SELECT * FROM requests WHERE status='pending' AND thread_id=? "
-                        "ORDER BY created_at, batch_index LIMIT ?", (thread_id, limit))
+        rows = db.query("SELECT * FROM thread_requests WHERE status='pending' AND thread_id=?"
+                        " ORDER BY created_at, batch_index, id LIMIT ?", (thread_id, limit))
     else:
-        rows = db.query("SELECT * FROM requests WHERE status='pending' "
-                        "ORDER BY created_at, batch_index LIMIT ?", (limit,))
+        rows = db.query("SELECT * FROM thread_requests WHERE status='pending'"
+                        " ORDER BY created_at, batch_index, id LIMIT ?", (limit,))
     return [_pending(r) for r in rows]
 
 
-def _thread(db: ViewDatabase, row: sqlite3.Row) -> ThreadView:
+def _thread(db: ViewDatabase, row: Row) -> ThreadView:
     data: dict[str, Any] = dict(row)
     data["output"] = json.loads(row["output"]) if row["output"] is not None else None
     data["pending"] = (pending(db, row["thread_id"]) if row["status"] == "paused" else [])
@@ -160,8 +254,9 @@ def _thread(db: ViewDatabase, row: sqlite3.Row) -> ThreadView:
 
 
 def thread(db: ViewDatabase, thread_id: str) -> ThreadView | None:
-    rows = db.query("SELECT * FROM threads WHERE thread_id=?", (thread_id,))
-    return _thread(db, rows[0]) if rows else None
+    row = db.one(f"SELECT {_THREAD_COLUMNS} FROM thread_status WHERE thread_id=?",  # noqa: S608
+                 (thread_id,))
+    return _thread(db, row) if row else None
 
 
 def threads(db: ViewDatabase, status: str | None = None, graph_name: str | None = None,
@@ -174,6 +269,22 @@ def threads(db: ViewDatabase, status: str | None = None, graph_name: str | None 
         clauses.append("graph_name=?")
         params.append(graph_name)
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    rows = db.query(f"SELECT * FROM threads {where} ORDER BY updated_at DESC LIMIT ?",  # noqa: S608
-                    (*params, limit))
+    rows = db.query(f"SELECT {_THREAD_COLUMNS} FROM thread_status {where}"  # noqa: S608
+                    " ORDER BY updated_at DESC, thread_id LIMIT ?", (*params, limit))
     return [_thread(db, r) for r in rows]
+
+
+def timeline(db: ViewDatabase, thread_id: str, after: Cursor | None = None,
+             limit: int = 500) -> list[TimelineEvent]:
+    """A thread's events in the order they happened, ``limit`` at a time after ``after``."""
+    params: list[Any] = [thread_id]
+    keyset = ""
+    if after is not None:
+        keyset = " AND (at_ts, service, position) > (?, ?, ?)"
+        params += [after.at_ts, after.service, after.position]
+    rows = db.query("SELECT * FROM thread_timeline WHERE thread_id=?" + keyset +  # noqa: S608
+                    " ORDER BY at_ts, service, position LIMIT ?", (*params, limit))
+    return [TimelineEvent(at=r["at"], at_ts=r["at_ts"], service=r["service"],
+                          position=r["position"], event_type=r["event_type"],
+                          aggregate_version=r["aggregate_version"],
+                          payload=json.loads(r["payload"])) for r in rows]

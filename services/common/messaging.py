@@ -70,6 +70,19 @@ def stream_configs(replicas: int = 1) -> list[StreamConfig]:
             discard=DiscardPolicy.OLD,
             num_replicas=replicas,
         ),
+        # Timers: held schedule messages fire TimeoutInteraction commands into the same
+        # stream (nats-server 2.12+). No max_age: a deadline may be weeks away; fired
+        # messages carry their own TTL (allow_msg_ttl).
+        StreamConfig(
+            name=subjects.SCHEDULES_STREAM,
+            subjects=[subjects.SCHEDULES_ALL],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            duplicate_window=DUPLICATE_WINDOW,
+            num_replicas=replicas,
+            allow_msg_schedules=True,
+            allow_msg_ttl=True,
+        ),
     ]
 
 
@@ -103,6 +116,7 @@ def make_broker(url: str, *, name: str, user: str | None = None, password: str |
         connect_timeout=3,
         reconnect_time_wait=1,
         max_reconnect_attempts=-1,
+        drain_timeout=5,
         security=security,
         log_level=logging.DEBUG,
     )

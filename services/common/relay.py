@@ -28,6 +28,15 @@ ToEnvelope = Callable[[Any, Notification], EventEnvelope | None]
 
 
 class Relay:
+    """Publishes a service's saved events in order, in batches, one thread hop per batch.
+
+    The position published up to is kept in memory and recorded in the store (``Tracking``
+    under ``nats-relay``) at most every ``track_interval`` seconds, when the relay goes idle
+    after that, and on :meth:`close`: recording it is bookkeeping, not durability (the events
+    are already saved, and re-sent ones are dropped by the stream), so it need not cost a
+    write transaction per batch.
+    """
+
     def __init__(
         self,
         app: ServiceApplication,
@@ -36,63 +45,100 @@ class Relay:
         *,
         batch_size: int = 500,
         poll_interval: float = 1.0,
+        track_interval: float = 0.5,
     ) -> None:
         self._app = app
         self._js = js
         self._to_envelope = to_envelope
         self._batch_size = batch_size
         self._poll_interval = poll_interval
+        self._track_interval = track_interval
         self._wake = asyncio.Event()
+        self._wake_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: Last notification id published (0: nothing yet); the store may lag behind it.
+        self._position = 0
+        self._recorded = 0
+        self._recorded_at = 0.0
         self.published = 0
 
     def wake(self) -> None:
         """Thread-safe: called after every save of the application."""
         loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._wake.set)
+        if loop is None or loop.is_closed() or self._wake_scheduled:
+            return
+        self._wake_scheduled = True
+        loop.call_soon_threadsafe(self._woken)
+
+    def _woken(self) -> None:
+        self._wake_scheduled = False
+        self._wake.set()
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._app.on_saved(self.wake)
         while True:
             try:
-                while await self.publish_pending() == self._batch_size:
+                while await self._publish_next(from_recorded=False) == self._batch_size:
                     pass
+                await self._record_position(force=False)
             except asyncio.CancelledError:
                 raise
             except Exception as error:
                 log.warning("relay_publish_failed", error=str(error))
+            timeout = self._poll_interval
+            if self._position > self._recorded:  # come back to record it once it is due
+                timeout = min(timeout, self._track_interval)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+                await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()
 
     async def publish_pending(self) -> int:
-        """Publish the next batch of unpublished notifications; returns how many were read."""
-        recorder = self._app.process_recorder
-        last = await asyncio.to_thread(recorder.max_tracking_id, RELAY_TRACKING_NAME)
-        notifications = await asyncio.to_thread(
-            recorder.select_notifications, (last or 0) + 1, self._batch_size
-        )
-        if not notifications:
+        """Publish the next batch after the position recorded in the store; returns how many
+        notifications were read."""
+        return await self._publish_next(from_recorded=True)
+
+    async def close(self) -> None:
+        """Record the position published so far (call when the service stops)."""
+        await self._record_position(force=True)
+
+    async def _publish_next(self, *, from_recorded: bool) -> int:
+        read, last, messages = await asyncio.to_thread(self._read_batch, from_recorded)
+        if not read:
             return 0
-        acks = []
+        await asyncio.gather(*(
+            self._js.publish(subject, data, headers={"Nats-Msg-Id": msg_id})
+            for subject, data, msg_id in messages
+        ))
+        self._position = max(self._position, last)
+        self.published += len(messages)
+        return read
+
+    def _read_batch(self, from_recorded: bool) -> tuple[int, int, list[tuple[str, bytes, str]]]:
+        """In a worker thread: the next notifications, already encoded as messages."""
+        recorder = self._app.process_recorder
+        recorded = recorder.max_tracking_id(RELAY_TRACKING_NAME) or 0
+        start = recorded if from_recorded else max(recorded, self._position)
+        notifications = recorder.select_notifications(start + 1, self._batch_size)
+        messages = []
         for notification in notifications:
             event = self._app.mapper.to_domain_event(notification)
             envelope = self._to_envelope(event, notification)
-            if envelope is None:
-                continue
-            acks.append(
-                self._js.publish(
-                    envelope.subject,
-                    envelope.model_dump_json().encode(),
-                    headers={"Nats-Msg-Id": envelope.msg_id},
-                )
-            )
-        await asyncio.gather(*acks)
+            if envelope is not None:
+                messages.append((envelope.subject, envelope.model_dump_json().encode(),
+                                 envelope.msg_id))
+        last = notifications[-1].id if notifications else start
+        return len(notifications), last, messages
+
+    async def _record_position(self, *, force: bool) -> None:
+        position = self._position
+        if position <= self._recorded:
+            return
+        loop = asyncio.get_running_loop()
+        if not force and loop.time() - self._recorded_at < self._track_interval:
+            return
         with contextlib.suppress(IntegrityError):  # another replica's relay got there first
-            await asyncio.to_thread(
-                recorder.insert_tracking, Tracking(RELAY_TRACKING_NAME, notifications[-1].id)
-            )
-        self.published += len(acks)
-        return len(notifications)
+            await asyncio.to_thread(self._app.process_recorder.insert_tracking,
+                                    Tracking(RELAY_TRACKING_NAME, position))
+        self._recorded = position
+        self._recorded_at = loop.time()

@@ -67,6 +67,9 @@ class ServiceRuntime:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        if self.relay is not None:
+            with contextlib.suppress(Exception):
+                await self.relay.close()
         if self.broker is not None:
             with contextlib.suppress(Exception):
                 await self.broker.stop()

@@ -9,6 +9,7 @@ from uuid import UUID
 
 from contracts.commands import CommandReply, ResumeThread
 from contracts.events import InteractionSpec
+from contracts.timeouts import TimeoutInteraction
 from services.common.clock import Clock, SystemClock
 from services.common.logging import get_logger
 from services.common.store import ServiceApplication
@@ -86,6 +87,40 @@ class InteractionService(ServiceApplication):
                 self.record([inbox])
 
         self.retry_on_conflict(attempt)
+
+    # -- timeouts ---------------------------------------------------------------------------
+
+    def time_out(self, command: TimeoutInteraction) -> CommandReply:
+        """Take one step of a request's timeout policy; each step is taken at most once."""
+
+        def attempt() -> CommandReply:
+            interaction: Interaction | None = self.get_or_none(_uuid(command.request_id))
+            if interaction is None:
+                return self._timeout_reply(command, False, "unknown_request",
+                                           f"no request {command.request_id}")
+            try:
+                decision = interaction.time_out(command.step, self.clock.now())
+            except InteractionError as error:
+                return self._timeout_reply(command, False, error.code, str(error))
+            changed: list[Any] = [interaction]
+            if decision.closing:
+                inbox = self._inbox(command.thread_id)
+                inbox.expire_request(command.request_id, decision.policy)
+                changed.append(inbox)
+            self.record(changed)
+            log.info("interaction_timed_out", thread_id=command.thread_id,
+                     interaction_id=command.request_id, step=command.step,
+                     policy=decision.policy, fired_by=command.fired_by)
+            return self._timeout_reply(command, True, None, None, decision.action
+                                       or decision.policy)
+
+        return self.retry_on_conflict(attempt)
+
+    @staticmethod
+    def _timeout_reply(command: TimeoutInteraction, ok: bool, code: str | None,
+                       error: str | None, action: str | None = None) -> CommandReply:
+        return CommandReply(ok=ok, command="timeout", thread_id=command.thread_id, code=code,
+                            error=error, interaction_id=command.request_id, action=action)
 
     # -- workflow events --------------------------------------------------------------------
 

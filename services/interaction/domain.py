@@ -8,13 +8,17 @@ outcome) and every refused attempt (so nothing a responder sent is ever dropped)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
+from contracts.timeouts import InvalidTimeoutPolicyError, TimeoutPolicy
+
 NAMESPACE = UUID("0b8f3f0e-51b8-4b8a-a1b9-8f3b1f6d2a77")
+#: Who an answer taken by a timeout policy is recorded as.
+TIMEOUT_RESPONDER = "timeout"
 
 ACTIONS: dict[str, tuple[str, ...]] = {
     "approval": ("approve", "reject"),
@@ -75,6 +79,34 @@ class AmbiguousRequestError(InteractionError):
     """The thread waits on several requests and the response names none."""
 
     code = "ambiguous_request"
+
+
+class LateResponseError(InteractionError):
+    """An answer that came after the request's deadline closed it."""
+
+    code = "late"
+
+
+class TimeoutNotDueError(InteractionError):
+    """A timeout for a request whose deadline has not passed yet."""
+
+    code = "not_due"
+
+
+class StaleTimeoutError(InteractionError):
+    """A timeout for a step already taken, or for a request no longer open."""
+
+    code = "stale"
+
+
+@dataclass(frozen=True)
+class TimeoutDecision:
+    """What a timeout step did to a request."""
+
+    policy: str
+    #: True when the request is closed (fail or default), False when it waits on.
+    closing: bool
+    action: str | None = None
 
 
 @dataclass(frozen=True)
@@ -161,6 +193,37 @@ def decide(
     return Decision({**body, "message": message}, "success" if action == "respond" else "failure")
 
 
+def check_response_schema(schema: dict[str, Any], data: Any) -> None:
+    """The node's ``response_schema`` (JSON Schema) must accept the response data."""
+    from jsonschema import validators
+
+    body = {} if data is None else data
+    validator = validators.validator_for(schema)(schema)
+    errors = sorted(validator.iter_errors(body), key=lambda e: list(e.absolute_path))
+    if errors:
+        found = "; ".join(
+            f"at {'/'.join(str(p) for p in e.absolute_path) or '(top)'}: {e.message}"
+            for e in errors[:3]
+        )
+        raise InvalidResponseError(
+            f"response data does not satisfy this request's response_schema: {found} "
+            f"(expected data matching {_schema_summary(schema)})"
+        )
+
+
+def _schema_summary(schema: dict[str, Any]) -> str:
+    required = schema.get("required")
+    properties = schema.get("properties")
+    if isinstance(properties, dict) and properties:
+        fields = ", ".join(
+            f"{name}{'*' if isinstance(required, list) and name in required else ''}: "
+            f"{spec.get('type', 'any') if isinstance(spec, dict) else 'any'}"
+            for name, spec in properties.items()
+        )
+        return "{" + fields + "} (* = required)"
+    return "the schema"
+
+
 def _choice(options: list[str], body: dict[str, Any]) -> dict[str, Any]:
     listing = "; ".join(f"{i}. {o}" for i, o in enumerate(options, 1))
     if "choice" not in body:
@@ -212,7 +275,7 @@ class Interaction(Aggregate):
         context: dict[str, Any],
         options: list[str],
         timeout_seconds: float | None,
-        on_timeout: dict[str, Any] | None,
+        on_timeout: Any,
         assignees: list[str],
         response_schema: dict[str, Any] | None,
         batch_index: int,
@@ -237,6 +300,8 @@ class Interaction(Aggregate):
         self.deadline = deadline
         self.status = "pending"
         self.answer: dict[str, Any] | None = None
+        #: Expiries of the deadline handled so far (reminders, escalations, the closing one).
+        self.timeout_step = 0
 
     @event("ResponseAccepted")
     def _accepted(
@@ -261,13 +326,103 @@ class Interaction(Aggregate):
     def _cancelled(self, request_id: str, reason: str) -> None:
         self.status = "cancelled"
 
+    @event("InteractionReminded")
+    def _reminded(self, request_id: str, node_name: str, step: int, reminder: int, of: int,
+                  assignees: list[str], timestamp: datetime, deadline: datetime) -> None:
+        self.timeout_step = step + 1
+        self.deadline = deadline
+
+    @event("InteractionEscalated")
+    def _escalated(self, request_id: str, node_name: str, step: int,
+                   from_assignees: list[str], assignees: list[str], timestamp: datetime,
+                   deadline: datetime) -> None:
+        self.timeout_step = step + 1
+        self.assignees = list(assignees)
+        self.deadline = deadline
+
+    @event("InteractionTimedOut")
+    def _timed_out(self, request_id: str, node_name: str, policy: str, timestamp: datetime,
+                   step: int, deadline: datetime | None, action: str | None = None,
+                   detail: str | None = None) -> None:
+        self.timeout_step = step + 1
+        self.status = "timed_out"
+
+    def time_out(self, step: int, now: datetime) -> TimeoutDecision:
+        """Take expiry ``step`` of the request's timeout policy, once, if it is due."""
+        if self.status != "pending":
+            raise StaleTimeoutError(f"request {self.request_id} is {self.status}; "
+                                    "nothing to time out")
+        if step != self.timeout_step or self.deadline is None:
+            raise StaleTimeoutError(f"request {self.request_id} is at timeout step "
+                                    f"{self.timeout_step}, not {step}")
+        if now < self.deadline:
+            raise TimeoutNotDueError(f"request {self.request_id} is due at "
+                                     f"{self.deadline.isoformat()}, not yet at "
+                                     f"{now.isoformat()}")
+        deadline = self.deadline
+        detail: str | None = None
+        try:
+            firing = TimeoutPolicy.parse(self.on_timeout).firing(step, self.timeout_seconds)
+        except InvalidTimeoutPolicyError as error:
+            firing = TimeoutPolicy.parse("fail").firing(0, None)
+            detail = f"unreadable on_timeout ({error}): failed instead"
+        policy = firing.step
+        if policy.policy == "remind" and firing.wait:
+            self._reminded(self.request_id, self.node_name, step, firing.reminder, firing.of,
+                           list(self.assignees), now, now + timedelta(seconds=firing.wait))
+            return TimeoutDecision("remind", closing=False)
+        if policy.policy == "escalate" and firing.wait:
+            self._escalated(self.request_id, self.node_name, step, list(self.assignees),
+                            list(policy.to), now, now + timedelta(seconds=firing.wait))
+            return TimeoutDecision("escalate", closing=False)
+        if policy.policy == "default" and policy.action:
+            try:
+                decision = decide(self.interaction_type, self.options, self.context,
+                                  policy.action, policy.data)
+            except InvalidResponseError as error:
+                detail = (f"the default answer {policy.action!r} does not fit this "
+                          f"{self.interaction_type} request ({error}): failed instead")
+            else:
+                self._accepted(self.request_id, self.node_name, self.interaction_type,
+                               policy.action, policy.data, decision.value, decision.route, now,
+                               TIMEOUT_RESPONDER, f"timeout:{self.request_id}:{step}", True)
+                self._timed_out(self.request_id, self.node_name, "default", now, step,
+                                deadline, policy.action)
+                return TimeoutDecision("default", closing=True, action=policy.action)
+        self._timed_out(self.request_id, self.node_name, "fail", now, step, deadline,
+                        None, detail)
+        return TimeoutDecision("fail", closing=True)
+
+    def _closing_deadline_passed(self, now: datetime) -> datetime | None:
+        """The deadline that closes the request (fail or default) if it has passed."""
+        if self.deadline is None or now < self.deadline:
+            return None
+        try:
+            closing = TimeoutPolicy.parse(self.on_timeout).firing(
+                self.timeout_step, self.timeout_seconds).closing
+        except InvalidTimeoutPolicyError:
+            closing = True
+        return self.deadline if closing else None
+
     def respond(
         self, action: str, data: Any, responder: str, idempotency_key: str, now: datetime
     ) -> Decision:
         """Accept an answer if the request is open and the answer fits its type."""
+        if self.status == "timed_out":
+            raise LateResponseError(
+                f"request {self.request_id} timed out (deadline "
+                f"{self.deadline.isoformat() if self.deadline else 'passed'}); "
+                "the answer came too late")
         if self.status != "pending":
             raise AlreadyAnsweredError(self._closed_reason())
+        closed_at = self._closing_deadline_passed(now)
+        if closed_at is not None:
+            raise LateResponseError(
+                f"request {self.request_id} closed at its deadline {closed_at.isoformat()}; "
+                f"the answer came at {now.isoformat()}, too late")
         decision = decide(self.interaction_type, self.options, self.context, action, data)
+        if self.response_schema is not None:
+            check_response_schema(self.response_schema, data)
         self._accepted(self.request_id, self.node_name, self.interaction_type, action, data,
                        decision.value, decision.route, now, responder, idempotency_key)
         return decision
@@ -299,6 +454,8 @@ class Inbox(Aggregate):
         self.open: list[str] = []
         self.closed: list[str] = []
         self.outcomes: dict[str, dict[str, Any]] = {}
+        #: Requests closed by their timeout policy (an answer to them is late).
+        self.expired: list[str] = []
 
     @event("ThreadKnown")
     def _thread_known(self, status: str) -> None:
@@ -318,6 +475,13 @@ class Inbox(Aggregate):
         self.closed.append(request_id)
         if idempotency_key:
             self.outcomes[idempotency_key] = outcome
+
+    @event("RequestExpired")
+    def _request_expired(self, request_id: str, policy: str) -> None:
+        if request_id in self.open:
+            self.open.remove(request_id)
+        self.closed.append(request_id)
+        self.expired.append(request_id)
 
     @event("ResponseRejected")
     def _rejected(
@@ -354,11 +518,26 @@ class Inbox(Aggregate):
                       outcome: dict[str, Any]) -> None:
         self._request_closed(request_id, idempotency_key, outcome)
 
+    def expire_request(self, request_id: str, policy: str) -> None:
+        """The request's timeout policy closed it (fail or default)."""
+        if request_id not in self.expired:
+            self._request_expired(request_id, policy)
+
+    def _late(self, request_id: str) -> LateResponseError:
+        return LateResponseError(
+            f"request {request_id} of thread {self.thread_id!r} timed out before this answer "
+            f"came (thread now {self.thread_status}); the answer came too late"
+        )
+
     def target(self, request_id: str | None) -> str:
         """Which open request a response answers; raises with the reason when none."""
         if not self.started:
             raise UnknownThreadError(f"unknown thread {self.thread_id!r}: no such thread started")
+        last_expired = bool(self.closed) and self.closed[-1] in self.expired
         if self.thread_status in ("completed", "failed", "timed_out", "cancelled"):
+            if request_id in self.expired or (request_id is None and (
+                    last_expired or self.thread_status == "timed_out")):
+                raise self._late(request_id or (self.expired[-1] if self.expired else "?"))
             raise ThreadEndedError(
                 f"thread {self.thread_id!r} is {self.thread_status}; "
                 "nothing is waiting for an answer"
@@ -366,6 +545,8 @@ class Inbox(Aggregate):
         if request_id is not None:
             if request_id in self.open:
                 return request_id
+            if request_id in self.expired:
+                raise self._late(request_id)
             if request_id in self.closed:
                 raise AlreadyAnsweredError(f"request {request_id} was already answered")
             raise NotWaitingError(
@@ -373,6 +554,8 @@ class Inbox(Aggregate):
                 f"open requests: {', '.join(self.open) or 'none'}"
             )
         if not self.open:
+            if last_expired:
+                raise self._late(self.closed[-1])
             raise NotWaitingError(
                 f"thread {self.thread_id!r} is not paused: it waits on no request right now"
             )

@@ -11,8 +11,10 @@ from pydantic import ValidationError
 
 from contracts import subjects
 from contracts.commands import ResumeThread
+from contracts.events import InteractionRequested
 from contracts.subjects import InvalidThreadIdError, check_thread_id
-from services.common.consumer import Subscription, decode_envelope, thread_of
+from contracts.timeouts import TimeoutInteraction
+from services.common.consumer import PoisonMessageError, Subscription, decode_envelope, thread_of
 from services.common.replies import (
     describe_validation_error,
     refuse,
@@ -20,6 +22,7 @@ from services.common.replies import (
     stream_position,
 )
 from services.interaction.application import InteractionService
+from services.interaction.notifications import Notifier, notification_from
 
 THREAD_EVENTS = frozenset({
     "ThreadStarted", "ThreadPaused", "ThreadCompleted", "ThreadFailed", "ThreadTimedOut",
@@ -55,9 +58,39 @@ def subscriptions(broker: Any, app: InteractionService) -> list[Subscription]:
             await asyncio.to_thread(app.on_thread_event, envelope.thread_id, envelope.event_type,
                                     envelope.payload, envelope.service, envelope.position)
 
+    async def on_timeout(msg: Msg) -> None:
+        with structlog.contextvars.bound_contextvars(thread_id=thread_of(msg)):
+            try:
+                command = TimeoutInteraction.model_validate_json(msg.data)
+            except ValidationError as error:
+                await refuse(broker.connection, msg, "timeout", error)
+                return
+            with structlog.contextvars.bound_contextvars(interaction_id=command.request_id):
+                reply = await asyncio.to_thread(app.time_out, command)
+            await send_reply(broker.connection, msg, reply)
+
     return [
         Subscription(subjects.RESUME_ALL, subjects.COMMANDS_STREAM, "interaction-resume",
                      on_resume),
         Subscription(subjects.WORKFLOW_EVENTS, subjects.EVENTS_STREAM, "interaction-threads",
                      on_thread_event),
+        Subscription(subjects.TIMEOUT_ALL, subjects.COMMANDS_STREAM, "interaction-timeout",
+                     on_timeout),
     ]
+
+
+def notification_subscriptions(notifier: Notifier) -> list[Subscription]:
+    """Announce every InteractionRequested (this service's own events) to the sinks."""
+
+    async def on_requested(msg: Msg) -> None:
+        envelope = decode_envelope(msg.data)
+        try:
+            request = InteractionRequested.model_validate(envelope.payload)
+        except ValidationError as error:
+            raise PoisonMessageError(str(error)) from error
+        with structlog.contextvars.bound_contextvars(thread_id=envelope.thread_id,
+                                                     interaction_id=request.id):
+            await notifier.notify(notification_from(request))
+
+    return [Subscription("hitl.evt.interaction.InteractionRequested.>", subjects.EVENTS_STREAM,
+                         "interaction-notify", on_requested)]

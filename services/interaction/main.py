@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from hitlflow.settings import Settings
 from services.common.clock import Clock
+from services.common.consumer import Subscription
 from services.common.integration import envelope_factory
 from services.common.runtime import ServiceRuntime
 from services.interaction import handlers
 from services.interaction.application import InteractionService
+from services.interaction.notifications import Notifier, sinks_from_settings
 
 PUBLISHED = {
     "InteractionRequested", "ResponseAccepted", "ResponseRejected", "InteractionTimedOut",
-    "InteractionCancelled",
+    "InteractionCancelled", "InteractionReminded", "InteractionEscalated",
 }
 
 
@@ -26,10 +29,15 @@ def build(
 ) -> ServiceRuntime:
     app = InteractionService(settings.store_env("interaction", data_dir), clock=clock)
 
+    def subscriptions(broker: Any, service: InteractionService) -> list[Subscription]:
+        notifier = Notifier(sinks_from_settings(settings, broker.connection))
+        return [*handlers.subscriptions(broker, service),
+                *handlers.notification_subscriptions(notifier)]
+
     return ServiceRuntime(
         "interaction", app,
         nats_url=nats_url or settings.resolved_nats_url(),
-        subscriptions=handlers.subscriptions,
+        subscriptions=subscriptions,
         to_envelope=envelope_factory(app, "interaction", PUBLISHED,
                                      {"InteractionRequested": {"id": "request_id"}}),
         auth={"user": settings.nats_user, "password": settings.nats_password,

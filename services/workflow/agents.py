@@ -34,12 +34,20 @@ INTERACTION_AGENT_TYPES: dict[str, str | None] = {
 
 @dataclass(frozen=True)
 class AgentContext:
+    """What an agent may read besides its inputs (all read-only).
+
+    ``prompt`` is the node's prompt filled from the state; ``context`` the node's context JSON;
+    ``state`` the whole thread state; ``conversation`` every conversation turn of the thread so
+    far (``{"node", "prompt", "action", "message", "responder"}``, oldest first).
+    """
+
     thread_id: str
     node_name: str
     agent_type: str
     prompt: str
     context: Mapping[str, Any]
     state: Mapping[str, Any]
+    conversation: tuple[Mapping[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from contracts.commands import CancelThread, CommandReply, StartThread
-from contracts.events import ResponseAccepted
+from contracts.events import InteractionTimedOut, ResponseAccepted
+from contracts.timeouts import policy_problem
 from contracts.workflow import WorkflowSpec
 from services.common.clock import Clock, SystemClock
 from services.common.logging import get_logger
@@ -131,6 +132,29 @@ class WorkflowService(ServiceApplication):
 
         return self.handle_tracked(upstream, position, decide)
 
+    def on_interaction_timed_out(
+        self, thread_id: str, timed_out: InteractionTimedOut, upstream: str, position: int
+    ) -> bool:
+        """A request closed by its ``fail`` timeout policy times the thread out."""
+
+        def decide() -> list[Any]:
+            if timed_out.policy != "fail":
+                return []  # a default answer resumes the thread as ResponseAccepted
+            thread = self.get_or_none(thread_uuid(thread_id))
+            if thread is None:
+                return []
+            try:
+                thread.time_out(timed_out.request_id)
+            except ThreadError as error:
+                log.warning("timeout_not_applied", thread_id=thread_id,
+                            interaction_id=timed_out.request_id, reason=str(error))
+                return []
+            log.info("thread_timed_out", thread_id=thread_id,
+                     interaction_id=timed_out.request_id, node=timed_out.node_name)
+            return [thread]
+
+        return self.handle_tracked(upstream, position, decide)
+
     # -- queries (own store only) -----------------------------------------------------------
 
     def thread(self, thread_id: str) -> Thread | None:
@@ -147,6 +171,12 @@ class WorkflowService(ServiceApplication):
                 f"graph {spec.graph_name!r} uses agent types this workflow service does not "
                 f"know: {', '.join(unknown)} (register them with HITLFLOW_AGENTS)",
             )
+        for node in spec.nodes:
+            problem = (policy_problem(node.context["on_timeout"])
+                       if "on_timeout" in node.context else None)
+            if problem:
+                raise StartRefusedError(
+                    "invalid_workflow", f"node {node.name!r} (row {node.row}): {problem}")
         first = spec.nodes[0]
         if first.agent_type == "input":
             missing = [f for f in first.input_fields if f not in state]

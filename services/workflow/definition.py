@@ -1,7 +1,19 @@
 """Loading and checking CSV workflows (the guide's columns).
 
 Every problem names the file, the row (line of the CSV, header = 1) and the column, so an
-author can go straight to it. Loading refuses a graph with any error; nothing is guessed.
+author can go straight to it. Problems are of two severities:
+
+- **errors** stop a run: the file cannot be read, a required column is missing, an agent type
+  is unknown, a next node does not exist, a context is not a JSON object, an interaction's
+  context is wrong (unknown ``interaction_type``, a choice without ``options``, a condition that
+  does not parse, an invalid ``response_schema``, ``batch``, ``otherwise`` or ``fallback``).
+  :func:`load_workflow` refuses such a graph; nothing is guessed.
+- **warnings** do not stop a run but are almost always mistakes: a node no path reaches, an
+  input field (or a prompt's ``{field}``, or a condition's name) that no upstream node produces
+  and that is not an input of the start node, an input or interaction node with no next node
+  (its output is never used), a loop of automatic nodes that never pauses.
+
+:func:`check_workflow` returns both; ``hitlflow validate`` prints both.
 """
 
 from __future__ import annotations
@@ -10,13 +22,20 @@ import csv
 import io
 import json
 import re
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from jsonschema import SchemaError, ValidationError, validators
 
 from contracts.events import INTERACTION_TYPES
 from contracts.workflow import NodeSpec, WorkflowSpec
+from services.interaction.domain import InteractionError, decide
 from services.workflow.agents import INTERACTION_AGENT_TYPES, AgentRegistry
+from services.workflow.conditions import ConditionError
+from services.workflow.conditions import parse as parse_condition
+from services.workflow.templates import fields_of
 
 REQUIRED_COLUMNS = ("graph_name", "node_name", "agent_type")
 KNOWN_COLUMNS = (
@@ -32,6 +51,18 @@ KNOWN_COLUMNS = (
     "description",
 )
 _FIELD_SPLIT = re.compile(r"[|,]")
+#: Names a batch node's prompt may use besides the thread state's fields.
+BATCH_FIELDS = ("batch_number", "total_batches", "items_count", "batch_items")
+DEFAULT_BATCH_SIZE = 5
+#: The response a conditional node takes when its condition is false, when it names none.
+DEFAULT_OTHERWISE: dict[str, dict[str, Any]] = {
+    "approval": {"action": "approve",
+                 "data": {"reason": "approved automatically: the condition was false"}},
+    "edit": {"action": "approve", "data": {}},
+}
+FALLBACK_WHEN = ("on_error", "always")
+
+Severity = Literal["error", "warning"]
 
 
 @dataclass(frozen=True)
@@ -40,11 +71,17 @@ class Problem:
     row: int
     column: str
     message: str
+    severity: Severity = "error"
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.row}" if self.row else self.file
         column = f" [{self.column}]" if self.column else ""
         return f"{where}{column}: {self.message}"
+
+    def describe(self) -> str:
+        """``file:row [column]: error: message`` (the severity spelled out)."""
+        where, _, message = str(self).partition(": ")
+        return f"{where}: {self.severity}: {message}"
 
 
 class WorkflowError(ValueError):
@@ -55,6 +92,29 @@ class WorkflowError(ValueError):
         super().__init__("\n".join(str(p) for p in problems))
 
 
+@dataclass
+class Report:
+    """What :func:`check_workflow` found: the graph (None when it has errors) and problems."""
+
+    spec: WorkflowSpec | None
+    errors: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    items_field: str
+    size: int
+
+
+@dataclass(frozen=True)
+class FallbackConfig:
+    when: str
+    to: str | None
+    action: str | None
+    data: dict[str, Any] | None
+
+
 def interaction_type_of(node: NodeSpec) -> str | None:
     """The interaction type a node asks for, or None when it is not an interaction node."""
     if node.agent_type not in INTERACTION_AGENT_TYPES:
@@ -62,6 +122,39 @@ def interaction_type_of(node: NodeSpec) -> str | None:
     declared = node.context.get("interaction_type")
     implied = INTERACTION_AGENT_TYPES[node.agent_type]
     return str(declared) if declared else implied
+
+
+def batch_of(node: NodeSpec) -> BatchConfig | None:
+    """The node's batch settings (context ``batch``: a size, or ``{"items", "size"}``)."""
+    raw = node.context.get("batch")
+    if raw is None:
+        return None
+    items = node.input_fields[0] if len(node.input_fields) == 1 else ""
+    size = DEFAULT_BATCH_SIZE
+    if isinstance(raw, dict):
+        items = str(raw.get("items") or items)
+        size = int(raw.get("size", size))
+    elif isinstance(raw, int) and not isinstance(raw, bool):
+        size = raw
+    return BatchConfig(items, size)
+
+
+def fallback_of(node: NodeSpec) -> FallbackConfig | None:
+    """The node's automated fallback (context ``fallback``), if it has one."""
+    raw = node.context.get("fallback")
+    if not isinstance(raw, dict):
+        return None
+    data = raw.get("data")
+    return FallbackConfig(when=str(raw.get("when", "on_error")), to=raw.get("to"),
+                          action=raw.get("action"), data=data if isinstance(data, dict) else None)
+
+
+def otherwise_of(node: NodeSpec, kind: str) -> dict[str, Any] | None:
+    """The response a conditional node takes when its condition is false."""
+    raw = node.context.get("otherwise")
+    if isinstance(raw, dict):
+        return raw
+    return DEFAULT_OTHERWISE.get(kind)
 
 
 def split_target(target: str) -> tuple[str, str | None]:
@@ -79,12 +172,22 @@ def read_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
         raise WorkflowError(
             [Problem(str(path), 0, "", f"cannot read file: {error.strerror}")]
         ) from error
+    except UnicodeDecodeError as error:
+        raise WorkflowError(
+            [Problem(str(path), 0, "", f"cannot read file: not UTF-8 text ({error.reason})")]
+        ) from error
+    return rows_from_text(text)
+
+
+def rows_from_text(text: str) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """Header and non-empty rows (with their line numbers) of CSV text."""
     reader = csv.DictReader(io.StringIO(text))
     header = [h.strip() for h in (reader.fieldnames or [])]
     reader.fieldnames = header
     rows: list[tuple[int, dict[str, str]]] = []
     for record in reader:
-        cleaned = {k: (v or "").strip() for k, v in record.items() if k is not None}
+        cleaned = {k: (v or "").strip() for k, v in record.items()
+                   if k is not None and isinstance(v, str | None)}
         if any(cleaned.values()):
             rows.append((reader.line_num, cleaned))
     return header, rows
@@ -101,11 +204,34 @@ def graph_names(path: Path) -> list[str]:
 def load_workflow(
     target: str | Path, graph: str | None = None, registry: AgentRegistry | None = None
 ) -> WorkflowSpec:
-    """Load and check one graph of a CSV file; raises :class:`WorkflowError`."""
+    """Load and check one graph of a CSV file; raises :class:`WorkflowError` on any error."""
+    report = check_workflow(target, graph, registry)
+    if report.errors or report.spec is None:
+        raise WorkflowError(report.errors)
+    return report.spec
+
+
+def parse_workflow(
+    text: str, graph: str | None = None, registry: AgentRegistry | None = None,
+    source: str = "<text>",
+) -> WorkflowSpec:
+    """Load and check one graph of CSV text (e.g. sent over HTTP); ``source`` names it in errors."""
+    report = check_workflow(source, graph, registry, text=text)
+    if report.errors or report.spec is None:
+        raise WorkflowError(report.errors)
+    return report.spec
+
+
+def check_workflow(
+    target: str | Path, graph: str | None = None, registry: AgentRegistry | None = None,
+    *, text: str | None = None,
+) -> Report:
+    """Every error and warning of one graph of a CSV file (raises only when it is unreadable
+    or names no graph)."""
     path_text, graph_from_target = split_target(str(target))
     path = Path(path_text)
     file = str(path)
-    header, rows = read_rows(path)
+    header, rows = read_rows(path) if text is None else rows_from_text(text)
     problems = [
         Problem(file, 1, column, f"missing required column {column!r}")
         for column in REQUIRED_COLUMNS
@@ -128,12 +254,17 @@ def load_workflow(
 
     nodes: list[NodeSpec] = []
     seen: dict[str, int] = {}
+    rows_ok = True
     for line, row in selected:
         node, row_problems = _node_from_row(file, line, row, registry)
         problems.extend(row_problems)
         if node is None:
+            rows_ok = False
+            # the row is wrong, but its node exists: don't report edges to it as dangling
+            seen.setdefault(row.get("node_name", ""), line)
             continue
         if node.name in seen:
+            rows_ok = False
             problems.append(Problem(file, line, "node_name",
                 f"duplicate node {node.name!r} (first defined on row {seen[node.name]})"))
             continue
@@ -146,9 +277,17 @@ def load_workflow(
             if target_node and target_node not in seen:
                 problems.append(Problem(file, node.row, column,
                     f"next node {target_node!r} does not exist in graph {wanted!r}"))
-    if problems:
-        raise WorkflowError(problems)
-    return WorkflowSpec(graph_name=wanted, source=file, nodes=tuple(nodes))
+        fallback = fallback_of(node)
+        if fallback is not None and fallback.to and fallback.to not in seen:
+            problems.append(Problem(file, node.row, "context",
+                f"fallback node {fallback.to!r} does not exist in graph {wanted!r}"))
+
+    errors = sorted((p for p in problems if p.severity == "error"), key=lambda p: p.row)
+    warnings = [p for p in problems if p.severity == "warning"]
+    if rows_ok and nodes:
+        warnings += _graph_warnings(file, nodes)
+    spec = None if errors else WorkflowSpec(graph_name=wanted, source=file, nodes=tuple(nodes))
+    return Report(spec, errors, sorted(warnings, key=lambda p: p.row))
 
 
 def _node_from_row(
@@ -202,7 +341,11 @@ def _node_from_row(
 
 def _interaction_problems(file: str, node: NodeSpec) -> list[Problem]:
     if node.agent_type not in INTERACTION_AGENT_TYPES:
-        return []
+        return [Problem(file, node.row, "context",
+                        f"{key!r} applies to interaction nodes only (node {node.name!r} runs "
+                        f"agent {node.agent_type!r})")
+                for key in ("condition", "batch", "fallback", "otherwise", "response_schema")
+                if key in node.context]
     problems: list[Problem] = []
     kind = interaction_type_of(node)
     implied = INTERACTION_AGENT_TYPES[node.agent_type]
@@ -232,4 +375,231 @@ def _interaction_problems(file: str, node: NodeSpec) -> list[Problem]:
     ):
         problems.append(Problem(file, node.row, "context",
             "timeout_seconds must be a positive number of seconds"))
+    if problems:
+        return problems
+    messages = [
+        *_schema_problems(node),
+        *_condition_problems(node, kind),
+        *_batch_problems(node),
+        *_fallback_problems(node, kind),
+    ]
+    return [Problem(file, node.row, "context", m) for m in messages]
+
+
+def _schema_problems(node: NodeSpec) -> list[str]:
+    schema = node.context.get("response_schema")
+    if schema is None:
+        return []
+    if not isinstance(schema, dict):
+        return [f"response_schema must be a JSON Schema object, got {type(schema).__name__}"]
+    try:
+        validators.validator_for(schema).check_schema(schema)
+    except SchemaError as error:
+        where = "/".join(str(p) for p in error.absolute_path) or "(top)"
+        return [f"response_schema is not a valid JSON Schema at {where}: {error.message}"]
+    return []
+
+
+def _response_problem(node: NodeSpec, kind: str, what: str, response: Any) -> str | None:
+    """Would ``response`` (``{"action", "data"}``) be accepted from a person at this node?"""
+    if not isinstance(response, dict) or not isinstance(response.get("action"), str):
+        return (f"{what} must be an object with \"action\" (and optional \"data\"), e.g. "
+                "{\"action\": \"approve\"}")
+    unknown = sorted(set(response) - {"action", "data", "when", "to"})
+    if unknown:
+        return f"{what} has unknown keys {', '.join(map(repr, unknown))}"
+    data = response.get("data")
+    try:
+        decide(kind, list(node.context.get("options") or []), {}, response["action"], data)
+    except InteractionError as error:
+        return f"{what} is not a valid {kind} response: {error}"
+    schema = node.context.get("response_schema")
+    if isinstance(schema, dict) and not _schema_problems(node):
+        try:
+            validators.validator_for(schema)(schema).validate(data or {})
+        except ValidationError as error:
+            return f"{what} data does not satisfy response_schema: {error.message}"
+    return None
+
+
+def _condition_problems(node: NodeSpec, kind: str) -> list[str]:
+    problems: list[str] = []
+    if "condition" in node.context:
+        try:
+            parse_condition(node.context["condition"])
+        except ConditionError as error:
+            problems.append(str(error))
+        otherwise = otherwise_of(node, kind)
+        if otherwise is None:
+            problems.append(
+                f"a conditional {kind} interaction needs \"otherwise\": the response taken "
+                "when the condition is false, e.g. "
+                + ('{"action": "choose", "data": {"choice": 1}}' if kind == "choice" else
+                   '{"action": "respond", "data": {"text": "..."}}' if kind == "text_input" else
+                   '{"action": "end"}'))
+        else:
+            problem = _response_problem(node, kind, "\"otherwise\"", otherwise)
+            if problem:
+                problems.append(problem)
+    elif "otherwise" in node.context:
+        problems.append("\"otherwise\" is taken only when a \"condition\" is false, and this "
+                        "node has no condition")
+    return problems
+
+
+def _batch_problems(node: NodeSpec) -> list[str]:
+    raw = node.context.get("batch")
+    if raw is None:
+        return []
+    example = '"batch": {"items": "items", "size": 5} (or "batch": 5)'
+    if isinstance(raw, bool) or not isinstance(raw, int | dict):
+        return [f"batch must be a size or an object, e.g. {example}"]
+    if isinstance(raw, dict):
+        unknown = sorted(set(raw) - {"items", "size"})
+        if unknown:
+            return [f"batch has unknown keys {', '.join(map(repr, unknown))}; expected {example}"]
+        size = raw.get("size", DEFAULT_BATCH_SIZE)
+        items = raw.get("items")
+        if items is not None and (not isinstance(items, str) or not items):
+            return ["batch \"items\" must name the state field that holds the list of items"]
+    else:
+        size = raw
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        return [f"batch size must be a whole number of at least 1, got {size!r}"]
+    config = batch_of(node)
+    if config is None or not config.items_field:
+        return ["a batch needs the field that holds the items: \"batch\": {\"items\": \"FIELD\"}"
+                " (or exactly one input field)"]
+    return []
+
+
+def _fallback_problems(node: NodeSpec, kind: str) -> list[str]:
+    raw = node.context.get("fallback")
+    if raw is None:
+        return []
+    example = ('{"to": "NODE"} or {"action": "approve", "data": {...}}, '
+               'optionally with "when": "on_error" | "always"')
+    if not isinstance(raw, dict):
+        return [f"fallback must be an object: {example}"]
+    when = raw.get("when", "on_error")
+    if when not in FALLBACK_WHEN:
+        return [f"fallback \"when\" must be one of {', '.join(FALLBACK_WHEN)}, got {when!r}"]
+    has_to, has_action = "to" in raw, "action" in raw
+    if has_to == has_action:
+        return [f"fallback needs exactly one of \"to\" (a node) or \"action\": {example}"]
+    if has_to:
+        if not isinstance(raw["to"], str) or not raw["to"]:
+            return ["fallback \"to\" must name a node of the graph"]
+        extra = sorted(set(raw) - {"to", "when"})
+        return [f"fallback with \"to\" takes no {', '.join(map(repr, extra))}"] if extra else []
+    problem = _response_problem(node, kind, "fallback", raw)
+    return [problem] if problem else []
+
+
+# -- graph-level checks (warnings) ------------------------------------------------------------
+
+
+def _edges(node: NodeSpec) -> list[str]:
+    fallback = fallback_of(node)
+    targets = [node.next_on_success, node.next_on_failure, fallback.to if fallback else None]
+    return [t for t in targets if t]
+
+
+def _reachable(start: str, edges: dict[str, list[str]]) -> set[str]:
+    found = {start}
+    queue = deque([start])
+    while queue:
+        for target in edges.get(queue.popleft(), []):
+            if target not in found:
+                found.add(target)
+                queue.append(target)
+    return found
+
+
+def _graph_warnings(file: str, nodes: list[NodeSpec]) -> list[Problem]:
+    by_name = {n.name: n for n in nodes}
+    edges = {n.name: [t for t in _edges(n) if t in by_name] for n in nodes}
+    start = nodes[0]
+    reachable = _reachable(start.name, edges)
+    reverse: dict[str, list[str]] = {n.name: [] for n in nodes}
+    for source, targets in edges.items():
+        for target in targets:
+            reverse[target].append(source)
+    initial = set(start.input_fields)
+    warnings: list[Problem] = []
+
+    def warn(node: NodeSpec, column: str, message: str) -> None:
+        warnings.append(Problem(file, node.row, column, message, "warning"))
+
+    for node in nodes:
+        if node.name not in reachable:
+            warn(node, "node_name", f"node {node.name!r} is unreachable: no path from the start "
+                 f"node {start.name!r} leads to it, so it never runs")
+            continue
+        if not node.next_on_success and (
+            interaction_type_of(node) is not None or node.agent_type == "input"
+        ):
+            warn(node, "next_on_success", f"node {node.name!r} has no next_on_success, so a "
+                 "thread ends right after it and nothing uses its output; name the next node")
+        if node is start:
+            continue
+        upstream = _ancestors(node.name, reverse) & reachable
+        produced = {by_name[u].output_field for u in upstream if by_name[u].output_field}
+        known = produced | initial
+
+        for name in node.input_fields:
+            if name not in known:
+                warn(node, "input_fields", f"input field {_unproduced(name, node, start)}")
+        extra = set(BATCH_FIELDS) if batch_of(node) else set()
+        for name in dict.fromkeys(fields_of(node.prompt)):
+            if name not in known and name not in extra:
+                warn(node, "prompt",
+                     f"prompt field {{{name}}}: {_unproduced(name, node, start)}")
+        if isinstance(node.context.get("condition"), str):
+            try:
+                condition = parse_condition(node.context["condition"])
+            except ConditionError:
+                condition = None
+            for name in sorted(condition.names if condition else ()):
+                if name not in known:
+                    warn(node, "context",
+                         f"condition name {_unproduced(name, node, start)}")
+    warnings += _automatic_loops(file, nodes, edges)
+    return warnings
+
+
+def _unproduced(name: str, node: NodeSpec, start: NodeSpec) -> str:
+    return (f"{name!r} is produced by no node upstream of {node.name!r} and is not an input of "
+            f"the start node {start.name!r}: it is empty unless the initial state has it")
+
+
+def _ancestors(name: str, reverse: dict[str, list[str]]) -> set[str]:
+    """Nodes with a path of one or more steps to ``name`` (``name`` itself when in a loop)."""
+    found: set[str] = set()
+    queue = deque(reverse.get(name, []))
+    while queue:
+        source = queue.popleft()
+        if source not in found:
+            found.add(source)
+            queue.extend(reverse.get(source, []))
+    return found
+
+
+def _automatic_loops(file: str, nodes: list[NodeSpec],
+                     edges: dict[str, list[str]]) -> list[Problem]:
+    automatic = {n.name for n in nodes if interaction_type_of(n) is None}
+    auto_edges = {n: [t for t in edges[n] if t in automatic] for n in automatic}
+    reported: set[str] = set()
+    problems: list[Problem] = []
+    for node in nodes:
+        if node.name not in automatic or node.name in reported:
+            continue
+        loop = {t for t in _reachable(node.name, auto_edges)
+                if node.name in _reachable(t, auto_edges)}
+        if node.name in loop and any(node.name in auto_edges[t] for t in loop):
+            members = [n.name for n in nodes if n.name in loop]
+            reported |= loop
+            problems.append(Problem(file, node.row, "next_on_success",
+                f"nodes {' → '.join(members)} form a loop with no interaction node: a thread "
+                "that enters it never pauses and fails after too many steps", "warning"))
     return problems

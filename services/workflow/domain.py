@@ -14,10 +14,21 @@ from typing import Any
 from uuid import UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
+from pydantic import ValidationError
 
+from contracts.events import InteractionSpec
 from contracts.workflow import NodeSpec, WorkflowSpec
+from services.interaction.domain import InteractionError, decide
 from services.workflow.agents import AgentContext, AgentRegistry, AgentResult
-from services.workflow.definition import interaction_type_of
+from services.workflow.conditions import ConditionError, Evaluation
+from services.workflow.conditions import parse as parse_condition
+from services.workflow.definition import (
+    FallbackConfig,
+    batch_of,
+    fallback_of,
+    interaction_type_of,
+    otherwise_of,
+)
 from services.workflow.templates import render
 
 NAMESPACE = UUID("6f1d3c52-3b0e-4c1e-9d47-1f0a4d0c9e11")
@@ -26,7 +37,7 @@ MAX_STEPS_PER_ADVANCE = 1000
 #: Context keys that steer an interaction rather than being shown to the responder.
 CONTROL_KEYS = frozenset({
     "interaction_type", "options", "timeout_seconds", "on_timeout", "assignees",
-    "response_schema", "condition", "batch", "fallback", "urgency",
+    "response_schema", "condition", "batch", "fallback", "urgency", "otherwise",
 })
 
 
@@ -58,6 +69,12 @@ class ThreadFinishedError(ThreadError):
     """A change to a thread that has already ended."""
 
     code = "thread_ended"
+
+
+class RequestBuildError(ThreadError):
+    """An interaction request that cannot be built from its node and the thread's state."""
+
+    code = "request_failed"
 
 
 class Graph:
@@ -144,6 +161,21 @@ class Thread(Aggregate):
     def _node_failed(self, node: str, error: str, next_node: str | None) -> None:
         self.current_node = next_node
 
+    @event("NodeDecided")
+    def _node_decided(
+        self, node: str, interaction_type: str, expression: str, inputs: dict[str, Any],
+        result: bool, action: str, data: dict[str, Any] | None, value: Any, route: str,
+    ) -> None:
+        """A record only: the NodeCompleted that follows moves the thread on."""
+
+    @event("FallbackTaken")
+    def _fallback_taken(
+        self, node: str, interaction_type: str, reason: str, error: str | None,
+        next_node: str | None, action: str | None, data: dict[str, Any] | None, value: Any,
+        route: str | None,
+    ) -> None:
+        """A record only: the NodeCompleted that follows moves the thread on."""
+
     @event("ThreadPaused")
     def _paused(self, node: str, interactions: list[dict[str, Any]]) -> None:
         self.status = "paused"
@@ -169,6 +201,7 @@ class Thread(Aggregate):
             "action": action, "data": data, "value": value, "route": route,
             "responder": responder, "batch_index": spec.get("batch_index", 0),
             "prompt": spec.get("prompt", ""), "by_timeout": by_timeout,
+            "items": (spec.get("context") or {}).get("batch_items"),
         }
         if not self.pending:
             self.status = "running"
@@ -254,8 +287,9 @@ class Thread(Aggregate):
             kind = interaction_type_of(node)
             if kind is not None:
                 if not self.answers:
-                    self._pause_at(node, kind, now, request_defaults or {})
-                    return
+                    # pauses, or decides without a person (condition false, fallback)
+                    self._ask(node, kind, now, request_defaults or {})
+                    continue
                 self._complete_interaction_node(node, kind)
             else:
                 self._run_agent(node, agents)
@@ -277,7 +311,7 @@ class Thread(Aggregate):
         ctx = AgentContext(
             thread_id=self.thread_id, node_name=node.name, agent_type=node.agent_type,
             prompt=render(node.prompt, self.state), context=node.context,
-            state=dict(self.state),
+            state=dict(self.state), conversation=tuple(self.conversation),
         )
         started = time.perf_counter()
         try:
@@ -299,15 +333,126 @@ class Thread(Aggregate):
         else:
             self._finish_node(node, result, "success", duration_ms)
 
-    def _pause_at(
+    def _ask(
         self, node: NodeSpec, kind: str, now: Callable[[], datetime],
         defaults: Mapping[str, Any],
     ) -> None:
+        """Pause for a person, unless the node's fallback policy or its condition says not to.
+
+        A condition that cannot be evaluated asks the person (the safe side) and says why in
+        the request's context. A request that cannot be built takes the node's fallback, or
+        fails the node when it has none.
+        """
+        fallback = fallback_of(node)
+        if fallback is not None and fallback.when == "always":
+            self._take_fallback(node, kind, fallback, "policy", None)
+            return
+        asked_because: dict[str, Any] | None = None
+        if "condition" in node.context:
+            try:
+                evaluation = parse_condition(node.context["condition"]).evaluate(self.state)
+            except ConditionError as error:
+                asked_because = {"condition": node.context["condition"], "error": str(error)}
+            else:
+                if not evaluation.result:
+                    self._decide_without_person(node, kind, evaluation)
+                    return
+                asked_because = {"condition": evaluation.expression,
+                                 "inputs": evaluation.inputs, "result": True}
+        try:
+            self._pause_at(node, kind, now, defaults, asked_because)
+        except RequestBuildError as error:
+            if fallback is not None:
+                self._take_fallback(node, kind, fallback, "request_failed", str(error))
+                return
+            self._fail_node(node, f"RequestBuildError: {error}")
+
+    def _fail_node(self, node: NodeSpec, message: str) -> None:
+        self._node_failed(node.name, message, node.next_on_failure)
+        if node.next_on_failure is None:
+            self._failed(node.name, f"node {node.name!r} failed: {message}")
+
+    def _shown(self, node: NodeSpec, kind: str) -> dict[str, Any]:
+        """The context a person is shown: the node's context and its input fields."""
         shown = {k: v for k, v in node.context.items() if k not in CONTROL_KEYS}
         for field in node.input_fields:
             shown.setdefault(field, self.state.get(field))
         if kind == "edit" and "original_content" not in shown and len(node.input_fields) == 1:
             shown["original_content"] = self.state.get(node.input_fields[0])
+        return shown
+
+    def _decide_without_person(self, node: NodeSpec, kind: str, evaluation: Evaluation) -> None:
+        """The condition was false: take the node's ``otherwise`` response, by the same rules."""
+        response = otherwise_of(node, kind) or {}
+        action, data = str(response.get("action", "")), response.get("data")
+        try:
+            decision = decide(kind, list(node.context.get("options") or []),
+                              self._shown(node, kind), action, data)
+        except InteractionError as error:
+            self._fail_node(node, f"its \"otherwise\" response is invalid: {error}")
+            return
+        self._node_decided(node.name, kind, evaluation.expression, evaluation.inputs, False,
+                           action, data, decision.value, decision.route)
+        self._finish_node(node, decision.value, decision.route, 0.0,
+                          {"action": action, "decided_by": "condition"})
+
+    def _take_fallback(self, node: NodeSpec, kind: str, fallback: FallbackConfig, reason: str,
+                       error: str | None) -> None:
+        """The automated fallback: route to its node, or decide with its response."""
+        if fallback.to:
+            value = {"fallback": True, "reason": reason, "error": error}
+            self._fallback_taken(node.name, kind, reason, error, fallback.to, None, None, value,
+                                 None)
+            self._node_completed(node.name, value, node.output_field, None, fallback.to, 0.0,
+                                 {"fallback": reason})
+            return
+        action = str(fallback.action or "")
+        try:
+            decision = decide(kind, list(node.context.get("options") or []),
+                              self._shown(node, kind), action, fallback.data)
+        except InteractionError as invalid:
+            self._fail_node(node, f"its fallback response is invalid: {invalid}")
+            return
+        self._fallback_taken(node.name, kind, reason, error, None, action, fallback.data,
+                             decision.value, decision.route)
+        self._finish_node(node, decision.value, decision.route, 0.0,
+                          {"action": action, "fallback": reason})
+
+    def _batch_specs(self, node: NodeSpec, spec: dict[str, Any]) -> list[dict[str, Any]]:
+        """One request per batch of the node's items (the guide's batch interaction)."""
+        try:
+            batch = batch_of(node)
+        except (TypeError, ValueError) as error:
+            raise RequestBuildError(f"invalid batch settings: {error}") from error
+        assert batch is not None
+        items = self.state.get(batch.items_field)
+        if not isinstance(items, list):
+            raise RequestBuildError(
+                f"batch items field {batch.items_field!r} holds "
+                f"{'nothing' if items is None else type(items).__name__}; expected a list"
+            )
+        if batch.size < 1:
+            raise RequestBuildError(f"batch size must be at least 1, got {batch.size}")
+        chunks = [items[i:i + batch.size] for i in range(0, len(items), batch.size)]
+        shown = {k: v for k, v in spec["context"].items() if k != batch.items_field}
+        specs = []
+        for index, chunk in enumerate(chunks):
+            extra = {"batch_number": index + 1, "total_batches": len(chunks),
+                     "batch_items": chunk, "items_count": len(chunk)}
+            prompt = render(node.prompt, {**self.state, **extra}) or (
+                f"Please review batch {index + 1} of {len(chunks)}:")
+            specs.append({**spec, "id": interaction_id(self.thread_id, self.pause_count, index),
+                          "prompt": prompt, "context": {**shown, **extra},
+                          "batch_index": index, "batch_size": len(chunks)})
+        return specs
+
+    def _pause_at(
+        self, node: NodeSpec, kind: str, now: Callable[[], datetime],
+        defaults: Mapping[str, Any], asked_because: dict[str, Any] | None = None,
+    ) -> None:
+        shown = self._shown(node, kind)
+        if asked_because is not None:
+            shown["asked_because"] = asked_because
         timeout = node.context.get("timeout_seconds", defaults.get(kind))
         spec = {
             "id": interaction_id(self.thread_id, self.pause_count, 0),
@@ -324,10 +469,28 @@ class Thread(Aggregate):
             "batch_index": 0,
             "batch_size": 1,
         }
-        self._paused(node.name, [spec])
+        specs = self._batch_specs(node, spec) if "batch" in node.context else [spec]
+        if not specs:  # an empty batch: nothing to review
+            self._finish_node(node, [], "success", 0.0, {"batch_items": 0})
+            return
+        try:
+            for checked in specs:
+                InteractionSpec.model_validate(checked)
+        except ValidationError as error:
+            raise RequestBuildError(f"the request does not fit the contract: {error}") from error
+        self._paused(node.name, specs)
 
     def _complete_interaction_node(self, node: NodeSpec, kind: str) -> None:
         answers = sorted(self.answers.values(), key=lambda a: a["batch_index"])
+        if "batch" in node.context:  # every batch's answer, in batch order
+            results = [{"batch_number": a["batch_index"] + 1, "items": a["items"],
+                        "action": a["action"], "value": a["value"],
+                        "responder": a["responder"], "by_timeout": a["by_timeout"]}
+                       for a in answers]
+            route = "success" if all(a["route"] == "success" for a in answers) else "failure"
+            self._finish_node(node, results, route, 0.0,
+                              {"actions": [a["action"] for a in answers], "batches": len(answers)})
+            return
         answer = answers[0]
         value = answer["value"]
         turn = None

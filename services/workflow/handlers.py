@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from contracts import subjects
 from contracts.commands import CancelThread, StartThread
-from contracts.events import ResponseAccepted
+from contracts.events import InteractionTimedOut, ResponseAccepted
 from services.common.consumer import PoisonMessageError, Subscription, decode_envelope, thread_of
 from services.common.replies import refuse, send_reply, stream_position
 from services.workflow.application import WorkflowService
@@ -48,9 +48,21 @@ def subscriptions(broker: Any, app: WorkflowService) -> list[Subscription]:
             await asyncio.to_thread(app.on_response_accepted, envelope.thread_id, answer,
                                     envelope.service, envelope.position)
 
+    async def on_timed_out(msg: Msg) -> None:
+        envelope = decode_envelope(msg.data)
+        with structlog.contextvars.bound_contextvars(thread_id=envelope.thread_id):
+            try:
+                timed_out = InteractionTimedOut.model_validate(envelope.payload)
+            except ValidationError as error:
+                raise PoisonMessageError(str(error)) from error
+            await asyncio.to_thread(app.on_interaction_timed_out, envelope.thread_id,
+                                    timed_out, envelope.service, envelope.position)
+
     return [
         Subscription(subjects.START_ALL, subjects.COMMANDS_STREAM, "workflow-start", on_start),
         Subscription(subjects.CANCEL_ALL, subjects.COMMANDS_STREAM, "workflow-cancel", on_cancel),
         Subscription("hitl.evt.interaction.ResponseAccepted.>", subjects.EVENTS_STREAM,
                      "workflow-answers", on_answer),
+        Subscription("hitl.evt.interaction.InteractionTimedOut.>", subjects.EVENTS_STREAM,
+                     "workflow-timeouts", on_timed_out),
     ]

@@ -15,6 +15,7 @@ from services.workflow.application import WorkflowService
 PUBLISHED = {
     "ThreadStarted", "NodeCompleted", "NodeFailed", "ThreadPaused", "ThreadResumed",
     "ThreadCompleted", "ThreadFailed", "ThreadTimedOut", "ThreadCancelled",
+    "NodeDecided", "FallbackTaken",
 }
 
 
@@ -30,6 +31,7 @@ def build(
         settings.store_env("workflow", data_dir),
         agents=agents or AgentRegistry.load(settings.agent_modules()),
         clock=clock,
+        request_defaults=settings.request_timeouts(),
     )
 
     return ServiceRuntime(

@@ -94,7 +94,7 @@ def test_republished_events_are_dropped_by_the_stream(tmp_path: Path,
                 cursor.execute(f"DELETE FROM {settings.postgres_schema}.workflow_tracking "
                                "WHERE application_name='nats-relay'")
         republished = hitl.call(relay.publish_pending())
-        assert republished >= len(before)
+        assert republished >= 3  # ThreadStarted, NodeCompleted, ThreadPaused at least
         assert asyncio.run(stream_subjects(hitl.nats_url, "t-dup")) == before
         assert hitl.resume("t-dup", "approve").status == "completed"
 

@@ -1,0 +1,214 @@
+"""hitlflow under load: the embedded stack in its own process, driven over NATS.
+
+The services run exactly as ``hitlflow up`` runs them (a child process: nats-server from the
+wheel, workflow + interaction + projections services, SQLite stores), with the example agents.
+The load generator in this process speaks the documented wire contract, as an enterprise system
+would: it publishes StartThread / ResumeThread to JetStream (``Hitl-Reply-To`` set, so every
+command gets its reply) and follows the thread's published events. A thread has *paused* when the
+interaction service has opened its request (InteractionRequested published) and is *completed*
+when ThreadCompleted is published — every event by then saved in a store and in HITL_EVENTS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import nats
+import psutil
+from nats.aio.msg import Msg
+
+from bench.workload import AGENTS, REQUEST, WORKFLOW
+from contracts import subjects
+from contracts.commands import CommandReply, ResumeThread, StartThread
+from contracts.workflow import WorkflowSpec
+from hitlflow.stack import free_port
+from services.workflow.agents import AgentRegistry
+from services.workflow.definition import load_workflow
+
+
+class StackProcess:
+    """``python -m hitlflow up`` with its own home directory and port."""
+
+    def __init__(self, home: Path, *, log_level: str = "INFO") -> None:
+        self.home = home
+        self.port = free_port()
+        self.log_level = log_level
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def nats_url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "HITLFLOW_AGENTS": AGENTS, "HITLFLOW_HOME": str(self.home),
+               "HITLFLOW_LOG_LEVEL": self.log_level}
+        env.pop("HITLFLOW_NATS_URL", None)
+        log = (self.home / "stack.log").open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "hitlflow", "up", "--home", str(self.home),
+             "--port", str(self.port)],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env,
+        )
+        stack_file = self.home / "stack.json"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                tail = (self.home / "stack.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"hitlflow up exited:\n{tail}")
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                if json.loads(stack_file.read_text())["pid"] == self.process.pid:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError(f"hitlflow up did not start in {timeout:g}s")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def memory(self) -> dict[str, Any]:
+        """Resident memory of the services process and, apart, of its nats-server."""
+        services = psutil.Process(self.pid)
+        nats_rss = sum(child.memory_info().rss for child in services.children(recursive=True))
+        return {"services_rss_bytes": services.memory_info().rss, "nats_rss_bytes": nats_rss}
+
+    def cpu_seconds(self) -> float:
+        times = psutil.Process(self.pid).cpu_times()
+        return float(times.user + times.system)
+
+    def cpu_split(self) -> dict[str, float]:
+        """CPU seconds so far: services (user, system), nats-server, this load generator."""
+        services = psutil.Process(self.pid)
+        times = services.cpu_times()
+        nats_cpu = 0.0
+        for child in services.children(recursive=True):
+            child_times = child.cpu_times()
+            nats_cpu += child_times.user + child_times.system
+        own = psutil.Process().cpu_times()
+        return {"services_user": times.user, "services_system": times.system,
+                "nats": nats_cpu, "load_generator": own.user + own.system}
+
+    def wait_idle(self, threshold: float = 0.05, quiet: float = 1.5, limit: float = 120.0) -> None:
+        """Until the services use under ``threshold`` of a core for ``quiet`` seconds."""
+        process = psutil.Process(self.pid)
+        process.cpu_percent(None)
+        calm = 0.0
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline and calm < quiet:
+            time.sleep(0.5)
+            calm = calm + 0.5 if process.cpu_percent(None) < threshold * 100 else 0.0
+
+    def disk(self) -> dict[str, int]:
+        def size(path: Path) -> int:
+            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+        return {"stores_bytes": size(self.home / "stores"),
+                "jetstream_bytes": size(self.home / "nats")}
+
+
+class Driver:
+    """Sends commands and resolves futures from the replies and events it sees."""
+
+    def __init__(self, nats_url: str) -> None:
+        self.nats_url = nats_url
+        self.workflow: WorkflowSpec = load_workflow(WORKFLOW,
+                                                    registry=AgentRegistry.load([AGENTS]))
+        self._paused: dict[str, asyncio.Future[None]] = {}
+        self._done: dict[str, asyncio.Future[None]] = {}
+        self._inbox = f"_INBOX.bench{os.getpid()}"
+        self.nc: Any = None
+        self.js: Any = None
+        self.refused: list[str] = []
+
+    async def connect(self) -> None:
+        self.nc = await nats.connect(self.nats_url, name="hitlflow-bench")
+        self.js = self.nc.jetstream()
+        await self.nc.subscribe("hitl.evt.interaction.InteractionRequested.*",
+                                cb=self._on_requested)
+        await self.nc.subscribe("hitl.evt.workflow.ThreadCompleted.*", cb=self._on_completed)
+        await self.nc.subscribe("hitl.evt.workflow.ThreadFailed.*", cb=self._on_failed)
+        await self.nc.subscribe(f"{self._inbox}.>", cb=self._on_reply)
+        await self.nc.flush()
+
+    async def close(self) -> None:
+        if self.nc is not None:
+            await self.nc.drain()
+
+    @staticmethod
+    def _resolve(futures: dict[str, asyncio.Future[None]], thread_id: str,
+                 error: str | None = None) -> None:
+        future = futures.pop(thread_id, None)
+        if future is not None and not future.done():
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(RuntimeError(error))
+
+    async def _on_requested(self, msg: Msg) -> None:
+        self._resolve(self._paused, msg.subject.rsplit(".", 1)[-1])
+
+    async def _on_completed(self, msg: Msg) -> None:
+        self._resolve(self._done, msg.subject.rsplit(".", 1)[-1])
+
+    async def _on_failed(self, msg: Msg) -> None:
+        thread_id = msg.subject.rsplit(".", 1)[-1]
+        self._resolve(self._paused, thread_id, "thread failed")
+        self._resolve(self._done, thread_id, "thread failed")
+
+    async def _on_reply(self, msg: Msg) -> None:
+        reply = CommandReply.model_validate_json(msg.data)
+        if not reply.ok:
+            self.refused.append(f"{reply.code}: {reply.error}")
+            self._resolve(self._paused, reply.thread_id, reply.error)
+            self._resolve(self._done, reply.thread_id, reply.error)
+
+    async def _command(self, subject: str, payload: bytes, kind: str, thread_id: str) -> None:
+        await self.js.publish(subject, payload, headers={
+            subjects.REPLY_TO_HEADER: f"{self._inbox}.{kind}.{thread_id}"})
+
+    async def pause(self, thread_id: str, timeout: float = 60.0) -> float:
+        """Start a thread; seconds until its request is open."""
+        future = self._paused[thread_id] = asyncio.get_running_loop().create_future()
+        command = StartThread(thread_id=thread_id, workflow=self.workflow, state=dict(REQUEST),
+                              started_by="bench")
+        t0 = time.perf_counter()
+        await self._command(subjects.start_subject(thread_id),
+                            command.model_dump_json().encode(), "start", thread_id)
+        await asyncio.wait_for(future, timeout)
+        return time.perf_counter() - t0
+
+    async def resume(self, thread_id: str, timeout: float = 60.0) -> float:
+        """Approve a paused thread; seconds from sending the command until ThreadCompleted."""
+        future = self._done[thread_id] = asyncio.get_running_loop().create_future()
+        command = ResumeThread(thread_id=thread_id, action="approve",
+                               idempotency_key=f"bench-{thread_id}", responder="bench")
+        payload = command.model_dump_json().encode()
+        t0 = time.perf_counter()
+        await self._command(subjects.resume_subject(thread_id), payload, "resume", thread_id)
+        await asyncio.wait_for(future, timeout)
+        return time.perf_counter() - t0
+
+    async def cycle(self, thread_id: str) -> tuple[float, float]:
+        return await self.pause(thread_id), await self.resume(thread_id)

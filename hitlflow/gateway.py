@@ -1,0 +1,176 @@
+"""HTTP gateway: the same commands and queries as the CLI, for responders and systems on HTTP.
+
+    hitlflow serve gateway --port 8080
+
+Every write goes through the command streams exactly as the CLI's do (nothing here touches a
+store); refusals come back with the service's stable ``code`` and a message naming what was
+expected, and the HTTP status says what kind of refusal it was.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Header, HTTPException, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from contracts.subjects import InvalidThreadIdError, check_thread_id
+from hitlflow.client import HitlClient, NoOutcomeError, Outcome, StackUnavailableError
+from hitlflow.settings import Settings
+from services.workflow.definition import WorkflowError, parse_workflow
+
+#: HTTP status for each refusal code.
+STATUS_OF_CODE = {
+    "invalid_response": 422,
+    "invalid_command": 422,
+    "missing_input": 422,
+    "unknown_agent": 422,
+    "unknown_thread": 404,
+    "thread_exists": 409,
+    "thread_ended": 409,
+    "not_waiting": 409,
+    "already_answered": 409,
+    "ambiguous_request": 409,
+}
+
+
+class StartBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    csv: str = Field(description="The workflow CSV text (the guide's columns).")
+    graph: str | None = Field(default=None, description="Graph name when the CSV holds several.")
+    state: dict[str, Any] = Field(default_factory=dict)
+    thread_id: str | None = None
+    started_by: str = "http"
+
+
+class CancelBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = ""
+    requested_by: str = "http"
+
+
+def _outcome_response(outcome: Outcome, ok_status: int = 200) -> JSONResponse:
+    body = outcome.as_dict()
+    if outcome.ok:
+        return JSONResponse(body, status_code=ok_status)
+    return JSONResponse(body, status_code=STATUS_OF_CODE.get(outcome.reply.code or "", 409))
+
+
+def _thread_id(value: str) -> str:
+    try:
+        return check_thread_id(value)
+    except InvalidThreadIdError as error:
+        raise HTTPException(400, str(error)) from error
+
+
+def create_app(settings: Settings, client: HitlClient | None = None) -> FastAPI:
+    holder: dict[str, HitlClient] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        hitl = client or HitlClient(settings.resolved_nats_url(),
+                                    reply_timeout=settings.reply_timeout,
+                                    auth={"user": settings.nats_user,
+                                          "password": settings.nats_password,
+                                          "token": settings.nats_token})
+        await hitl.connect()
+        holder["client"] = hitl
+        try:
+            yield
+        finally:
+            await hitl.close()
+
+    app = FastAPI(title="hitlflow", version="0.1.0", lifespan=lifespan,
+                  description="Start threads, answer their requests, read their status.")
+
+    @app.exception_handler(StackUnavailableError)
+    async def unavailable(request: Request, error: StackUnavailableError) -> JSONResponse:
+        return JSONResponse({"error": str(error)}, status_code=503)
+
+    @app.exception_handler(NoOutcomeError)
+    async def no_outcome(request: Request, error: NoOutcomeError) -> JSONResponse:
+        return JSONResponse({"error": str(error)}, status_code=504)
+
+    def hitl() -> HitlClient:
+        return holder["client"]
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/threads", status_code=201)
+    async def start(body: StartBody) -> JSONResponse:
+        """Start a thread; answers once it pauses or ends, with what it waits for."""
+        try:
+            workflow = parse_workflow(body.csv, body.graph, source="request body")
+        except WorkflowError as error:
+            raise HTTPException(400, {"error": "invalid workflow",
+                                      "problems": [str(p) for p in error.problems]}) from error
+        if body.thread_id is not None:
+            _thread_id(body.thread_id)
+        outcome = await hitl().start(workflow, body.state, thread_id=body.thread_id,
+                                     started_by=body.started_by)
+        return _outcome_response(outcome, 201)
+
+    @app.post("/threads/{thread_id}/resume")
+    async def resume(
+        thread_id: str,
+        request: Request,
+        idempotency_key: str | None = Header(default=None),
+    ) -> JSONResponse:
+        """Answer a request: ``{"action": "approve", "data": {...}, "request_id": "...",
+        "responder": "..."}``. An ``Idempotency-Key`` header (or body field) makes it safe to
+        send again. A body that is not JSON is refused and kept in the audit."""
+        _thread_id(thread_id)
+        raw = (await request.body()).decode("utf-8", errors="replace")
+        try:
+            body = json.loads(raw) if raw.strip() else {}
+        except json.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("action"), str):
+            if body is None:
+                outcome = await hitl().resume(thread_id, "(unparsed)", raw_data=raw,
+                                              idempotency_key=idempotency_key,
+                                              responder=request.headers.get("x-responder",
+                                                                            "http"))
+                return _outcome_response(outcome)
+            raise HTTPException(422, "expected a JSON object with 'action' (a string) and "
+                                     "optional 'data' (an object), 'request_id', 'responder'")
+        outcome = await hitl().resume(
+            thread_id, body["action"], body.get("data"),
+            request_id=body.get("request_id"),
+            idempotency_key=body.get("idempotency_key") or idempotency_key,
+            responder=str(body.get("responder") or request.headers.get("x-responder", "http")),
+        )
+        return _outcome_response(outcome)
+
+    @app.post("/threads/{thread_id}/cancel")
+    async def cancel(thread_id: str, body: CancelBody) -> JSONResponse:
+        _thread_id(thread_id)
+        return _outcome_response(await hitl().cancel(thread_id, body.reason, body.requested_by))
+
+    @app.get("/threads/{thread_id}")
+    async def thread(thread_id: str) -> dict[str, Any]:
+        _thread_id(thread_id)
+        view = await hitl().thread(thread_id)
+        if view is None:
+            raise HTTPException(404, f"unknown thread {thread_id!r}")
+        return view.model_dump(mode="json")
+
+    @app.get("/threads")
+    async def threads(status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        return [t.model_dump(mode="json") for t in await hitl().threads(status, limit)]
+
+    @app.get("/pending")
+    async def pending(thread_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        if thread_id is not None:
+            _thread_id(thread_id)
+        return [p.model_dump(mode="json") for p in await hitl().pending(thread_id, limit)]
+
+    return app

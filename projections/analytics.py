@@ -1,0 +1,213 @@
+"""analytics: the guide's ``InteractionAnalytics``, computed over a window from one row per
+request.
+
+Definitions (``[since, until)`` is the window; every count is "as it stood at ``until``"):
+
+- total: requests created in the window; by type and by node likewise;
+- answered: of those, answered by a person (not by a timeout policy) before ``until``;
+- response time: from the request's creation to a person's accepted answer; average, and the
+  50th and 95th percentiles by nearest rank (the value at rank ⌈p/100 · n⌉ of the sorted times);
+- timeout rate: requests closed by their timeout policy (the thread failed, or a default answer
+  was taken) before ``until``, divided by total;
+- approval rate: ``approve`` / (``approve`` + ``reject``) over approval requests answered by a
+  person;
+- bottlenecks: nodes with more requests in the window than the threshold (the guide's 10);
+- pending backlog: requests open at ``until``, created at any time before it, and the age of the
+  oldest one at ``until``.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta
+from typing import Any
+
+from contracts.events import EventEnvelope
+from contracts.queries import AnalyticsQuery, AnalyticsReply, Bottleneck, Metrics
+from projections.db import Tx, ViewDatabase, epoch
+
+NAME = "analytics"
+VERSION = 1
+TABLES = ("analytics_requests",)
+DEFAULT_DAYS = 30
+
+DDL = (
+    """CREATE TABLE IF NOT EXISTS analytics_requests (
+        request_id TEXT PRIMARY KEY,
+        thread_id TEXT NOT NULL,
+        node_name TEXT NOT NULL,
+        interaction_type TEXT NOT NULL,
+        created_ts DOUBLE PRECISION NOT NULL,
+        answered_ts DOUBLE PRECISION,
+        by_timeout INTEGER NOT NULL DEFAULT 0,
+        action TEXT,
+        responder TEXT,
+        timed_out_ts DOUBLE PRECISION,
+        cancelled_ts DOUBLE PRECISION,
+        closed_ts DOUBLE PRECISION,
+        rejected_attempts INTEGER NOT NULL DEFAULT 0,
+        reminders INTEGER NOT NULL DEFAULT 0,
+        escalations INTEGER NOT NULL DEFAULT 0
+    )""",
+    "CREATE INDEX IF NOT EXISTS analytics_requests_by_created ON analytics_requests"
+    " (created_ts)",
+    "CREATE INDEX IF NOT EXISTS analytics_requests_open ON analytics_requests"
+    " (closed_ts, created_ts)",
+)
+
+
+def apply(tx: Tx, env: EventEnvelope) -> None:
+    kind = env.event_type
+    p = env.payload
+    if kind == "InteractionRequested":
+        tx.execute(
+            "INSERT INTO analytics_requests (request_id, thread_id, node_name, interaction_type,"
+            " created_ts) VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING",
+            (p["id"], env.thread_id, p["node_name"], p["interaction_type"],
+             epoch(p["created_at"])),
+        )
+    elif kind == "ResponseAccepted":
+        at = epoch(p["timestamp"])
+        by_timeout = 1 if p.get("by_timeout") else 0
+        tx.execute(
+            "UPDATE analytics_requests SET answered_ts=?, by_timeout=?, action=?, responder=?,"
+            " timed_out_ts=CASE WHEN ?=1 THEN COALESCE(timed_out_ts, ?) ELSE timed_out_ts END,"
+            " closed_ts=COALESCE(closed_ts, ?) WHERE request_id=?",
+            (at, by_timeout, p.get("action"), p.get("responder"), by_timeout, at, at,
+             p["request_id"]),
+        )
+    elif kind == "InteractionTimedOut":
+        at = epoch(p.get("timestamp") or env.occurred_at)
+        tx.execute("UPDATE analytics_requests SET timed_out_ts=COALESCE(timed_out_ts, ?),"
+                   " closed_ts=COALESCE(closed_ts, ?) WHERE request_id=?",
+                   (at, at, p["request_id"]))
+    elif kind == "InteractionCancelled":
+        at = epoch(env.occurred_at)
+        tx.execute("UPDATE analytics_requests SET cancelled_ts=?, closed_ts=? WHERE request_id=?"
+                   " AND closed_ts IS NULL", (at, at, p["request_id"]))
+    elif kind == "ResponseRejected" and p.get("request_id"):
+        tx.execute("UPDATE analytics_requests SET rejected_attempts=rejected_attempts+1"
+                   " WHERE request_id=?", (p["request_id"],))
+    elif kind == "InteractionReminded":
+        tx.execute("UPDATE analytics_requests SET reminders=reminders+1 WHERE request_id=?",
+                   (p["request_id"],))
+    elif kind == "InteractionEscalated":
+        tx.execute("UPDATE analytics_requests SET escalations=escalations+1 WHERE request_id=?",
+                   (p["request_id"],))
+
+
+# -- queries ------------------------------------------------------------------------------------
+
+#: group name → the SQL expression rows are grouped by.
+_GROUPS = {"overall": "'*'", "type": "interaction_type", "node": "node_name"}
+
+
+def window(query: AnalyticsQuery, now: datetime) -> tuple[datetime, datetime]:
+    until = query.until or now
+    since = query.since or until - timedelta(days=query.days or DEFAULT_DAYS)
+    return since, until
+
+
+def _rank(n: int, percent: float) -> int:
+    """Nearest rank (1-based) of a percentile among ``n`` sorted values."""
+    return max(1, math.ceil(percent / 100 * n))
+
+
+def _ratio(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
+def _grouped(db: ViewDatabase, group: str, since: float, until: float) -> dict[str, Metrics]:
+    key = _GROUPS[group]
+    person = "answered_ts < ? AND by_timeout = 0"
+    by = "" if group == "overall" else f" GROUP BY {key}"
+    rows = db.query(
+        f"SELECT {key} AS grp, COUNT(*) AS total,"  # noqa: S608 - key from _GROUPS
+        f" SUM(CASE WHEN {person} THEN 1 ELSE 0 END) AS answered,"
+        " SUM(CASE WHEN timed_out_ts < ? THEN 1 ELSE 0 END) AS timed_out,"
+        " SUM(CASE WHEN cancelled_ts < ? THEN 1 ELSE 0 END) AS cancelled,"
+        " SUM(rejected_attempts) AS rejected_attempts, SUM(reminders) AS reminders,"
+        " SUM(escalations) AS escalations,"
+        f" AVG(CASE WHEN {person} THEN answered_ts - created_ts END) AS avg_rt,"
+        f" SUM(CASE WHEN {person} AND interaction_type = 'approval' AND action = 'approve'"
+        " THEN 1 ELSE 0 END) AS approved,"
+        f" SUM(CASE WHEN {person} AND interaction_type = 'approval'"
+        " AND action IN ('approve', 'reject') THEN 1 ELSE 0 END) AS decided"
+        " FROM analytics_requests WHERE created_ts >= ? AND created_ts < ?" + by,
+        (until, until, until, until, until, until, since, until),
+    )
+    metrics: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        total = int(row["total"] or 0)
+        if not total:
+            continue
+        timed_out = int(row["timed_out"] or 0)
+        metrics[str(row["grp"])] = {
+            "total": total, "answered": int(row["answered"] or 0), "timed_out": timed_out,
+            "cancelled": int(row["cancelled"] or 0),
+            "rejected_attempts": int(row["rejected_attempts"] or 0),
+            "reminders": int(row["reminders"] or 0), "escalations": int(row["escalations"] or 0),
+            "avg_response_time_s": (float(row["avg_rt"]) if row["avg_rt"] is not None
+                                    else None),
+            "timeout_rate": _ratio(timed_out, total),
+            "approval_rate": _ratio(int(row["approved"] or 0), int(row["decided"] or 0)),
+        }
+    _percentiles(db, key, metrics, since, until)
+    for row in db.query(
+        f"SELECT {key} AS grp, COUNT(*) AS pending, MIN(created_ts) AS oldest"  # noqa: S608
+        " FROM analytics_requests WHERE created_ts < ? AND (closed_ts IS NULL OR closed_ts >= ?)"
+        + by, (until, until),
+    ):
+        if not row["pending"]:
+            continue
+        entry = metrics.setdefault(str(row["grp"]), {})
+        entry["pending"] = int(row["pending"])
+        entry["oldest_pending_age_s"] = until - float(row["oldest"])
+    return {name: Metrics(**values) for name, values in sorted(metrics.items())}
+
+
+def _percentiles(db: ViewDatabase, key: str, metrics: dict[str, dict[str, Any]], since: float,
+                 until: float) -> None:
+    """p50/p95 of each group, reading the sorted response times once (constant memory)."""
+    wanted: dict[str, dict[int, list[str]]] = {}
+    for name, values in metrics.items():
+        n = values["answered"]
+        if n:
+            ranks = wanted[name] = {}
+            ranks.setdefault(_rank(n, 50), []).append("p50_response_time_s")
+            ranks.setdefault(_rank(n, 95), []).append("p95_response_time_s")
+    if not wanted:
+        return
+    current, seen = None, 0
+    for row in db.stream(
+        f"SELECT {key} AS grp, answered_ts - created_ts AS rt"  # noqa: S608 - key from _GROUPS
+        " FROM analytics_requests WHERE created_ts >= ? AND created_ts < ?"
+        " AND answered_ts < ? AND by_timeout = 0 ORDER BY grp, rt",
+        (since, until, until),
+    ):
+        group = str(row["grp"])
+        if group != current:
+            current, seen = group, 0
+        seen += 1
+        for field in wanted.get(group, {}).get(seen, ()):
+            metrics[group][field] = float(row["rt"])
+
+
+def report(db: ViewDatabase, query: AnalyticsQuery, now: datetime) -> AnalyticsReply:
+    since, until = window(query, now)
+    start, end = epoch(since), epoch(until)
+    overall = _grouped(db, "overall", start, end).get("*", Metrics())
+    per_type = _grouped(db, "type", start, end)
+    per_node = _grouped(db, "node", start, end)
+    bottlenecks = sorted(
+        (Bottleneck(node=node, interaction_count=m.total) for node, m in per_node.items()
+         if m.total > query.bottleneck_threshold),
+        key=lambda b: (-b.interaction_count, b.node),
+    )
+    return AnalyticsReply(
+        since=since, until=until, total_interactions=overall.total,
+        by_type={name: m.total for name, m in per_type.items() if m.total},
+        avg_response_time=overall.avg_response_time_s, timeout_rate=overall.timeout_rate,
+        approval_rate=overall.approval_rate, overall=overall, per_type=per_type,
+        per_node=per_node, bottlenecks=bottlenecks,
+    )

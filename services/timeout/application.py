@@ -1,0 +1,134 @@
+"""Timeout service: keeps one Deadline per request with a timeout, and fires it once.
+
+It follows the interaction service's events (a request opened, reminded, escalated, answered,
+timed out or cancelled) and records each deadline change with the upstream position, so a
+redelivered event changes nothing. Firing is recorded once per expiry; the TimeoutInteraction
+command it leads to is applied once by the interaction service (which decides first answer vs
+timeout on the request itself).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from services.common.clock import Clock, SystemClock
+from services.common.logging import get_logger
+from services.common.store import ServiceApplication
+from services.timeout.domain import Deadline, deadline_uuid
+
+log = get_logger(__name__)
+
+#: Interaction events that open, move or close a deadline.
+DEADLINE_EVENTS = frozenset({
+    "InteractionRequested", "InteractionReminded", "InteractionEscalated", "ResponseAccepted",
+    "InteractionTimedOut", "InteractionCancelled",
+})
+_CLEARING = {"ResponseAccepted": "answered", "InteractionTimedOut": "timed_out",
+             "InteractionCancelled": "cancelled"}
+
+
+@dataclass(frozen=True)
+class Timer:
+    """What the NATS timer of one request should be right now."""
+
+    request_id: str
+    thread_id: str
+    step: int
+    due_at: datetime | None
+    #: False when no timer should be held (cleared, or this step already fired).
+    armed: bool
+    node_name: str = ""
+    interaction_type: str = ""
+    policy: str = ""
+
+    @classmethod
+    def of(cls, deadline: Deadline) -> Timer:
+        return cls(deadline.request_id, deadline.thread_id, deadline.step, deadline.due_at,
+                   deadline.pending and not deadline.fired, deadline.node_name,
+                   deadline.interaction_type, deadline.policy)
+
+
+class TimeoutService(ServiceApplication):
+    name = "timeout"
+
+    def __init__(self, env: dict[str, str] | None = None, *, clock: Clock | None = None) -> None:
+        super().__init__(env)
+        self.clock = clock or SystemClock()
+
+    # -- interaction events -----------------------------------------------------------------
+
+    def on_interaction_event(self, event_type: str, payload: dict[str, Any], upstream: str,
+                             position: int) -> Timer | None:
+        """Open, move or clear the deadline an interaction event concerns.
+
+        Returns the request's timer as it now stands (None when the request has no deadline).
+        """
+        if event_type not in DEADLINE_EVENTS:
+            return None
+        request_id = str(payload["id"] if event_type == "InteractionRequested"
+                         else payload["request_id"])
+        if event_type == "InteractionRequested" and payload.get("deadline") is None:
+            return None
+
+        decided: list[Deadline | None] = [None]
+
+        def decide() -> list[Any]:
+            deadline: Deadline | None = self.get_or_none(deadline_uuid(request_id))
+            decided[0] = deadline
+            if event_type == "InteractionRequested":
+                if deadline is None:
+                    deadline = Deadline(
+                        request_id=request_id, thread_id=payload["thread_id"],
+                        node_name=payload["node_name"],
+                        interaction_type=payload["interaction_type"],
+                        timeout_seconds=payload.get("timeout_seconds"),
+                        on_timeout=payload.get("on_timeout"),
+                    )
+                    decided[0] = deadline
+                deadline.schedule(0, _datetime(payload["deadline"]))
+            elif deadline is None:
+                return []
+            elif event_type in ("InteractionReminded", "InteractionEscalated"):
+                deadline.schedule(int(payload["step"]) + 1, _datetime(payload["deadline"]))
+            else:
+                deadline.clear(_CLEARING[event_type], self.clock.now())
+            return [deadline]
+
+        if self.handle_tracked(upstream, position, decide):
+            deadline = decided[0]
+        else:  # handled before: the timer as it stands now
+            deadline = self.get_or_none(deadline_uuid(request_id))
+        return None if deadline is None else Timer.of(deadline)
+
+    # -- firing -----------------------------------------------------------------------------
+
+    def fire(self, request_id: str, step: int, via: str) -> Timer | None:
+        """Record that expiry ``step`` of a request went off (once, whoever gets there first).
+
+        Returns the timer when the step is still the request's pending one (fired by this call
+        or an earlier one): its TimeoutInteraction should be sent. None when there is nothing to
+        fire (answered, cleared, or moved on). Raises DeadlineNotDueError when early.
+        """
+
+        def attempt() -> Timer | None:
+            deadline: Deadline | None = self.get_or_none(deadline_uuid(request_id))
+            if deadline is None or deadline.cleared is not None or deadline.step != step:
+                return None
+            if deadline.fire(step, self.clock.now(), via):
+                self.record([deadline])
+                log.info("deadline_fired", thread_id=deadline.thread_id,
+                         interaction_id=request_id, step=step, via=via,
+                         policy=deadline.policy)
+            return Timer.of(deadline)
+
+        return self.retry_on_conflict(attempt)
+
+    def deadline(self, request_id: str) -> Deadline | None:
+        found: Deadline | None = self.get_or_none(deadline_uuid(request_id))
+        return found
+
+
+def _datetime(value: Any) -> datetime:
+    return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))

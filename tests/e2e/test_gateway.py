@@ -1,0 +1,79 @@
+"""The HTTP gateway against the real stack: start, answer, refuse, read."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from hitlflow.gateway import create_app
+from hitlflow.settings import Settings
+from hitlflow.testing import HitlTestStack
+from tests.conftest import ROOT
+from tests.helpers import stored_events
+
+CSV = (ROOT / "tests" / "workflows" / "types.csv").read_text()
+
+
+@pytest.fixture
+def http(hitl: HitlTestStack) -> Iterator[TestClient]:
+    with TestClient(create_app(Settings(nats_url=hitl.nats_url))) as client:
+        yield client
+
+
+def test_start_answer_and_read_over_http(http: TestClient) -> None:
+    started = http.post("/threads", json={"csv": CSV, "graph": "Choice", "thread_id": "web-1",
+                                          "state": {"app": "payment_service"}})
+    assert started.status_code == 201, started.text
+    body = started.json()
+    assert body["status"] == "paused"
+    assert body["pending"][0]["options"][1] == "Staging (us-west-2)"
+
+    assert http.get("/pending", params={"thread_id": "web-1"}).json()[0]["node_name"] == "pick"
+
+    answered = http.post("/threads/web-1/resume",
+                         json={"action": "choose", "data": {"choice": 2}, "responder": "ana"},
+                         headers={"Idempotency-Key": "web-answer-1"})
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["output"]["option"] == "Staging (us-west-2)"
+    again = http.post("/threads/web-1/resume", json={"action": "choose", "data": {"choice": 2}},
+                      headers={"Idempotency-Key": "web-answer-1"})
+    assert again.status_code == 200 and again.json()["duplicate"] is True
+    assert http.get("/threads/web-1").json()["status"] == "completed"
+    assert [t["thread_id"] for t in http.get("/threads", params={"status": "completed"}).json()
+            ] == ["web-1"]
+
+
+def test_refusals_carry_code_and_status(http: TestClient, hitl: HitlTestStack) -> None:
+    assert http.post("/threads", json={"csv": CSV, "graph": "Approve", "thread_id": "web-2",
+                                       "state": {"request": "r"}}).status_code == 201
+    wrong = http.post("/threads/web-2/resume", json={"action": "choose"})
+    assert wrong.status_code == 422
+    assert wrong.json()["code"] == "invalid_response"
+    assert "expected one of: approve, reject" in wrong.json()["error"]
+
+    not_json = http.post("/threads/web-2/resume", content=b"{approve",
+                         headers={"content-type": "application/json"})
+    assert not_json.status_code == 422 and "not valid JSON" in not_json.json()["error"]
+
+    unknown = http.post("/threads/nobody/resume", json={"action": "approve"})
+    assert unknown.status_code == 404 and unknown.json()["code"] == "unknown_thread"
+
+    duplicate = http.post("/threads", json={"csv": CSV, "graph": "Approve", "thread_id": "web-2",
+                                            "state": {"request": "r"}})
+    assert duplicate.status_code == 409 and duplicate.json()["code"] == "thread_exists"
+
+    broken = http.post("/threads", json={"csv": "graph_name,node_name\nG,a\n"})
+    assert broken.status_code == 400
+    assert "missing required column 'agent_type'" in broken.json()["detail"]["problems"][0]
+
+    assert http.get("/threads/nobody").status_code == 404
+    assert http.post("/threads/bad id/resume", json={"action": "approve"}).status_code == 400
+
+    interaction = hitl.stack.runtimes["interaction"].app
+    inbox = interaction.inbox("web-2")
+    assert len([e for e in stored_events(interaction, "ResponseRejected")
+                if e.originator_id == inbox.id]) == 2
+    assert http.post("/threads/web-2/resume", json={"action": "approve"}).json()[
+        "status"] == "completed"
