@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The demo: start the embedded stack in the background, run the guide's ApprovalFlow through a
-# pause, answer it (once wrongly, to show the refusal), look at the result, stop the stack.
+# pause, answer it (once wrongly, to show the refusal), look at the result, stop the stack;
+# then walk through all five of the guide's patterns with `hitlflow demo`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HITLFLOW_HOME="${HITLFLOW_HOME:-$(mktemp -d -t hitlflow-demo.XXXXXX)}"
@@ -30,3 +31,8 @@ step hitlflow status "$thread"
 hitlflow status "$thread"
 
 step hitlflow down
+hitlflow down
+trap - EXIT
+
+step hitlflow demo --script
+hitlflow demo --script   # the guide's five patterns; without --script it asks you at each pause

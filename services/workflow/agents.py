@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from services.workflow.templates import render
 
@@ -105,7 +105,7 @@ def agent(name: str) -> Callable[[Any], Any]:
     """Register a user agent under ``name`` (a function, or a class instantiated once)."""
 
     def register(target: Any) -> Any:
-        _registered[name] = target() if inspect.isclass(target) else target
+        _registered[name] = cast(AgentFn, target() if inspect.isclass(target) else target)
         return target
 
     return register
@@ -143,7 +143,7 @@ class AgentRegistry:
         found: dict[str, AgentFn] = {}
         for entry in entry_points(group="hitlflow.agents"):
             loaded = entry.load()
-            found[entry.name] = loaded() if inspect.isclass(loaded) else loaded
+            found[entry.name] = cast(AgentFn, loaded() if inspect.isclass(loaded) else loaded)
         for module in modules:
             _import_agents(module)
         return cls({**found, **_registered})

@@ -13,6 +13,7 @@ from services.common.clock import Clock, SystemClock
 from services.common.logging import get_logger
 from services.common.store import ServiceApplication
 from services.workflow.agents import AgentRegistry
+from services.workflow.definition import spec_problems
 from services.workflow.domain import (
     Graph,
     Thread,
@@ -177,6 +178,9 @@ class WorkflowService(ServiceApplication):
             if problem:
                 raise StartRefusedError(
                     "invalid_workflow", f"node {node.name!r} (row {node.row}): {problem}")
+        problems = spec_problems(spec)  # for graphs that did not come through the CSV loader
+        if problems:
+            raise StartRefusedError("invalid_workflow", "; ".join(str(p) for p in problems[:5]))
         first = spec.nodes[0]
         if first.agent_type == "input":
             missing = [f for f in first.input_fields if f not in state]

@@ -290,6 +290,25 @@ def check_workflow(
     return Report(spec, errors, sorted(warnings, key=lambda p: p.row))
 
 
+def spec_problems(spec: WorkflowSpec) -> list[Problem]:
+    """The errors of a graph that did not come through :func:`load_workflow` (e.g. a StartThread
+    published by another system): unusable interaction settings and missing next nodes."""
+    names = {node.name for node in spec.nodes}
+    problems: list[Problem] = []
+    for node in spec.nodes:
+        problems += _interaction_problems(spec.source, node)
+        fallback = fallback_of(node)
+        targets = [("next_on_success", node.next_on_success),
+                   ("next_on_failure", node.next_on_failure),
+                   ("context", fallback.to if fallback else None)]
+        problems += [Problem(spec.source, node.row, column,
+                             f"node {node.name!r}: next node {target!r} does not exist")
+                     for column, target in targets if target and target not in names]
+    if len(names) != len(spec.nodes):
+        problems.append(Problem(spec.source, 0, "node_name", "node names are not unique"))
+    return problems
+
+
 def _node_from_row(
     file: str, line: int, row: dict[str, str], registry: AgentRegistry | None
 ) -> tuple[NodeSpec | None, list[Problem]]:

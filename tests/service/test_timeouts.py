@@ -103,6 +103,15 @@ def wait_events(hitl: HitlTestStack, thread_id: str, event_type: str, count: int
                     timeout=timeout, what=f"{count} {event_type} of {thread_id}")
 
 
+def scheduled(hitl: HitlTestStack, thread_id: str, step: int = 0) -> dict[str, Any]:
+    """Wait until the timeout service has set the timer of ``step`` (it follows the request
+    asynchronously, a moment after the thread pauses)."""
+    found = wait_for(lambda: [d for d in of_type(hitl, thread_id, "DeadlineScheduled")
+                              if d["step"] == step],
+                     what=f"the deadline of {thread_id} step {step} to be scheduled")
+    return found[0]  # type: ignore[no-any-return]
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(datetime.now(UTC))
@@ -205,6 +214,7 @@ def test_an_answer_just_before_the_deadline_wins(faked: HitlTestStack,
                                                  clock: FakeClock) -> None:
     faked.start(approval_flow({"timeout_seconds": 60}), {"request": "chairs"},
                 thread_id="to-before")
+    scheduled(faked, "to-before")
     clock.advance(59.999)
     done = faked.resume("to-before", "approve")
     assert done.ok and done.status == "completed"
@@ -218,6 +228,7 @@ def test_an_answer_just_after_the_deadline_is_refused_as_late(faked: HitlTestSta
                                                               clock: FakeClock) -> None:
     run = faked.start(approval_flow({"timeout_seconds": 60}), {"request": "chairs"},
                       thread_id="to-after")
+    scheduled(faked, "to-after")
     clock.advance(60)  # exactly at the deadline: too late
     result = cli(faked.nats_url, "resume", "to-after", "approve")
     assert result.exit_code == 1
@@ -242,6 +253,7 @@ def test_escalation_gives_new_assignees_a_new_deadline(faked: HitlTestStack,
     faked.start(approval_flow({"timeout_seconds": 60, "on_timeout": policy,
                                "assignees": ["ann"]}),
                 {"request": "servers"}, thread_id="to-escalate")
+    scheduled(faked, "to-escalate")
     clock.advance(61)
     reply = check(faked)
     assert [(f["policy"], f["applied"]) for f in reply["fired"]] == [("escalate", True)]
@@ -263,6 +275,7 @@ def test_a_repeated_check_fires_nothing_twice(faked: HitlTestStack, clock: FakeC
     for i in range(3):
         faked.start(approval_flow({"timeout_seconds": 30}), {"request": f"r{i}"},
                     thread_id=f"to-twice-{i}")
+        scheduled(faked, f"to-twice-{i}")
     clock.advance(31)
     first = check(faked)
     assert sorted(f["thread_id"] for f in first["fired"]) == [f"to-twice-{i}" for i in range(3)]
@@ -308,6 +321,7 @@ def test_the_sweep_finds_a_deadline_whose_timer_message_was_lost(faked: HitlTest
 
 def test_check_lists_what_timed_out(faked: HitlTestStack, clock: FakeClock) -> None:
     faked.start(approval_flow({"timeout_seconds": 10}), {"request": "x"}, thread_id="to-list")
+    scheduled(faked, "to-list")
     result = cli(faked.nats_url, "timeouts", "check")
     assert result.exit_code == 0 and "no deadline had passed (1 pending)" in result.stdout
     clock.advance(11)
@@ -322,6 +336,7 @@ def test_check_lists_what_timed_out(faked: HitlTestStack, clock: FakeClock) -> N
 
 def test_pending_shows_each_deadline_and_the_time_left(hitl: HitlTestStack) -> None:
     hitl.start(approval_flow({"timeout_seconds": 7200}), {"request": "a"}, thread_id="to-show")
+    scheduled(hitl, "to-show")
     code, items, _ = cli_json(hitl.nats_url, "pending", "to-show")
     assert code == 0 and items[0]["timeout_seconds"] == 7200 and items[0]["deadline"]
     result = cli(hitl.nats_url, "pending", "to-show")
