@@ -309,11 +309,11 @@ def audit(
     if window["days"] is not None:
         window["since"] = datetime.now(UTC) - timedelta(days=window["days"])
     try:
-        query = AuditQuery(thread_id=thread_id, node_name=node, responder=responder,
-                           action=action, interaction_type=interaction_type,
-                           event=event,  # type: ignore[arg-type]
-                           request_id=request_id, since=window["since"],
-                           until=window["until"], limit=page)
+        query = AuditQuery.model_validate({
+            "thread_id": thread_id, "node_name": node, "responder": responder,
+            "action": action, "interaction_type": interaction_type, "event": event,
+            "request_id": request_id, "since": window["since"], "until": window["until"],
+            "limit": page})
     except ValidationError as error:
         _fail("; ".join(f"{OPTIONS.get(str(e['loc'][0]), e['loc'][0]) if e['loc'] else 'query'}"
                         f": {e['msg']}" for e in error.errors()), EXIT_BAD_INPUT)
@@ -440,9 +440,9 @@ def rebuild(
         from projections.rebuild import rebuild_offline
 
         result = rebuild_offline(load_settings(home=home), names)
-        data = {"ok": True, "views": result.views, "read": result.read, "events": result.events,
-                "seconds": round(result.seconds, 3),
-                "events_per_second": round(result.rate, 1)}
+        data: dict[str, Any] = {
+            "ok": True, "views": result.views, "read": result.read, "events": result.events,
+            "seconds": round(result.seconds, 3), "events_per_second": round(result.rate, 1)}
     else:
         reply = _ask(nats_url, lambda c: c.rebuild(names))
         data = reply.model_dump(mode="json", exclude={"schema_version", "error"})

@@ -108,7 +108,7 @@ def check(
         table.add_column(column)
     for item in reply.fired:
         if item.applied is None:
-            outcome = "sent"
+            outcome = item.code or "sent"
         elif item.applied:
             outcome = "applied"
         else:

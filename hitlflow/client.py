@@ -300,8 +300,8 @@ class HitlClient:
 
     async def threads(self, status: str | None = None, limit: int = 100,
                       graph_name: str | None = None) -> list[ThreadView]:
-        body = ThreadsQuery(status=status, limit=limit,  # type: ignore[arg-type]
-                            graph_name=graph_name).model_dump()
+        body = ThreadsQuery.model_validate(
+            {"status": status, "limit": limit, "graph_name": graph_name}).model_dump()
         reply = ThreadsReply.model_validate(await self._query(subjects.Q_THREADS, body))
         _raise_for(reply.error)
         return reply.threads
@@ -349,7 +349,7 @@ class HitlClient:
     async def rebuild(self, views: list[str] | None = None, *,
                       timeout: float = 3600.0) -> RebuildReply:
         """Ask the projections service to rebuild views from the event stores (all: None)."""
-        body = RebuildRequest(views=views or []).model_dump(mode="json")  # type: ignore[arg-type]
+        body = RebuildRequest.model_validate({"views": views or []}).model_dump(mode="json")
         reply = RebuildReply.model_validate(await self._query(ADMIN_REBUILD, body, timeout))
         _raise_for(reply.error)
         return reply

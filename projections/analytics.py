@@ -49,6 +49,9 @@ DDL = (
         reminders INTEGER NOT NULL DEFAULT 0,
         escalations INTEGER NOT NULL DEFAULT 0
     )""",
+)
+#: Created after the rows during a rebuild.
+INDEXES = (
     "CREATE INDEX IF NOT EXISTS analytics_requests_by_created ON analytics_requests"
     " (created_ts)",
     "CREATE INDEX IF NOT EXISTS analytics_requests_open ON analytics_requests"

@@ -20,7 +20,7 @@ from typing import Any
 
 from contracts.events import EventEnvelope
 from contracts.queries import AuditEntry, AuditQuery, Cursor
-from projections.db import Row, Tx, ViewDatabase, dumps, epoch, iso
+from projections.db import Row, Tx, ViewDatabase, dumps, epoch, when
 
 NAME = "audit_trail"
 VERSION = 1
@@ -46,19 +46,22 @@ DDL = (
         reason TEXT,
         idempotency_key TEXT,
         digest TEXT,
-        detail TEXT NOT NULL,
-        PRIMARY KEY (service, position)
+        detail TEXT NOT NULL
     )""",
-    "CREATE INDEX IF NOT EXISTS audit_trail_by_time ON audit_trail (at_ts, service, position)",
-    "CREATE INDEX IF NOT EXISTS audit_trail_by_thread ON audit_trail (thread_id, at_ts)",
-    "CREATE INDEX IF NOT EXISTS audit_trail_by_responder ON audit_trail (responder, at_ts)",
-    "CREATE INDEX IF NOT EXISTS audit_trail_by_node ON audit_trail (node_name, at_ts)",
     """CREATE TABLE IF NOT EXISTS audit_requests (
         request_id TEXT PRIMARY KEY,
         node_name TEXT NOT NULL,
         interaction_type TEXT NOT NULL,
         digest TEXT NOT NULL
     )""",
+)
+#: Created after the rows during a rebuild.
+INDEXES = (
+    "CREATE UNIQUE INDEX IF NOT EXISTS audit_trail_event ON audit_trail (service, position)",
+    "CREATE INDEX IF NOT EXISTS audit_trail_by_time ON audit_trail (at_ts, service, position)",
+    "CREATE INDEX IF NOT EXISTS audit_trail_by_thread ON audit_trail (thread_id, at_ts)",
+    "CREATE INDEX IF NOT EXISTS audit_trail_by_responder ON audit_trail (responder, at_ts)",
+    "CREATE INDEX IF NOT EXISTS audit_trail_by_node ON audit_trail (node_name, at_ts)",
 )
 
 #: Event type → the ``event`` column of its audit row. Other event types have no audit row.
@@ -120,10 +123,10 @@ def apply(tx: Tx, env: EventEnvelope) -> None:
     code = reason = key = None
     by_timeout = False
     detail: dict[str, Any] = {}
-    when = p.get("timestamp") or env.occurred_at
+    moment = p.get("timestamp") or env.occurred_at
     if event == "requested":
         request_id = p["id"]
-        when = p.get("created_at") or env.occurred_at
+        moment = p.get("created_at") or env.occurred_at
         digest = shown_digest(p.get("prompt", ""), p.get("context") or {}, p.get("options") or ())
         detail = _pick(p, "assignees", "timeout_seconds", "deadline", "on_timeout")
         if p.get("batch_size", 1) != 1:
@@ -153,8 +156,9 @@ def apply(tx: Tx, env: EventEnvelope) -> None:
         data_keys = _keys(p.get("data"))
         reason = p.get("error")
         detail = _pick(p, "expression", "result", "reason", "route", "next_node")
+    at, at_ts = when(moment)
     tx.execute(_INSERT, (
-        env.service, env.position, epoch(when), iso(when), event, env.event_type, env.thread_id,
+        env.service, env.position, at_ts, at, event, env.event_type, env.thread_id,
         request_id, node, request_id, kind, request_id, action, responder, dumps(data_keys),
         1 if by_timeout else 0, code, reason, key, digest, request_id, dumps(detail),
     ))

@@ -155,6 +155,8 @@ class Tx:
         self._dialect = dialect
         self._cursor = conn.cursor()
         self._sql = dialect.sql
+        if dialect.name == "sqlite":
+            self.execute = self._execute_plain  # type: ignore[method-assign]
 
     @property
     def dialect(self) -> str:
@@ -163,6 +165,11 @@ class Tx:
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         cursor = self._cursor
         cursor.execute(self._sql(sql), params)
+        return int(cursor.rowcount)
+
+    def _execute_plain(self, sql: str, params: Sequence[Any] = ()) -> int:
+        cursor = self._cursor
+        cursor.execute(sql, params)
         return int(cursor.rowcount)
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
@@ -177,6 +184,13 @@ class Tx:
     def all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         self._cursor.execute(self._sql(sql), params)
         return list(self._cursor.fetchall())
+
+    def tune_for_bulk(self) -> None:
+        """Settings for a transaction that writes a whole view (a rebuild)."""
+        if self._dialect.name == "sqlite":
+            self._cursor.execute("PRAGMA cache_size = -131072")  # 128 MiB of page cache
+        else:
+            self._cursor.execute("SET LOCAL maintenance_work_mem = '256MB'")
 
     @contextmanager
     def savepoint(self, name: str) -> Iterator[None]:
@@ -325,17 +339,24 @@ def open_view_database(settings: Any, data_dir: Path | None = None) -> ViewDatab
     return ViewDatabase.sqlite(directory / "projections.sqlite")
 
 
-def iso(moment: Any) -> str:
-    """A timestamp as UTC ISO text with microseconds (sorts as text, compares as equal)."""
+def _utc(moment: Any) -> datetime:
     value = datetime.fromisoformat(moment) if isinstance(moment, str) else moment
     if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return str(value.astimezone(UTC).isoformat(timespec="microseconds"))
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def iso(moment: Any) -> str:
+    """A timestamp (datetime or ISO text) as UTC ISO text with microseconds: sorts as text."""
+    return _utc(moment).isoformat(timespec="microseconds")
 
 
 def epoch(moment: Any) -> float:
     """A timestamp (datetime or ISO text) as seconds since the epoch."""
-    value = datetime.fromisoformat(moment) if isinstance(moment, str) else moment
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return float(value.timestamp())
+    return _utc(moment).timestamp()
+
+
+def when(moment: Any) -> tuple[str, float]:
+    """Both: ISO text and seconds since the epoch."""
+    value = _utc(moment)
+    return value.isoformat(timespec="microseconds"), value.timestamp()

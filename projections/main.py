@@ -52,7 +52,7 @@ from hitlflow.settings import Settings
 from projections import analytics, audit_trail, thread_status
 from projections.db import ViewDatabase, open_view_database
 from projections.projector import Projector, UnknownViewError, select_views
-from projections.rebuild import RebuildResult, open_sources, rebuild
+from projections.rebuild import RebuildResult, rebuild_from_stores
 from services.common.clock import Clock, SystemClock
 from services.common.consumer import PoisonMessageError, decode_envelope
 from services.common.logging import get_logger
@@ -217,27 +217,22 @@ class ProjectionsRuntime:
 
     async def rebuild(self, names: Sequence[str] = ()) -> RebuildResult:
         """Drop the views named (all when none) and replay every event store into them."""
-        views = select_views(names)
+        select_views(names)  # unknown names are refused before anything waits
         async with self._apply_lock:  # live batches wait; queries go on reading the old view
-            result = await asyncio.to_thread(self._rebuild, views)
+            result = await asyncio.to_thread(self._rebuild, names)
         async with self._applied:
             self._applied.notify_all()
         return result
 
-    def _rebuild(self, views: Any) -> RebuildResult:
-        sources = open_sources(self.settings, self.data_dir)
-        try:
-            return rebuild(self.db, self.projector, views, sources)
-        finally:
-            for source in sources:
-                source.close()
+    def _rebuild(self, names: Sequence[str]) -> RebuildResult:
+        return rebuild_from_stores(self.db, self.projector, self.settings, names, self.data_dir)
 
     # -- queries ------------------------------------------------------------------------------
 
     def _register(self, broker: NatsBroker) -> None:
         db = self.db
 
-        @broker.subscriber(subjects.Q_THREAD, queue=QUEUE)  # type: ignore[untyped-decorator]
+        @broker.subscriber(subjects.Q_THREAD, queue=QUEUE)
         async def on_thread(body: dict[str, Any]) -> dict[str, Any]:
             try:
                 query = ThreadQuery.model_validate(body)
@@ -250,7 +245,7 @@ class ProjectionsRuntime:
                     error=f"unknown thread {query.thread_id!r}")).model_dump(mode="json")
             return ThreadReply(thread=view).model_dump(mode="json")
 
-        @broker.subscriber(subjects.Q_THREADS, queue=QUEUE)  # type: ignore[untyped-decorator]
+        @broker.subscriber(subjects.Q_THREADS, queue=QUEUE)
         async def on_threads(body: dict[str, Any]) -> dict[str, Any]:
             try:
                 query = ThreadsQuery.model_validate(body or {})
@@ -260,7 +255,7 @@ class ProjectionsRuntime:
                                             query.graph_name, query.limit)
             return ThreadsReply(threads=views).model_dump(mode="json")
 
-        @broker.subscriber(subjects.Q_PENDING, queue=QUEUE)  # type: ignore[untyped-decorator]
+        @broker.subscriber(subjects.Q_PENDING, queue=QUEUE)
         async def on_pending(body: dict[str, Any]) -> dict[str, Any]:
             try:
                 query = PendingQuery.model_validate(body or {})
@@ -270,7 +265,7 @@ class ProjectionsRuntime:
                                             query.limit)
             return PendingReply(pending=items).model_dump(mode="json")
 
-        @broker.subscriber(Q_TIMELINE, queue=QUEUE)  # type: ignore[untyped-decorator]
+        @broker.subscriber(Q_TIMELINE, queue=QUEUE)
         async def on_timeline(body: dict[str, Any]) -> dict[str, Any]:
             try:
                 query = TimelineQuery.model_validate(body)
@@ -291,7 +286,7 @@ class ProjectionsRuntime:
 
             return (await asyncio.to_thread(read)).model_dump(mode="json")
 
-        @broker.subscriber(Q_AUDIT, queue=QUEUE)  # type: ignore[untyped-decorator]
+        @broker.subscriber(Q_AUDIT, queue=QUEUE)
         async def on_audit(body: dict[str, Any]) -> dict[str, Any]:
             try:
                 query = AuditQuery.model_validate(body or {})
@@ -300,7 +295,7 @@ class ProjectionsRuntime:
             entries, following = await asyncio.to_thread(audit_trail.entries, db, query)
             return AuditReply(entries=entries, next=following).model_dump(mode="json")
 
-        @broker.subscriber(Q_ANALYTICS, queue=QUEUE)  # type: ignore[untyped-decorator]
+        @broker.subscriber(Q_ANALYTICS, queue=QUEUE)
         async def on_analytics(body: dict[str, Any]) -> dict[str, Any]:
             try:
                 query = AnalyticsQuery.model_validate(body or {})
@@ -309,7 +304,7 @@ class ProjectionsRuntime:
             reply = await asyncio.to_thread(analytics.report, db, query, self.clock.now())
             return reply.model_dump(mode="json")
 
-        @broker.subscriber(ADMIN_REBUILD, queue=QUEUE)  # type: ignore[untyped-decorator]
+        @broker.subscriber(ADMIN_REBUILD, queue=QUEUE)
         async def on_rebuild(body: dict[str, Any]) -> dict[str, Any]:
             try:
                 request = RebuildRequest.model_validate(body or {})

@@ -34,10 +34,17 @@ class View:
     version: int
     tables: tuple[str, ...]
     ddl: tuple[str, ...]
+    indexes: tuple[str, ...]
     apply: Callable[[Tx, EventEnvelope], None]
 
-    def create(self, tx: Tx) -> None:
+    def create(self, tx: Tx, *, indexes: bool = True) -> None:
         for statement in self.ddl:
+            tx.execute(statement)
+        if indexes:
+            self.index(tx)
+
+    def index(self, tx: Tx) -> None:
+        for statement in self.indexes:
             tx.execute(statement)
 
     def drop(self, tx: Tx) -> None:
@@ -46,7 +53,8 @@ class View:
 
 
 VIEWS: dict[str, View] = {
-    module.NAME: View(module.NAME, module.VERSION, module.TABLES, module.DDL, module.apply)
+    module.NAME: View(module.NAME, module.VERSION, module.TABLES, module.DDL, module.INDEXES,
+                      module.apply)
     for module in (thread_status, audit_trail, analytics)
 }
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from contracts.events import EventEnvelope
 from contracts.queries import Cursor, PendingInteraction, ThreadView, TimelineEvent
-from projections.db import Row, Tx, ViewDatabase, epoch, iso
+from projections.db import Row, Tx, ViewDatabase, iso, when
 
 NAME = "thread_status"
 VERSION = 2
@@ -35,8 +35,6 @@ DDL = (
         output TEXT,
         version BIGINT NOT NULL
     )""",
-    "CREATE INDEX IF NOT EXISTS thread_status_by_status ON thread_status (status, updated_at)",
-    "CREATE INDEX IF NOT EXISTS thread_status_by_update ON thread_status (updated_at)",
     """CREATE TABLE IF NOT EXISTS thread_requests (
         id TEXT PRIMARY KEY,
         thread_id TEXT NOT NULL,
@@ -56,8 +54,6 @@ DDL = (
         action TEXT,
         responder TEXT
     )""",
-    "CREATE INDEX IF NOT EXISTS thread_requests_open ON thread_requests "
-    "(status, thread_id, created_at)",
     """CREATE TABLE IF NOT EXISTS thread_timeline (
         thread_id TEXT NOT NULL,
         at_ts DOUBLE PRECISION NOT NULL,
@@ -66,9 +62,19 @@ DDL = (
         at TEXT NOT NULL,
         event_type TEXT NOT NULL,
         aggregate_version BIGINT NOT NULL,
-        payload TEXT NOT NULL,
-        PRIMARY KEY (thread_id, at_ts, service, position)
+        payload TEXT NOT NULL
     )""",
+)
+#: Created after the rows during a rebuild (one sort instead of a million random inserts).
+INDEXES = (
+    "CREATE INDEX IF NOT EXISTS thread_status_by_status ON thread_status (status, updated_at)",
+    "CREATE INDEX IF NOT EXISTS thread_status_by_update ON thread_status (updated_at)",
+    "CREATE INDEX IF NOT EXISTS thread_requests_open ON thread_requests"
+    " (status, thread_id, created_at)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS thread_timeline_event ON thread_timeline"
+    " (service, position)",
+    "CREATE INDEX IF NOT EXISTS thread_timeline_by_thread ON thread_timeline"
+    " (thread_id, at_ts, service, position)",
 )
 
 ENDINGS = {
@@ -209,11 +215,11 @@ HANDLERS: dict[str, Handler] = {
 
 def apply(tx: Tx, env: EventEnvelope) -> None:
     """Fold one event (of any type, known or not) into the view."""
-    at = iso(env.occurred_at)
+    at, at_ts = when(env.occurred_at)
     tx.execute(
         "INSERT INTO thread_timeline (thread_id, at_ts, service, position, at, event_type,"
         " aggregate_version, payload) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
-        (env.thread_id, epoch(env.occurred_at), env.service, env.position, at, env.event_type,
+        (env.thread_id, at_ts, env.service, env.position, at, env.event_type,
          env.aggregate_version, _json(env.payload)),
     )
     handler = HANDLERS.get(env.event_type)

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy as JsAckPolicy
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
 from contracts.events import EventEnvelope
@@ -113,11 +114,17 @@ class Subscription:
 
 
 class PullConsumer:
-    """Fetches from a durable pull consumer and hands over batches as soon as they arrive.
+    """Pulls from a durable consumer and hands over batches as soon as they arrive.
 
     (faststream's batch subscriber waits for a full batch or its timeout before handing one
     over, which put a second of latency on every hop; its single-message mode loses the
     per-thread order. This loop keeps both: stream order within a batch, no added wait.)
+
+    One pull request for up to ``batch_size`` messages stays open at the server while the
+    handler works; deliveries go to a plain subscription, and whatever has arrived when the
+    handler is free is the next batch. A new request goes out only when the open one is used up
+    or ended by the server (expiry, leadership change): no round trip, task or timer per
+    message, which nats-py's ``fetch`` costs.
     """
 
     def __init__(self, js: JetStreamContext, subscription: Subscription, *,
@@ -129,29 +136,76 @@ class PullConsumer:
         self._idle_timeout = idle_timeout
         self._handle_messages = handle_messages
 
+    async def _ensure_consumer(self) -> None:
+        spec = self._sub
+        try:
+            await self._js.consumer_info(spec.stream, spec.durable)
+        except NotFoundError:
+            await self._js.add_consumer(spec.stream,
+                                        config=consumer_config(spec.durable, spec.subject))
+
     async def run(self) -> None:
         spec = self._sub
-        pull = await self._js.pull_subscribe(
-            spec.subject, durable=spec.durable, stream=spec.stream,
-            config=consumer_config(spec.durable, spec.subject),
-        )
+        await self._ensure_consumer()
+        nc: Any = self._js._nc
+        next_subject = f"{self._js._prefix}.CONSUMER.MSG.NEXT.{spec.stream}.{spec.durable}"
+        inbox = nc.new_inbox()
+        arrived: asyncio.Queue[Msg] = asyncio.Queue()
+
+        async def deliver(msg: Msg) -> None:
+            arrived.put_nowait(msg)
+
+        sub = await nc.subscribe(inbox, cb=deliver)
+        request = json.dumps({"batch": self._batch_size,
+                              "expires": int(self._idle_timeout * 1_000_000_000)}).encode()
+        open_for = 0  # messages the open pull request may still deliver
         try:
             while True:
                 try:
-                    messages = await pull.fetch(self._batch_size, timeout=self._idle_timeout)
-                except NatsTimeoutError:
-                    continue
+                    if open_for <= 0:
+                        await nc.publish(next_subject, request, reply=inbox)
+                        open_for = self._batch_size
+                    try:
+                        first = await asyncio.wait_for(arrived.get(), self._idle_timeout + 1.0)
+                    except TimeoutError:  # the request was lost (e.g. a reconnect): renew it
+                        open_for = 0
+                        continue
+                    batch, ended = _drain(first, arrived)
+                    open_for -= len(batch)
+                    if ended is not None:  # the request ended: ask again
+                        open_for = 0
+                        if ended != "408" and not batch:  # not a plain expiry: do not spin
+                            await asyncio.sleep(0.1)
                 except asyncio.CancelledError:
                     raise
                 except Exception as error:  # NATS reconnecting: retry shortly
                     log.warning("fetch_failed", consumer=spec.durable, error=repr(error))
+                    open_for = 0
                     await asyncio.sleep(0.5)
                     continue
+                if not batch:
+                    continue
                 if self._handle_messages is not None:
-                    await self._handle_messages(messages)
+                    await self._handle_messages(batch)
                 else:
-                    await handle_batch(messages, spec.handle, consumer=spec.durable)
+                    await handle_batch(batch, spec.handle, consumer=spec.durable)
         finally:
-            # an abandoned pull subscription would hold up the connection's drain on shutdown
+            # an abandoned subscription would hold up the connection's drain on shutdown
             with contextlib.suppress(Exception):
-                await pull.unsubscribe()
+                await sub.unsubscribe()
+
+
+def _drain(first: Msg, arrived: asyncio.Queue[Msg]) -> tuple[list[Msg], str | None]:
+    """The messages delivered so far, and the status that ended the pull request, if any
+    (``408`` expired; others such as ``409`` or ``503`` when the server ended or refused it)."""
+    batch: list[Msg] = []
+    ended: str | None = None
+    msg: Msg | None = first
+    while msg is not None:
+        status = msg.headers.get("Status") if msg.headers else None
+        if status is None:
+            batch.append(msg)
+        elif status != "100":  # 100: heartbeat
+            ended = status if ended in (None, "408") else ended
+        msg = arrived.get_nowait() if not arrived.empty() else None
+    return batch, ended

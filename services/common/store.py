@@ -7,14 +7,16 @@ may be handled out of order by several replicas). A redelivered message then cha
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import Application, ProcessingEvent
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import IntegrityError, ProcessRecorder, Tracking
+from eventsourcing.persistence import IntegrityError, ProcessRecorder, StoredEvent, Tracking
 
 T = TypeVar("T")
 
@@ -42,6 +44,79 @@ def ensure_postgres_schema(env: dict[str, str]) -> None:
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
 
 
+@dataclass
+class _Write:
+    events: list[StoredEvent]
+    tracking: Tracking | None
+    done: bool = False
+    error: BaseException | None = None
+
+
+class GroupCommit:
+    """Writes that arrive together share one SQLite transaction, so one WAL sync.
+
+    Each caller's write (its events and tracking) runs in its own savepoint: a version
+    conflict fails that write alone, with the ``IntegrityError`` it would have had on its own,
+    while the others commit. A caller returns only after the commit that holds its write, so
+    every write is durable before its caller goes on, as with a transaction per write.
+    """
+
+    def __init__(self, recorder: Any) -> None:
+        self._recorder = recorder
+        self._cond = threading.Condition()
+        self._queue: list[_Write] = []
+        self._busy = False
+        self.commits = 0
+        self.writes = 0
+
+    def write(self, events: list[StoredEvent], tracking: Tracking | None) -> None:
+        item = _Write(events, tracking)
+        with self._cond:
+            self._queue.append(item)
+            while self._busy and not item.done:
+                self._cond.wait()
+            if not item.done:  # lead: write everything queued so far
+                self._busy = True
+                batch, self._queue = self._queue, []
+            else:
+                batch = []
+        if batch:
+            try:
+                self._commit(batch)
+            finally:
+                with self._cond:
+                    for queued in batch:
+                        queued.done = True
+                    self._busy = False
+                    self._cond.notify_all()
+        if item.error is not None:
+            raise item.error
+
+    def _commit(self, batch: list[_Write]) -> None:
+        recorder = self._recorder
+        try:
+            with recorder.datastore.transaction(commit=True) as cursor:
+                for item in batch:
+                    cursor.execute("SAVEPOINT hitlflow_write")
+                    try:
+                        if item.events:
+                            recorder._insert_events(cursor, item.events, tracking=item.tracking)
+                        elif item.tracking is not None:
+                            recorder._insert_tracking(cursor, item.tracking)
+                    except (sqlite3.IntegrityError, IntegrityError) as error:
+                        cursor.execute("ROLLBACK TO hitlflow_write")
+                        item.error = (error if isinstance(error, IntegrityError)
+                                      else IntegrityError(error))
+                    cursor.execute("RELEASE hitlflow_write")
+        except BaseException as error:  # nothing of the batch was committed
+            for item in batch:
+                if item.error is None:
+                    item.error = error
+            raise
+        self.commits += 1
+        self.writes += len(batch)
+
+
 class ServiceApplication(Application[UUID]):
     """An eventsourcing application whose recorder also records tracking positions."""
 
@@ -51,6 +126,11 @@ class ServiceApplication(Application[UUID]):
         super().__init__(env=env)
         self._listeners: list[Callable[[], None]] = []
         self._listeners_lock = threading.Lock()
+        #: SQLite: concurrent writes share transactions (PostgreSQL commits each on its own).
+        self._group: GroupCommit | None = (
+            GroupCommit(self.recorder) if type(self.recorder).__module__.endswith("sqlite")
+            else None
+        )
 
     def construct_recorder(self) -> ProcessRecorder:
         return self.factory.process_recorder()
@@ -81,7 +161,14 @@ class ServiceApplication(Application[UUID]):
         processing_event.collect_events(*aggregates)
         if not processing_event.events and tracking is None:
             return
-        if processing_event.events:
+        if self._group is not None:
+            self._group.write(
+                [self.mapper.to_stored_event(e) for e in processing_event.events], tracking)
+            if self.repository.cache and not self.repository.fastforward:
+                for aggregate_id, aggregate in processing_event.aggregates.items():
+                    self.repository.cache.put(aggregate_id, aggregate)
+            self._take_snapshots(processing_event)
+        elif processing_event.events:
             self._record(processing_event)
             self._take_snapshots(processing_event)
         else:

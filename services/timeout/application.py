@@ -42,12 +42,14 @@ class Timer:
     node_name: str = ""
     interaction_type: str = ""
     policy: str = ""
+    #: True when this very call recorded the firing (not an earlier one).
+    fired_now: bool = False
 
     @classmethod
-    def of(cls, deadline: Deadline) -> Timer:
+    def of(cls, deadline: Deadline, *, fired_now: bool = False) -> Timer:
         return cls(deadline.request_id, deadline.thread_id, deadline.step, deadline.due_at,
                    deadline.pending and not deadline.fired, deadline.node_name,
-                   deadline.interaction_type, deadline.policy)
+                   deadline.interaction_type, deadline.policy, fired_now)
 
 
 class TimeoutService(ServiceApplication):
@@ -107,21 +109,23 @@ class TimeoutService(ServiceApplication):
     def fire(self, request_id: str, step: int, via: str) -> Timer | None:
         """Record that expiry ``step`` of a request went off (once, whoever gets there first).
 
-        Returns the timer when the step is still the request's pending one (fired by this call
-        or an earlier one): its TimeoutInteraction should be sent. None when there is nothing to
-        fire (answered, cleared, or moved on). Raises DeadlineNotDueError when early.
+        Returns the timer when the step is still the request's pending one, fired by this call
+        (``fired_now``) or an earlier one: its TimeoutInteraction should be sent. None when there
+        is nothing to fire (answered, cleared, or moved on). Raises DeadlineNotDueError when
+        early.
         """
 
         def attempt() -> Timer | None:
             deadline: Deadline | None = self.get_or_none(deadline_uuid(request_id))
             if deadline is None or deadline.cleared is not None or deadline.step != step:
                 return None
-            if deadline.fire(step, self.clock.now(), via):
+            fired_now = deadline.fire(step, self.clock.now(), via)
+            if fired_now:
                 self.record([deadline])
                 log.info("deadline_fired", thread_id=deadline.thread_id,
                          interaction_id=request_id, step=step, via=via,
                          policy=deadline.policy)
-            return Timer.of(deadline)
+            return Timer.of(deadline, fired_now=fired_now)
 
         return self.retry_on_conflict(attempt)
 

@@ -57,20 +57,23 @@ class Deadline(Aggregate):
 
     # -- events -----------------------------------------------------------------------------
 
+    # Every event names its thread, so publishing one needs no lookup of the first.
+
     @event("DeadlineScheduled")
-    def _scheduled(self, request_id: str, node_name: str, interaction_type: str, step: int,
-                   policy: str, due_at: datetime) -> None:
+    def _scheduled(self, request_id: str, thread_id: str, node_name: str,
+                   interaction_type: str, step: int, policy: str, due_at: datetime) -> None:
         self.step = step
         self.policy = policy
         self.due_at = due_at
 
     @event("DeadlineFired")
-    def _fired(self, request_id: str, step: int, due_at: datetime, fired_at: datetime,
-               via: str) -> None:
+    def _fired(self, request_id: str, thread_id: str, step: int, due_at: datetime,
+               fired_at: datetime, via: str) -> None:
         self.fired_step = step
 
     @event("DeadlineCleared")
-    def _cleared(self, request_id: str, reason: str, timestamp: datetime) -> None:
+    def _cleared(self, request_id: str, thread_id: str, reason: str,
+                 timestamp: datetime) -> None:
         self.cleared = reason
 
     # -- commands ---------------------------------------------------------------------------
@@ -98,8 +101,8 @@ class Deadline(Aggregate):
             return False
         if step == self.step and due_at == self.due_at:
             return False
-        self._scheduled(self.request_id, self.node_name, self.interaction_type, step,
-                        self.policy_of(step), due_at)
+        self._scheduled(self.request_id, self.thread_id, self.node_name, self.interaction_type,
+                        step, self.policy_of(step), due_at)
         return True
 
     def fire(self, step: int, now: datetime, via: str) -> bool:
@@ -112,11 +115,11 @@ class Deadline(Aggregate):
                 f"deadline of request {self.request_id} step {step} is due at "
                 f"{due_at.isoformat()}, not yet at {now.isoformat()}"
             )
-        self._fired(self.request_id, step, due_at, now, via)
+        self._fired(self.request_id, self.thread_id, step, due_at, now, via)
         return True
 
     def clear(self, reason: str, now: datetime) -> bool:
         if self.cleared is not None:
             return False
-        self._cleared(self.request_id, reason, now)
+        self._cleared(self.request_id, self.thread_id, reason, now)
         return True

@@ -6,10 +6,13 @@ import asyncio
 import contextlib
 from pathlib import Path
 from typing import Any
+from uuid import UUID, uuid5
 
+from eventsourcing.persistence import Notification
+
+from contracts.events import PAYLOADS, EventEnvelope
 from hitlflow.settings import Settings
 from services.common.clock import Clock, SystemClock
-from services.common.integration import envelope_factory
 from services.common.logging import get_logger
 from services.common.runtime import ServiceRuntime
 from services.timeout import handlers
@@ -20,6 +23,25 @@ from services.timeout.timers import Sweeper
 log = get_logger(__name__)
 
 PUBLISHED = {"DeadlineScheduled", "DeadlineFired", "DeadlineCleared"}
+_EVENT_NS = UUID("9b3c0f2e-6a51-4f0d-8c7e-1e5d2a7b4c63")
+
+
+def to_envelope(event: Any, notification: Notification) -> EventEnvelope | None:
+    """The wire envelope of a published timeout event (each names its own thread, so no
+    lookup and no cache: memory stays flat however many deadlines there are)."""
+    name = type(event).__name__
+    if name not in PUBLISHED:
+        return None
+    model = PAYLOADS[name]
+    payload = model.model_validate(
+        {k: getattr(event, k) for k in model.model_fields if hasattr(event, k)}
+    ).model_dump(mode="json", exclude={"schema_version"})
+    return EventEnvelope(
+        event_type=name, service="timeout", thread_id=event.thread_id,
+        event_id=str(uuid5(_EVENT_NS, f"{event.originator_id}:{event.originator_version}")),
+        aggregate_id=str(event.originator_id), aggregate_version=event.originator_version,
+        position=notification.id, occurred_at=event.timestamp, payload=payload,
+    )
 
 
 class TimeoutRuntime:
@@ -93,7 +115,7 @@ def build(
         "timeout", app,
         nats_url=nats_url or settings.resolved_nats_url(),
         subscriptions=handlers.subscriptions,
-        to_envelope=envelope_factory(app, "timeout", PUBLISHED),
+        to_envelope=to_envelope,
         auth={"user": settings.nats_user, "password": settings.nats_password,
               "token": settings.nats_token},
         stream_replicas=settings.stream_replicas,

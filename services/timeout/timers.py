@@ -29,7 +29,7 @@ from services.common.clock import Clock
 from services.common.logging import get_logger
 from services.timeout.application import TimeoutService, Timer
 from services.timeout.domain import DeadlineNotDueError
-from services.timeout.index import DeadlineIndex, stamp
+from services.timeout.index import DeadlineIndex, IndexedDeadline, stamp
 
 log = get_logger(__name__)
 
@@ -83,14 +83,52 @@ class Timers:
 
 
 async def send_timeout(js: JetStreamContext, command: TimeoutInteraction,
-                       reply_to: str | None = None) -> None:
-    """Publish the command to the interaction service; a re-send is dropped by the stream."""
+                       reply_to: str | None = None) -> bool:
+    """Publish the command to the interaction service; False when the stream already had it
+    (a re-send within the duplicate window is dropped, and gets no reply)."""
     headers = {"Nats-Msg-Id": command.msg_id}
     if reply_to:
         headers[subjects.REPLY_TO_HEADER] = reply_to
-    await js.publish(subjects.timeout_subject(command.thread_id),
-                     command.model_dump_json().encode(), headers=headers,
-                     stream=subjects.COMMANDS_STREAM)
+    ack = await js.publish(subjects.timeout_subject(command.thread_id),
+                           command.model_dump_json().encode(), headers=headers,
+                           stream=subjects.COMMANDS_STREAM)
+    return not ack.duplicate
+
+
+class _Outcomes:
+    """Replies of the interaction service to the timeouts one sweep sent (one inbox each)."""
+
+    def __init__(self, nc: Client) -> None:
+        self._nc = nc
+        self.inbox = nc.new_inbox()
+        self.replies: dict[str, CommandReply] = {}
+        self._expected: int | None = None
+        self._all = asyncio.Event()
+        self._sub: Any = None
+
+    async def __aenter__(self) -> _Outcomes:
+        self._sub = await self._nc.subscribe(f"{self.inbox}.*", cb=self._on_reply)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        with contextlib.suppress(Exception):
+            await self._sub.unsubscribe()
+
+    def reply_to(self, key: str) -> str:
+        return f"{self.inbox}.{key}"
+
+    async def _on_reply(self, msg: Any) -> None:
+        with contextlib.suppress(ValueError):
+            self.replies[msg.subject.rsplit(".", 1)[-1]] = CommandReply.model_validate_json(
+                msg.data)
+        if self._expected is not None and len(self.replies) >= self._expected:
+            self._all.set()
+
+    async def wait(self, count: int, timeout: float) -> None:
+        self._expected = count
+        if len(self.replies) < count:
+            with contextlib.suppress(TimeoutError, NatsTimeoutError):
+                await asyncio.wait_for(self._all.wait(), timeout)
 
 
 class Sweeper:
@@ -109,66 +147,62 @@ class Sweeper:
                     wait: float | None = None) -> list[CheckedDeadline]:
         """Fire what is due ``grace`` seconds ago or more; with ``wait``, collect outcomes."""
         await asyncio.to_thread(self.index.catch_up)
+        if wait is None:
+            fired, _ = await self._fire_due(nc, grace, limit, None)
+            return fired
+        async with _Outcomes(nc) as outcomes:
+            fired, awaited = await self._fire_due(nc, grace, limit, outcomes)
+            if awaited:
+                await outcomes.wait(awaited, wait)
+            return [_with_outcome(item, outcomes.replies.get(str(i)))
+                    for i, item in enumerate(fired)]
+
+    async def _fire_due(self, nc: Client, grace: float, limit: int,
+                        outcomes: _Outcomes | None) -> tuple[list[CheckedDeadline], int]:
+        """Fire due deadlines page by page; returns them and how many replies to expect."""
         now = self.clock.now()
         js = nc.jetstream()
-        inbox = nc.new_inbox() if wait else None
-        replies: dict[str, CommandReply] = {}
-        got_all = asyncio.Event()
-        expected: list[int] = []
         fired: list[CheckedDeadline] = []
-        sub: Any = None
-        if inbox is not None:
-            async def on_reply(msg: Any) -> None:
-                with contextlib.suppress(ValueError):
-                    replies[msg.subject.rsplit(".", 1)[-1]] = (
-                        CommandReply.model_validate_json(msg.data))
-                if expected and len(replies) >= expected[0]:
-                    got_all.set()
+        awaited = 0
+        after: tuple[str, str] | None = None
+        while len(fired) < limit:
+            rows = await asyncio.to_thread(
+                self.index.due, now - timedelta(seconds=grace), min(self.page, limit),
+                refire_before=now - timedelta(seconds=self.refire_after), after=after)
+            for row in rows:
+                timer = await self._fire(row)
+                if timer is None or timer.due_at is None:
+                    continue
+                key = str(len(fired))
+                item = CheckedDeadline(
+                    thread_id=timer.thread_id, request_id=timer.request_id,
+                    node_name=timer.node_name, interaction_type=timer.interaction_type,
+                    step=timer.step, policy=timer.policy, due_at=timer.due_at,
+                    fired_at=self.clock.now())
+                command = TimeoutInteraction(thread_id=timer.thread_id,
+                                             request_id=timer.request_id, step=timer.step,
+                                             due_at=timer.due_at, fired_by="sweep")
+                if await send_timeout(js, command, outcomes.reply_to(key) if outcomes else None):
+                    fired.append(item)
+                    awaited += 1
+                else:
+                    fired.append(item.model_copy(update={"code": "already_sent"}))
+            if len(rows) < self.page:
+                break
+            after = (stamp(rows[-1].due_at), rows[-1].request_id)
+        if fired:
+            log.info("sweep_fired", count=len(fired))
+        return fired, awaited
 
-            sub = await nc.subscribe(f"{inbox}.*", cb=on_reply)
+    async def _fire(self, row: IndexedDeadline) -> Timer | None:
+        """Record the firing of one due row; the timer when its command should go out."""
         try:
-            after: tuple[str, str] | None = None
-            while len(fired) < limit:
-                rows = await asyncio.to_thread(
-                    self.index.due, now - timedelta(seconds=grace), min(self.page, limit),
-                    refire_before=now - timedelta(seconds=self.refire_after), after=after)
-                if not rows:
-                    break
-                after = (stamp(rows[-1].due_at), rows[-1].request_id)
-                for row in rows:
-                    try:
-                        timer = await asyncio.to_thread(self.app.fire, row.request_id, row.step,
-                                                        "sweep")
-                    except DeadlineNotDueError:
-                        continue
-                    if timer is None or timer.due_at is None:
-                        continue
-                    command = TimeoutInteraction(
-                        thread_id=timer.thread_id, request_id=timer.request_id,
-                        step=timer.step, due_at=timer.due_at, fired_by="sweep")
-                    key = str(len(fired))
-                    fired.append(CheckedDeadline(
-                        thread_id=timer.thread_id, request_id=timer.request_id,
-                        node_name=timer.node_name, interaction_type=timer.interaction_type,
-                        step=timer.step, policy=timer.policy, due_at=timer.due_at,
-                        fired_at=self.clock.now()))
-                    await send_timeout(js, command, f"{inbox}.{key}" if inbox else None)
-                if len(rows) < self.page:
-                    break
-            if fired:
-                log.info("sweep_fired", count=len(fired))
-            if sub is not None and fired and wait:
-                expected.append(len(fired))
-                if len(replies) < len(fired):
-                    with contextlib.suppress(TimeoutError, NatsTimeoutError):
-                        await asyncio.wait_for(got_all.wait(), wait)
-                fired = [_with_outcome(item, replies.get(str(i)))
-                         for i, item in enumerate(fired)]
-        finally:
-            if sub is not None:
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
-        return fired
+            timer = await asyncio.to_thread(self.app.fire, row.request_id, row.step, "sweep")
+        except DeadlineNotDueError:
+            return None
+        if timer is None or (not timer.fired_now and row.status != "fired"):
+            return None  # nothing left to fire, or the timer / another replica got there first
+        return timer
 
     async def run(self, nc: Client, interval: float, grace: float) -> None:
         """Sweep every ``interval`` seconds, for deadlines due ``grace`` seconds ago or more."""
