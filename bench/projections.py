@@ -10,7 +10,7 @@
    events replayed per second. Target: ≥ 20,000 events/s on 2 cores.
 2. **Lag.** The embedded stack (nats-server, every service, SQLite) runs approval cycles at a
    steady ``--rate`` events per second for ``--lag-seconds``. For every event the projections
-   apply, lag = commit of the view transaction − the moment the event was stored. Target: p99
+   apply, lag = commit of the view transaction minus the moment the event was stored. Target: p99
    under 100 ms at 200 events/s.
 """
 
@@ -21,20 +21,23 @@ import asyncio
 import json
 import math
 import os
+import resource
 import shutil
 import tempfile
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from contracts.events import EventEnvelope
+from hitlflow.client import HitlClient
 from hitlflow.settings import Settings
+from hitlflow.stack import BackgroundStack, Stack, free_port
 from projections.db import ViewDatabase
-from projections.projector import VIEWS, Projector
-from projections.rebuild import open_sources, rebuild
+from projections.projector import Projector
+from projections.rebuild import rebuild_from_stores
 from services.common.clock import SystemClock
+from services.common.logging import configure_logging
 from services.interaction.application import InteractionService
 from services.interaction.domain import Inbox, Interaction, InvalidResponseError
 from services.workflow.agents import AgentRegistry
@@ -95,6 +98,8 @@ def generate(stores: Path, target: int, batch: int = 500) -> dict[str, Any]:
                     timeout_seconds=None, on_timeout=None, assignees=[],
                     response_schema=None, batch_index=0, batch_size=1, created_at=now(),
                     deadline=None)
+                saved_threads.append(thread)
+                saved_requests.append(request)
                 published += 4  # ThreadStarted, NodeCompleted, ThreadPaused, InteractionRequested
                 responder = ("alice", "bob", "carol")[threads % 3]
                 if threads % 10 == 0:  # a refused attempt first, kept in the audit
@@ -110,8 +115,6 @@ def generate(stores: Path, target: int, batch: int = 500) -> dict[str, Any]:
                               responder)
                 thread.advance(graph, agents, now)
                 published += 5  # ResponseAccepted, ThreadResumed, NodeCompleted x2, Completed
-                saved_threads.append(thread)
-                saved_requests.append(request)
             workflow.save(*saved_threads)
             interaction.save(*saved_requests)
             if threads % (batch * 20) == 0:
@@ -124,3 +127,127 @@ def generate(stores: Path, target: int, batch: int = 500) -> dict[str, Any]:
             "seconds": round(time.perf_counter() - started, 1)}
     (stores / MARKER).write_text(json.dumps(info))
     return info
+
+
+def bench_rebuild(data: Path, events: int) -> dict[str, Any]:
+    stores = data / "stores"
+    if published_events(stores) < events:
+        shutil.rmtree(stores, ignore_errors=True)
+        stores.mkdir(parents=True)
+        print(f"generating event stores with {events:,} events in {stores} (kept for next time)")
+        print(f"  done: {generate(stores, events)}")
+    views = data / "views.sqlite"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{views}{suffix}").unlink(missing_ok=True)
+    db = ViewDatabase.sqlite(views)
+    before = _cpu()
+    try:
+        result = rebuild_from_stores(db, Projector(db), Settings(home=data), data_dir=stores)
+    finally:
+        db.close()
+    main_cpu, workers_cpu = (now - then for now, then in zip(_cpu(), before, strict=True))
+    return {
+        "events": result.events, "notifications_read": result.read,
+        "seconds": round(result.seconds, 2), "events_per_second": round(result.rate),
+        "cpu_seconds": {"main": round(main_cpu, 1), "workers": round(workers_cpu, 1)},
+        "target_events_per_second": 20_000,
+    }
+
+
+def _cpu() -> tuple[float, float]:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
+
+
+async def _cycles(url: str, rate: float, seconds: float, warmup: float,
+                  per_cycle: float) -> int:
+    """Approval cycles (start, pause, approve, complete) started at a steady pace."""
+    spec = load_workflow(WORKFLOW)
+    interval = per_cycle / rate
+    async with HitlClient(url, reply_timeout=30) as client:
+
+        async def cycle(n: int) -> None:
+            thread = f"lag-{n}"
+            started = await client.start(spec, {"request": f"chairs #{n}"}, thread_id=thread)
+            if started.status == "paused":
+                await client.resume(thread, "approve", responder="bench")
+
+        tasks = []
+        loop = asyncio.get_running_loop()
+        begin = loop.time()
+        n = 0
+        while loop.time() - begin < warmup + seconds:
+            tasks.append(asyncio.create_task(cycle(n)))
+            n += 1
+            await asyncio.sleep(max(0.0, begin + n * interval - loop.time()))
+        await asyncio.gather(*tasks)
+        return n
+
+
+def bench_lag(rate: float, seconds: float, warmup: float = 3.0) -> dict[str, Any]:
+    home = Path(tempfile.mkdtemp(prefix="hitlflow-lag-"))
+    settings = Settings(home=home, log_level="WARNING")
+    configure_logging(settings.log_level)
+    stack = Stack(settings, data_dir=home, port=free_port())
+    applied: list[int] = []
+    lags: list[float] = []
+    window = {"from": math.inf, "to": math.inf}
+
+    def on_applied(envelopes: Sequence[EventEnvelope], committed: float) -> None:
+        applied.append(len(envelopes))
+        if window["from"] <= committed <= window["to"]:
+            lags.extend(committed - env.occurred_at.timestamp() for env in envelopes)
+
+    try:
+        with BackgroundStack(stack) as running:
+            stack.runtimes["projections"].on_applied = on_applied
+            asyncio.run(_cycles(running.nats_url, 1.0, 0.0, 0.0, 1.0))  # events of one cycle
+            time.sleep(1.0)
+            per_cycle = float(sum(applied)) or 11.0
+            window["from"] = time.time() + warmup
+            window["to"] = window["from"] + seconds
+            cycles = asyncio.run(_cycles(running.nats_url, rate, seconds, warmup, per_cycle))
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    return {
+        "target_rate": rate, "events_per_cycle": per_cycle, "cycles": cycles,
+        "events_measured": len(lags), "achieved_events_per_second": round(len(lags) / seconds),
+        "lag_ms": {name: round(percentile(lags, q) * 1000, 2)
+                   for name, q in (("p50", 50), ("p95", 95), ("p99", 99), ("max", 100))},
+        "target_p99_ms": 100,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=1_000_000,
+                        help="published events in the generated stores")
+    parser.add_argument("--data", type=Path,
+                        default=Path(tempfile.gettempdir()) / "hitlflow-bench-projections",
+                        help="where the generated stores are kept between runs")
+    parser.add_argument("--rate", type=float, default=200.0, help="events per second (lag)")
+    parser.add_argument("--lag-seconds", type=float, default=20.0)
+    parser.add_argument("--skip-rebuild", action="store_true")
+    parser.add_argument("--skip-lag", action="store_true")
+    args = parser.parse_args()
+    results: dict[str, Any] = {"cpus": os.cpu_count(), "load_average_before": os.getloadavg()}
+    if not args.skip_rebuild:
+        args.data.mkdir(parents=True, exist_ok=True)
+        results["rebuild"] = rebuild = bench_rebuild(args.data, args.events)
+        print(f"rebuild: {rebuild['events']:,} events in {rebuild['seconds']} s = "
+              f"{rebuild['events_per_second']:,} events/s (target >= 20,000); CPU s: "
+              f"{rebuild['cpu_seconds']}", flush=True)
+    if not args.skip_lag:
+        results["lag"] = lag = bench_lag(args.rate, args.lag_seconds)
+        print(f"lag at {lag['achieved_events_per_second']} events/s over {args.lag_seconds:g} s "
+              f"({lag['events_measured']:,} events): p50 {lag['lag_ms']['p50']} ms, "
+              f"p95 {lag['lag_ms']['p95']} ms, p99 {lag['lag_ms']['p99']} ms, "
+              f"max {lag['lag_ms']['max']} ms (target p99 < 100 ms)", flush=True)
+    results["load_average_after"] = os.getloadavg()
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -28,7 +29,14 @@ import psutil
 
 from bench import langgraph_load
 from bench.hitl_load import Driver, StackProcess
-from bench.workload import load_average, open_loop, prepare_paused, run_cycles
+from bench.workload import (
+    REQUEST,
+    load_average,
+    open_loop,
+    prepare_paused,
+    run_cycles,
+    summary_ms,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = {"cycles_ratio": 4.0, "p50_ms": 5.0, "p99_ms": 25.0, "bytes_per_paused_thread": 1024}
@@ -104,6 +112,10 @@ async def hitl_phases(stack: StackProcess, args: argparse.Namespace) -> dict[str
             results[f"cycles_{n}"] = result
             if profiler is not None:
                 profiler.wait()
+        if args.client_cycles:
+            await asyncio.to_thread(stack.wait_idle)
+            say(f"hitlflow: {args.client_cycles} cycles through HitlClient, one at a time")
+            results["client"] = await client_phase(stack, driver, args.client_cycles)
         say(f"hitlflow: resume latency at {args.rate:g}/s ({args.resumes} resumes)")
         ids = [f"lat-{i}" for i in range(args.resumes)]
         failed = await prepare_paused(driver.pause, ids, 64)
@@ -117,6 +129,32 @@ async def hitl_phases(stack: StackProcess, args: argparse.Namespace) -> dict[str
     finally:
         await driver.close()
     return results
+
+
+async def client_phase(stack: StackProcess, driver: Driver, cycles: int) -> dict[str, Any]:
+    """What a CLI user waits for: HitlClient.start / .resume return once the thread has settled
+    and the thread_status view shows it (read-your-writes)."""
+    from hitlflow.client import HitlClient
+
+    starts: list[float] = []
+    resumes: list[float] = []
+    errors = 0
+    async with HitlClient(stack.nats_url, reply_timeout=30.0) as client:
+        for index in range(cycles):
+            thread_id = f"client-{index}"
+            t0 = time.perf_counter()
+            started = await client.start(driver.workflow, dict(REQUEST), thread_id=thread_id,
+                                         started_by="bench")
+            t1 = time.perf_counter()
+            done = await client.resume(thread_id, "approve", responder="bench")
+            t2 = time.perf_counter()
+            if started.status != "paused" or done.status != "completed":
+                errors += 1
+                continue
+            starts.append(t1 - t0)
+            resumes.append(t2 - t1)
+    return {"cycles": cycles, "errors": errors, "start_until_paused": summary_ms(starts),
+            "resume_until_completed": summary_ms(resumes), "load_average": load_average()}
 
 
 async def memory_phase(stack: StackProcess, driver: Driver, paused: int) -> dict[str, Any]:
@@ -211,6 +249,13 @@ def print_table(report: dict[str, Any]) -> None:
         rows.append((f"resume latency {label} at {rate:g}/s", fmt(entry["hitlflow"], " ms"),
                      fmt(entry["langgraph"], " ms"), fmt(entry["ratio"], "x"),
                      f"<= {target:g} ms"))
+    client = report["hitlflow"].get("client")
+    if client:
+        for key, label in (("start_until_paused", "HitlClient.start until paused"),
+                           ("resume_until_completed", "HitlClient.resume until completed")):
+            rows.append((f"{label}, p50 / p99",
+                         f"{client[key]['p50_ms']:.2f} / {client[key]['p99_ms']:.2f} ms",
+                         "", "", ""))
     memory = report["hitlflow"].get("memory")
     if memory:
         before = memory["before"]["services_rss_bytes"] / 2**20
@@ -245,6 +290,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=100.0, help="resumes per second")
     parser.add_argument("--resumes", type=int, default=2000,
                         help="resumes sent in the latency phase")
+    parser.add_argument("--client-cycles", type=int, default=200,
+                        help="cycles through HitlClient, one at a time (0 skips them)")
     parser.add_argument("--paused", type=int, default=100_000,
                         help="paused threads for the memory phase (0 skips it)")
     parser.add_argument("--skip-langgraph", action="store_true")
@@ -268,7 +315,8 @@ def main(argv: list[str] | None = None) -> None:
         "versions": versions(),
         "parameters": {"in_flight": args.in_flight, "duration_s": args.duration,
                        "warmup_s": args.warmup, "rate": args.rate, "resumes": args.resumes,
-                       "paused": args.paused, "log_level": args.log_level},
+                       "paused": args.paused, "client_cycles": args.client_cycles,
+                       "log_level": args.log_level},
     }
     workdir = Path(tempfile.mkdtemp(prefix="hitlflow-bench-"))
     try:

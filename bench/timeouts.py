@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -96,18 +97,20 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def run(args: argparse.Namespace) -> None:
-    home = Path(tempfile.mkdtemp(prefix="hitl-bench-timeouts-"))
-    server = EmbeddedNats(home / "nats", free_port())
-    server.start()
+def start_service(home: Path, nats_url: str) -> subprocess.Popen[bytes]:
+    """``hitlflow serve timeout`` in its own process (its memory is what is measured)."""
     env = {**os.environ, "HITLFLOW_HOME": str(home), "HITLFLOW_LOG_LEVEL": "WARNING",
-           "HITLFLOW_LOG_FORMAT": "json", "HITLFLOW_NATS_URL": server.url}
+           "HITLFLOW_LOG_FORMAT": "json", "HITLFLOW_NATS_URL": nats_url}
+    with (home / "timeout.log").open("wb") as log:
+        return subprocess.Popen([sys.executable, "-m", "hitlflow", "serve", "timeout"],
+                                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log)
+
+
+async def run(args: argparse.Namespace, home: Path, server: EmbeddedNats) -> None:
     nc = await nats.connect(server.url)
     js = nc.jetstream()
     await ensure_streams(js)
-    service = subprocess.Popen([sys.executable, "-m", "hitlflow", "serve", "timeout"],
-                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                               stderr=open(home / "timeout.log", "wb"))  # noqa: SIM115
+    service = start_service(home, server.url)
     try:
         while (await handled(js))[1] < 0:  # the service has created its consumer
             if service.poll() is not None:
@@ -181,15 +184,8 @@ async def run(args: argparse.Namespace) -> None:
         print(f"  after firing  {final_rss:8.1f}")
     finally:
         service.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            service.wait(timeout=30)
+        await asyncio.to_thread(service.wait)
         await nc.close()
-        server.stop()
-        say(f"data kept in {home}" if args.keep else "")
-        if not args.keep:
-            import shutil
-
-            shutil.rmtree(home, ignore_errors=True)
 
 
 def main() -> None:
@@ -199,7 +195,18 @@ def main() -> None:
     parser.add_argument("--spread", type=float, default=10.0,
                         help="seconds over which the fired deadlines fall due")
     parser.add_argument("--keep", action="store_true", help="keep the data directory")
-    asyncio.run(run(parser.parse_args()))
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="hitl-bench-timeouts-"))
+    server = EmbeddedNats(home / "nats", free_port())
+    server.start()
+    try:
+        asyncio.run(run(args, home, server))
+    finally:
+        server.stop()
+        if args.keep:
+            say(f"data kept in {home}")
+        else:
+            shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -175,6 +175,28 @@ def summarize(event: TimelineEvent) -> str:
         return f"{p.get('node')}: {p.get('error')}"
     if kind == "ThreadCancelled":
         return f"by {p.get('requested_by')}" + (f": {p['reason']}" if p.get("reason") else "")
+    if kind == "InteractionTimedOut":
+        taken = f", took {p['action']}" if p.get("action") else ""
+        return f"{p.get('node_name')}: policy {p.get('policy')} (step {p.get('step', 0)}){taken}"
+    if kind == "InteractionReminded":
+        return f"reminder {p.get('reminder')} of {p.get('of')} to " \
+               f"{', '.join(p.get('assignees') or ()) or 'assignees'}; until {p.get('deadline')}"
+    if kind == "InteractionEscalated":
+        return f"{', '.join(p.get('from_assignees') or ()) or '-'} → " \
+               f"{', '.join(p.get('assignees') or ())}; until {p.get('deadline')}"
+    if kind in ("DeadlineScheduled", "DeadlineFired"):
+        return f"step {p.get('step')} {p.get('policy') or 'fired via ' + str(p.get('via'))} " \
+               f"due {p.get('due_at')}"
+    if kind in ("DeadlineCleared", "InteractionCancelled"):
+        return str(p.get("reason"))
+    if kind in ("NodeDecided", "FallbackTaken"):
+        why = p.get("expression") or p.get("reason")
+        return f"{p.get('node')}: {p.get('action') or p.get('next_node')} without a person " \
+               f"({why})"
+    if kind == "ThreadTimedOut":
+        return f"at {p.get('node')}: request {p.get('interaction_id')}"
+    if kind == "ThreadCompleted":
+        return f"at {p.get('node')}: output {_short(p.get('output'), 120)}"
     fields = {k: v for k, v in p.items() if k not in ("thread_id",) and v not in (None, "", [])}
     return _short(fields, 160)
 
@@ -229,6 +251,12 @@ TABLE_COLUMNS = (("at (UTC)", 23), ("event", 9), ("thread", 18), ("node", 16), (
                  ("reason", 40))
 
 
+def _assigned(entry: AuditEntry) -> str:
+    """Who a request, reminder or escalation went to."""
+    people = entry.detail.get("assignees")
+    return f"to {', '.join(people)}" if people else ""
+
+
 class AuditWriter:
     """Writes entries as they come, in one format, holding none of them."""
 
@@ -265,7 +293,7 @@ class AuditWriter:
                      "timeout policy" if entry.by_timeout and not entry.responder
                      else entry.responder,
                      ",".join(entry.data_keys), (entry.digest or "")[:12],
-                     entry.reason or entry.code)
+                     entry.reason or entry.code or _assigned(entry))
             self.stream.write("  ".join(_short(value, width).ljust(width)
                                         for value, (_, width) in zip(cells, TABLE_COLUMNS,
                                                                      strict=True)).rstrip()

@@ -19,6 +19,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
+from pydantic import ValidationError
 
 from contracts import subjects
 from contracts.commands import CancelThread, CommandReply, ResumeThread, StartThread
@@ -265,7 +266,12 @@ class HitlClient:
                 after[env.service] = max(after.get(env.service, 0), env.position)
             if reply.ok:
                 # Read-your-writes: return once the thread_status view shows this change.
-                view = await self.thread(thread_id, after=after)
+                # The command took effect either way: with no projections service to ask
+                # (starting, or down), report what the thread's own events said.
+                try:
+                    view = await self.thread(thread_id, after=after)
+                except StackUnavailableError:
+                    view = None
                 if view is not None and (outcome.status is None or reply.duplicate):
                     outcome.status = view.status
                     outcome.node = view.current_node
@@ -300,8 +306,13 @@ class HitlClient:
 
     async def threads(self, status: str | None = None, limit: int = 100,
                       graph_name: str | None = None) -> list[ThreadView]:
-        body = ThreadsQuery.model_validate(
-            {"status": status, "limit": limit, "graph_name": graph_name}).model_dump()
+        try:
+            body = ThreadsQuery.model_validate(
+                {"status": status, "limit": limit, "graph_name": graph_name}).model_dump()
+        except ValidationError as error:
+            where = ".".join(str(p) for p in error.errors()[0]["loc"])
+            raise QueryRefusedError(f"invalid threads query: {where}: "
+                                    f"{error.errors()[0]['msg']}", "invalid_query") from error
         reply = ThreadsReply.model_validate(await self._query(subjects.Q_THREADS, body))
         _raise_for(reply.error)
         return reply.threads

@@ -15,8 +15,9 @@ Bookkeeping tables, written in the same transaction as the view rows they accoun
   consumer resumes after a restart (so a crash never lets later events overtake earlier ones);
 - ``view_meta (view, version)``: the schema version each view was built with.
 
-Reads go through their own connections (one per thread): on SQLite (WAL) and PostgreSQL alike
-they see the last committed state and never wait for a write, even a rebuild's.
+Reads go through their own connections (one per thread) and see the last committed state. On
+SQLite (WAL) they never wait for a writer, not even a rebuild; on PostgreSQL only the tables a
+rebuild has dropped make them wait, until it commits.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ Row = dict[str, Any]
 
 
 def dumps(value: Any) -> str:
-    """Compact JSON for view columns (and for digests: keys sorted, no spaces)."""
+    """Compact JSON for view columns (keys sorted, no spaces)."""
     return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False,
                       default=str)
 
@@ -74,6 +75,11 @@ class Dialect(Protocol):
     def begin(self, conn: Any) -> None: ...
 
     def is_transient(self, error: BaseException) -> bool: ...
+
+
+def _broken(conn: Any) -> bool:
+    """A PostgreSQL connection that was lost (SQLite connections are never lost)."""
+    return bool(getattr(conn, "broken", False) or getattr(conn, "closed", False) is True)
 
 
 def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> Row:
@@ -102,7 +108,9 @@ class SqliteDialect:
         conn.execute("BEGIN IMMEDIATE")
 
     def is_transient(self, error: BaseException) -> bool:
-        return isinstance(error, sqlite3.OperationalError)
+        text = str(error).lower()
+        return isinstance(error, sqlite3.OperationalError) and any(
+            word in text for word in ("locked", "busy", "disk i/o", "unable to open"))
 
 
 class PostgresDialect:
@@ -153,8 +161,10 @@ class Tx:
 
     def __init__(self, dialect: Dialect, conn: Any) -> None:
         self._dialect = dialect
+        self._conn = conn
         self._cursor = conn.cursor()
         self._sql = dialect.sql
+        self._pipelined = False
         if dialect.name == "sqlite":
             self.execute = self._execute_plain  # type: ignore[method-assign]
 
@@ -163,9 +173,10 @@ class Tx:
         return self._dialect.name
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one statement; the rows it changed (-1 inside :meth:`batched`: not known yet)."""
         cursor = self._cursor
         cursor.execute(self._sql(sql), params)
-        return int(cursor.rowcount)
+        return -1 if self._pipelined else int(cursor.rowcount)
 
     def _execute_plain(self, sql: str, params: Sequence[Any] = ()) -> int:
         cursor = self._cursor
@@ -184,6 +195,20 @@ class Tx:
     def all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         self._cursor.execute(self._sql(sql), params)
         return list(self._cursor.fetchall())
+
+    @contextmanager
+    def batched(self) -> Iterator[None]:
+        """Statements inside go to PostgreSQL without waiting for each result (psycopg's
+        pipeline mode); errors surface on leaving. SQLite runs in process: nothing to batch."""
+        if self._dialect.name == "sqlite" or self._pipelined:
+            yield
+            return
+        self._pipelined = True
+        try:
+            with self._conn.pipeline():
+                yield
+        finally:
+            self._pipelined = False
 
     def tune_for_bulk(self) -> None:
         """Settings for a transaction that writes a whole view (a rebuild)."""
@@ -243,6 +268,8 @@ class ViewDatabase:
     def transaction(self, *, turn: bool = True) -> Iterator[Tx]:
         """A write transaction; writers of every process take turns (``view_writer``)."""
         with self._lock:
+            if _broken(self._writer):  # e.g. the database server restarted: start afresh
+                self._writer = self.dialect.connect()
             conn = self._writer
             self.dialect.begin(conn)
             try:
@@ -261,7 +288,7 @@ class ViewDatabase:
 
     def _reader(self) -> Any:
         conn = getattr(self._local, "conn", None)
-        if conn is None:
+        if conn is None or _broken(conn):
             if self._closed:
                 raise RuntimeError("the views database is closed")
             conn = self.dialect.connect()

@@ -156,7 +156,7 @@ class Projector:
         stream = iter(envelopes)
         while chunk := list(islice(stream, REPLAY_CHUNK)):
             try:
-                with tx.savepoint("view_chunk"):
+                with tx.savepoint("view_chunk"), tx.batched():
                     for env in chunk:
                         for view in views:
                             view.apply(tx, env)

@@ -16,25 +16,34 @@ _EVENT_NS = UUID("a3c2e1f0-7d41-4a55-9f8e-2b6c0d9e4f31")
 
 
 class ThreadIdResolver:
-    """Finds the thread an event belongs to: from the event, or its aggregate's first event."""
+    """Finds the thread an event belongs to: from the event, or its aggregate's first event.
 
-    def __init__(self, app: ServiceApplication) -> None:
+    Recently seen aggregates are remembered, at most ``max_cached`` (the oldest go first): memory
+    stays flat however many threads exist; a thread that was forgotten costs one read.
+    """
+
+    def __init__(self, app: ServiceApplication, max_cached: int = 10_000) -> None:
         self._app = app
+        self._max_cached = max_cached
         self._cache: dict[UUID, str] = {}
 
     def __call__(self, event: Any) -> str:
         thread_id = getattr(event, "thread_id", None)
         if isinstance(thread_id, str):
-            self._cache[event.originator_id] = thread_id
+            self._remember(event.originator_id, thread_id)
             return thread_id
         cached = self._cache.get(event.originator_id)
         if cached is None:
             first = next(iter(self._app.events.get(event.originator_id, lte=1)))
             cached = str(first.thread_id)  # type: ignore[attr-defined]
-            if len(self._cache) > 100_000:
-                self._cache.clear()
-            self._cache[event.originator_id] = cached
+            self._remember(event.originator_id, cached)
         return cached
+
+    def _remember(self, aggregate_id: UUID, thread_id: str) -> None:
+        cache = self._cache
+        if aggregate_id not in cache and len(cache) >= self._max_cached:
+            del cache[next(iter(cache))]
+        cache[aggregate_id] = thread_id
 
 
 def envelope_factory(

@@ -60,6 +60,7 @@ class Relay:
         self._position = 0
         self._recorded = 0
         self._recorded_at = 0.0
+        self._recording: asyncio.Task[None] | None = None
         self.published = 0
 
     def wake(self) -> None:
@@ -81,7 +82,7 @@ class Relay:
             try:
                 while await self._publish_next(from_recorded=False) == self._batch_size:
                     pass
-                await self._record_position(force=False)
+                self._record_position_soon()
             except asyncio.CancelledError:
                 raise
             except Exception as error:
@@ -100,6 +101,9 @@ class Relay:
 
     async def close(self) -> None:
         """Record the position published so far (call when the service stops)."""
+        if self._recording is not None:
+            with contextlib.suppress(Exception):
+                await self._recording
         await self._record_position(force=True)
 
     async def _publish_next(self, *, from_recorded: bool) -> int:
@@ -130,6 +134,16 @@ class Relay:
         last = notifications[-1].id if notifications else start
         return len(notifications), last, messages
 
+    def _record_position_soon(self) -> None:
+        """Once due, record the position in the background: publishing does not wait on it."""
+        if self._recording is not None and not self._recording.done():
+            return
+        if self._position <= self._recorded:
+            return
+        if asyncio.get_running_loop().time() - self._recorded_at < self._track_interval:
+            return
+        self._recording = asyncio.create_task(self._record_position(force=True))
+
     async def _record_position(self, *, force: bool) -> None:
         position = self._position
         if position <= self._recorded:
@@ -137,8 +151,14 @@ class Relay:
         loop = asyncio.get_running_loop()
         if not force and loop.time() - self._recorded_at < self._track_interval:
             return
-        with contextlib.suppress(IntegrityError):  # another replica's relay got there first
-            await asyncio.to_thread(self._app.process_recorder.insert_tracking,
+        try:
+            await asyncio.to_thread(self._app.insert_tracking,
                                     Tracking(RELAY_TRACKING_NAME, position))
+        except IntegrityError:  # another replica's relay got there first
+            pass
+        except Exception as error:  # tried again when next due; re-sends are de-duplicated
+            log.warning("relay_position_not_recorded", position=position, error=str(error))
+            self._recorded_at = loop.time()
+            return
         self._recorded = position
         self._recorded_at = loop.time()

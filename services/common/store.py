@@ -176,6 +176,14 @@ class ServiceApplication(Application[UUID]):
             self.process_recorder.insert_tracking(tracking)
         self._notify_saved()
 
+    def insert_tracking(self, tracking: Tracking) -> None:
+        """Record a position alone (no events, no listeners woken); with SQLite it shares the
+        transaction of concurrent writes."""
+        if self._group is not None:
+            self._group.write([], tracking)
+        else:
+            self.process_recorder.insert_tracking(tracking)
+
     def is_tracked(self, upstream: str, position: int) -> bool:
         """Has the message at ``position`` of ``upstream`` already been handled here?"""
         recorder: Any = self.recorder

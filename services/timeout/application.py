@@ -81,15 +81,11 @@ class TimeoutService(ServiceApplication):
             decided[0] = deadline
             if event_type == "InteractionRequested":
                 if deadline is None:
-                    deadline = Deadline(
-                        request_id=request_id, thread_id=payload["thread_id"],
-                        node_name=payload["node_name"],
-                        interaction_type=payload["interaction_type"],
-                        timeout_seconds=payload.get("timeout_seconds"),
-                        on_timeout=payload.get("on_timeout"),
+                    deadline = decided[0] = Deadline.open(
+                        request_id, payload["thread_id"], payload["node_name"],
+                        payload["interaction_type"], payload.get("timeout_seconds"),
+                        payload.get("on_timeout"), _datetime(payload["deadline"]),
                     )
-                    decided[0] = deadline
-                deadline.schedule(0, _datetime(payload["deadline"]))
             elif deadline is None:
                 return []
             elif event_type in ("InteractionReminded", "InteractionEscalated"):

@@ -23,6 +23,15 @@ def deadline_uuid(request_id: str) -> UUID:
     return uuid5(NAMESPACE, f"deadline:{request_id}")
 
 
+def policy_of(on_timeout: Any, timeout_seconds: float | None, step: int) -> str:
+    """What expiry ``step`` does under a request's policy (fail when unreadable)."""
+    try:
+        policy = TimeoutPolicy.parse(on_timeout)
+    except InvalidTimeoutPolicyError:
+        return "fail"
+    return policy.firing(step, timeout_seconds).policy
+
+
 class DeadlineError(Exception):
     """Base of the deadline rules' refusals."""
 
@@ -38,10 +47,10 @@ class Deadline(Aggregate):
     def create_id(request_id: str) -> UUID:
         return deadline_uuid(request_id)
 
-    @event("DeadlineOpened")
+    @event("DeadlineScheduled")
     def __init__(self, request_id: str, thread_id: str, node_name: str,
-                 interaction_type: str, timeout_seconds: float | None,
-                 on_timeout: Any) -> None:
+                 interaction_type: str, timeout_seconds: float | None, on_timeout: Any,
+                 step: int, policy: str, due_at: datetime) -> None:
         self.request_id = request_id
         self.thread_id = thread_id
         self.node_name = node_name
@@ -49,19 +58,26 @@ class Deadline(Aggregate):
         self.timeout_seconds = timeout_seconds
         #: The node's on_timeout as it came (names the policy of each expiry).
         self.on_timeout = on_timeout
-        self.step = -1
-        self.policy = ""
-        self.due_at: datetime | None = None
+        self.step = step
+        self.policy = policy
+        self.due_at: datetime | None = due_at
         self.fired_step = -1
         self.cleared: str | None = None
 
-    # -- events -----------------------------------------------------------------------------
+    @classmethod
+    def open(cls, request_id: str, thread_id: str, node_name: str, interaction_type: str,
+             timeout_seconds: float | None, on_timeout: Any, due_at: datetime) -> Deadline:
+        """The deadline of a new request: its first expiry (step 0) is at ``due_at``."""
+        return cls(request_id=request_id, thread_id=thread_id, node_name=node_name,
+                   interaction_type=interaction_type, timeout_seconds=timeout_seconds,
+                   on_timeout=on_timeout, step=0,
+                   policy=policy_of(on_timeout, timeout_seconds, 0), due_at=due_at)
 
-    # Every event names its thread, so publishing one needs no lookup of the first.
+    # -- events (each names its thread, so publishing one needs no lookup) --------------------
 
-    @event("DeadlineScheduled")
-    def _scheduled(self, request_id: str, thread_id: str, node_name: str,
-                   interaction_type: str, step: int, policy: str, due_at: datetime) -> None:
+    @event("DeadlineRescheduled")
+    def _rescheduled(self, request_id: str, thread_id: str, node_name: str,
+                     interaction_type: str, step: int, policy: str, due_at: datetime) -> None:
         self.step = step
         self.policy = policy
         self.due_at = due_at
@@ -87,13 +103,6 @@ class Deadline(Aggregate):
     def fired(self) -> bool:
         return self.fired_step == self.step
 
-    def policy_of(self, step: int) -> str:
-        """What expiry ``step`` does under the request's policy (fail when unreadable)."""
-        try:
-            policy = TimeoutPolicy.parse(self.on_timeout)
-        except InvalidTimeoutPolicyError:
-            return "fail"
-        return policy.firing(step, self.timeout_seconds).policy
 
     def schedule(self, step: int, due_at: datetime) -> bool:
         """Set the timer of expiry ``step``; an older or repeated step changes nothing."""
@@ -101,8 +110,9 @@ class Deadline(Aggregate):
             return False
         if step == self.step and due_at == self.due_at:
             return False
-        self._scheduled(self.request_id, self.thread_id, self.node_name, self.interaction_type,
-                        step, self.policy_of(step), due_at)
+        self._rescheduled(self.request_id, self.thread_id, self.node_name,
+                          self.interaction_type, step,
+                          policy_of(self.on_timeout, self.timeout_seconds, step), due_at)
         return True
 
     def fire(self, step: int, now: datetime, via: str) -> bool:

@@ -115,13 +115,15 @@ class DeadlineIndex:
 
     @staticmethod
     def _apply(cursor: sqlite3.Cursor, name: str, event: Any) -> None:
-        if name == "DeadlineOpened":
+        if name == "DeadlineScheduled":  # a new deadline (step 0)
             cursor.execute(
                 "INSERT OR IGNORE INTO deadlines (request_id, thread_id, node_name, "
-                "interaction_type, step, policy, status) VALUES (?,?,?,?,-1,'','opened')",
-                (event.request_id, event.thread_id, event.node_name, event.interaction_type),
+                "interaction_type, step, policy, due_at, status) "
+                "VALUES (?,?,?,?,?,?,?,'pending')",
+                (event.request_id, event.thread_id, event.node_name, event.interaction_type,
+                 event.step, event.policy, stamp(event.due_at)),
             )
-        elif name == "DeadlineScheduled":
+        elif name == "DeadlineRescheduled":
             cursor.execute(
                 "UPDATE deadlines SET step=?, policy=?, due_at=?, status='pending', "
                 "fired_at=NULL WHERE request_id=?",

@@ -22,15 +22,17 @@ from services.timeout.timers import Sweeper
 
 log = get_logger(__name__)
 
-PUBLISHED = {"DeadlineScheduled", "DeadlineFired", "DeadlineCleared"}
+#: Domain event → the event type it is published as.
+PUBLISHED = {"DeadlineScheduled": "DeadlineScheduled", "DeadlineRescheduled": "DeadlineScheduled",
+             "DeadlineFired": "DeadlineFired", "DeadlineCleared": "DeadlineCleared"}
 _EVENT_NS = UUID("9b3c0f2e-6a51-4f0d-8c7e-1e5d2a7b4c63")
 
 
 def to_envelope(event: Any, notification: Notification) -> EventEnvelope | None:
     """The wire envelope of a published timeout event (each names its own thread, so no
     lookup and no cache: memory stays flat however many deadlines there are)."""
-    name = type(event).__name__
-    if name not in PUBLISHED:
+    name = PUBLISHED.get(type(event).__name__)
+    if name is None:
         return None
     model = PAYLOADS[name]
     payload = model.model_validate(

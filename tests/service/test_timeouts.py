@@ -117,10 +117,15 @@ def clock() -> FakeClock:
     return FakeClock(datetime.now(UTC))
 
 
+def manual_sweeps(settings: Settings) -> Settings:
+    """No periodic sweep while a test runs: only the test's own ``timeouts check`` fires."""
+    return settings.model_copy(update={"timeout_sweep_interval": 3600.0})
+
+
 @pytest.fixture
 def faked(tmp_path: Path, settings: Settings, clock: FakeClock) -> Iterator[HitlTestStack]:
     """The whole stack on a clock that only moves when the test says."""
-    with HitlTestStack(tmp_path, settings=settings, clock=clock) as stack:
+    with HitlTestStack(tmp_path, settings=manual_sweeps(settings), clock=clock) as stack:
         yield stack
 
 
@@ -285,6 +290,16 @@ def test_a_repeated_check_fires_nothing_twice(faked: HitlTestStack, clock: FakeC
     assert check(faked)["fired"] == []
     for i in range(3):
         assert len(of_type(faked, f"to-twice-{i}", "InteractionTimedOut")) == 1
+
+
+def test_a_cancelled_thread_clears_its_deadline(faked: HitlTestStack, clock: FakeClock) -> None:
+    faked.start(approval_flow({"timeout_seconds": 30}), {"request": "x"}, thread_id="to-cancel")
+    scheduled(faked, "to-cancel")
+    assert faked.cancel("to-cancel", "no longer needed").ok
+    assert wait_events(faked, "to-cancel", "DeadlineCleared")[0]["reason"] == "cancelled"
+    clock.advance(31)
+    assert check(faked)["fired"] == []
+    assert faked.status("to-cancel").status == "cancelled"  # type: ignore[union-attr]
 
 
 # -- the sweep, the safety net -------------------------------------------------------------------

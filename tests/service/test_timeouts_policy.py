@@ -138,9 +138,8 @@ def test_an_answered_request_refuses_its_timeout() -> None:
 
 
 def test_a_deadline_fires_once_per_step() -> None:
-    deadline = Deadline(request_id="r1", thread_id="t", node_name="gate",
-                        interaction_type="approval", timeout_seconds=60, on_timeout=CHAIN)
-    assert deadline.schedule(0, T0)
+    deadline = Deadline.open("r1", "t", "gate", "approval", 60, CHAIN, T0)
+    assert (deadline.step, deadline.policy) == (0, "remind")
     assert not deadline.schedule(0, T0)  # the same again changes nothing
     with pytest.raises(DeadlineNotDueError):
         deadline.fire(0, T0 - timedelta(seconds=1), "schedule")

@@ -15,7 +15,13 @@ from services.timeout import main as timeout_main
 from services.timeout.main import TimeoutRuntime
 from services.workflow.domain import thread_uuid
 from tests.helpers import stored_events, wait_for
-from tests.service.test_timeouts import approval_flow, check, scheduled, wait_status
+from tests.service.test_timeouts import (
+    approval_flow,
+    check,
+    manual_sweeps,
+    scheduled,
+    wait_status,
+)
 
 
 def deadline_of(run: Any) -> datetime:
@@ -104,7 +110,7 @@ def test_two_replicas_fire_each_deadline_once(hitl: HitlTestStack) -> None:
 def test_two_replicas_sweeping_at_once_fire_each_deadline_once(tmp_path: Path,
                                                                settings: Settings) -> None:
     clock = FakeClock(datetime.now(UTC))
-    with HitlTestStack(tmp_path, settings=settings, clock=clock) as hitl:
+    with HitlTestStack(tmp_path, settings=manual_sweeps(settings), clock=clock) as hitl:
         second = replica(hitl, clock)
         try:
             runs = [hitl.start(approval_flow({"timeout_seconds": 60}), {"request": f"s{i}"},
