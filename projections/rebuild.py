@@ -248,16 +248,21 @@ def rebuild(db: ViewDatabase, projector: Projector, views: Sequence[View],
             tx.execute("INSERT INTO view_meta (view, version) VALUES (?, ?) ON CONFLICT (view)"
                        " DO UPDATE SET version = excluded.version", (view.name, view.version))
         result.events = projector.replay(tx, merged(sources), views)
+        replayed = time.perf_counter()
         for view in views:
             view.index(tx)
             for source in sources:
                 tx.execute("INSERT INTO view_positions (view, service, upto) VALUES (?, ?, ?)",
                            (view.name, source.service, source.last))
+        indexed = time.perf_counter()
     projector.rebuilt(result.views)
     result.seconds = time.perf_counter() - started
     result.read = {source.service: source.read for source in sources}
     log.info("views_rebuilt", views=result.views, events=result.events, read=result.read,
-             seconds=round(result.seconds, 3), events_per_second=round(result.rate))
+             seconds=round(result.seconds, 3), events_per_second=round(result.rate),
+             replay_seconds=round(replayed - started, 3),
+             index_seconds=round(indexed - replayed, 3),
+             commit_seconds=round(result.seconds - (indexed - started), 3))
     return result
 
 

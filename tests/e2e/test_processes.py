@@ -72,7 +72,7 @@ def test_each_service_runs_alone(env: dict[str, str], nats: EmbeddedNats) -> Non
     processes = {
         name: subprocess.Popen([*HITLFLOW, "serve", name], env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
-        for name in ("workflow", "interaction", "projections")
+        for name in ("workflow", "interaction", "timeout", "projections")
     }
     try:
         run = wait_for(lambda: (r := hitlflow(env, "run", f"{TYPES}::Choice", "--thread-id",
