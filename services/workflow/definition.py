@@ -30,6 +30,7 @@ from typing import Any, Literal
 from jsonschema import SchemaError, ValidationError, validators
 
 from contracts.events import INTERACTION_TYPES
+from contracts.timeouts import policy_problem
 from contracts.workflow import NodeSpec, WorkflowSpec
 from services.interaction.domain import InteractionError, decide
 from services.workflow.agents import INTERACTION_AGENT_TYPES, AgentRegistry
@@ -394,6 +395,10 @@ def _interaction_problems(file: str, node: NodeSpec) -> list[Problem]:
     ):
         problems.append(Problem(file, node.row, "context",
             "timeout_seconds must be a positive number of seconds"))
+    if "on_timeout" in node.context:
+        policy_error = policy_problem(node.context["on_timeout"])
+        if policy_error:
+            problems.append(Problem(file, node.row, "context", f"on_timeout: {policy_error}"))
     if problems:
         return problems
     messages = [

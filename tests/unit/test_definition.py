@@ -81,3 +81,13 @@ def test_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(WorkflowError) as error:
         load_workflow(path)
     assert str(error.value).startswith(f"{path}:2 [next_on_success]: ")
+
+
+def test_invalid_timeout_policy_is_an_error_with_its_row(tmp_path: Path) -> None:
+    path = write(tmp_path, "G,start,input,gate,,,x,x,\n"
+                           'G,gate,approval_interaction,end,,Ok?,x,y,'
+                           '"{""on_timeout"": {""policy"": ""explode""}}"\n'
+                           "G,end,output,,,done,y,z,\n")
+    [(row, column, message)] = problems(path)
+    assert (row, column) == (3, "context")
+    assert "on_timeout" in message and "fail, default, remind, escalate" in message
