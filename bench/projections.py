@@ -38,8 +38,9 @@ from projections.projector import Projector
 from projections.rebuild import rebuild_from_stores
 from services.common.clock import SystemClock
 from services.common.logging import configure_logging
+from services.common.responses import InvalidResponseError
 from services.interaction.application import InteractionService
-from services.interaction.domain import Inbox, Interaction, InvalidResponseError
+from services.interaction.domain import Inbox, Interaction
 from services.workflow.agents import AgentRegistry
 from services.workflow.application import WorkflowService
 from services.workflow.definition import load_workflow

@@ -12,12 +12,11 @@ from contracts.events import InteractionSpec
 from contracts.timeouts import TimeoutInteraction
 from services.common.clock import Clock, SystemClock
 from services.common.logging import get_logger
+from services.common.responses import InteractionError, InvalidResponseError
 from services.common.store import ServiceApplication
 from services.interaction.domain import (
     Inbox,
     Interaction,
-    InteractionError,
-    InvalidResponseError,
     MalformedCommandError,
     inbox_uuid,
 )

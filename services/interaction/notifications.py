@@ -28,7 +28,7 @@ from contracts.events import InteractionRequested
 from contracts.notifications import Notification
 from contracts.subjects import notify_subject
 from services.common.logging import get_logger
-from services.interaction.domain import ACTIONS
+from services.common.responses import ACTIONS
 
 log = get_logger(__name__)
 

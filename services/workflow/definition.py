@@ -32,7 +32,7 @@ from jsonschema import SchemaError, ValidationError, validators
 from contracts.events import INTERACTION_TYPES
 from contracts.timeouts import policy_problem
 from contracts.workflow import NodeSpec, WorkflowSpec
-from services.interaction.domain import InteractionError, decide
+from services.common.responses import InteractionError, decide
 from services.workflow.agents import INTERACTION_AGENT_TYPES, AgentRegistry
 from services.workflow.conditions import ConditionError
 from services.workflow.conditions import parse as parse_condition

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from contracts.events import InteractionSpec
 from contracts.workflow import NodeSpec, WorkflowSpec
-from services.interaction.domain import InteractionError, decide
+from services.common.responses import InteractionError, decide
 from services.workflow.agents import AgentContext, AgentRegistry, AgentResult
 from services.workflow.conditions import ConditionError, Evaluation
 from services.workflow.conditions import parse as parse_condition

@@ -51,15 +51,18 @@ def dump(db: ViewDatabase) -> dict[str, list[str]]:
             for view in VIEWS.values() for table in view.tables}
 
 
-def fresh_rebuild(hitl: HitlTestStack, settings: Settings) -> dict[str, list[str]]:
-    """The views rebuilt from the stores into a brand-new database."""
+def fresh_rebuild(hitl: HitlTestStack, settings: Settings,
+                  parallel: bool | None = None) -> dict[str, list[str]]:
+    """The views rebuilt from the stores into a brand-new database (``parallel``: the stores
+    read by worker processes, as for large stores)."""
     if settings.persistence == "postgres":
         assert POSTGRES_DSN
         db = ViewDatabase.postgres(POSTGRES_DSN, f"{settings.postgres_schema}_fresh")
     else:
         db = ViewDatabase.sqlite(hitl.data_dir / f"fresh-{uuid.uuid4().hex[:6]}.sqlite")
     try:
-        rebuild_from_stores(db, Projector(db), settings, data_dir=hitl.data_dir / "stores")
+        rebuild_from_stores(db, Projector(db), settings, data_dir=hitl.data_dir / "stores",
+                            parallel=parallel)
         return dump(db)
     finally:
         db.close()
@@ -314,6 +317,7 @@ def test_rebuild_gives_back_the_live_views(hitl: HitlTestStack, settings: Settin
     quiesce(hitl)
     live = dump(views_db(hitl))
     assert fresh_rebuild(hitl, settings) == live
+    assert fresh_rebuild(hitl, settings, parallel=True) == live
 
     code, reply, stderr = cli_json(hitl.nats_url, "projections", "rebuild")
     assert code == 0, stderr

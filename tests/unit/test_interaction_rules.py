@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.interaction.domain import ACTIONS, InvalidResponseError, decide
+from services.common.responses import ACTIONS, InvalidResponseError, decide
 
 OPTIONS = ["Production (us-east-1)", "Staging (us-west-2)", "Development (local)"]
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from contracts.commands import StartThread
 from hitlflow.settings import Settings
-from services.interaction.domain import decide
+from services.common.responses import decide
 from services.workflow.agents import AgentRegistry
 from services.workflow.application import WorkflowService
 from services.workflow.definition import check_workflow, load_workflow
