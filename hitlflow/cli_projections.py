@@ -10,8 +10,10 @@ commands: 0 done, 2 bad input (the reason on stderr), 3 no stack reachable.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import json
+import os
 import sys
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
@@ -354,7 +356,12 @@ def audit(
         writer.end()
         return writer.count
 
-    count = _ask(nats_url, stream)
+    try:
+        count = _ask(nats_url, stream)
+    except BrokenPipeError:  # the reader stopped early (| head): not an error
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(0) from None
     if writer.format is Format.table and not count:
         err.print("no audit entries match", highlight=False)
 

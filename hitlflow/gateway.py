@@ -19,7 +19,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from contracts.subjects import InvalidThreadIdError, check_thread_id
-from hitlflow.client import HitlClient, NoOutcomeError, Outcome, StackUnavailableError
+from hitlflow.client import (
+    HitlClient,
+    NoOutcomeError,
+    Outcome,
+    QueryRefusedError,
+    StackUnavailableError,
+)
 from hitlflow.settings import Settings
 from services.workflow.definition import WorkflowError, parse_workflow
 
@@ -92,6 +98,10 @@ def create_app(settings: Settings, client: HitlClient | None = None) -> FastAPI:
     @app.exception_handler(StackUnavailableError)
     async def unavailable(request: Request, error: StackUnavailableError) -> JSONResponse:
         return JSONResponse({"error": str(error)}, status_code=503)
+
+    @app.exception_handler(QueryRefusedError)
+    async def refused_query(request: Request, error: QueryRefusedError) -> JSONResponse:
+        return JSONResponse({"error": str(error)}, status_code=400)
 
     @app.exception_handler(NoOutcomeError)
     async def no_outcome(request: Request, error: NoOutcomeError) -> JSONResponse:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -64,6 +65,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def _stop_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGTERM it when the thread that started it dies,
+    so a killed stack never leaves an orphan nats-server holding its port and data."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 class EmbeddedNats:
     """A nats-server child process with JetStream and its data directory on disk."""
 
@@ -91,6 +101,7 @@ class EmbeddedNats:
              "-sd", str(self.data_dir / "jetstream"), "-n", f"hitlflow-{self.port}",
              "-l", str(log_file)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            preexec_fn=_stop_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509
         )
         deadline = timeout
         step = 0.02
@@ -160,7 +171,9 @@ class Stack:
             self.nats.start()
 
     async def start(self) -> None:
-        await asyncio.to_thread(self.start_nats)
+        # Started from the loop's own thread (not a worker thread): the child is tied to the
+        # life of the thread that started it (see _stop_with_parent).
+        self.start_nats()
         stores = self.data_dir / "stores"
         for name in self.service_names:
             runtime: Any

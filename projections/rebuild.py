@@ -43,11 +43,6 @@ SERVICES: tuple[tuple[Service, str, str], ...] = (
     ("interaction", "services.interaction.application", "InteractionService"),
     ("timeout", "services.timeout.application", "TimeoutService"),
 )
-#: Payload fields named differently on a service's domain events, as its main.py hands them to
-#: ``envelope_factory`` for its relay (a module-level ``ENVELOPE_ALIASES`` there wins).
-ALIASES: dict[str, dict[str, dict[str, str]]] = {
-    "interaction": {"InteractionRequested": {"id": "request_id"}},
-}
 #: Notifications read from a store per query.
 PAGE = 1000
 #: Stores holding more notifications than this (together) are read by worker processes.
@@ -204,7 +199,8 @@ def open_sources(settings: Any, data_dir: Path | None = None, *,
         published = getattr(wiring, "PUBLISHED", None)
         if not published:
             continue
-        aliases = getattr(wiring, "ENVELOPE_ALIASES", ALIASES.get(service))
+        # the same payload renames the service's relay uses
+        aliases = getattr(wiring, "ENVELOPE_ALIASES", None)
         app = app_class(settings.store_env(service, data_dir))
         sources.append(Source(service, app, envelope_factory(app, service, published, aliases)))
     if parallel is None:

@@ -158,15 +158,17 @@ class ServiceApplication(Application[UUID]):
     def record(self, aggregates: Iterable[Aggregate], tracking: Tracking | None = None) -> None:
         """Save the pending events of ``aggregates`` (and ``tracking``) in one transaction."""
         processing_event: ProcessingEvent[UUID] = ProcessingEvent(tracking=tracking)
-        processing_event.collect_events(*aggregates)
+        for aggregate in aggregates:  # what collect_events() does, without its protocol checks
+            processing_event.events.extend(aggregate.collect_events())
+            processing_event.aggregates[aggregate.id] = aggregate
         if not processing_event.events and tracking is None:
             return
         if self._group is not None:
             self._group.write(
                 [self.mapper.to_stored_event(e) for e in processing_event.events], tracking)
             if self.repository.cache and not self.repository.fastforward:
-                for aggregate_id, aggregate in processing_event.aggregates.items():
-                    self.repository.cache.put(aggregate_id, aggregate)
+                for aggregate_id, saved in processing_event.aggregates.items():
+                    self.repository.cache.put(aggregate_id, saved)
             self._take_snapshots(processing_event)
         elif processing_event.events:
             self._record(processing_event)

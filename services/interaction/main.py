@@ -18,6 +18,8 @@ PUBLISHED = {
     "InteractionRequested", "ResponseAccepted", "ResponseRejected", "InteractionTimedOut",
     "InteractionCancelled", "InteractionReminded", "InteractionEscalated",
 }
+#: Payload fields named differently on the domain events (the relay and a rebuild use both).
+ENVELOPE_ALIASES = {"InteractionRequested": {"id": "request_id"}}
 
 
 def build(
@@ -38,8 +40,7 @@ def build(
         "interaction", app,
         nats_url=nats_url or settings.resolved_nats_url(),
         subscriptions=subscriptions,
-        to_envelope=envelope_factory(app, "interaction", PUBLISHED,
-                                     {"InteractionRequested": {"id": "request_id"}}),
+        to_envelope=envelope_factory(app, "interaction", PUBLISHED, ENVELOPE_ALIASES),
         auth={"user": settings.nats_user, "password": settings.nats_password,
               "token": settings.nats_token},
         stream_replicas=settings.stream_replicas,

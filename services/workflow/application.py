@@ -52,10 +52,15 @@ class WorkflowService(ServiceApplication):
         self.clock = clock or SystemClock()
         self.request_defaults = dict(request_defaults or {})
         self._graphs: dict[str, Graph] = {}
+        #: Workflow versions known to be stored (they are never changed or removed): a start
+        #: need not load the definition again to learn that it exists.
+        self._stored_digests: set[str] = set()
 
     # -- commands ---------------------------------------------------------------------------
 
     def start_thread(self, command: StartThread, position: int) -> CommandReply:
+        digest = command.workflow.digest
+
         def decide() -> list[Any]:
             if self.get_or_none(thread_uuid(command.thread_id)) is not None:
                 raise StartRefusedError(
@@ -64,10 +69,9 @@ class WorkflowService(ServiceApplication):
                 )
             spec = command.workflow
             self._check_runnable(spec, command.state)
-            digest = spec.digest
-            definition = self.get_or_none(workflow_uuid(digest))
             new_definition = None
-            if definition is None:
+            if (digest not in self._stored_digests
+                    and self.get_or_none(workflow_uuid(digest)) is None):
                 new_definition = WorkflowDefinition(
                     digest=digest, graph_name=spec.graph_name,
                     spec=spec.model_dump(mode="json"),
@@ -86,6 +90,7 @@ class WorkflowService(ServiceApplication):
         except StartRefusedError as refused:
             return CommandReply(ok=False, command="start", thread_id=command.thread_id,
                                 code=refused.code, error=str(refused))
+        self._stored_digests.add(digest)
         log.info("thread_started", thread_id=command.thread_id, duplicate=not handled)
         return CommandReply(ok=True, command="start", thread_id=command.thread_id,
                             duplicate=not handled)

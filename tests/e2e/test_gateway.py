@@ -69,6 +69,8 @@ def test_refusals_carry_code_and_status(http: TestClient, hitl: HitlTestStack) -
     assert "missing required column 'agent_type'" in broken.json()["detail"]["problems"][0]
 
     assert http.get("/threads/nobody").status_code == 404
+    bogus = http.get("/threads", params={"status": "bogus"})
+    assert bogus.status_code == 400 and "status: Input should be" in bogus.json()["error"]
     assert http.post("/threads/bad id/resume", json={"action": "approve"}).status_code == 400
 
     interaction = hitl.stack.runtimes["interaction"].app
