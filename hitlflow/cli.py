@@ -17,47 +17,35 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
 from contracts.subjects import InvalidThreadIdError, check_thread_id
 from hitlflow import cli_demo, cli_projections, display
+from hitlflow.cli_common import (
+    EXIT_BAD_INPUT,
+    EXIT_NO_STACK,
+    EXIT_REFUSED,
+    JsonOut,
+    NatsUrl,
+    client_for,
+    err,
+    fail,
+    out,
+)
 from hitlflow.cli_timeouts import app as timeouts_app
-from hitlflow.client import HitlClient, NoOutcomeError, Outcome, StackUnavailableError
+from hitlflow.client import NoOutcomeError, Outcome, StackUnavailableError
 from hitlflow.settings import Settings, load_settings
 from services.common.logging import configure_logging
 from services.workflow.definition import WorkflowError, load_workflow
 
-EXIT_REFUSED = 1
-EXIT_BAD_INPUT = 2
-EXIT_NO_STACK = 3
-
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Workflows that pause for people and resume on their answer.")
-out = Console()
-err = Console(stderr=True)
-
-NatsUrl = Annotated[str | None, typer.Option("--nats-url", envvar="HITLFLOW_NATS_URL",
-                                             help="NATS of a running stack (default: the "
-                                                  "embedded stack's).")]
-JsonOut = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-
-
-def fail(message: str, code: int) -> NoReturn:
-    err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def _settings(nats_url: str | None = None) -> Settings:
     return load_settings(nats_url=nats_url)
-
-
-def _client(settings: Settings) -> HitlClient:
-    return HitlClient(settings.resolved_nats_url(), reply_timeout=settings.reply_timeout,
-                      auth={"user": settings.nats_user, "password": settings.nats_password,
-                            "token": settings.nats_token})
 
 
 def _run(coro: Any) -> Any:
@@ -123,7 +111,7 @@ def run(
     settings = _settings(nats_url)
 
     async def go() -> Outcome:
-        async with _client(settings) as client:
+        async with client_for(settings) as client:
             return await client.start(workflow, initial, thread_id=thread_id,
                                       started_by=started_by)
 
@@ -162,7 +150,7 @@ def resume(
     who = responder or os.environ.get("USER") or "cli"
 
     async def go() -> Outcome:
-        async with _client(settings) as client:
+        async with client_for(settings) as client:
             return await client.resume(thread_id, action, parsed, raw_data=raw,
                                        request_id=request_id, idempotency_key=key,
                                        responder=who)
@@ -182,7 +170,7 @@ def cancel(
     settings = _settings(nats_url)
 
     async def go() -> Outcome:
-        async with _client(settings) as client:
+        async with client_for(settings) as client:
             return await client.cancel(thread_id, reason)
 
     _report(_run(go()), as_json)
@@ -195,7 +183,7 @@ def status(thread_id: str, nats_url: NatsUrl = None, as_json: JsonOut = False) -
     settings = _settings(nats_url)
 
     async def go() -> Any:
-        async with _client(settings) as client:
+        async with client_for(settings) as client:
             return await client.thread(thread_id)
 
     view = _run(go())
@@ -222,7 +210,7 @@ def pending(
     settings = _settings(nats_url)
 
     async def go() -> Any:
-        async with _client(settings) as client:
+        async with client_for(settings) as client:
             return await client.pending(thread_id, limit)
 
     items = [p.model_dump(mode="json") for p in _run(go())]

@@ -19,7 +19,7 @@ from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import IO, Annotated, Any, NoReturn, TypeVar
+from typing import IO, Annotated, Any, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -39,24 +39,25 @@ from contracts.queries import (
 )
 from contracts.subjects import InvalidThreadIdError, check_thread_id
 from hitlflow import display
+from hitlflow.cli_common import (
+    EXIT_BAD_INPUT,
+    EXIT_NO_STACK,
+    EXIT_REFUSED,
+    JsonOut,
+    NatsUrl,
+    client_for,
+    err,
+    fail,
+    out,
+)
 from hitlflow.client import HitlClient, NoOutcomeError, QueryRefusedError, StackUnavailableError
-from hitlflow.settings import Settings, load_settings
-
-EXIT_REFUSED = 1
-EXIT_BAD_INPUT = 2
-EXIT_NO_STACK = 3
+from hitlflow.settings import load_settings
 
 T = TypeVar("T")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="The views (thread_status, audit_trail, analytics): rebuild them.")
-out = Console()
-err = Console(stderr=True)
 
-NatsUrl = Annotated[str | None, typer.Option("--nats-url", envvar="HITLFLOW_NATS_URL",
-                                             help="NATS of a running stack (default: the "
-                                                  "embedded stack's).")]
-JsonOut = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 Since = Annotated[str | None, typer.Option(
     "--since", help="From this moment on (ISO 8601, e.g. 2026-03-01 or 2026-03-01T12:00Z; "
                     "UTC unless an offset is given).")]
@@ -71,31 +72,20 @@ class Format(StrEnum):
     csv = "csv"
 
 
-def _fail(message: str, code: int) -> NoReturn:
-    err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def _client(settings: Settings) -> HitlClient:
-    return HitlClient(settings.resolved_nats_url(), reply_timeout=settings.reply_timeout,
-                      auth={"user": settings.nats_user, "password": settings.nats_password,
-                            "token": settings.nats_token})
-
-
 def _ask(nats_url: str | None, work: Callable[[HitlClient], Coroutine[Any, Any, T]]) -> T:
     """Run ``work`` with a connected client; failures become the documented exit codes."""
     settings = load_settings(nats_url=nats_url)
 
     async def go() -> T:
-        async with _client(settings) as client:
+        async with client_for(settings) as client:
             return await work(client)
 
     try:
         return asyncio.run(go())
     except (StackUnavailableError, NoOutcomeError) as error:
-        _fail(str(error), EXIT_NO_STACK)
+        fail(str(error), EXIT_NO_STACK)
     except QueryRefusedError as error:
-        _fail(str(error), EXIT_BAD_INPUT)
+        fail(str(error), EXIT_BAD_INPUT)
 
 
 def _moment(text: str | None, option: str) -> datetime | None:
@@ -104,17 +94,17 @@ def _moment(text: str | None, option: str) -> datetime | None:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        _fail(f"{option} {text!r} is not a date or time; expected ISO 8601 such as 2026-03-01 "
+        fail(f"{option} {text!r} is not a date or time; expected ISO 8601 such as 2026-03-01 "
               "or 2026-03-01T12:00:00Z", EXIT_BAD_INPUT)
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _window(since: str | None, until: str | None, days: float | None) -> dict[str, Any]:
     if since is not None and days is not None:
-        _fail("give either --since or --days, not both", EXIT_BAD_INPUT)
+        fail("give either --since or --days, not both", EXIT_BAD_INPUT)
     start, end = _moment(since, "--since"), _moment(until, "--until")
     if start and end and start >= end:
-        _fail(f"--since ({start.isoformat()}) must be before --until ({end.isoformat()})",
+        fail(f"--since ({start.isoformat()}) must be before --until ({end.isoformat()})",
               EXIT_BAD_INPUT)
     return {"since": start, "until": end, "days": days}
 
@@ -138,7 +128,7 @@ def threads(
 ) -> None:
     """Threads, most recently changed first."""
     if status_filter is not None and status_filter not in THREAD_STATUSES:
-        _fail(f"unknown status {status_filter!r}; expected one of: "
+        fail(f"unknown status {status_filter!r}; expected one of: "
               f"{', '.join(THREAD_STATUSES)}", EXIT_BAD_INPUT)
     found = _ask(nats_url, lambda c: c.threads(status_filter, limit, graph_name=graph))
     items = [t.model_dump(mode="json") for t in found]
@@ -212,10 +202,10 @@ def show(
     try:
         check_thread_id(thread_id)
     except InvalidThreadIdError as error:
-        _fail(str(error), EXIT_BAD_INPUT)
+        fail(str(error), EXIT_BAD_INPUT)
     view, events = _ask(nats_url, lambda c: c.timeline(thread_id))
     if view is None:
-        _fail(f"unknown thread {thread_id!r}", EXIT_REFUSED)
+        fail(f"unknown thread {thread_id!r}", EXIT_REFUSED)
     data = view.model_dump(mode="json")
     if as_json:
         out.print_json(json.dumps({"thread": data,
@@ -345,7 +335,7 @@ def audit(
             "request_id": request_id, "since": window["since"], "until": window["until"],
             "limit": page})
     except ValidationError as error:
-        _fail("; ".join(f"{OPTIONS.get(str(e['loc'][0]), e['loc'][0]) if e['loc'] else 'query'}"
+        fail("; ".join(f"{OPTIONS.get(str(e['loc'][0]), e['loc'][0]) if e['loc'] else 'query'}"
                         f": {e['msg']}" for e in error.errors()), EXIT_BAD_INPUT)
     writer = AuditWriter(sys.stdout, Format.json if as_json else fmt)
 
@@ -469,7 +459,7 @@ def rebuild(
     names = list(views or [])
     unknown = [n for n in names if n not in VIEW_NAMES]
     if unknown:
-        _fail(f"unknown view(s) {', '.join(map(repr, unknown))}; expected one of: "
+        fail(f"unknown view(s) {', '.join(map(repr, unknown))}; expected one of: "
               f"{', '.join(VIEW_NAMES)}", EXIT_BAD_INPUT)
     if offline:
         from projections.rebuild import rebuild_offline

@@ -9,43 +9,35 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import UTC, datetime
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from pydantic import BaseModel
-from rich.console import Console
 from rich.table import Table
 
 from contracts import subjects
 from contracts.subjects import InvalidThreadIdError, check_thread_id
 from contracts.timeouts import DeadlinesQuery, DeadlinesReply, TimeoutCheck, TimeoutCheckReply
+from hitlflow.cli_common import (
+    EXIT_BAD_INPUT,
+    EXIT_NO_STACK,
+    JsonOut,
+    NatsUrl,
+    fail,
+    out,
+)
 from hitlflow.display import time_left
 from hitlflow.settings import Settings, load_settings
 from services.common.messaging import connect
 
-EXIT_BAD_INPUT = 2
-EXIT_NO_STACK = 3
-
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Deadlines of pending requests: sweep them now, list them.")
-out = Console()
-err = Console(stderr=True)
-
-NatsUrl = Annotated[str | None, typer.Option("--nats-url", envvar="HITLFLOW_NATS_URL",
-                                             help="NATS of a running stack (default: the "
-                                                  "embedded stack's).")]
-JsonOut = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
 class NoTimeoutServiceError(RuntimeError):
     """Nothing answers the timeout service's control subjects."""
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 async def _request(settings: Settings, subject: str, body: BaseModel, timeout: float) -> bytes:
@@ -73,7 +65,7 @@ def _call(settings: Settings, subject: str, body: BaseModel, timeout: float) -> 
     try:
         return asyncio.run(_request(settings, subject, body, timeout))
     except NoTimeoutServiceError as error:
-        _fail(str(error), EXIT_NO_STACK)
+        fail(str(error), EXIT_NO_STACK)
 
 
 def _when(value: datetime) -> str:
@@ -90,13 +82,13 @@ def check(
 ) -> None:
     """Sweep now: fire every deadline that has passed and list what timed out."""
     if limit < 1:
-        _fail(f"--limit must be at least 1, got {limit}", EXIT_BAD_INPUT)
+        fail(f"--limit must be at least 1, got {limit}", EXIT_BAD_INPUT)
     settings = load_settings(nats_url=nats_url)
     raw = _call(settings, subjects.TIMEOUTS_CHECK, TimeoutCheck(limit=limit, wait=not no_wait),
                 settings.reply_timeout * 2 + 5)
     reply = TimeoutCheckReply.model_validate_json(raw)
     if reply.error:
-        _fail(reply.error, EXIT_BAD_INPUT)
+        fail(reply.error, EXIT_BAD_INPUT)
     if as_json:
         out.print_json(reply.model_dump_json())
         return
@@ -131,9 +123,9 @@ def list_deadlines(
         try:
             check_thread_id(thread_id)
         except InvalidThreadIdError as error:
-            _fail(str(error), EXIT_BAD_INPUT)
+            fail(str(error), EXIT_BAD_INPUT)
     if not 1 <= limit <= 10_000:
-        _fail(f"--limit must be 1-10000, got {limit}", EXIT_BAD_INPUT)
+        fail(f"--limit must be 1-10000, got {limit}", EXIT_BAD_INPUT)
     settings = load_settings(nats_url=nats_url)
     raw = _call(settings, subjects.TIMEOUTS_LIST, DeadlinesQuery(thread_id=thread_id,
                                                                 limit=limit),

@@ -1,0 +1,40 @@
+"""What every ``hitlflow`` sub-command shares: exit codes, consoles, common options, failing
+with a one-line reason, and a client for the configured stack.
+
+Exit codes scripts can trust: 0 done/accepted; 1 refused (a response or command the services
+rejected); 2 bad input; 3 no stack (nothing answers at the NATS URL, or no outcome in time).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+
+from hitlflow.client import HitlClient
+from hitlflow.settings import Settings
+
+EXIT_REFUSED = 1
+EXIT_BAD_INPUT = 2
+EXIT_NO_STACK = 3
+
+out = Console()
+err = Console(stderr=True)
+
+NatsUrl = Annotated[str | None, typer.Option("--nats-url", envvar="HITLFLOW_NATS_URL",
+                                             help="NATS of a running stack (default: the "
+                                                  "embedded stack's).")]
+JsonOut = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def fail(message: str, code: int) -> NoReturn:
+    """One line on stderr, then exit with ``code``."""
+    err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def client_for(settings: Settings) -> HitlClient:
+    return HitlClient(settings.resolved_nats_url(), reply_timeout=settings.reply_timeout,
+                      auth={"user": settings.nats_user, "password": settings.nats_password,
+                            "token": settings.nats_token})
