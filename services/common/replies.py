@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
+import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from contracts.commands import CommandReply
 from contracts.subjects import REPLY_TO_HEADER
@@ -38,3 +41,28 @@ async def refuse(client: Client, msg: Msg, command: Any, error: ValidationError)
                          code="invalid_command", error=describe_validation_error(error))
     await send_reply(client, msg, reply)
     raise PoisonMessageError(reply.error or "invalid command")
+
+
+C = TypeVar("C", bound=BaseModel)
+
+
+def command_handler(
+    broker: Any,
+    model: type[C],
+    command: Any,
+    decide: Callable[[C, int], CommandReply],
+) -> Callable[[Msg], Awaitable[None]]:
+    """The thin handler of a command stream: decode ``model``, one application call (given the
+    command and its stream position), reply. A command that breaks its contract is refused."""
+
+    async def handle(msg: Msg) -> None:
+        with structlog.contextvars.bound_contextvars(thread_id=thread_of(msg)):
+            try:
+                parsed = model.model_validate_json(msg.data)
+            except ValidationError as error:
+                await refuse(broker.connection, msg, command, error)
+                return
+            reply = await asyncio.to_thread(decide, parsed, stream_position(msg))
+            await send_reply(broker.connection, msg, reply)
+
+    return handle

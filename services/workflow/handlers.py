@@ -12,31 +12,14 @@ from pydantic import ValidationError
 from contracts import subjects
 from contracts.commands import CancelThread, StartThread
 from contracts.events import InteractionTimedOut, ResponseAccepted
-from services.common.consumer import PoisonMessageError, Subscription, decode_envelope, thread_of
-from services.common.replies import refuse, send_reply, stream_position
+from services.common.consumer import PoisonMessageError, Subscription, decode_envelope
+from services.common.replies import command_handler
 from services.workflow.application import WorkflowService
 
 
 def subscriptions(broker: Any, app: WorkflowService) -> list[Subscription]:
-    async def on_start(msg: Msg) -> None:
-        with structlog.contextvars.bound_contextvars(thread_id=thread_of(msg)):
-            try:
-                command = StartThread.model_validate_json(msg.data)
-            except ValidationError as error:
-                await refuse(broker.connection, msg, "start", error)
-                return
-            reply = await asyncio.to_thread(app.start_thread, command, stream_position(msg))
-            await send_reply(broker.connection, msg, reply)
-
-    async def on_cancel(msg: Msg) -> None:
-        with structlog.contextvars.bound_contextvars(thread_id=thread_of(msg)):
-            try:
-                command = CancelThread.model_validate_json(msg.data)
-            except ValidationError as error:
-                await refuse(broker.connection, msg, "cancel", error)
-                return
-            reply = await asyncio.to_thread(app.cancel_thread, command, stream_position(msg))
-            await send_reply(broker.connection, msg, reply)
+    on_start = command_handler(broker, StartThread, "start", app.start_thread)
+    on_cancel = command_handler(broker, CancelThread, "cancel", app.cancel_thread)
 
     async def on_answer(msg: Msg) -> None:
         envelope = decode_envelope(msg.data)
