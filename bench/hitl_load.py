@@ -79,13 +79,20 @@ class StackProcess:
     def stop(self) -> None:
         if self.process is None:
             return
+        children: list[psutil.Process] = []
         if self.process.poll() is None:
+            with contextlib.suppress(psutil.Error):
+                children = psutil.Process(self.process.pid).children(recursive=True)
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(timeout=60)
+                self.process.wait(timeout=120)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        for child in children:  # its nats-server, should the stack not have stopped it
+            with contextlib.suppress(psutil.Error):
+                child.terminate()
+                child.wait(timeout=10)
         self.process = None
 
     def memory(self) -> dict[str, Any]:
