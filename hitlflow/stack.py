@@ -208,6 +208,14 @@ class Stack:
             self.nats = None
 
 
+async def _cancel_remaining_tasks() -> None:
+    """Finish whatever a test or service left running, so no coroutine outlives its loop."""
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 class BackgroundStack:
     """A :class:`Stack` running in its own thread and event loop (for tests and notebooks)."""
 
@@ -236,6 +244,8 @@ class BackgroundStack:
         if self._thread.is_alive():
             with contextlib.suppress(Exception):
                 self.call(self.stack.stop())
+            with contextlib.suppress(Exception):
+                self.call(_cancel_remaining_tasks())
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=30)
         self._loop.close()
