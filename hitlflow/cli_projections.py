@@ -365,15 +365,7 @@ def _seconds(value: float | None) -> str:
         return "-"
     if value < 60:
         return f"{value:.2f}s"
-    whole = int(value)
-    days, rest = divmod(whole, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d {hours}h"
-    if hours:
-        return f"{hours}h {minutes:02d}m"
-    return f"{minutes}m {secs:02d}s"
+    return display.span(value)
 
 
 def _rate(value: float | None) -> str:

@@ -49,7 +49,8 @@ def _moment(value: datetime | str) -> datetime:
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
 
 
-def _span(seconds: float) -> str:
+def span(seconds: float) -> str:
+    """A duration the way people read it: 45s, 12m 05s, 3h 20m, 2d 4h."""
     seconds = int(seconds)
     days, rest = divmod(seconds, 86400)
     hours, rest = divmod(rest, 3600)
@@ -66,7 +67,7 @@ def _span(seconds: float) -> str:
 def time_left(deadline: datetime | str, now: datetime | None = None) -> str:
     """``2h 05m left`` before a deadline, or ``overdue by 12s`` after it."""
     remaining = (_moment(deadline) - (now or datetime.now(UTC))).total_seconds()
-    return f"{_span(remaining)} left" if remaining >= 0 else f"overdue by {_span(-remaining)}"
+    return f"{span(remaining)} left" if remaining >= 0 else f"overdue by {span(-remaining)}"
 
 
 def request_panel(request: dict[str, Any], several: bool = False) -> Panel:
