@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from hitlflow.settings import Settings
 from hitlflow.stack import EmbeddedNats, free_port
 from hitlflow.testing import HitlTestStack
+from services.common.clock import FakeClock
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -58,6 +60,20 @@ def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
 def hitl(tmp_path: Path, settings: Settings) -> Iterator[HitlTestStack]:
     """The whole stack on its own NATS, with the example agents registered."""
     with HitlTestStack(tmp_path, agents=[EXAMPLE_AGENTS], settings=settings) as stack:
+        yield stack
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A clock that moves only when the test says (whole seconds, now)."""
+    return FakeClock(datetime.now(UTC).replace(microsecond=0))
+
+
+@pytest.fixture
+def faked(tmp_path: Path, settings: Settings, clock: FakeClock) -> Iterator[HitlTestStack]:
+    """The whole stack, with the example agents, on the test's ``clock``."""
+    with HitlTestStack(tmp_path, agents=[EXAMPLE_AGENTS], settings=settings,
+                       clock=clock) as stack:
         yield stack
 
 

@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from projections.db import ViewDatabase
 from projections.projector import VIEWS, Projector
 from projections.rebuild import rebuild_from_stores
 from services.common.clock import FakeClock
-from tests.conftest import EXAMPLE_AGENTS, POSTGRES_DSN, ROOT
+from tests.conftest import POSTGRES_DSN, ROOT
 from tests.helpers import cli, cli_json, wait_for
 
 TYPES = str(ROOT / "tests" / "workflows" / "types.csv")
@@ -254,18 +253,6 @@ def test_audit_command_filters_and_formats(hitl: HitlTestStack) -> None:
 
 
 # -- analytics -----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(datetime.now(UTC).replace(microsecond=0))
-
-
-@pytest.fixture
-def faked(tmp_path: Path, settings: Settings, clock: FakeClock) -> Iterator[HitlTestStack]:
-    with HitlTestStack(tmp_path, agents=[EXAMPLE_AGENTS], settings=settings,
-                       clock=clock) as stack:
-        yield stack
 
 
 def test_analytics_command_against_hand_computed_values(faked: HitlTestStack,

@@ -13,9 +13,7 @@ import hashlib
 import itertools
 import json
 import math
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -30,7 +28,7 @@ from hitlflow.testing import HitlTestStack
 from projections import analytics
 from projections.rebuild import merged, open_sources
 from services.common.clock import FakeClock
-from tests.conftest import EXAMPLE_AGENTS, ROOT
+from tests.conftest import ROOT
 from tests.helpers import cli_json
 from tests.service.test_projections import dump, fresh_rebuild, gate_flow, quiesce, views_db
 
@@ -67,18 +65,6 @@ def pick_default() -> WorkflowSpec:
         NodeSpec(name="deploy", agent_type="echo", input_fields=("target",),
                  output_field="result"),
     ))
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(datetime.now(UTC).replace(microsecond=0))
-
-
-@pytest.fixture
-def faked(tmp_path: Path, settings: Settings, clock: FakeClock) -> Iterator[HitlTestStack]:
-    with HitlTestStack(tmp_path, agents=[EXAMPLE_AGENTS], settings=settings,
-                       clock=clock) as stack:
-        yield stack
 
 
 # -- the workload --------------------------------------------------------------------------------
