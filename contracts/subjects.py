@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Final
 
 COMMANDS_STREAM: Final = "HITL_COMMANDS"
@@ -66,6 +67,11 @@ def thread_events_subject(thread_id: str) -> str:
 
 def notify_subject(thread_id: str) -> str:
     return f"hitl.notify.{check_thread_id(thread_id)}"
+
+
+def events_of(service: str, event_types: Iterable[str]) -> tuple[str, ...]:
+    """Subjects of these event types of a service, for every thread (a consumer's filter)."""
+    return tuple(f"hitl.evt.{service}.{event_type}.>" for event_type in sorted(event_types))
 
 
 START_ALL: Final = "hitl.cmd.start.>"

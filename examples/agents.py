@@ -137,7 +137,7 @@ def _clip(text: str, length: int = 90) -> str:
 # -- ApprovalFlow ------------------------------------------------------------------------------
 
 
-@agent("validation_agent")
+@agent("validation_agent", inline=True)
 def validate_request(inputs: dict[str, Any], ctx: AgentContext) -> AgentResult:
     """A request is valid when it is non-empty text (or an object with a non-empty 'request')."""
     request = _first_input(inputs)
@@ -151,7 +151,7 @@ def validate_request(inputs: dict[str, Any], ctx: AgentContext) -> AgentResult:
     return AgentResult(value=summary, success=not problems)
 
 
-@agent("processing_agent")
+@agent("processing_agent", inline=True)
 def process_request(inputs: dict[str, Any], ctx: AgentContext) -> str:
     request = _first_input(inputs)
     return f"processed: {request}"
@@ -160,7 +160,7 @@ def process_request(inputs: dict[str, Any], ctx: AgentContext) -> str:
 # -- ContentFlow -------------------------------------------------------------------------------
 
 
-@agent("content_generator")
+@agent("content_generator", inline=True)
 def generate_content(inputs: dict[str, Any], ctx: AgentContext) -> AgentResult:
     """A short draft from a request: text, or ``{"topic", "audience", "tone", "points"}``."""
     request = _first_input(inputs)
@@ -215,7 +215,7 @@ def describe_analysis(analysis: dict[str, Any]) -> str:
             f"Open questions: {' '.join(analysis['open_questions'])}")
 
 
-@agent("analysis_agent")
+@agent("analysis_agent", inline=True)
 def analyse_problem(inputs: dict[str, Any], ctx: AgentContext) -> AgentResult:
     """Themes, complexity, key terms and open questions of a problem or project brief."""
     text = _text_of(_first_input(inputs)).strip()
@@ -252,7 +252,7 @@ THEME_STEPS: dict[str, str] = {
 WEEKS = {"fast": 1, "robust": 4, "hybrid": 2}
 
 
-@agent("implementation_agent")
+@agent("implementation_agent", inline=True)
 def implement(inputs: dict[str, Any], ctx: AgentContext) -> AgentResult:
     """A step-by-step plan for the chosen approach (a choice answer or plain text)."""
     chosen = _first_input(inputs)
@@ -306,7 +306,7 @@ def _priority(item: str, default: str | None) -> str:
     return default or "medium"
 
 
-@agent("refinement_agent")
+@agent("refinement_agent", inline=True)
 def refine_requirements(inputs: dict[str, Any], ctx: AgentContext) -> AgentResult:
     """A numbered, de-duplicated, prioritised requirements list (high first)."""
     items, stated = _requirement_items(_first_input(inputs))
@@ -345,7 +345,7 @@ def _latest_reply(ctx: AgentContext) -> Mapping[str, Any]:
     return max(replies, key=lambda v: len(v["history"]), default={})
 
 
-@agent("conversation_agent")
+@agent("conversation_agent", inline=True)
 def next_topic(inputs: dict[str, Any], ctx: AgentContext) -> AgentResult:
     """Picks what to discuss next; routes to failure (the summary) when the talk is done.
 
@@ -375,7 +375,7 @@ def next_topic(inputs: dict[str, Any], ctx: AgentContext) -> AgentResult:
     return AgentResult(value=topic, details={"from": "keywords", "turns": len(turns)})
 
 
-@agent("summary_agent")
+@agent("summary_agent", inline=True)
 def summarise(inputs: dict[str, Any], ctx: AgentContext) -> AgentResult:
     """A summary of the whole conversation: turns, main points, questions raised."""
     turns = [t for t in ctx.conversation if t.get("message")]
@@ -402,7 +402,7 @@ def summarise(inputs: dict[str, Any], ctx: AgentContext) -> AgentResult:
 # -- batch review (docs/patterns.md, examples/advanced.csv) ------------------------------------
 
 
-@agent("batch_summary_agent")
+@agent("batch_summary_agent", inline=True)
 def summarise_batches(inputs: dict[str, Any], ctx: AgentContext) -> AgentResult:
     """Counts the items of a batch review by the option chosen for their batch."""
     reviews = _first_input(inputs)

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,11 +34,12 @@ from hitlflow.cli_common import (
     err,
     fail,
     out,
+    say_error,
 )
 from hitlflow.cli_timeouts import app as timeouts_app
 from hitlflow.client import NoOutcomeError, Outcome, StackUnavailableError
-from hitlflow.settings import Settings, load_settings
-from services.common.logging import configure_logging
+from hitlflow.settings import Settings, SettingsError, load_settings
+from services.common.logging import configure_logging, get_logger
 from services.workflow.definition import WorkflowError, load_workflow
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -304,7 +306,29 @@ def _live_stack(settings: Settings) -> dict[str, Any] | None:
     return info
 
 
-async def _serve_until_signal(start: Any, stop: Any, on_started: Any = None) -> None:
+#: How long ``hitlflow serve`` lets its service stop before it exits anyway: under the 30 s
+#: ``hitlflow up`` waits before killing a service process, and bounded even when nothing will
+#: kill it (its stack was killed and NATS went away at the same moment).
+SERVE_STOP_TIMEOUT = 20.0
+
+
+def _exit_after(seconds: float, service: str) -> None:
+    """Exit the process in ``seconds`` unless it has ended by then. A daemon thread, since the
+    event loop may be what is stuck; exiting like this is a crash, which the services survive
+    (their stores are the truth, unacknowledged messages are delivered again)."""
+    def force() -> None:
+        get_logger(__name__).warning("service_stop_timed_out", service=service,
+                                     after_seconds=seconds)
+        sys.stderr.flush()
+        os._exit(1)
+
+    timer = threading.Timer(seconds, force)
+    timer.daemon = True
+    timer.start()
+
+
+async def _serve_until_signal(start: Any, stop: Any, on_started: Any = None,
+                              on_stopping: Any = None) -> None:
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -315,7 +339,18 @@ async def _serve_until_signal(start: Any, stop: Any, on_started: Any = None) -> 
             on_started()
         await stopping.wait()
     finally:
+        if on_stopping:
+            on_stopping()
         await stop()
+
+
+def _write_stack_file(settings: Settings, stack: Any, started_at: str) -> None:
+    """``stack.json``, how other commands find the stack; replaced whole, never half written."""
+    info = {"pid": os.getpid(), "nats_url": stack.nats_url, "home": str(settings.home),
+            "started_at": started_at, "mode": stack.mode, "services": stack.service_pids()}
+    partial = settings.stack_file.with_name(settings.stack_file.name + ".tmp")
+    partial.write_text(json.dumps(info))
+    partial.replace(settings.stack_file)
 
 
 @app.command()
@@ -326,10 +361,18 @@ def up(
     home: Annotated[Path | None, typer.Option("--home", envvar="HITLFLOW_HOME",
                                               help="Data directory.")] = None,
     detach: Annotated[bool, typer.Option("--detach", help="Run in the background.")] = False,
+    one_process: Annotated[bool, typer.Option(
+        "--one-process", help="Run every service in this one process (less memory, one core) "
+        "instead of one process per service.")] = False,
 ) -> None:
     """Start the embedded stack: nats-server (JetStream) and every service, SQLite stores."""
-    from hitlflow.stack import NatsServerNotFoundError, PortInUseError, Stack
-    from services.workflow.agents import AgentRegistry
+    from hitlflow.stack import (
+        NatsServerNotFoundError,
+        PortInUseError,
+        ProcessStack,
+        ServiceStartError,
+        Stack,
+    )
 
     settings = load_settings(home=home)
     running = _live_stack(settings)
@@ -337,17 +380,22 @@ def up(
         fail(f"a hitlflow stack is already running (pid {running['pid']}, "
              f"{running['nats_url']}); stop it with 'hitlflow down'", EXIT_BAD_INPUT)
     if detach:
-        _detach(settings, port, nats_url)
+        _detach(settings, port, nats_url, one_process)
         return
     configure_logging(settings.log_level, settings.log_format)
-    stack = Stack(settings, nats_url=nats_url, port=port,
-                  agents=AgentRegistry.load(settings.agent_modules()))
+    started_at = datetime.now(UTC).isoformat()
+    stack: Stack | ProcessStack
+    if one_process:
+        from services.workflow.agents import AgentRegistry
+
+        stack = Stack(settings, nats_url=nats_url, port=port,
+                      agents=AgentRegistry.load(settings.agent_modules()))
+    else:
+        stack = ProcessStack(settings, nats_url=nats_url, port=port,
+                             on_change=lambda: _write_stack_file(settings, stack, started_at))
 
     def started() -> None:
-        settings.stack_file.write_text(json.dumps({
-            "pid": os.getpid(), "nats_url": stack.nats_url, "home": str(settings.home),
-            "started_at": datetime.now(UTC).isoformat(),
-        }))
+        _write_stack_file(settings, stack, started_at)
         err.print(f"hitlflow stack up: NATS {stack.nats_url}, data in {settings.home} "
                   "(Ctrl-C or 'hitlflow down' to stop)")
 
@@ -361,9 +409,12 @@ def up(
         asyncio.run(_serve_until_signal(stack.start, stop, started))
     except (PortInUseError, NatsServerNotFoundError) as error:
         fail(str(error), EXIT_BAD_INPUT)
+    except ServiceStartError as error:
+        fail(str(error), EXIT_NO_STACK)
 
 
-def _detach(settings: Settings, port: int | None, nats_url: str | None) -> None:
+def _detach(settings: Settings, port: int | None, nats_url: str | None,
+            one_process: bool) -> None:
     settings.home.mkdir(parents=True, exist_ok=True)
     log_path = settings.home / "stack.log"
     command = [sys.executable, "-m", "hitlflow", "up", "--home", str(settings.home)]
@@ -371,10 +422,12 @@ def _detach(settings: Settings, port: int | None, nats_url: str | None) -> None:
         command += ["--port", str(port)]
     if nats_url:
         command += ["--nats-url", nats_url]
+    if one_process:
+        command += ["--one-process"]
     with log_path.open("ab") as log:
         child = subprocess.Popen(command, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
                                  start_new_session=True)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         info = _live_stack(settings)
         if info and int(info["pid"]) == child.pid:
@@ -386,7 +439,7 @@ def _detach(settings: Settings, port: int | None, nats_url: str | None) -> None:
             fail("the stack did not start: " + " | ".join(tail), EXIT_BAD_INPUT)
         time.sleep(0.1)
     child.terminate()
-    fail(f"the stack did not come up within 60 s; see {log_path}", EXIT_NO_STACK)
+    fail(f"the stack did not come up within 90 s; see {log_path}", EXIT_NO_STACK)
 
 
 @app.command()
@@ -400,7 +453,8 @@ def down(
         fail(f"no hitlflow stack is running from {settings.home}", EXIT_NO_STACK)
     pid = int(info["pid"])
     os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 30
+    # the stack gives its services 30 s to stop (then kills them), then stops nats-server
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
             os.kill(pid, 0)
@@ -408,7 +462,7 @@ def down(
             err.print(f"hitlflow stack (pid {pid}) stopped")
             return
         time.sleep(0.1)
-    fail(f"stack (pid {pid}) did not stop within 30 s", EXIT_NO_STACK)
+    fail(f"stack (pid {pid}) did not stop within 60 s", EXIT_NO_STACK)
 
 
 @app.command()
@@ -419,6 +473,9 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="gateway: address to listen on")]
     = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="gateway: HTTP port")] = 8080,
+    ready_fd: Annotated[int | None, typer.Option(
+        "--ready-fd", hidden=True, help="Write a line to this file descriptor once the service "
+        "is started (how 'hitlflow up' knows).")] = None,
 ) -> None:
     """Run one service alone against a NATS URL (for scaled deployments)."""
     from projections import main as projections_main
@@ -443,7 +500,14 @@ def serve(
         fail(f"unknown service {service!r}; expected one of: {', '.join(builders)}",
              EXIT_BAD_INPUT)
     runtime: Any = builders[service](settings)
-    asyncio.run(_serve_until_signal(runtime.start, runtime.stop))
+
+    def ready() -> None:
+        if ready_fd is not None:
+            os.write(ready_fd, b"ready\n")
+            os.close(ready_fd)
+
+    asyncio.run(_serve_until_signal(runtime.start, runtime.stop, ready,
+                                    lambda: _exit_after(SERVE_STOP_TIMEOUT, service)))
 
 
 app.add_typer(timeouts_app, name="timeouts")
@@ -452,4 +516,8 @@ app.command("demo")(cli_demo.demo)  # the guide's five patterns, asked or script
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except SettingsError as error:  # read by any command: said once, here
+        say_error(str(error))
+        sys.exit(EXIT_BAD_INPUT)

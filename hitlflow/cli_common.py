@@ -28,9 +28,14 @@ NatsUrl = Annotated[str | None, typer.Option("--nats-url", envvar="HITLFLOW_NATS
 JsonOut = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
+def say_error(message: str) -> None:
+    """``error: <message>``, one line on stderr."""
+    err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+
+
 def fail(message: str, code: int) -> NoReturn:
     """One line on stderr, then exit with ``code``."""
-    err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    say_error(message)
     raise typer.Exit(code)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlparse
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The embedded nats-server's own default port: not 4222, which machines often already use.
@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     log_format: Literal["console", "json"] = "console"
     #: Pull consumer batch size of the services.
     consumer_batch: int = 64
+    #: How much lower (nice, 0-19) ``hitlflow up`` sets the CPU priority of the service no
+    #: command waits for (timeout), so that on a busy machine the others run first; 0 runs
+    #: every service at the same priority.
+    background_nice: int = Field(default=10, ge=0, le=19)
     #: Every interaction request is published on NATS ``hitl.notify.<thread>``; also log it.
     notify_log: bool = True
     #: Webhook URLs (comma separated) that get each notification as an HTTP POST of JSON.
@@ -137,9 +141,24 @@ def postgres_env(dsn: str) -> dict[str, str]:
     }
 
 
+class SettingsError(ValueError):
+    """A setting (environment variable or option) whose value is not valid."""
+
+
 def load_settings(**overrides: object) -> Settings:
+    """The settings from the environment, with ``overrides`` (None: not given) on top;
+    :class:`SettingsError` names each setting that is not valid, and what it should be."""
     values = {k: v for k, v in overrides.items() if v is not None}
-    return Settings(**values)  # type: ignore[arg-type]
+    try:
+        return Settings(**values)  # type: ignore[arg-type]
+    except ValidationError as error:
+        prefix = Settings.model_config.get("env_prefix", "")
+        problems = [
+            f"{prefix}{'_'.join(map(str, e['loc'])).upper()}={e['input']!r}: {e['msg']}"
+            if e["loc"] else e["msg"]
+            for e in error.errors()
+        ]
+        raise SettingsError("invalid setting " + "; ".join(problems)) from None
 
 
 def env_flag(name: str) -> bool:

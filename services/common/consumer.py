@@ -14,31 +14,39 @@ import json
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy as JsAckPolicy
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from contracts.events import EventEnvelope
 from services.common.logging import get_logger
+from services.common.store import Job, ServiceApplication
 
 log = get_logger(__name__)
 
 REDELIVERY_DELAY = 1.0
+#: Why a message is delivered again although it did not fail itself.
+HELD_BACK = "an earlier message of its thread is to be delivered again first"
+
+P = TypeVar("P", bound=BaseModel)
 
 
 class PoisonMessageError(ValueError):
     """A message that no retry will make valid."""
 
 
-def consumer_config(durable: str, filter_subject: str, *, max_ack_pending: int = 1000) -> Any:
+def consumer_config(durable: str, subject: str | tuple[str, ...], *,
+                    max_ack_pending: int = 1000) -> Any:
+    one = isinstance(subject, str)
     return ConsumerConfig(
         durable_name=durable,
-        filter_subject=filter_subject,
+        filter_subject=subject if isinstance(subject, str) else None,
+        filter_subjects=None if one else list(subject),
         deliver_policy=DeliverPolicy.ALL,
         ack_policy=JsAckPolicy.EXPLICIT,
         ack_wait=60,
@@ -59,6 +67,28 @@ def decode_envelope(data: bytes) -> EventEnvelope:
         raise PoisonMessageError(f"not an hitlflow event envelope: {error}") from error
 
 
+def decode_payload(envelope: EventEnvelope, model: type[P]) -> P:
+    """The envelope's payload as the event type's contract."""
+    try:
+        return model.model_validate(envelope.payload)
+    except ValidationError as error:
+        raise PoisonMessageError(str(error)) from error
+
+
+async def _reject(msg: Msg, consumer: str, error: PoisonMessageError) -> None:
+    """A message no retry will make valid: logged, dead-lettered, never delivered again."""
+    log.error("message_rejected", consumer=consumer, subject=msg.subject, reason=str(error))
+    await _dead_letter(msg, consumer, str(error))
+    await msg.term()
+
+
+async def _retry(msg: Msg, consumer: str, error: BaseException | str) -> None:
+    """A message that may succeed later: delivered again after a delay."""
+    log.warning("message_retry", consumer=consumer, subject=msg.subject,
+                error=error if isinstance(error, str) else repr(error))
+    await msg.nak(delay=REDELIVERY_DELAY)
+
+
 async def handle_batch(
     messages: Sequence[Msg],
     handle: Callable[[Msg], Awaitable[None]],
@@ -74,15 +104,11 @@ async def handle_batch(
             try:
                 await handle(msg)
             except PoisonMessageError as error:
-                log.error("message_rejected", consumer=consumer, subject=msg.subject,
-                          reason=str(error))
-                await _dead_letter(msg, consumer, str(error))
-                await msg.term()
+                await _reject(msg, consumer, error)
             except Exception as error:
-                log.warning("message_retry", consumer=consumer, subject=msg.subject,
-                            error=repr(error))
-                for pending in group[index:]:
-                    await pending.nak(delay=REDELIVERY_DELAY)
+                await _retry(msg, consumer, error)
+                for pending in group[index + 1:]:
+                    await _retry(pending, consumer, HELD_BACK)
                 return
             else:
                 await msg.ack()
@@ -104,13 +130,85 @@ async def _dead_letter(msg: Msg, consumer: str, reason: str) -> None:
 
 
 @dataclass(frozen=True)
-class Subscription:
-    """A durable pull consumer a service reads from."""
+class Work:
+    """A message made into a job, and what to do once the job is decided and saved (send the
+    reply, set the timer); the message is acknowledged after that."""
 
-    subject: str
+    msg: Msg
+    job: Job
+    then: Callable[[Job], Awaitable[None]] | None = None
+
+
+Prepare = Callable[[Msg], Awaitable[Work | None]]
+
+
+async def handle_jobs(messages: Sequence[Msg], prepare: Prepare, app: ServiceApplication, *,
+                      consumer: str) -> None:
+    """A batch as one application call (:meth:`ServiceApplication.run_jobs`): decode every
+    message, decide them all in one transaction (in a worker thread, or on the loop when the
+    application allows it: ``decides_in_loop``), then act and acknowledge in stream order.
+    ``prepare`` returns None for a message with nothing to do."""
+    works: list[Work] = []
+    held: set[str] = set()  # threads whose earlier message is to be delivered again
+    for msg in messages:
+        if thread_of(msg) in held:
+            await _retry(msg, consumer, HELD_BACK)
+            continue
+        try:
+            work = await prepare(msg)
+        except PoisonMessageError as error:
+            await _reject(msg, consumer, error)
+            continue
+        except Exception as error:
+            held.add(thread_of(msg))
+            await _retry(msg, consumer, error)
+            continue
+        if work is None:
+            await msg.ack()
+        else:
+            works.append(work)
+    if works:
+        jobs = [work.job for work in works]
+        if app.decides_in_loop:
+            app.run_jobs(jobs)
+        else:
+            await asyncio.to_thread(app.run_jobs, jobs)
+        await asyncio.sleep(0)  # let the relay publish what was saved before replies go out
+    for work in works:
+        job = work.job
+        if not job.failed and work.then is not None:
+            try:
+                await work.then(job)
+            except Exception as error:  # delivered again: the job is then a duplicate
+                job.error = error
+        if job.failed:
+            await _retry(work.msg, consumer, job.error or HELD_BACK)
+        else:
+            await work.msg.ack()
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A durable pull consumer a service reads from: messages one by one (``handle``) or as
+    batches of jobs (``prepare``, see :func:`handle_jobs`). ``subject`` may name several
+    subjects: the consumer then receives only those."""
+
+    subject: str | tuple[str, ...]
     stream: str
     durable: str
-    handle: Callable[[Msg], Awaitable[None]]
+    handle: Callable[[Msg], Awaitable[None]] | None = None
+    prepare: Prepare | None = None
+    app: ServiceApplication | None = None
+    #: Seconds to let messages gather after the first of a batch arrives (0: hand it over at
+    #: once). For work no caller waits on: fewer, larger batches, each one transaction.
+    linger: float = 0.0
+
+    def batch_handler(self) -> Callable[[list[Msg]], Awaitable[None]]:
+        handle, prepare, app = self.handle, self.prepare, self.app
+        if prepare is not None and app is not None:
+            return lambda batch: handle_jobs(batch, prepare, app, consumer=self.durable)
+        assert handle is not None, f"subscription {self.durable} has nothing to handle with"
+        return lambda batch: handle_batch(batch, handle, consumer=self.durable)
 
 
 class PullConsumer:
@@ -138,11 +236,20 @@ class PullConsumer:
 
     async def _ensure_consumer(self) -> None:
         spec = self._sub
+        wanted = [spec.subject] if isinstance(spec.subject, str) else list(spec.subject)
         try:
-            await self._js.consumer_info(spec.stream, spec.durable)
+            info = await self._js.consumer_info(spec.stream, spec.durable)
         except NotFoundError:
-            await self._js.add_consumer(spec.stream,
-                                        config=consumer_config(spec.durable, spec.subject))
+            pass
+        else:
+            config = info.config
+            current = config.filter_subjects or [config.filter_subject]
+            if sorted(current) == sorted(wanted):
+                return
+            # an older release filtered otherwise: the server changes the filter in place
+            log.info("consumer_filter_changed", consumer=spec.durable, was=current, now=wanted)
+        await self._js.add_consumer(spec.stream,
+                                    config=consumer_config(spec.durable, spec.subject))
 
     async def run(self) -> None:
         spec = self._sub
@@ -156,6 +263,7 @@ class PullConsumer:
             arrived.put_nowait(msg)
 
         sub = await nc.subscribe(inbox, cb=deliver)
+        handle_messages = self._handle_messages or spec.batch_handler()
         request = json.dumps({"batch": self._batch_size,
                               "expires": int(self._idle_timeout * 1_000_000_000)}).encode()
         open_for = 0  # messages the open pull request may still deliver
@@ -166,10 +274,15 @@ class PullConsumer:
                         await nc.publish(next_subject, request, reply=inbox)
                         open_for = self._batch_size
                     try:
-                        first = await asyncio.wait_for(arrived.get(), self._idle_timeout + 1.0)
+                        # (asyncio.timeout, not wait_for: no task per batch, no extra turns
+                        # of the loop between a delivery and its handling)
+                        async with asyncio.timeout(self._idle_timeout + 1.0):
+                            first = await arrived.get()
                     except TimeoutError:  # the request was lost (e.g. a reconnect): renew it
                         open_for = 0
                         continue
+                    if spec.linger > 0:
+                        await asyncio.sleep(spec.linger)
                     batch, ended = _drain(first, arrived)
                     open_for -= len(batch)
                     if ended is not None:  # the request ended: ask again
@@ -185,14 +298,30 @@ class PullConsumer:
                     continue
                 if not batch:
                     continue
-                if self._handle_messages is not None:
-                    await self._handle_messages(batch)
-                else:
-                    await handle_batch(batch, spec.handle, consumer=spec.durable)
+                await handle_messages(batch)
         finally:
-            # an abandoned subscription would hold up the connection's drain on shutdown
+            # an abandoned subscription would hold up the connection's drain on shutdown; with
+            # NATS gone, unsubscribing could wait for a reconnect that never comes
             with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+                await asyncio.wait_for(sub.unsubscribe(), 2.0)
+
+
+async def caught_up(js: JetStreamContext, stream: str, durable: str, *,
+                    timeout: float, poll: float = 0.01) -> bool:
+    """Wait until a durable consumer has handled every message its stream held when called
+    (read-your-writes for a reply that answers from what the consumer recorded). False when
+    ``timeout`` seconds pass first: the caller answers from what is there."""
+    last = (await js.stream_info(stream)).state.last_seq
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                info = await js.consumer_info(stream, durable)
+                idle = not info.num_pending and not info.num_ack_pending
+                if idle or (info.ack_floor.stream_seq or 0) >= last:
+                    return True
+                await asyncio.sleep(poll)
+    except TimeoutError:
+        return False
 
 
 def _drain(first: Msg, arrived: asyncio.Queue[Msg]) -> tuple[list[Msg], str | None]:

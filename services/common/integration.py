@@ -6,7 +6,6 @@ from collections.abc import Callable
 from typing import Any
 from uuid import UUID, uuid5
 
-from eventsourcing.persistence import Notification
 from pydantic import BaseModel
 
 from contracts.events import PAYLOADS, EventEnvelope, Service
@@ -51,7 +50,7 @@ def envelope_factory(
     service: Service,
     published: set[str],
     aliases: dict[str, dict[str, str]] | None = None,
-) -> Callable[[Any, Notification], EventEnvelope | None]:
+) -> Callable[[Any, int], EventEnvelope | None]:
     """Envelopes for the domain events named in ``published``; None for internal ones.
 
     ``aliases`` maps, per event type, a payload field to the domain attribute it comes from.
@@ -59,7 +58,7 @@ def envelope_factory(
     resolve = ThreadIdResolver(app)
     aliases = aliases or {}
 
-    def to_envelope(event: Any, notification: Notification) -> EventEnvelope | None:
+    def to_envelope(event: Any, position: int) -> EventEnvelope | None:
         name = type(event).__name__
         if name not in published:
             return None
@@ -78,7 +77,7 @@ def envelope_factory(
             event_id=str(uuid5(_EVENT_NS, f"{event.originator_id}:{event.originator_version}")),
             aggregate_id=str(event.originator_id),
             aggregate_version=event.originator_version,
-            position=notification.id,
+            position=position,
             occurred_at=event.timestamp,
             payload=payload,
         )

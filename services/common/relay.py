@@ -10,25 +10,118 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+import itertools
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from eventsourcing.persistence import IntegrityError, Notification, Tracking
+from eventsourcing.persistence import IntegrityError, Tracking
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from contracts.events import EventEnvelope
 from services.common.logging import get_logger
-from services.common.store import ServiceApplication
+from services.common.store import Saved, ServiceApplication
 
 log = get_logger(__name__)
 
 RELAY_TRACKING_NAME = "nats-relay"
 
-ToEnvelope = Callable[[Any, Notification], EventEnvelope | None]
+#: Domain event and its notification id (its position in the log) → its wire envelope, or
+#: None for an internal event.
+ToEnvelope = Callable[[Any, int], EventEnvelope | None]
+
+#: Saved events held for publishing straight from memory, at most (beyond: read from the store).
+MAX_FRESH = 10_000
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:  # a worker thread
+        return None
+
+
+class PublishError(RuntimeError):
+    """JetStream did not store every message of a batch (refused, or no answer in time)."""
+
+
+class AckedPublisher:
+    """Publishes batches to JetStream and waits until the stream has stored every message.
+
+    All acknowledgements come back to one subscription (``<inbox>.<batch>.<index>``): no
+    request, token, future and timer per message, which ``JetStreamContext.publish`` costs.
+    An acknowledgement of an older, abandoned batch is ignored.
+    """
+
+    def __init__(self, js: JetStreamContext, timeout: float = 5.0) -> None:
+        self._nc: Any = js._nc
+        self._timeout = timeout
+        self._prefix = ""
+        self._sub: Any = None
+        self._batches = itertools.count(1)
+        self._batch = 0
+        self._expected = 0
+        self._acked: set[int] = set()
+        self._errors: list[str] = []
+        self._done: asyncio.Future[None] | None = None
+        self._lock = asyncio.Lock()  # one batch in flight at a time
+
+    async def publish(self, messages: Sequence[tuple[str, bytes, str]]) -> None:
+        """Publish ``(subject, data, msg_id)`` in order; return once all are stored."""
+        if not messages:
+            return
+        async with self._lock:
+            await self._publish(messages)
+
+    async def _publish(self, messages: Sequence[tuple[str, bytes, str]]) -> None:
+        if self._sub is None:
+            self._prefix = self._nc.new_inbox()
+            self._sub = await self._nc.subscribe(f"{self._prefix}.>", cb=self._on_ack)
+        batch = self._batch = next(self._batches)
+        self._expected, self._acked, self._errors = len(messages), set(), []
+        done = self._done = asyncio.get_running_loop().create_future()
+        for index, (subject, data, msg_id) in enumerate(messages):
+            await self._nc.publish(subject, data, reply=f"{self._prefix}.{batch}.{index}",
+                                   headers={"Nats-Msg-Id": msg_id})
+        try:
+            async with asyncio.timeout(self._timeout):
+                await done
+        except TimeoutError:
+            raise PublishError(f"{self._expected - len(self._acked)} of {self._expected} "
+                               f"events not acknowledged within {self._timeout:g} s") from None
+        finally:
+            self._done = None
+        if self._errors:
+            raise PublishError("; ".join(self._errors[:3]))
+
+    async def _on_ack(self, msg: Msg) -> None:
+        _, batch, index = msg.subject.rsplit(".", 2)
+        done = self._done
+        if done is None or done.done() or int(batch) != self._batch:
+            return
+        if msg.headers and msg.headers.get("Status") == "503":
+            self._errors.append("no stream answered (503)")
+        elif b'"error"' in msg.data:
+            self._errors.append(msg.data.decode(errors="replace")[:200])
+        self._acked.add(int(index))
+        if len(self._acked) >= self._expected:
+            done.set_result(None)
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
 
 
 class Relay:
-    """Publishes a service's saved events in order, in batches, one thread hop per batch.
+    """Publishes a service's saved events in order, in batches.
+
+    The events this process has just saved are handed over in memory with their notification
+    ids and published from there when they follow the published position without a gap; any
+    gap (another writer, a restart, more than ``MAX_FRESH`` waiting) is filled by reading the
+    log, in a worker thread, as it is on start.
 
     The position published up to is kept in memory and recorded in the store (``Tracking``
     under ``nats-relay``) at most every ``track_interval`` seconds, when the relay goes idle
@@ -48,7 +141,7 @@ class Relay:
         track_interval: float = 0.5,
     ) -> None:
         self._app = app
-        self._js = js
+        self._publisher = AckedPublisher(js)
         self._to_envelope = to_envelope
         self._batch_size = batch_size
         self._poll_interval = poll_interval
@@ -62,11 +155,23 @@ class Relay:
         self._recorded_at = 0.0
         self._recording: asyncio.Task[None] | None = None
         self.published = 0
+        #: Events saved here and not yet published, by notification id (filled by the
+        #: writing threads), and whether the position was read from the log once.
+        self._fresh: dict[int, Any] = {}
+        self._fresh_lock = threading.Lock()
+        self._caught_up = False
 
-    def wake(self) -> None:
-        """Thread-safe: called after every save of the application."""
+    def wake(self, saved: Saved = ()) -> None:
+        """Thread-safe: called after every save of the application, with what it saved."""
+        if saved:
+            with self._fresh_lock:
+                if len(self._fresh) < MAX_FRESH:
+                    self._fresh.update(saved)
         loop = self._loop
         if loop is None or loop.is_closed() or self._wake_scheduled:
+            return
+        if _running_loop() is loop:  # saved on the loop itself: no need to signal across
+            self._wake.set()
             return
         self._wake_scheduled = True
         loop.call_soon_threadsafe(self._woken)
@@ -90,8 +195,12 @@ class Relay:
             timeout = self._poll_interval
             if self._position > self._recorded:  # come back to record it once it is due
                 timeout = min(timeout, self._track_interval)
+            # woken in the loop's next turn after a save: a consumer that yields once after
+            # deciding sees its events published before it replies (asyncio.timeout, not
+            # wait_for, which takes three turns)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
             self._wake.clear()
 
     async def publish_pending(self) -> int:
@@ -105,15 +214,19 @@ class Relay:
             with contextlib.suppress(Exception):
                 await self._recording
         await self._record_position(force=True)
+        await self._publisher.close()
 
     async def _publish_next(self, *, from_recorded: bool) -> int:
-        read, last, messages = await asyncio.to_thread(self._read_batch, from_recorded)
+        fresh = self._take_fresh() if self._caught_up and not from_recorded else []
+        if fresh:
+            read, last = len(fresh), fresh[-1][0]
+            messages = [m for m in (self._message(e, i) for i, e in fresh) if m is not None]
+        else:
+            read, last, messages = await asyncio.to_thread(self._read_batch, from_recorded)
+            self._caught_up = self._caught_up or not from_recorded
         if not read:
             return 0
-        await asyncio.gather(*(
-            self._js.publish(subject, data, headers={"Nats-Msg-Id": msg_id})
-            for subject, data, msg_id in messages
-        ))
+        await self._publisher.publish(messages)
         self._position = max(self._position, last)
         self.published += len(messages)
         return read
@@ -126,13 +239,32 @@ class Relay:
         notifications = recorder.select_notifications(start + 1, self._batch_size)
         messages = []
         for notification in notifications:
-            event = self._app.mapper.to_domain_event(notification)
-            envelope = self._to_envelope(event, notification)
-            if envelope is not None:
-                messages.append((envelope.subject, envelope.model_dump_json().encode(),
-                                 envelope.msg_id))
+            message = self._message(self._app.mapper.to_domain_event(notification),
+                                    notification.id)
+            if message is not None:
+                messages.append(message)
         last = notifications[-1].id if notifications else start
         return len(notifications), last, messages
+
+    def _message(self, event: Any, position: int) -> tuple[str, bytes, str] | None:
+        envelope = self._to_envelope(event, position)
+        if envelope is None:
+            return None
+        return envelope.subject, envelope.model_dump_json().encode(), envelope.msg_id
+
+    def _take_fresh(self) -> list[tuple[int, Any]]:
+        """The saved events that follow the published position without a gap (a batch at
+        most); older ones, published meanwhile from the log, are dropped."""
+        with self._fresh_lock:
+            fresh = self._fresh
+            for published in [i for i in fresh if i <= self._position]:
+                del fresh[published]
+            taken: list[tuple[int, Any]] = []
+            following = self._position + 1
+            while following in fresh and len(taken) < self._batch_size:
+                taken.append((following, fresh.pop(following)))
+                following += 1
+            return taken
 
     def _record_position_soon(self) -> None:
         """Once due, record the position in the background: publishing does not wait on it."""

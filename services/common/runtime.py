@@ -61,11 +61,7 @@ class ServiceRuntime:
         log.info("service_started", service=self.name, nats_url=self._nats_url)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks.clear()
         if self.relay is not None:
             with contextlib.suppress(Exception):
@@ -76,3 +72,21 @@ class ServiceRuntime:
             self.broker = None
         await asyncio.to_thread(self.app.close)
         log.info("service_stopped", service=self.name)
+
+
+async def cancel_and_wait(tasks: list[asyncio.Task[Any]], *, again_after: float = 1.0) -> None:
+    """Cancel ``tasks`` and wait until every one has ended, cancelling again any still running
+    after ``again_after`` seconds: on Python 3.11 ``asyncio.wait_for`` (which nats-py uses for
+    its requests) drops a cancellation that arrives as its awaited result does, and the task
+    then runs on as if never cancelled."""
+    for task in tasks:
+        task.cancel()
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        _, pending = await asyncio.wait(pending, timeout=again_after)
+        for task in pending:
+            log.warning("task_cancelled_again", task=task.get_name())
+            task.cancel()
+    for task in tasks:  # retrieve each outcome: none is logged as never retrieved
+        if not task.cancelled():
+            task.exception()

@@ -9,18 +9,26 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from uuid import UUID
 
-from eventsourcing.application import Application, ProcessingEvent
+import structlog
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, ProcessRecorder, StoredEvent, Tracking
 
 T = TypeVar("T")
 
+#: What one write saved: (notification id, domain event) in log order.
+Saved = Sequence[tuple[int, Any]]
+
 MAX_CONFLICT_RETRIES = 25
+#: Aggregates this process saved last, kept to decide the next message without reading them
+#: back (bounded: memory stays flat however many threads exist).
+CACHE_SIZE = 4096
 
 
 class ConflictError(RuntimeError):
@@ -47,9 +55,10 @@ def ensure_postgres_schema(env: dict[str, str]) -> None:
 @dataclass
 class _Write:
     events: list[StoredEvent]
-    tracking: Tracking | None
+    trackings: list[Tracking]
     done: bool = False
     error: BaseException | None = None
+    ids: Sequence[int] = ()  # notification ids given to ``events``
 
 
 class GroupCommit:
@@ -69,8 +78,10 @@ class GroupCommit:
         self.commits = 0
         self.writes = 0
 
-    def write(self, events: list[StoredEvent], tracking: Tracking | None) -> None:
-        item = _Write(events, tracking)
+    def write(self, events: list[StoredEvent], trackings: list[Tracking]) -> Sequence[int]:
+        """Save ``events`` and ``trackings`` all together or not at all; returns the
+        notification ids the events got."""
+        item = _Write(events, trackings)
         with self._cond:
             self._queue.append(item)
             while self._busy and not item.done:
@@ -91,6 +102,7 @@ class GroupCommit:
                     self._cond.notify_all()
         if item.error is not None:
             raise item.error
+        return item.ids
 
     def _commit(self, batch: list[_Write]) -> None:
         recorder = self._recorder
@@ -100,9 +112,9 @@ class GroupCommit:
                     cursor.execute("SAVEPOINT hitlflow_write")
                     try:
                         if item.events:
-                            recorder._insert_events(cursor, item.events, tracking=item.tracking)
-                        elif item.tracking is not None:
-                            recorder._insert_tracking(cursor, item.tracking)
+                            item.ids = recorder._insert_events(cursor, item.events) or ()
+                        for tracking in item.trackings:
+                            recorder._insert_tracking(cursor, tracking)
                     except (sqlite3.IntegrityError, IntegrityError) as error:
                         cursor.execute("ROLLBACK TO hitlflow_write")
                         item.error = (error if isinstance(error, IntegrityError)
@@ -117,6 +129,68 @@ class GroupCommit:
         self.writes += len(batch)
 
 
+@dataclass(eq=False)
+class Job:
+    """One message's decision; the jobs of a batch are decided in order and saved together.
+
+    ``decide`` loads aggregates (through :meth:`ServiceApplication.get_or_none` or
+    :meth:`~ServiceApplication.load`, which see what earlier jobs of the batch changed),
+    changes them, and returns them with the job's result. It may run more than once (after a
+    version conflict with another writer it decides again), so it acts only through what it
+    returns. Exceptions of the types in ``refusals`` are outcomes (``refused``): nothing is
+    saved, not even the tracking, as when the job raises on its own. ``on_duplicate`` gives the
+    result when ``tracking`` shows the message was handled before.
+    """
+
+    key: str
+    decide: Callable[[], tuple[Sequence[Aggregate], Any]]
+    tracking: Tracking | None = None
+    refusals: tuple[type[Exception], ...] = ()
+    on_duplicate: Callable[[], Any] | None = None
+    #: Called once the outcome is saved (e.g. to log it: ``decide`` may run more than once).
+    settled: Callable[[Job], None] | None = None
+    result: Any = None
+    duplicate: bool = False
+    refused: Exception | None = None
+    #: An unexpected failure (the message is to be delivered again), or, with ``skipped``,
+    #: an earlier job of the same key failed and this one must wait for it.
+    error: BaseException | None = None
+    skipped: bool = False
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None or self.skipped
+
+    def reset(self) -> None:
+        self.result = self.refused = self.error = None
+        self.duplicate = self.skipped = False
+
+
+class _BatchAbandoned(Exception):
+    """The jobs cannot be saved together: decide them again one by one."""
+
+
+@dataclass
+class _Watch:
+    """Which cached aggregates one decision used (``bypass``: read the store instead)."""
+
+    bypass: bool = False
+    hits: set[UUID] = field(default_factory=set)
+
+    def trusts(self, aggregates: Sequence[Aggregate]) -> bool:
+        """A decision may rest on cached aggregates only if it saves them: the save fails on
+        the version if another writer changed one meanwhile, and the decision is made again."""
+        return not self.hits.difference(a.id for a in aggregates)
+
+
+@dataclass
+class _Batch:
+    """What the jobs decided so far in this batch, seen by the later ones."""
+
+    changed: dict[UUID, Aggregate] = field(default_factory=dict)
+    used: set[UUID] = field(default_factory=set)
+
+
 class ServiceApplication(Application[UUID]):
     """An eventsourcing application whose recorder also records tracking positions."""
 
@@ -124,8 +198,11 @@ class ServiceApplication(Application[UUID]):
         if env and env.get("PERSISTENCE_MODULE") == "eventsourcing.postgres":
             ensure_postgres_schema(env)
         super().__init__(env=env)
-        self._listeners: list[Callable[[], None]] = []
+        self._listeners: list[Callable[[Saved], None]] = []
         self._listeners_lock = threading.Lock()
+        self._local = threading.local()  # the batch and decision of this thread, if any
+        self._cache: OrderedDict[UUID, Aggregate] = OrderedDict()
+        self._cache_lock = threading.Lock()
         #: SQLite: concurrent writes share transactions (PostgreSQL commits each on its own).
         self._group: GroupCommit | None = (
             GroupCommit(self.recorder) if type(self.recorder).__module__.endswith("sqlite")
@@ -136,6 +213,14 @@ class ServiceApplication(Application[UUID]):
         return self.factory.process_recorder()
 
     @property
+    def decides_in_loop(self) -> bool:
+        """May a batch be decided on the event loop rather than in a worker thread? Yes when the
+        store is a local SQLite file (and, said by a subclass, no decision waits on code that
+        may block): a batch is then a short burst of CPU and one local commit, and a thread
+        hop would cost as much as it saves."""
+        return self._group is not None
+
+    @property
     def process_recorder(self) -> ProcessRecorder:
         recorder = self.recorder
         assert isinstance(recorder, ProcessRecorder)
@@ -143,15 +228,17 @@ class ServiceApplication(Application[UUID]):
 
     # -- change notification (wakes the relay) ------------------------------------------------
 
-    def on_saved(self, listener: Callable[[], None]) -> None:
+    def on_saved(self, listener: Callable[[Saved], None]) -> None:
+        """Call ``listener`` (in the writing thread) with what each write saved."""
         with self._listeners_lock:
             self._listeners.append(listener)
 
-    def _notify_saved(self) -> None:
+    def _notify_saved(self, events: Sequence[Any], ids: Sequence[int]) -> None:
+        saved = list(zip(ids, events)) if len(ids) == len(events) else []  # noqa: B905
         with self._listeners_lock:
             listeners = list(self._listeners)
         for listener in listeners:
-            listener()
+            listener(saved)
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -163,49 +250,37 @@ class ServiceApplication(Application[UUID]):
             processing_event.aggregates[aggregate.id] = aggregate
         if not processing_event.events and tracking is None:
             return
-        if self._group is not None:
-            self._group.write(
-                [self.mapper.to_stored_event(e) for e in processing_event.events], tracking)
-            if self.repository.cache and not self.repository.fastforward:
-                for aggregate_id, saved in processing_event.aggregates.items():
-                    self.repository.cache.put(aggregate_id, saved)
-            self._take_snapshots(processing_event)
-        elif processing_event.events:
-            self._record(processing_event)
-            self._take_snapshots(processing_event)
-        else:
-            assert tracking is not None
-            self.process_recorder.insert_tracking(tracking)
-        self._notify_saved()
+        ids: Sequence[int] = ()
+        try:
+            if self._group is not None:
+                ids = self._group.write(
+                    [self.mapper.to_stored_event(e) for e in processing_event.events],
+                    [] if tracking is None else [tracking])
+                self._take_snapshots(processing_event)
+            elif processing_event.events:
+                recordings = self._record(processing_event)
+                ids = [recording.notification.id for recording in recordings]
+                self._take_snapshots(processing_event)
+            else:
+                assert tracking is not None
+                self.process_recorder.insert_tracking(tracking)
+        except IntegrityError:
+            self._forget(processing_event.aggregates)
+            raise
+        self._remember(processing_event.aggregates.values())
+        self._notify_saved(processing_event.events, ids)
 
     def insert_tracking(self, tracking: Tracking) -> None:
         """Record a position alone (no events, no listeners woken); with SQLite it shares the
         transaction of concurrent writes."""
         if self._group is not None:
-            self._group.write([], tracking)
+            self._group.write([], [tracking])
         else:
             self.process_recorder.insert_tracking(tracking)
 
     def is_tracked(self, upstream: str, position: int) -> bool:
         """Has the message at ``position`` of ``upstream`` already been handled here?"""
-        recorder: Any = self.recorder
-        datastore = recorder.datastore
-        with datastore.transaction(commit=False) as cursor:
-            if type(recorder).__module__.endswith("sqlite"):
-                cursor.execute(
-                    "SELECT 1 FROM tracking WHERE application_name=? AND notification_id=?",
-                    (upstream, position),
-                )
-            else:
-                from psycopg.sql import SQL, Identifier
-
-                cursor.execute(
-                    SQL("SELECT 1 FROM {} WHERE application_name=%s AND notification_id=%s").format(
-                        Identifier(datastore.schema or "public", recorder.tracking_table_name)
-                    ),
-                    (upstream, position),
-                )
-            return cursor.fetchone() is not None
+        return bool(self._tracked([Tracking(upstream, position)]))
 
     def handle_tracked(
         self,
@@ -238,10 +313,195 @@ class ServiceApplication(Application[UUID]):
                 continue
         raise ConflictError("gave up after repeated version conflicts")
 
-    def get_or_none(self, aggregate_id: UUID) -> Any:
-        from eventsourcing.application import AggregateNotFoundError
+    def load(self, aggregate_id: UUID) -> Any:
+        """The aggregate as saved, or as an earlier job of the batch being decided left it.
 
+        A job's decision gets the aggregate this process saved last, when it is still cached,
+        rather than reading it back (see :class:`_Watch`). It is taken out of the cache, not
+        copied: no other decision sees it while this one may change it, and it goes back only
+        once saved (:meth:`_remember`); a decision that fails or saves something else leaves
+        it out, and the next one reads the store."""
+        batch: _Batch | None = getattr(self._local, "batch", None)
+        if batch is not None:
+            changed = batch.changed.get(aggregate_id)
+            if changed is not None:
+                batch.used.add(aggregate_id)
+                return changed
+        watch: _Watch | None = getattr(self._local, "watch", None)
+        if watch is not None and not watch.bypass:
+            with self._cache_lock:
+                cached = self._cache.pop(aggregate_id, None)
+            if cached is not None:
+                watch.hits.add(aggregate_id)
+                return cached
+        return self.repository.get(aggregate_id)
+
+    def _remember(self, aggregates: Iterable[Any]) -> None:
+        with self._cache_lock:
+            cache = self._cache
+            for aggregate in aggregates:
+                cache[aggregate.id] = aggregate
+                cache.move_to_end(aggregate.id)
+            while len(cache) > CACHE_SIZE:
+                cache.popitem(last=False)
+
+    def _forget(self, aggregate_ids: Iterable[UUID] | None = None) -> None:
+        """Drop these aggregates (all when None) from the cache: another writer changed them."""
+        with self._cache_lock:
+            if aggregate_ids is None:
+                self._cache.clear()
+            else:
+                for aggregate_id in aggregate_ids:
+                    self._cache.pop(aggregate_id, None)
+
+    def _decide(self, job: Job) -> Sequence[Aggregate]:
+        """The job's decision, made again on the store's aggregates when the first one rested
+        on cached aggregates it does not save (or failed after using one)."""
+        for bypass in (False, True):
+            watch = self._local.watch = _Watch(bypass)
+            try:
+                aggregates, job.result = job.decide()
+            except Exception:
+                if bypass or not watch.hits:
+                    raise
+                continue
+            finally:
+                self._local.watch = None
+            if bypass or watch.trusts(aggregates):
+                return aggregates
+        raise AssertionError("unreachable")
+
+    def get_or_none(self, aggregate_id: UUID) -> Any:
         try:
-            return self.repository.get(aggregate_id)
+            return self.load(aggregate_id)
         except AggregateNotFoundError:
             return None
+
+    # -- batches of jobs ---------------------------------------------------------------------
+
+    def run_jobs(self, jobs: Sequence[Job]) -> None:
+        """Decide ``jobs`` in order and save them; each gets its outcome.
+
+        With SQLite, the whole batch is one transaction: one tracking read for all, one write
+        (every event and tracking row), one sync. If that cannot be (a version conflict with
+        another writer, an unexpected error, a refused job that left an aggregate half
+        changed), nothing of it is kept and the jobs are decided again one by one, each in
+        its own transaction, where a failure stops only the later jobs of its key.
+        """
+        together = self._group is not None and len(jobs) > 1
+        if together:
+            try:
+                self._run_together(jobs)
+            except Exception:  # a conflict, an error, _BatchAbandoned: nothing was saved
+                for job in jobs:
+                    job.reset()
+                together = False
+        if not together:
+            self._run_one_by_one(jobs)
+        for job in jobs:
+            if job.settled is not None and not job.failed:
+                with structlog.contextvars.bound_contextvars(thread_id=job.key):
+                    job.settled(job)
+
+    def run_job(self, job: Job) -> Job:
+        """One job on its own; an unexpected failure is raised."""
+        self.run_jobs([job])
+        if job.error is not None:
+            raise job.error
+        return job
+
+    def _run_together(self, jobs: Sequence[Job]) -> None:
+        assert self._group is not None
+        done = self._tracked([job.tracking for job in jobs if job.tracking is not None])
+        batch = self._local.batch = _Batch()
+        events: list[Any] = []
+        trackings: list[Tracking] = []
+        try:
+            for job in jobs:
+                tracking = job.tracking
+                with structlog.contextvars.bound_contextvars(thread_id=job.key):
+                    if tracking is not None and (
+                            tracking.application_name, tracking.notification_id) in done:
+                        job.duplicate = True
+                        job.result = job.on_duplicate() if job.on_duplicate else None
+                        continue
+                    batch.used = set()
+                    watch = self._local.watch = _Watch()
+                    try:
+                        aggregates, job.result = job.decide()
+                    except job.refusals as refusal:
+                        job.refused, aggregates = refusal, ()
+                    finally:
+                        self._local.watch = None
+                    if not watch.trusts(aggregates):
+                        raise _BatchAbandoned("a job relied on cached state it did not save")
+                for aggregate in aggregates:
+                    events.extend(aggregate.collect_events())
+                    batch.changed[aggregate.id] = aggregate
+                if any(batch.changed[i].pending_events for i in batch.used):
+                    raise _BatchAbandoned("a job left changes it did not return")
+                if tracking is not None and job.refused is None:
+                    trackings.append(tracking)
+            if events or trackings:
+                ids = self._group.write([self.mapper.to_stored_event(e) for e in events],
+                                        trackings)
+        except BaseException:  # what the batch changed may be stale: read it again next time
+            self._forget(batch.changed)
+            raise
+        finally:
+            self._local.batch = None
+        self._remember(batch.changed.values())
+        if events:
+            self._notify_saved(events, ids)
+
+    def _run_one_by_one(self, jobs: Sequence[Job]) -> None:
+        failed: set[str] = set()
+        for job in jobs:
+            if job.key in failed:
+                job.skipped = True
+                continue
+
+            def decide(job: Job = job) -> Sequence[Aggregate]:
+                return self._decide(job)
+
+            def save(decide: Callable[[], Sequence[Aggregate]] = decide) -> None:
+                self.record(decide())
+
+            with structlog.contextvars.bound_contextvars(thread_id=job.key):
+                try:
+                    if job.tracking is None:
+                        self.retry_on_conflict(save)
+                    elif not self.handle_tracked(job.tracking.application_name,
+                                                 job.tracking.notification_id, decide):
+                        job.duplicate = True
+                        job.result = job.on_duplicate() if job.on_duplicate else None
+                except job.refusals as refusal:
+                    job.refused = refusal
+                except Exception as error:
+                    job.error = error
+                    failed.add(job.key)
+
+    def _tracked(self, trackings: Sequence[Tracking]) -> set[tuple[str, int]]:
+        """Which of these positions were recorded already (one query)."""
+        if not trackings:
+            return set()
+        recorder: Any = self.recorder
+        datastore = recorder.datastore
+        sqlite = type(recorder).__module__.endswith("sqlite")
+        mark = "?" if sqlite else "%s"
+        # only placeholders are joined in: the values are bound
+        where = " OR ".join([f"(application_name={mark} AND notification_id={mark})"]
+                            * len(trackings))
+        query: Any = f"SELECT application_name, notification_id FROM tracking WHERE {where}"  # noqa: S608
+        if not sqlite:
+            from psycopg.sql import SQL, Identifier
+
+            query = SQL("SELECT application_name, notification_id FROM {} WHERE ").format(
+                Identifier(datastore.schema or "public", recorder.tracking_table_name)
+            ) + SQL(where)
+        with datastore.transaction(commit=False) as cursor:
+            cursor.execute(query, [value for t in trackings
+                                   for value in (t.application_name, t.notification_id)])
+            rows = [row.values() if isinstance(row, dict) else row  # PostgreSQL: dict rows
+                    for row in cursor.fetchall()]
+            return {(str(name), int(position)) for name, position in rows}

@@ -7,13 +7,15 @@ from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
+from eventsourcing.persistence import Tracking
+
 from contracts.commands import CommandReply, ResumeThread
 from contracts.events import InteractionSpec
 from contracts.timeouts import TimeoutInteraction
 from services.common.clock import Clock, SystemClock
 from services.common.logging import get_logger
 from services.common.responses import InteractionError, InvalidResponseError
-from services.common.store import ServiceApplication
+from services.common.store import Job, ServiceApplication
 from services.interaction.domain import (
     Inbox,
     Interaction,
@@ -23,7 +25,11 @@ from services.interaction.domain import (
 
 log = get_logger(__name__)
 
-ENDED = ("completed", "failed", "timed_out", "cancelled")
+#: Workflow events that end a thread, and the status each gives it.
+ENDING = {"ThreadCompleted": "completed", "ThreadFailed": "failed",
+          "ThreadTimedOut": "timed_out", "ThreadCancelled": "cancelled"}
+#: The workflow events this service acts on.
+THREAD_EVENTS = frozenset({"ThreadStarted", "ThreadPaused", *ENDING})
 
 
 class InteractionService(ServiceApplication):
@@ -37,13 +43,20 @@ class InteractionService(ServiceApplication):
 
     def respond(self, command: ResumeThread) -> CommandReply:
         """Decide one response. The same idempotency key always gets the same outcome."""
-        pinned: dict[str, str | None] = {"request_id": command.request_id}
+        reply: CommandReply = self.run_job(self.respond_job(command)).result
+        return reply
 
-        def attempt() -> CommandReply:
+    def respond_job(self, command: ResumeThread) -> Job:
+        """Decide one response; the job's result is the sender's reply."""
+        pinned: dict[str, str | None] = {"request_id": command.request_id}
+        said: dict[str, Any] = {}
+
+        def decide() -> tuple[list[Any], CommandReply]:
+            said.clear()
             inbox = self._inbox(command.thread_id)
             earlier = inbox.outcomes.get(command.idempotency_key)
             if earlier is not None:
-                return self._reply(command, earlier, duplicate=True)
+                return [], self._reply(command, earlier, duplicate=True)
             now = self.clock.now()
             request_id: str | None = pinned["request_id"]
             try:
@@ -54,25 +67,27 @@ class InteractionService(ServiceApplication):
                     )
                 request_id = inbox.target(request_id)
                 pinned["request_id"] = request_id
-                interaction: Interaction = self.repository.get(_uuid(request_id))
+                interaction: Interaction = self.load(_uuid(request_id))
                 decision = interaction.respond(command.action, command.data, command.responder,
                                                command.idempotency_key, now)
             except InteractionError as error:
                 outcome = inbox.reject(request_id, command.action, command.data,
                                        command.responder, command.idempotency_key, error, now)
-                self.record([inbox])
-                log.info("response_rejected", thread_id=command.thread_id,
-                         interaction_id=request_id, code=error.code, reason=str(error))
-                return self._reply(command, outcome)
+                said.update(event="response_rejected", interaction_id=request_id,
+                            code=error.code, reason=str(error))
+                return [inbox], self._reply(command, outcome)
             outcome = {"ok": True, "interaction_id": request_id, "action": command.action,
                        "route": decision.route}
             inbox.close_request(request_id, command.idempotency_key, outcome)
-            self.record([interaction, inbox])
-            log.info("response_accepted", thread_id=command.thread_id,
-                     interaction_id=request_id, action=command.action)
-            return self._reply(command, outcome)
+            said.update(event="response_accepted", interaction_id=request_id,
+                        action=command.action)
+            return [interaction, inbox], self._reply(command, outcome)
 
-        return self.retry_on_conflict(attempt)
+        def settled(job: Job) -> None:  # what the saved decision was, logged once
+            if said and not job.result.duplicate:
+                log.info(**said)
+
+        return Job(command.thread_id, decide, settled=settled)
 
     def record_malformed(self, thread_id: str, reason: str, position: int) -> None:
         """Keep a resume command that broke its contract as a refused attempt."""
@@ -127,7 +142,14 @@ class InteractionService(ServiceApplication):
         self, thread_id: str, event_type: str, payload: dict[str, Any], upstream: str,
         position: int,
     ) -> bool:
-        def decide() -> list[Any]:
+        job = self.thread_event_job(thread_id, event_type, payload, upstream, position)
+        return not self.run_job(job).duplicate
+
+    def thread_event_job(self, thread_id: str, event_type: str, payload: dict[str, Any],
+                         upstream: str, position: int) -> Job:
+        """Open the requests of a paused thread; close those left open when it ends."""
+
+        def decide() -> tuple[list[Any], None]:
             inbox = self._inbox(thread_id)
             changed: list[Any] = [inbox]
             if event_type == "ThreadStarted":
@@ -139,19 +161,17 @@ class InteractionService(ServiceApplication):
                     if self.get_or_none(_uuid(spec.id)) is None:
                         changed.append(self._open(spec))
                     inbox.open_request(spec.id)
-            elif event_type in ("ThreadCompleted", "ThreadFailed", "ThreadTimedOut",
-                                "ThreadCancelled"):
-                status = {"ThreadCompleted": "completed", "ThreadFailed": "failed",
-                          "ThreadTimedOut": "timed_out", "ThreadCancelled": "cancelled"}
-                inbox.thread_ended(status[event_type])
+            elif event_type in ENDING:
+                status = ENDING[event_type]
+                inbox.thread_ended(status)
                 for request_id in list(inbox.open):
-                    interaction: Interaction = self.repository.get(_uuid(request_id))
-                    interaction.cancel(f"thread {status[event_type]}")
+                    interaction: Interaction = self.load(_uuid(request_id))
+                    interaction.cancel(f"thread {status}")
                     inbox.close_request(request_id, None, {"ok": False, "code": "thread_ended"})
                     changed.append(interaction)
-            return changed
+            return changed, None
 
-        return self.handle_tracked(upstream, position, decide)
+        return Job(thread_id, decide, Tracking(upstream, position))
 
     # -- queries ----------------------------------------------------------------------------
 

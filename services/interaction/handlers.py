@@ -14,49 +14,54 @@ from contracts.commands import ResumeThread
 from contracts.events import InteractionRequested
 from contracts.subjects import InvalidThreadIdError, check_thread_id
 from contracts.timeouts import TimeoutInteraction
-from services.common.consumer import PoisonMessageError, Subscription, decode_envelope, thread_of
+from services.common.consumer import (
+    Subscription,
+    Work,
+    decode_envelope,
+    decode_payload,
+    thread_of,
+)
 from services.common.replies import (
     describe_validation_error,
     refuse,
     send_reply,
     stream_position,
 )
-from services.interaction.application import InteractionService
+from services.common.store import Job
+from services.interaction.application import THREAD_EVENTS, InteractionService
 from services.interaction.notifications import Notifier, notification_from
-
-THREAD_EVENTS = frozenset({
-    "ThreadStarted", "ThreadPaused", "ThreadCompleted", "ThreadFailed", "ThreadTimedOut",
-    "ThreadCancelled",
-})
 
 
 def subscriptions(broker: Any, app: InteractionService) -> list[Subscription]:
-    async def on_resume(msg: Msg) -> None:
+    async def resume(msg: Msg) -> Work | None:
         thread_id = thread_of(msg)
-        with structlog.contextvars.bound_contextvars(thread_id=thread_id):
+        try:
+            command = ResumeThread.model_validate_json(msg.data)
+        except ValidationError as error:
             try:
-                command = ResumeThread.model_validate_json(msg.data)
-            except ValidationError as error:
-                try:
-                    check_thread_id(thread_id)
-                except InvalidThreadIdError:
-                    pass
-                else:  # keep the refused attempt in the thread's audit, then tell the sender
+                check_thread_id(thread_id)
+            except InvalidThreadIdError:
+                pass
+            else:  # keep the refused attempt in the thread's audit, then tell the sender
+                with structlog.contextvars.bound_contextvars(thread_id=thread_id):
                     await asyncio.to_thread(app.record_malformed, thread_id,
                                             describe_validation_error(error),
                                             stream_position(msg))
-                await refuse(broker.connection, msg, "resume", error)
-                return
-            reply = await asyncio.to_thread(app.respond, command)
-            await send_reply(broker.connection, msg, reply)
+            await refuse(broker.connection, msg, "resume", error)
+            return None
 
-    async def on_thread_event(msg: Msg) -> None:
+        async def reply(job: Job) -> None:
+            await send_reply(broker.connection, msg, job.result)
+
+        return Work(msg, app.respond_job(command), reply)
+
+    async def thread_event(msg: Msg) -> Work | None:
         envelope = decode_envelope(msg.data)
-        if envelope.event_type not in THREAD_EVENTS:
-            return
-        with structlog.contextvars.bound_contextvars(thread_id=envelope.thread_id):
-            await asyncio.to_thread(app.on_thread_event, envelope.thread_id, envelope.event_type,
-                                    envelope.payload, envelope.service, envelope.position)
+        if envelope.event_type not in THREAD_EVENTS:  # a consumer made by an older release
+            return None
+        return Work(msg, app.thread_event_job(envelope.thread_id, envelope.event_type,
+                                              envelope.payload, envelope.service,
+                                              envelope.position))
 
     async def on_timeout(msg: Msg) -> None:
         with structlog.contextvars.bound_contextvars(thread_id=thread_of(msg)):
@@ -71,9 +76,9 @@ def subscriptions(broker: Any, app: InteractionService) -> list[Subscription]:
 
     return [
         Subscription(subjects.RESUME_ALL, subjects.COMMANDS_STREAM, "interaction-resume",
-                     on_resume),
-        Subscription(subjects.WORKFLOW_EVENTS, subjects.EVENTS_STREAM, "interaction-threads",
-                     on_thread_event),
+                     prepare=resume, app=app),
+        Subscription(subjects.events_of("workflow", THREAD_EVENTS), subjects.EVENTS_STREAM,
+                     "interaction-threads", prepare=thread_event, app=app),
         Subscription(subjects.TIMEOUT_ALL, subjects.COMMANDS_STREAM, "interaction-timeout",
                      on_timeout),
     ]
@@ -84,10 +89,7 @@ def notification_subscriptions(notifier: Notifier) -> list[Subscription]:
 
     async def on_requested(msg: Msg) -> None:
         envelope = decode_envelope(msg.data)
-        try:
-            request = InteractionRequested.model_validate(envelope.payload)
-        except ValidationError as error:
-            raise PoisonMessageError(str(error)) from error
+        request = decode_payload(envelope, InteractionRequested)
         with structlog.contextvars.bound_contextvars(thread_id=envelope.thread_id,
                                                      interaction_id=request.id):
             await notifier.notify(notification_from(request))

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from eventsourcing.persistence import Tracking
+
 from services.common.clock import Clock, SystemClock
 from services.common.logging import get_logger
-from services.common.store import ServiceApplication
+from services.common.store import Job, ServiceApplication
 from services.timeout.domain import Deadline, deadline_uuid
 
 log = get_logger(__name__)
@@ -61,12 +63,10 @@ class TimeoutService(ServiceApplication):
 
     # -- interaction events -----------------------------------------------------------------
 
-    def on_interaction_event(self, event_type: str, payload: dict[str, Any], upstream: str,
-                             position: int) -> Timer | None:
-        """Open, move or clear the deadline an interaction event concerns.
-
-        Returns the request's timer as it now stands (None when the request has no deadline).
-        """
+    def deadline_job(self, thread_id: str, event_type: str, payload: dict[str, Any],
+                     upstream: str, position: int) -> Job | None:
+        """The deadline change an interaction event makes; its result is the request's timer
+        as it then stands. None when the event concerns no deadline."""
         if event_type not in DEADLINE_EVENTS:
             return None
         request_id = str(payload["id"] if event_type == "InteractionRequested"
@@ -74,31 +74,29 @@ class TimeoutService(ServiceApplication):
         if event_type == "InteractionRequested" and payload.get("deadline") is None:
             return None
 
-        decided: list[Deadline | None] = [None]
-
-        def decide() -> list[Any]:
+        def decide() -> tuple[list[Any], Timer | None]:
             deadline: Deadline | None = self.get_or_none(deadline_uuid(request_id))
-            decided[0] = deadline
             if event_type == "InteractionRequested":
                 if deadline is None:
-                    deadline = decided[0] = Deadline.open(
+                    deadline = Deadline.open(
                         request_id, payload["thread_id"], payload["node_name"],
                         payload["interaction_type"], payload.get("timeout_seconds"),
                         payload.get("on_timeout"), _datetime(payload["deadline"]),
                     )
             elif deadline is None:
-                return []
+                return [], None
             elif event_type in ("InteractionReminded", "InteractionEscalated"):
                 deadline.schedule(int(payload["step"]) + 1, _datetime(payload["deadline"]))
             else:
                 deadline.clear(_CLEARING[event_type], self.clock.now())
-            return [deadline]
+            return [deadline], Timer.of(deadline)
 
-        if self.handle_tracked(upstream, position, decide):
-            deadline = decided[0]
-        else:  # handled before: the timer as it stands now
-            deadline = self.get_or_none(deadline_uuid(request_id))
-        return None if deadline is None else Timer.of(deadline)
+        def as_it_stands() -> Timer | None:  # handled before
+            deadline: Deadline | None = self.get_or_none(deadline_uuid(request_id))
+            return None if deadline is None else Timer.of(deadline)
+
+        return Job(thread_id, decide, Tracking(upstream, position),
+                   on_duplicate=as_it_stands)
 
     # -- firing -----------------------------------------------------------------------------
 

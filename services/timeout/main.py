@@ -8,13 +8,11 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid5
 
-from eventsourcing.persistence import Notification
-
 from contracts.events import PAYLOADS, EventEnvelope
 from hitlflow.settings import Settings
 from services.common.clock import Clock, SystemClock
 from services.common.logging import get_logger
-from services.common.runtime import ServiceRuntime
+from services.common.runtime import ServiceRuntime, cancel_and_wait
 from services.timeout import handlers
 from services.timeout.application import TimeoutService
 from services.timeout.index import DeadlineIndex
@@ -28,7 +26,7 @@ PUBLISHED = {"DeadlineScheduled": "DeadlineScheduled", "DeadlineRescheduled": "D
 _EVENT_NS = UUID("9b3c0f2e-6a51-4f0d-8c7e-1e5d2a7b4c63")
 
 
-def to_envelope(event: Any, notification: Notification) -> EventEnvelope | None:
+def to_envelope(event: Any, position: int) -> EventEnvelope | None:
     """The wire envelope of a published timeout event (each names its own thread, so no
     lookup and no cache: memory stays flat however many deadlines there are)."""
     name = PUBLISHED.get(type(event).__name__)
@@ -42,7 +40,7 @@ def to_envelope(event: Any, notification: Notification) -> EventEnvelope | None:
         event_type=name, service="timeout", thread_id=event.thread_id,
         event_id=str(uuid5(_EVENT_NS, f"{event.originator_id}:{event.originator_version}")),
         aggregate_id=str(event.originator_id), aggregate_version=event.originator_version,
-        position=notification.id, occurred_at=event.timestamp, payload=payload,
+        position=position, occurred_at=event.timestamp, payload=payload,
     )
 
 
@@ -87,9 +85,7 @@ class TimeoutRuntime:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            await cancel_and_wait([self._task])
             self._task = None
         for sub in self._control:
             with contextlib.suppress(Exception):

@@ -6,6 +6,11 @@ such callables). Return :class:`AgentResult` to choose the failure route; raisin
 
 Registration: decorate with :func:`agent` in a module named by ``HITLFLOW_AGENTS`` (comma
 separated), or expose it under the ``hitlflow.agents`` entry-point group.
+
+An agent declared ``inline`` only computes (no I/O, no waiting) and returns within a few
+milliseconds. When every agent is inline, the workflow service runs its decisions on its event
+loop rather than handing each one to a worker thread; an inline agent that overruns
+:data:`INLINE_BUDGET_MS` is logged, since it holds up that loop.
 """
 
 from __future__ import annotations
@@ -14,13 +19,22 @@ import importlib
 import importlib.util
 import inspect
 import sys
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, cast
 
+from services.common.logging import get_logger
 from services.workflow.templates import render
+
+log = get_logger(__name__)
+
+#: How long an inline agent may run before it is reported as holding up the loop.
+INLINE_BUDGET_MS = 10.0
+#: Attribute that marks an agent (function or class) declared inline.
+INLINE_MARK = "hitlflow_inline"
 
 INTERACTION_AGENT_TYPES: dict[str, str | None] = {
     "approval_interaction": "approval",
@@ -101,14 +115,46 @@ BUILTIN_AGENTS: dict[str, AgentFn] = {
 _registered: dict[str, AgentFn] = {}
 
 
-def agent(name: str) -> Callable[[Any], Any]:
-    """Register a user agent under ``name`` (a function, or a class instantiated once)."""
+def agent(name: str, *, inline: bool = False) -> Callable[[Any], Any]:
+    """Register a user agent under ``name`` (a function, or a class instantiated once).
+
+    ``inline=True`` declares that it only computes and returns within a few milliseconds (see
+    the module's description); leave it out for an agent that calls a model, a service or a
+    file, or may take long."""
 
     def register(target: Any) -> Any:
+        if inline:
+            setattr(target, INLINE_MARK, True)
         _registered[name] = cast(AgentFn, target() if inspect.isclass(target) else target)
         return target
 
     return register
+
+
+def _is_builtin(fn: AgentFn) -> bool:
+    return any(fn is builtin for builtin in BUILTIN_AGENTS.values())
+
+
+def is_inline(fn: AgentFn) -> bool:
+    return _is_builtin(fn) or bool(getattr(fn, INLINE_MARK, False))
+
+
+def _watched(name: str, fn: AgentFn) -> AgentFn:
+    """``fn``, reporting each run that takes longer than an inline agent should."""
+
+    def run(inputs: dict[str, Any], ctx: AgentContext) -> Any:
+        started = time.perf_counter()
+        try:
+            return fn(inputs, ctx)
+        finally:
+            took = (time.perf_counter() - started) * 1000
+            if took > INLINE_BUDGET_MS:
+                log.warning("inline_agent_overran", agent_type=name, node=ctx.node_name,
+                            duration_ms=round(took, 1), budget_ms=INLINE_BUDGET_MS,
+                            detail="an inline agent holds up the workflow service's loop; "
+                                   "register it without inline=True if it waits on anything")
+
+    return run
 
 
 def _import_agents(module: str) -> None:
@@ -132,10 +178,17 @@ def _import_agents(module: str) -> None:
 
 class AgentRegistry:
     def __init__(self, extra: Mapping[str, AgentFn] | None = None) -> None:
-        self._agents: dict[str, AgentFn] = dict(BUILTIN_AGENTS)
-        self._agents.update(_registered)
-        if extra:
-            self._agents.update(extra)
+        agents: dict[str, AgentFn] = {**BUILTIN_AGENTS, **_registered, **(extra or {})}
+        #: User agents not declared inline, by name.
+        self.not_inline = sorted(name for name, fn in agents.items() if not is_inline(fn))
+        self._agents = {name: fn if _is_builtin(fn) or name in self.not_inline
+                        else _watched(name, fn)  # an inline user agent: its runs are timed
+                        for name, fn in agents.items()}
+
+    @property
+    def all_inline(self) -> bool:
+        """May every agent run on an event loop (each declared inline)?"""
+        return not self.not_inline
 
     @classmethod
     def load(cls, modules: list[str]) -> AgentRegistry:

@@ -5,13 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from eventsourcing.persistence import Tracking
+
 from contracts.commands import CancelThread, CommandReply, StartThread
 from contracts.events import InteractionTimedOut, ResponseAccepted
 from contracts.timeouts import policy_problem
 from contracts.workflow import WorkflowSpec
 from services.common.clock import Clock, SystemClock
 from services.common.logging import get_logger
-from services.common.store import ServiceApplication
+from services.common.store import Job, ServiceApplication
 from services.workflow.agents import AgentRegistry
 from services.workflow.definition import spec_problems
 from services.workflow.domain import (
@@ -55,13 +57,24 @@ class WorkflowService(ServiceApplication):
         #: Workflow versions known to be stored (they are never changed or removed): a start
         #: need not load the definition again to learn that it exists.
         self._stored_digests: set[str] = set()
+        log.info("workflow_decisions", on_event_loop=self.decides_in_loop,
+                 agents_not_inline=self.agents.not_inline)
+
+    @property
+    def decides_in_loop(self) -> bool:
+        """Only when every agent is declared inline: any other may block the loop."""
+        return super().decides_in_loop and self.agents.all_inline
 
     # -- commands ---------------------------------------------------------------------------
 
     def start_thread(self, command: StartThread, position: int) -> CommandReply:
+        return self.start_reply(command, self.run_job(self.start_job(command, position)))
+
+    def start_job(self, command: StartThread, position: int) -> Job:
+        """Start the thread and run it to its first pause or its end (see :meth:`start_reply`)."""
         digest = command.workflow.digest
 
-        def decide() -> list[Any]:
+        def decide() -> tuple[list[Any], None]:
             if self.get_or_none(thread_uuid(command.thread_id)) is not None:
                 raise StartRefusedError(
                     "thread_exists",
@@ -83,17 +96,21 @@ class WorkflowService(ServiceApplication):
             )
             thread.advance(self._graph(digest, spec), self.agents, self.clock.now,
                            self.request_defaults)
-            return [a for a in (new_definition, thread) if a is not None]
+            return [a for a in (new_definition, thread) if a is not None], None
 
-        try:
-            handled = self.handle_tracked(f"{COMMANDS}:start", position, decide)
-        except StartRefusedError as refused:
+        return Job(command.thread_id, decide, Tracking(f"{COMMANDS}:start", position),
+                   refusals=(StartRefusedError,))
+
+    def start_reply(self, command: StartThread, job: Job) -> CommandReply:
+        """What the sender of a decided StartThread is told."""
+        refused = job.refused
+        if isinstance(refused, StartRefusedError):
             return CommandReply(ok=False, command="start", thread_id=command.thread_id,
                                 code=refused.code, error=str(refused))
-        self._stored_digests.add(digest)
-        log.info("thread_started", thread_id=command.thread_id, duplicate=not handled)
+        self._stored_digests.add(command.workflow.digest)
+        log.info("thread_started", thread_id=command.thread_id, duplicate=job.duplicate)
         return CommandReply(ok=True, command="start", thread_id=command.thread_id,
-                            duplicate=not handled)
+                            duplicate=job.duplicate)
 
     def cancel_thread(self, command: CancelThread, position: int) -> CommandReply:
         def decide() -> list[Any]:
@@ -119,47 +136,58 @@ class WorkflowService(ServiceApplication):
     def on_response_accepted(
         self, thread_id: str, answer: ResponseAccepted, upstream: str, position: int
     ) -> bool:
-        def decide() -> list[Any]:
+        return not self.run_job(self.answer_job(thread_id, answer, upstream, position)).duplicate
+
+    def answer_job(self, thread_id: str, answer: ResponseAccepted, upstream: str,
+                   position: int) -> Job:
+        """Resume the thread with an accepted answer and run it to its next pause or end."""
+
+        def decide() -> tuple[list[Any], None]:
             thread = self.get_or_none(thread_uuid(thread_id))
             if thread is None:
                 log.warning("answer_for_unknown_thread", thread_id=thread_id,
                             interaction_id=answer.request_id)
-                return []
+                return [], None
             try:
                 thread.resume(answer.request_id, answer.action, answer.data, answer.value,
                               answer.route, answer.responder, by_timeout=answer.by_timeout)
             except ThreadError as error:
                 log.warning("answer_not_applied", thread_id=thread_id,
                             interaction_id=answer.request_id, reason=str(error))
-                return []
+                return [], None
             thread.advance(self._graph_of(thread), self.agents, self.clock.now,
                            self.request_defaults)
-            return [thread]
+            return [thread], None
 
-        return self.handle_tracked(upstream, position, decide)
+        return Job(thread_id, decide, Tracking(upstream, position))
 
     def on_interaction_timed_out(
         self, thread_id: str, timed_out: InteractionTimedOut, upstream: str, position: int
     ) -> bool:
+        job = self.timed_out_job(thread_id, timed_out, upstream, position)
+        return not self.run_job(job).duplicate
+
+    def timed_out_job(self, thread_id: str, timed_out: InteractionTimedOut, upstream: str,
+                      position: int) -> Job:
         """A request closed by its ``fail`` timeout policy times the thread out."""
 
-        def decide() -> list[Any]:
+        def decide() -> tuple[list[Any], None]:
             if timed_out.policy != "fail":
-                return []  # a default answer resumes the thread as ResponseAccepted
+                return [], None  # a default answer resumes the thread as ResponseAccepted
             thread = self.get_or_none(thread_uuid(thread_id))
             if thread is None:
-                return []
+                return [], None
             try:
                 thread.time_out(timed_out.request_id)
             except ThreadError as error:
                 log.warning("timeout_not_applied", thread_id=thread_id,
                             interaction_id=timed_out.request_id, reason=str(error))
-                return []
+                return [], None
             log.info("thread_timed_out", thread_id=thread_id,
                      interaction_id=timed_out.request_id, node=timed_out.node_name)
-            return [thread]
+            return [thread], None
 
-        return self.handle_tracked(upstream, position, decide)
+        return Job(thread_id, decide, Tracking(upstream, position))
 
     # -- queries (own store only) -----------------------------------------------------------
 
@@ -205,8 +233,6 @@ class WorkflowService(ServiceApplication):
     def _graph_of(self, thread: Thread) -> Graph:
         graph = self._graphs.get(thread.workflow_digest)
         if graph is None:
-            definition: WorkflowDefinition = self.repository.get(
-                workflow_uuid(thread.workflow_digest)
-            )
+            definition: WorkflowDefinition = self.load(workflow_uuid(thread.workflow_digest))
             graph = self._graphs[thread.workflow_digest] = definition.graph()
         return graph

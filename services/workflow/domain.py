@@ -7,6 +7,7 @@ every pending request of the paused node is answered the thread runs on.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -34,6 +35,9 @@ from services.workflow.templates import render
 NAMESPACE = UUID("6f1d3c52-3b0e-4c1e-9d47-1f0a4d0c9e11")
 #: Steps one advance may take without pausing: guards against loops of automatic nodes.
 MAX_STEPS_PER_ADVANCE = 1000
+#: The most a node's output may weigh as JSON: every output is kept in the thread's events
+#: and state (a loop that feeds a node its own output would otherwise grow without bound).
+MAX_OUTPUT_BYTES = 1_000_000
 #: Context keys that steer an interaction rather than being shown to the responder.
 CONTROL_KEYS = frozenset({
     "interaction_type", "options", "timeout_seconds", "on_timeout", "assignees",
@@ -320,6 +324,7 @@ class Thread(Aggregate):
                 if missing:
                     raise KeyError(f"thread state has no {', '.join(map(repr, missing))}")
             result = agents.get(node.agent_type)(inputs, ctx)
+            _check_output_size(result.value if isinstance(result, AgentResult) else result)
         except Exception as error:
             message = f"{type(error).__name__}: {error}"
             self._node_failed(node.name, message, node.next_on_failure)
@@ -503,3 +508,15 @@ class Thread(Aggregate):
         self._finish_node(node, value, answer["route"], 0.0,
                           {"action": answer["action"], "responder": answer["responder"],
                            "by_timeout": answer["by_timeout"]}, turn)
+
+
+class OutputTooLargeError(ValueError):
+    """A node produced more than MAX_OUTPUT_BYTES."""
+
+
+def _check_output_size(output: Any) -> None:
+    size = len(json.dumps(output, default=str))
+    if size > MAX_OUTPUT_BYTES:
+        raise OutputTooLargeError(
+            f"the output is {size:,} bytes as JSON, more than the {MAX_OUTPUT_BYTES:,} a node "
+            "may produce (does a loop feed the node its own output?)")

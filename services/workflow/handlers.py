@@ -1,51 +1,58 @@
-"""Workflow service's NATS subscribers: decode a contract, make one application call, reply."""
+"""Workflow service's NATS subscribers: decode a contract into a job, reply once it is decided.
+
+Starts and accepted answers arrive in batches that are decided in one application call and one
+transaction (see ``handle_jobs``); cancels, rare, one by one.
+"""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
-import structlog
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
 from contracts import subjects
 from contracts.commands import CancelThread, StartThread
 from contracts.events import InteractionTimedOut, ResponseAccepted
-from services.common.consumer import PoisonMessageError, Subscription, decode_envelope
-from services.common.replies import command_handler
+from services.common.consumer import Subscription, Work, decode_envelope, decode_payload
+from services.common.replies import command_handler, refuse, send_reply, stream_position
+from services.common.store import Job
 from services.workflow.application import WorkflowService
 
 
 def subscriptions(broker: Any, app: WorkflowService) -> list[Subscription]:
-    on_start = command_handler(broker, StartThread, "start", app.start_thread)
     on_cancel = command_handler(broker, CancelThread, "cancel", app.cancel_thread)
 
-    async def on_answer(msg: Msg) -> None:
-        envelope = decode_envelope(msg.data)
-        with structlog.contextvars.bound_contextvars(thread_id=envelope.thread_id):
-            try:
-                answer = ResponseAccepted.model_validate(envelope.payload)
-            except ValidationError as error:
-                raise PoisonMessageError(str(error)) from error
-            await asyncio.to_thread(app.on_response_accepted, envelope.thread_id, answer,
-                                    envelope.service, envelope.position)
+    async def start(msg: Msg) -> Work | None:
+        try:
+            command = StartThread.model_validate_json(msg.data)
+        except ValidationError as error:
+            await refuse(broker.connection, msg, "start", error)
+            return None
 
-    async def on_timed_out(msg: Msg) -> None:
+        async def reply(job: Job) -> None:
+            await send_reply(broker.connection, msg, app.start_reply(command, job))
+
+        return Work(msg, app.start_job(command, stream_position(msg)), reply)
+
+    async def answer(msg: Msg) -> Work:
         envelope = decode_envelope(msg.data)
-        with structlog.contextvars.bound_contextvars(thread_id=envelope.thread_id):
-            try:
-                timed_out = InteractionTimedOut.model_validate(envelope.payload)
-            except ValidationError as error:
-                raise PoisonMessageError(str(error)) from error
-            await asyncio.to_thread(app.on_interaction_timed_out, envelope.thread_id,
-                                    timed_out, envelope.service, envelope.position)
+        accepted = decode_payload(envelope, ResponseAccepted)
+        return Work(msg, app.answer_job(envelope.thread_id, accepted, envelope.service,
+                                        envelope.position))
+
+    async def timed_out(msg: Msg) -> Work:
+        envelope = decode_envelope(msg.data)
+        expired = decode_payload(envelope, InteractionTimedOut)
+        return Work(msg, app.timed_out_job(envelope.thread_id, expired, envelope.service,
+                                           envelope.position))
 
     return [
-        Subscription(subjects.START_ALL, subjects.COMMANDS_STREAM, "workflow-start", on_start),
+        Subscription(subjects.START_ALL, subjects.COMMANDS_STREAM, "workflow-start",
+                     prepare=start, app=app),
         Subscription(subjects.CANCEL_ALL, subjects.COMMANDS_STREAM, "workflow-cancel", on_cancel),
         Subscription("hitl.evt.interaction.ResponseAccepted.>", subjects.EVENTS_STREAM,
-                     "workflow-answers", on_answer),
+                     "workflow-answers", prepare=answer, app=app),
         Subscription("hitl.evt.interaction.InteractionTimedOut.>", subjects.EVENTS_STREAM,
-                     "workflow-timeouts", on_timed_out),
+                     "workflow-timeouts", prepare=timed_out, app=app),
     ]

@@ -23,6 +23,7 @@ from contracts.workflow import NodeSpec, WorkflowSpec
 from hitlflow.settings import Settings
 from hitlflow.testing import HitlTestStack
 from services.common.clock import FakeClock
+from services.timeout import handlers as timeout_handlers
 from tests.helpers import cli, cli_json, wait_for
 
 OPTIONS = ["Production (us-east-1)", "Staging (us-west-2)", "Development (local)",
@@ -101,6 +102,14 @@ def wait_events(hitl: HitlTestStack, thread_id: str, event_type: str, count: int
     return wait_for(lambda: (found := of_type(hitl, thread_id, event_type))
                     and len(found) >= count and found,
                     timeout=timeout, what=f"{count} {event_type} of {thread_id}")
+
+
+def cleared(hitl: HitlTestStack, thread_id: str) -> None:
+    """Wait until the timeout service has taken in the answer (it gathers deadline events for
+    DEADLINE_LINGER before it handles them)."""
+    wait_for(lambda: any(d["reason"] == "answered"
+                         for d in of_type(hitl, thread_id, "DeadlineCleared")),
+             what=f"the deadline of {thread_id} to be cleared by its answer")
 
 
 def scheduled(hitl: HitlTestStack, thread_id: str, step: int = 0) -> dict[str, Any]:
@@ -224,9 +233,10 @@ def test_an_answer_just_before_the_deadline_wins(faked: HitlTestStack,
     done = faked.resume("to-before", "approve")
     assert done.ok and done.status == "completed"
     clock.advance(3600)
-    assert check(faked)["fired"] == []
+    assert check(faked)["fired"] == []  # the check waits until the answer is taken in
+    assert of_type(faked, "to-before", "DeadlineCleared")[0]["reason"] == "answered"
     assert "InteractionTimedOut" not in kinds(faked, "to-before")
-    assert wait_events(faked, "to-before", "DeadlineCleared")[0]["reason"] == "answered"
+    assert faked.status("to-before").status == "completed"  # type: ignore[union-attr]
 
 
 def test_an_answer_just_after_the_deadline_is_refused_as_late(faked: HitlTestStack,
@@ -272,6 +282,7 @@ def test_escalation_gives_new_assignees_a_new_deadline(faked: HitlTestStack,
     clock.advance(300)  # past the first deadline, well before the escalated one
     done = faked.resume("to-escalate", "approve", responder="lead@example.com")
     assert done.ok and done.status == "completed"
+    cleared(faked, "to-escalate")
     clock.advance(600)
     assert check(faked)["fired"] == []
 
@@ -344,6 +355,34 @@ def test_check_lists_what_timed_out(faked: HitlTestStack, clock: FakeClock) -> N
     assert result.exit_code == 0, result.stderr
     assert "to-list" in result.stdout and "gate" in result.stdout and "applied" in result.stdout
     assert "1 timed out, 0 still pending" in result.stdout
+
+
+@pytest.fixture
+def gathering(tmp_path: Path, settings: Settings, clock: FakeClock,
+              monkeypatch: pytest.MonkeyPatch) -> Iterator[HitlTestStack]:
+    """A stack whose timeout service lets deadline events gather for a whole second."""
+    monkeypatch.setattr(timeout_handlers, "DEADLINE_LINGER", 1.0)
+    with HitlTestStack(tmp_path, settings=manual_sweeps(settings), clock=clock) as stack:
+        yield stack
+
+
+def test_check_and_list_see_every_request_made_before_them(gathering: HitlTestStack,
+                                                           clock: FakeClock) -> None:
+    """No waiting for the timer to be set: ``timeouts list`` and ``check`` wait until the
+    timeout service has recorded what was published before they asked."""
+    gathering.start(approval_flow({"timeout_seconds": 60}), {"request": "x"},
+                    thread_id="to-fresh")
+    code, listed, stderr = cli_json(gathering.nats_url, "timeouts", "list")
+    assert code == 0, stderr
+    assert [(d["thread_id"], d["status"]) for d in listed] == [
+        ("to-fresh", "pending")]
+    gathering.start(approval_flow({"timeout_seconds": 60}), {"request": "y"},
+                    thread_id="to-fresher")
+    clock.advance(61)
+    fired = check(gathering)["fired"]
+    assert sorted((f["thread_id"], f["applied"]) for f in fired) == [
+        ("to-fresh", True), ("to-fresher", True)]
+    wait_status(gathering, "to-fresher", "timed_out")
 
 
 # -- where deadlines come from, and how they show -------------------------------------------------

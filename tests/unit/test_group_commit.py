@@ -69,11 +69,11 @@ def test_a_conflict_fails_its_own_write_only(tmp_path: Path) -> None:
     other = Counter("other")
     batch = [
         _Write([app.mapper.to_stored_event(e) for e in first.collect_events()],
-               Tracking("upstream", 1)),
+               [Tracking("upstream", 1)]),
         _Write([app.mapper.to_stored_event(e) for e in second.collect_events()],
-               Tracking("upstream", 2)),
+               [Tracking("upstream", 2)]),
         _Write([app.mapper.to_stored_event(e) for e in other.collect_events()],
-               Tracking("upstream", 3)),
+               [Tracking("upstream", 3)]),
     ]
     assert app._group is not None
     app._group._commit(batch)

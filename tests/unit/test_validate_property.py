@@ -23,7 +23,7 @@ from hitlflow.settings import Settings
 from services.common.responses import decide
 from services.workflow.agents import AgentRegistry
 from services.workflow.application import WorkflowService
-from services.workflow.definition import check_workflow, load_workflow
+from services.workflow.definition import check_workflow, load_workflow, parse_workflow
 from services.workflow.domain import Thread, thread_uuid
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -191,3 +191,29 @@ def _app(tmp_path: Path) -> WorkflowService:
         _apps[tmp_path] = WorkflowService(Settings(home=tmp_path).store_env("workflow"),
                                           agents=REGISTRY)
     return _apps[tmp_path]
+
+
+def test_a_loop_that_feeds_a_node_its_own_growing_output_fails_the_thread(
+        tmp_path: Path) -> None:
+    """Each pass doubles the text: the node fails once its output passes the size limit,
+    instead of the service running out of memory."""
+
+    def double(inputs: dict[str, Any], ctx: Any) -> str:
+        return str(inputs["text"]) * 2
+
+    registry = AgentRegistry({"double": double})
+    csv_text = (
+        "graph_name,node_name,agent_type,input_fields,output_field,next_on_success,"
+        "next_on_failure,prompt,context\n"
+        "Grow,start,input,text,text,grow,,,\n"
+        "Grow,grow,double,text,text,grow,,,\n"
+    )
+    spec = parse_workflow(csv_text, "Grow", registry)
+    app = WorkflowService(Settings(home=tmp_path).store_env("workflow"), agents=registry)
+    reply = app.start_thread(StartThread(thread_id="grow-1", workflow=spec,
+                                         state={"text": "ab"}), 1)
+    assert reply.ok, reply.error
+    thread: Thread = app.repository.get(thread_uuid("grow-1"))
+    assert thread.status == "failed"
+    assert "more than the 1,000,000 a node may produce" in str(thread.error)
+    app.close()

@@ -1,0 +1,188 @@
+"""The NATS edge of the services against a real nats-server: consumer filters brought up to date
+in place, and the relay's batch publisher (stored, de-duplicated, refusals raised)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nats.js.errors import NotFoundError
+
+from contracts import subjects
+from hitlflow.stack import EmbeddedNats
+from services.common.consumer import (
+    PullConsumer,
+    Subscription,
+    Work,
+    consumer_config,
+    thread_of,
+)
+from services.common.messaging import connect, ensure_streams
+from services.common.relay import AckedPublisher, PublishError
+from services.common.store import Job
+from tests.unit.test_group_commit import make_app
+
+
+def on_nats(server: EmbeddedNats, body: Callable[[Any, Any], Awaitable[None]]) -> None:
+    async def main() -> None:
+        nc = await connect(server.url, name="test", reconnect_attempts=0)
+        try:
+            js = nc.jetstream()
+            await ensure_streams(js)
+            await body(nc, js)
+        finally:
+            await nc.close()
+
+    asyncio.run(main())
+
+
+async def consume(js: Any, subscription: Subscription, done: asyncio.Event) -> None:
+    """Run a pull consumer until ``done`` is set."""
+    task = asyncio.create_task(PullConsumer(js, subscription).run())
+    try:
+        await asyncio.wait_for(done.wait(), 10)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def wait_until_pulling(js: Any, durable: str) -> None:
+    """Until the consumer has its pull request open at the server."""
+    async with asyncio.timeout(10):
+        while True:
+            with contextlib.suppress(NotFoundError):  # not made yet
+                if (await js.consumer_info(subjects.EVENTS_STREAM, durable)).num_waiting:
+                    return
+            await asyncio.sleep(0.02)
+
+
+def test_a_consumer_made_with_an_older_filter_is_narrowed_in_place(
+        nats_server: EmbeddedNats) -> None:
+    wanted = subjects.events_of("workflow", ["ThreadStarted", "ThreadPaused"])
+    seen: list[str] = []
+
+    async def body(nc: Any, js: Any) -> None:
+        await js.add_consumer(subjects.EVENTS_STREAM,
+                              config=consumer_config("narrowed", subjects.WORKFLOW_EVENTS))
+        for kind in ("ThreadStarted", "NodeCompleted", "ThreadPaused"):
+            await js.publish(f"hitl.evt.workflow.{kind}.t-1", b"{}")
+        last = asyncio.Event()  # ThreadPaused is last in the stream: all else came before it
+
+        async def handle(msg: Any) -> None:
+            seen.append(msg.subject)
+            if ".ThreadPaused." in msg.subject:
+                last.set()
+
+        await consume(js, Subscription(wanted, subjects.EVENTS_STREAM, "narrowed", handle),
+                      last)
+        info = await js.consumer_info(subjects.EVENTS_STREAM, "narrowed")
+        assert sorted(info.config.filter_subjects) == sorted(wanted)
+
+    on_nats(nats_server, body)
+    assert seen == ["hitl.evt.workflow.ThreadStarted.t-1", "hitl.evt.workflow.ThreadPaused.t-1"]
+
+
+def test_a_message_that_cannot_be_prepared_holds_back_the_rest_of_its_thread(
+        nats_server: EmbeddedNats, tmp_path: Path) -> None:
+    """The first message of t-1 fails once before it is decoded: the second of t-1, in the
+    same batch, must wait for it; t-2 goes on."""
+    app = make_app(tmp_path)
+    decided: list[str] = []
+    failed_once: list[bool] = []
+
+    async def body(nc: Any, js: Any) -> None:
+        for thread, n in (("t-1", 1), ("t-2", 1), ("t-1", 2)):
+            await js.publish(f"hitl.cmd.start.{thread}", f"{thread}:{n}".encode())
+        done = asyncio.Event()
+
+        async def prepare(msg: Any) -> Work:
+            name = msg.data.decode()
+            if name == "t-1:1" and not failed_once:
+                failed_once.append(True)
+                raise RuntimeError("store busy")
+
+            def decide() -> tuple[list[Any], None]:
+                decided.append(name)
+                if len(decided) == 3:
+                    done.set()
+                return [], None
+
+            return Work(msg, Job(thread_of(msg), decide))
+
+        await consume(js, Subscription(subjects.START_ALL, subjects.COMMANDS_STREAM, "held",
+                                       prepare=prepare, app=app), done)
+
+    on_nats(nats_server, body)
+    app.close()
+    assert decided.index("t-1:1") < decided.index("t-1:2")
+    assert decided[0] == "t-2:1"
+
+
+def test_the_batch_publisher_stores_in_order_and_the_stream_drops_resends(
+        nats_server: EmbeddedNats) -> None:
+    async def body(nc: Any, js: Any) -> None:
+        publisher = AckedPublisher(js, timeout=2.0)
+        batch = [(f"hitl.evt.workflow.NodeCompleted.t-{n % 3}", json.dumps({"n": n}).encode(),
+                  f"workflow:{n}") for n in range(1, 201)]
+        await publisher.publish(batch)
+        await publisher.publish(batch[150:])  # re-sent after a crash: dropped by de-dup
+        info = await js.stream_info(subjects.EVENTS_STREAM)
+        assert info.state.messages == 200
+        stored = [json.loads((await js.get_msg(subjects.EVENTS_STREAM, seq)).data)["n"]
+                  for seq in (1, 100, 200)]
+        assert stored == [1, 100, 200]
+
+        with pytest.raises(PublishError, match="503"):  # no stream takes this subject
+            await publisher.publish([("nowhere.at.all", b"{}", "x:1")])
+        await publisher.publish([("hitl.evt.workflow.NodeCompleted.t-9", b"{}", "workflow:201")])
+        await publisher.close()
+
+    on_nats(nats_server, body)
+
+
+@pytest.mark.parametrize("linger", [0.0, 1.0])
+def test_a_lingering_consumer_gathers_what_arrives_soon_after_into_one_batch(
+        nats_server: EmbeddedNats, linger: float) -> None:
+    batches: list[list[str]] = []
+
+    async def body(nc: Any, js: Any) -> None:
+        subject = subjects.events_of("interaction", ["ResponseAccepted"])
+        got_first, got_all = asyncio.Event(), asyncio.Event()
+
+        async def handle(batch: list[Any]) -> None:
+            batches.append([thread_of(msg) for msg in batch])
+            for msg in batch:
+                await msg.ack()
+            got_first.set()
+            if sum(map(len, batches)) == 4:
+                got_all.set()
+
+        spec = Subscription(subject, subjects.EVENTS_STREAM, "gathering", linger=linger)
+        task = asyncio.create_task(PullConsumer(js, spec, handle_messages=handle).run())
+        try:
+            await wait_until_pulling(js, "gathering")
+            await js.publish("hitl.evt.interaction.ResponseAccepted.t-1", b"{}")
+            if not linger:
+                await asyncio.wait_for(got_first.wait(), 5)  # handed over alone, at once
+            else:
+                await asyncio.sleep(0.1)  # well within the linger
+            for thread in ("t-2", "t-3", "t-4"):
+                await js.publish(f"hitl.evt.interaction.ResponseAccepted.{thread}", b"{}")
+            await asyncio.wait_for(got_all.wait(), 5)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    on_nats(nats_server, body)
+    if linger:
+        assert batches == [["t-1", "t-2", "t-3", "t-4"]]
+    else:
+        assert batches[0] == ["t-1"]
+        assert [thread for batch in batches for thread in batch] == ["t-1", "t-2", "t-3", "t-4"]
