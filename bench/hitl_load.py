@@ -1,7 +1,8 @@
 """hitlflow under load: the embedded stack in its own process, driven over NATS.
 
-The services run exactly as ``hitlflow up`` runs them (a child process: nats-server from the
-wheel, workflow + interaction + projections services, SQLite stores), with the example agents.
+The services run exactly as ``hitlflow up`` runs them (a child process with nats-server from the
+wheel and one process per service — workflow, interaction, timeout, projections — or, with
+``--one-process``, every service in the ``up`` process; SQLite stores), with the example agents.
 The load generator in this process speaks the documented wire contract, as an enterprise system
 would: it publishes StartThread / ResumeThread to JetStream (``Hitl-Reply-To`` set, so every
 command gets its reply) and follows the thread's published events. A thread has *paused* when the
@@ -35,13 +36,19 @@ from services.workflow.agents import AgentRegistry
 from services.workflow.definition import load_workflow
 
 
+def is_nats_server(process: psutil.Process) -> bool:
+    return "nats-server" in process.name() or any("nats-server" in part
+                                                   for part in process.cmdline()[:1])
+
+
 class StackProcess:
     """``python -m hitlflow up`` with its own home directory and port."""
 
-    def __init__(self, home: Path, *, log_level: str = "INFO") -> None:
+    def __init__(self, home: Path, *, log_level: str = "INFO", one_process: bool = False) -> None:
         self.home = home
         self.port = free_port()
         self.log_level = log_level
+        self.one_process = one_process
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -61,7 +68,7 @@ class StackProcess:
         log = (self.home / "stack.log").open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "hitlflow", "up", "--home", str(self.home),
-             "--port", str(self.port)],
+             "--port", str(self.port), *(["--one-process"] if self.one_process else [])],
             stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env,
         )
         stack_file = self.home / "stack.json"
@@ -95,37 +102,49 @@ class StackProcess:
                 child.wait(timeout=10)
         self.process = None
 
+    def processes(self) -> tuple[list[psutil.Process], list[psutil.Process]]:
+        """The services (the ``up`` process and its children but nats-server) and nats-server.
+
+        A service process restarted meanwhile is counted from its restart on.
+        """
+        up = psutil.Process(self.pid)
+        services, nats_servers = [up], []
+        for child in up.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                (nats_servers if is_nats_server(child) else services).append(child)
+        return services, nats_servers
+
     def memory(self) -> dict[str, Any]:
-        """Resident memory of the services process and, apart, of its nats-server."""
-        services = psutil.Process(self.pid)
-        nats_rss = sum(child.memory_info().rss for child in services.children(recursive=True))
-        return {"services_rss_bytes": services.memory_info().rss, "nats_rss_bytes": nats_rss}
+        """Resident memory of the services' processes and, apart, of nats-server."""
+        services, nats_servers = self.processes()
+        return {"services_rss_bytes": _rss(services), "nats_rss_bytes": _rss(nats_servers)}
 
     def cpu_seconds(self) -> float:
-        times = psutil.Process(self.pid).cpu_times()
-        return float(times.user + times.system)
+        """CPU seconds (user + system) of the services' processes so far."""
+        services, _ = self.processes()
+        return float(sum(t.user + t.system for t in _cpu_times(services)))
 
     def cpu_split(self) -> dict[str, float]:
         """CPU seconds so far: services (user, system), nats-server, this load generator."""
-        services = psutil.Process(self.pid)
-        times = services.cpu_times()
-        nats_cpu = 0.0
-        for child in services.children(recursive=True):
-            child_times = child.cpu_times()
-            nats_cpu += child_times.user + child_times.system
+        services, nats_servers = self.processes()
+        times = _cpu_times(services)
         own = psutil.Process().cpu_times()
-        return {"services_user": times.user, "services_system": times.system,
-                "nats": nats_cpu, "load_generator": own.user + own.system}
+        return {"services_user": float(sum(t.user for t in times)),
+                "services_system": float(sum(t.system for t in times)),
+                "nats": float(sum(t.user + t.system for t in _cpu_times(nats_servers))),
+                "load_generator": own.user + own.system}
 
     def wait_idle(self, threshold: float = 0.05, quiet: float = 1.5, limit: float = 120.0) -> None:
-        """Until the services use under ``threshold`` of a core for ``quiet`` seconds."""
-        process = psutil.Process(self.pid)
-        process.cpu_percent(None)
+        """Until the services, together, use under ``threshold`` of a core for ``quiet`` s."""
+        step = 0.5
+        before = self.cpu_seconds()
         calm = 0.0
         deadline = time.monotonic() + limit
         while time.monotonic() < deadline and calm < quiet:
-            time.sleep(0.5)
-            calm = calm + 0.5 if process.cpu_percent(None) < threshold * 100 else 0.0
+            time.sleep(step)
+            now = self.cpu_seconds()
+            calm = calm + step if now - before < threshold * step else 0.0
+            before = now
 
     def disk(self) -> dict[str, int]:
         def size(path: Path) -> int:
@@ -133,6 +152,22 @@ class StackProcess:
 
         return {"stores_bytes": size(self.home / "stores"),
                 "jetstream_bytes": size(self.home / "nats")}
+
+
+def _cpu_times(processes: list[psutil.Process]) -> list[Any]:
+    found = []
+    for process in processes:
+        with contextlib.suppress(psutil.Error):  # exited meanwhile
+            found.append(process.cpu_times())
+    return found
+
+
+def _rss(processes: list[psutil.Process]) -> int:
+    total = 0
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            total += process.memory_info().rss
+    return total
 
 
 class Driver:

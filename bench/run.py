@@ -80,8 +80,10 @@ def start_profiler(pid: int, seconds: float, out: Path) -> subprocess.Popen[byte
         return None
     out.parent.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
-        [str(py_spy), "record", "--pid", str(pid), "--duration", str(int(seconds)),
-         "--rate", "250", "--nonblocking", "--gil", "--format", "raw", "--output", str(out)],
+        # --subprocesses: the service processes under `hitlflow up` (nats-server is skipped)
+        [str(py_spy), "record", "--pid", str(pid), "--subprocesses",
+         "--duration", str(int(seconds)), "--rate", "250", "--nonblocking", "--gil",
+         "--format", "raw", "--output", str(out)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
 
@@ -193,7 +195,8 @@ async def memory_phase(stack: StackProcess, driver: Driver, paused: int) -> dict
 
 
 def run_hitlflow(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    stack = StackProcess(workdir / "hitlflow-home", log_level=args.log_level)
+    stack = StackProcess(workdir / "hitlflow-home", log_level=args.log_level,
+                         one_process=args.one_process)
     stack.start()
     try:
         return asyncio.run(hitl_phases(stack, args))
@@ -297,6 +300,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-langgraph", action="store_true")
     parser.add_argument("--log-level", default="INFO",
                         help="services' log level (INFO is what 'hitlflow up' runs with)")
+    parser.add_argument("--one-process", action="store_true",
+                        help="run hitlflow as 'hitlflow up --one-process' (every service in one "
+                             "process) instead of one process per service")
     parser.add_argument("--profile", type=Path, default=None,
                         help="write py-spy profiles (raw folded stacks) of the services here")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
@@ -316,7 +322,7 @@ def main(argv: list[str] | None = None) -> None:
         "parameters": {"in_flight": args.in_flight, "duration_s": args.duration,
                        "warmup_s": args.warmup, "rate": args.rate, "resumes": args.resumes,
                        "paused": args.paused, "client_cycles": args.client_cycles,
-                       "log_level": args.log_level},
+                       "log_level": args.log_level, "one_process": args.one_process},
     }
     workdir = Path(tempfile.mkdtemp(prefix="hitlflow-bench-"))
     try:

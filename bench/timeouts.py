@@ -42,6 +42,7 @@ from contracts.events import EventEnvelope, InteractionRequested
 from contracts.timeouts import TimeoutInteraction
 from hitlflow.stack import EmbeddedNats, free_port
 from services.common.messaging import ensure_streams
+from services.timeout.handlers import DEADLINES_CONSUMER
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,7 +87,7 @@ async def publish(js: JetStreamContext, envelopes: list[EventEnvelope], window: 
 async def handled(js: JetStreamContext) -> tuple[int, int]:
     """(delivered and acknowledged, still to do) of the service's deadline consumer."""
     try:
-        info = await js.consumer_info(subjects.EVENTS_STREAM, "timeout-deadlines")
+        info = await js.consumer_info(subjects.EVENTS_STREAM, DEADLINES_CONSUMER)
     except Exception:
         return 0, -1
     return info.ack_floor.stream_seq, info.num_pending + info.num_ack_pending
