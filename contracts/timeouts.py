@@ -329,6 +329,9 @@ class TimeoutCheckReply(Contract):
     fired: list[CheckedDeadline] = Field(default_factory=list)
     #: Deadlines still pending after the sweep.
     pending: int = 0
+    #: Interaction events the timeout service had still to record when it answered (it waits
+    #: a while for them first): deadlines they set or clear are not taken into account.
+    unrecorded: int = 0
     error: str | None = None
 
 
@@ -350,3 +353,5 @@ class DeadlineView(Contract):
 
 class DeadlinesReply(Contract):
     deadlines: list[DeadlineView]
+    #: As in :class:`TimeoutCheckReply`: interaction events not yet recorded when it answered.
+    unrecorded: int = 0

@@ -25,6 +25,7 @@ from hitlflow.cli_common import (
     EXIT_NO_STACK,
     JsonOut,
     NatsUrl,
+    err,
     fail,
     out,
 )
@@ -68,6 +69,13 @@ def _call(settings: Settings, subject: str, body: BaseModel, timeout: float) -> 
         fail(str(error), EXIT_NO_STACK)
 
 
+def _warn_unrecorded(unrecorded: int) -> None:
+    """On stderr, so that --json output stays one document."""
+    if unrecorded:
+        err.print(f"warning: the timeout service had {unrecorded} interaction event(s) still "
+                  "to record; deadlines they set or clear are not in this answer")
+
+
 def _when(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -89,6 +97,7 @@ def check(
     reply = TimeoutCheckReply.model_validate_json(raw)
     if reply.error:
         fail(reply.error, EXIT_BAD_INPUT)
+    _warn_unrecorded(reply.unrecorded)
     if as_json:
         out.print_json(reply.model_dump_json())
         return
@@ -131,6 +140,7 @@ def list_deadlines(
                                                                 limit=limit),
                 settings.reply_timeout)
     reply = DeadlinesReply.model_validate_json(raw)
+    _warn_unrecorded(reply.unrecorded)
     items: list[dict[str, Any]] = [d.model_dump(mode="json") for d in reply.deadlines]
     if as_json:
         out.print_json(json.dumps(items))

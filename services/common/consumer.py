@@ -306,22 +306,25 @@ class PullConsumer:
                 await asyncio.wait_for(sub.unsubscribe(), 2.0)
 
 
-async def caught_up(js: JetStreamContext, stream: str, durable: str, *,
-                    timeout: float, poll: float = 0.01) -> bool:
+async def wait_handled(js: JetStreamContext, stream: str, durable: str, *,
+                       timeout: float, poll: float = 0.01) -> int:
     """Wait until a durable consumer has handled every message its stream held when called
-    (read-your-writes for a reply that answers from what the consumer recorded). False when
-    ``timeout`` seconds pass first: the caller answers from what is there."""
+    (read-your-writes for a reply that answers from what the consumer recorded). Returns 0
+    then, or, when ``timeout`` seconds pass first, how many messages it still had to handle:
+    the caller answers from what is there and says so."""
     last = (await js.stream_info(stream)).state.last_seq
+    left = 0
     try:
         async with asyncio.timeout(timeout):
             while True:
                 info = await js.consumer_info(stream, durable)
-                idle = not info.num_pending and not info.num_ack_pending
-                if idle or (info.ack_floor.stream_seq or 0) >= last:
-                    return True
+                left = (info.num_pending or 0) + (info.num_ack_pending or 0)
+                floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
+                if not left or floor >= last:
+                    return 0
                 await asyncio.sleep(poll)
     except TimeoutError:
-        return False
+        return left
 
 
 def _drain(first: Msg, arrived: asyncio.Queue[Msg]) -> tuple[list[Msg], str | None]:

@@ -22,8 +22,8 @@ from services.common.consumer import (
     PoisonMessageError,
     Subscription,
     Work,
-    caught_up,
     decode_envelope,
+    wait_handled,
 )
 from services.common.logging import get_logger
 from services.common.store import Job
@@ -94,15 +94,18 @@ async def serve_control(nc: Any, sweeper: Sweeper, reply_timeout: float) -> list
 
     Both first wait until every interaction event published before the request has been
     recorded (the deadline consumer gathers events for a moment): a check right after a start
-    sees that start's deadline.
+    sees that start's deadline. After a third of ``reply_timeout`` they answer from what is
+    recorded, with the number of events still to record (``unrecorded``).
     """
     js = nc.jetstream()
 
-    async def recorded() -> None:
-        if not await caught_up(js, subjects.EVENTS_STREAM, DEADLINES_CONSUMER,
-                               timeout=reply_timeout / 3):
-            log.warning("deadlines_lagging", consumer=DEADLINES_CONSUMER,
+    async def recorded() -> int:
+        left = await wait_handled(js, subjects.EVENTS_STREAM, DEADLINES_CONSUMER,
+                                  timeout=reply_timeout / 3)
+        if left:
+            log.warning("deadlines_lagging", consumer=DEADLINES_CONSUMER, unrecorded=left,
                         detail="answered from the deadlines recorded so far")
+        return left
 
     async def on_check(msg: Msg) -> None:
         try:
@@ -110,13 +113,14 @@ async def serve_control(nc: Any, sweeper: Sweeper, reply_timeout: float) -> list
         except ValidationError as error:
             reply = TimeoutCheckReply(checked_at=sweeper.clock.now(), error=str(error))
         else:
-            await recorded()
+            unrecorded = await recorded()
             checked_at = sweeper.clock.now()
             fired = await sweeper.sweep(nc, limit=request.limit,
                                         wait=reply_timeout if request.wait else None)
             await asyncio.to_thread(sweeper.index.catch_up)
             pending = await asyncio.to_thread(sweeper.index.count_pending)
-            reply = TimeoutCheckReply(checked_at=checked_at, fired=fired, pending=pending)
+            reply = TimeoutCheckReply(checked_at=checked_at, fired=fired, pending=pending,
+                                      unrecorded=unrecorded)
         await msg.respond(reply.model_dump_json().encode())
 
     async def on_list(msg: Msg) -> None:
@@ -124,7 +128,7 @@ async def serve_control(nc: Any, sweeper: Sweeper, reply_timeout: float) -> list
             query = DeadlinesQuery.model_validate_json(msg.data or b"{}")
         except ValidationError:
             query = DeadlinesQuery()
-        await recorded()
+        unrecorded = await recorded()
         await asyncio.to_thread(sweeper.index.catch_up)
         rows = await asyncio.to_thread(sweeper.index.pending, query.thread_id, query.limit)
         reply = DeadlinesReply(deadlines=[
@@ -132,7 +136,7 @@ async def serve_control(nc: Any, sweeper: Sweeper, reply_timeout: float) -> list
                          interaction_type=r.interaction_type, step=r.step, policy=r.policy,
                          due_at=r.due_at, status="fired" if r.status == "fired" else "pending")
             for r in rows
-        ])
+        ], unrecorded=unrecorded)
         await msg.respond(reply.model_dump_json().encode())
 
     return [

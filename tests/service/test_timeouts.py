@@ -385,6 +385,32 @@ def test_check_and_list_see_every_request_made_before_them(gathering: HitlTestSt
     wait_status(gathering, "to-fresher", "timed_out")
 
 
+def test_a_lagging_timeout_service_answers_from_what_it_recorded_and_says_so(
+        tmp_path: Path, settings: Settings, clock: FakeClock,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """It waits a third of the reply timeout (here 0.5 s) for its consumer, then answers with
+    how many events it had still to record; the CLI warns on stderr, the JSON says it."""
+    monkeypatch.setattr(timeout_handlers, "DEADLINE_LINGER", 3.0)
+    quick = manual_sweeps(settings).model_copy(update={"reply_timeout": 1.5})
+    with HitlTestStack(tmp_path, settings=quick, clock=clock) as hitl:
+        hitl.start(approval_flow({"timeout_seconds": 60}), {"request": "x"}, thread_id="to-lag")
+        listed = cli(hitl.nats_url, "timeouts", "list")
+        assert listed.exit_code == 0, listed.stderr
+        assert "no pending deadlines" in listed.stdout
+        warning = " ".join(listed.stderr.split())
+        assert ("the timeout service had 1 interaction event(s) still to record; deadlines "
+                "they set or clear are not in this answer") in warning
+        clock.advance(61)
+        reply = check(hitl)
+        assert (reply["fired"], reply["unrecorded"]) == ([], 1)
+        fired = wait_for(lambda: check(hitl)["fired"], timeout=10,
+                         what="the deadline to be recorded and fired")
+        assert [(f["thread_id"], f["applied"]) for f in fired] == [("to-lag", True)]
+        wait_status(hitl, "to-lag", "timed_out")
+        # its InteractionTimedOut gathers in turn; once recorded, nothing is left
+        wait_for(lambda: check(hitl)["unrecorded"] == 0, timeout=10, what="nothing unrecorded")
+
+
 # -- where deadlines come from, and how they show -------------------------------------------------
 
 
