@@ -23,15 +23,12 @@ from bench.hitl_load import Driver, StackProcess
 from bench.workload import open_loop, prepare_paused
 
 #: The services off a resume's path: they follow its events, nobody waits on them here.
-BACKGROUND = ("serve projections", "serve timeout")
+OFF_PATH = ("serve projections", "serve timeout")
 
 
-def background(stack: StackProcess) -> list[psutil.Process]:
-    found = []
-    for child in psutil.Process(stack.pid).children(recursive=True):
-        if any(word in " ".join(child.cmdline()) for word in BACKGROUND):
-            found.append(child)
-    return found
+def off_path(stack: StackProcess) -> list[psutil.Process]:
+    services, _ = stack.processes()
+    return [p for p in services if any(word in " ".join(p.cmdline()) for word in OFF_PATH)]
 
 
 async def measure(stack: StackProcess, args: argparse.Namespace) -> dict[str, list[str]]:
@@ -44,7 +41,7 @@ async def measure(stack: StackProcess, args: argparse.Namespace) -> dict[str, li
                 ids = [f"c{index}-{condition[0]}-{i}" for i in range(args.resumes)]
                 await prepare_paused(driver.pause, ids, 32)
                 await asyncio.to_thread(stack.wait_idle)
-                stopped = background(stack) if condition == "background stopped" else []
+                stopped = off_path(stack) if condition == "background stopped" else []
                 for process in stopped:
                     process.send_signal(signal.SIGSTOP)
                 try:

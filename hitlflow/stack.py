@@ -422,9 +422,7 @@ class ProcessStack(_StackBase):
                         for child in self.children.values()]
             await asyncio.gather(*starting)
         except BaseException:
-            for task in starting:
-                task.cancel()
-            await asyncio.gather(*starting, return_exceptions=True)
+            await cancel_and_wait(starting)
             await self.stop()
             raise
         self._supervisors = [asyncio.create_task(self._supervise(child),
@@ -473,9 +471,7 @@ class ProcessStack(_StackBase):
     async def stop(self) -> None:
         """Stop the supervision, SIGTERM every service process and wait for them, then NATS."""
         self._stopping = True
-        for task in self._supervisors:
-            task.cancel()
-        await asyncio.gather(*self._supervisors, return_exceptions=True)
+        await cancel_and_wait(self._supervisors)
         self._supervisors.clear()
         await asyncio.gather(*(child.stop() for child in self.children.values()))
         await self.stop_nats()

@@ -42,11 +42,10 @@ class PoisonMessageError(ValueError):
 
 def consumer_config(durable: str, subject: str | tuple[str, ...], *,
                     max_ack_pending: int = 1000) -> Any:
-    one = isinstance(subject, str)
     return ConsumerConfig(
         durable_name=durable,
         filter_subject=subject if isinstance(subject, str) else None,
-        filter_subjects=None if one else list(subject),
+        filter_subjects=None if isinstance(subject, str) else list(subject),
         deliver_policy=DeliverPolicy.ALL,
         ack_policy=JsAckPolicy.EXPLICIT,
         ack_wait=60,

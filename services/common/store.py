@@ -345,14 +345,11 @@ class ServiceApplication(Application[UUID]):
             while len(cache) > CACHE_SIZE:
                 cache.popitem(last=False)
 
-    def _forget(self, aggregate_ids: Iterable[UUID] | None = None) -> None:
-        """Drop these aggregates (all when None) from the cache: another writer changed them."""
+    def _forget(self, aggregate_ids: Iterable[UUID]) -> None:
+        """Drop these aggregates from the cache: what a failed write changed may be stale."""
         with self._cache_lock:
-            if aggregate_ids is None:
-                self._cache.clear()
-            else:
-                for aggregate_id in aggregate_ids:
-                    self._cache.pop(aggregate_id, None)
+            for aggregate_id in aggregate_ids:
+                self._cache.pop(aggregate_id, None)
 
     def _decide(self, job: Job) -> Sequence[Aggregate]:
         """The job's decision, made again on the store's aggregates when the first one rested
@@ -487,7 +484,7 @@ class ServiceApplication(Application[UUID]):
             return set()
         recorder: Any = self.recorder
         datastore = recorder.datastore
-        sqlite = type(recorder).__module__.endswith("sqlite")
+        sqlite = self._group is not None  # SQLite (PostgreSQL has no group commit)
         mark = "?" if sqlite else "%s"
         # only placeholders are joined in: the values are bound
         where = " OR ".join([f"(application_name={mark} AND notification_id={mark})"]

@@ -41,13 +41,9 @@ class InteractionService(ServiceApplication):
 
     # -- responses --------------------------------------------------------------------------
 
-    def respond(self, command: ResumeThread) -> CommandReply:
-        """Decide one response. The same idempotency key always gets the same outcome."""
-        reply: CommandReply = self.run_job(self.respond_job(command)).result
-        return reply
-
     def respond_job(self, command: ResumeThread) -> Job:
-        """Decide one response; the job's result is the sender's reply."""
+        """Decide one response; the job's result is the sender's reply. The same idempotency
+        key always gets the same outcome."""
         pinned: dict[str, str | None] = {"request_id": command.request_id}
         said: dict[str, Any] = {}
 
@@ -137,13 +133,6 @@ class InteractionService(ServiceApplication):
                             error=error, interaction_id=command.request_id, action=action)
 
     # -- workflow events --------------------------------------------------------------------
-
-    def on_thread_event(
-        self, thread_id: str, event_type: str, payload: dict[str, Any], upstream: str,
-        position: int,
-    ) -> bool:
-        job = self.thread_event_job(thread_id, event_type, payload, upstream, position)
-        return not self.run_job(job).duplicate
 
     def thread_event_job(self, thread_id: str, event_type: str, payload: dict[str, Any],
                          upstream: str, position: int) -> Job:

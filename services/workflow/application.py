@@ -133,11 +133,6 @@ class WorkflowService(ServiceApplication):
 
     # -- integration events -----------------------------------------------------------------
 
-    def on_response_accepted(
-        self, thread_id: str, answer: ResponseAccepted, upstream: str, position: int
-    ) -> bool:
-        return not self.run_job(self.answer_job(thread_id, answer, upstream, position)).duplicate
-
     def answer_job(self, thread_id: str, answer: ResponseAccepted, upstream: str,
                    position: int) -> Job:
         """Resume the thread with an accepted answer and run it to its next pause or end."""
@@ -160,12 +155,6 @@ class WorkflowService(ServiceApplication):
             return [thread], None
 
         return Job(thread_id, decide, Tracking(upstream, position))
-
-    def on_interaction_timed_out(
-        self, thread_id: str, timed_out: InteractionTimedOut, upstream: str, position: int
-    ) -> bool:
-        job = self.timed_out_job(thread_id, timed_out, upstream, position)
-        return not self.run_job(job).duplicate
 
     def timed_out_job(self, thread_id: str, timed_out: InteractionTimedOut, upstream: str,
                       position: int) -> Job:

@@ -52,14 +52,19 @@ async def consume(js: Any, subscription: Subscription, done: asyncio.Event) -> N
             await task
 
 
-async def wait_until_pulling(js: Any, durable: str) -> None:
-    """Until the consumer has its pull request open at the server."""
+async def wait_until(js: Any, durable: str, condition: Callable[[Any], bool]) -> None:
+    """Until the consumer's state, as the server reports it, meets ``condition``."""
     async with asyncio.timeout(10):
         while True:
             with contextlib.suppress(NotFoundError):  # not made yet
-                if (await js.consumer_info(subjects.EVENTS_STREAM, durable)).num_waiting:
+                if condition(await js.consumer_info(subjects.EVENTS_STREAM, durable)):
                     return
             await asyncio.sleep(0.02)
+
+
+async def wait_until_pulling(js: Any, durable: str) -> None:
+    """Until the consumer has its pull request open at the server."""
+    await wait_until(js, durable, lambda info: bool(info.num_waiting))
 
 
 def test_a_consumer_made_with_an_older_filter_is_narrowed_in_place(
@@ -170,8 +175,8 @@ def test_a_lingering_consumer_gathers_what_arrives_soon_after_into_one_batch(
             await js.publish("hitl.evt.interaction.ResponseAccepted.t-1", b"{}")
             if not linger:
                 await asyncio.wait_for(got_first.wait(), 5)  # handed over alone, at once
-            else:
-                await asyncio.sleep(0.1)  # well within the linger
+            else:  # t-1 is delivered and held: the rest arrive within its linger
+                await wait_until(js, "gathering", lambda info: info.num_ack_pending == 1)
             for thread in ("t-2", "t-3", "t-4"):
                 await js.publish(f"hitl.evt.interaction.ResponseAccepted.{thread}", b"{}")
             await asyncio.wait_for(got_all.wait(), 5)
