@@ -22,9 +22,9 @@ import math
 from datetime import datetime, timedelta
 from typing import Any
 
-from contracts.events import EventEnvelope
 from contracts.queries import AnalyticsQuery, AnalyticsReply, Bottleneck, Metrics
 from projections.db import Tx, ViewDatabase, epoch
+from projections.event import Event
 
 NAME = "analytics"
 VERSION = 1
@@ -59,7 +59,7 @@ INDEXES = (
 )
 
 
-def apply(tx: Tx, env: EventEnvelope) -> None:
+def apply(tx: Tx, env: Event) -> None:
     kind = env.event_type
     p = env.payload
     if kind == "InteractionRequested":

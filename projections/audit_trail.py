@@ -18,9 +18,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from contracts.events import EventEnvelope
 from contracts.queries import AuditEntry, AuditQuery, Cursor
 from projections.db import Row, Tx, ViewDatabase, dumps, epoch, when
+from projections.event import Event
 
 NAME = "audit_trail"
 VERSION = 1
@@ -108,7 +108,7 @@ def _pick(p: dict[str, Any], *names: str) -> dict[str, Any]:
     return {n: p[n] for n in names if p.get(n) is not None}
 
 
-def apply(tx: Tx, env: EventEnvelope) -> None:
+def apply(tx: Tx, env: Event) -> None:
     event = EVENTS.get(env.event_type)
     if event is None:
         return

@@ -23,6 +23,7 @@ rebuild has dropped make them wait, until it commits.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -157,7 +158,11 @@ class PostgresDialect:
 
 
 class Tx:
-    """An open write transaction: ``execute`` returns the row count, ``one``/``all`` rows."""
+    """An open write transaction: ``execute`` returns the row count, ``one``/``all`` rows.
+
+    In bulk mode (a rebuild, :meth:`bulk`), statements given to :meth:`defer` are collected
+    and sent with ``executemany`` at :meth:`flush`, and table names can be redirected (the
+    views' own SQL then fills new tables)."""
 
     def __init__(self, dialect: Dialect, conn: Any) -> None:
         self._dialect = dialect
@@ -165,8 +170,58 @@ class Tx:
         self._cursor = conn.cursor()
         self._sql = dialect.sql
         self._pipelined = False
+        self._deferred: dict[str, list[Sequence[Any]]] | None = None
         if dialect.name == "sqlite":
             self.execute = self._execute_plain  # type: ignore[method-assign]
+
+    def bulk(self, renames: dict[str, str] | None = None) -> None:
+        """Collect deferred statements from now on; write each table ``a`` of ``renames`` as
+        ``renames[a]`` (none: the tables' own names again)."""
+        if self._deferred is None:
+            self._deferred = {}
+        translate = self._dialect.sql
+        if not renames:
+            self._sql = translate
+            if self._dialect.name == "sqlite":
+                self.execute = self._execute_plain  # type: ignore[method-assign]
+            return
+        pattern = re.compile(r"\b(" + "|".join(map(re.escape, renames)) + r")\b")
+        cache: dict[str, str] = {}
+
+        def renamed(text: str) -> str:
+            done = cache.get(text)
+            if done is None:
+                done = cache[text] = translate(pattern.sub(lambda m: renames[m.group(1)], text))
+            return done
+
+        self._sql = renamed
+        self.execute = Tx.execute.__get__(self)  # type: ignore[method-assign]
+
+    def defer(self, sql: str, params: Sequence[Any]) -> None:
+        """A statement whose effect nothing reads before the transaction ends (a row only
+        inserted): run now, or, in bulk mode, with the others like it at :meth:`flush`."""
+        deferred = self._deferred
+        if deferred is None:
+            self.execute(sql, params)
+        else:
+            rows = deferred.get(sql)
+            if rows is None:
+                deferred[sql] = [params]
+            else:
+                rows.append(params)
+
+    def flush(self) -> None:
+        """Write what :meth:`defer` collected."""
+        deferred = self._deferred
+        if deferred:
+            for sql, rows in deferred.items():
+                self._cursor.executemany(self._sql(sql), rows)
+            deferred.clear()
+
+    def discard(self) -> None:
+        """Forget what :meth:`defer` collected (its savepoint was rolled back)."""
+        if self._deferred:
+            self._deferred.clear()
 
     @property
     def dialect(self) -> str:

@@ -20,6 +20,7 @@ from itertools import islice
 from contracts.events import EventEnvelope
 from projections import analytics, audit_trail, thread_status
 from projections.db import Tx, ViewDatabase
+from projections.event import Event
 from services.common.logging import get_logger
 
 log = get_logger(__name__)
@@ -35,7 +36,7 @@ class View:
     tables: tuple[str, ...]
     ddl: tuple[str, ...]
     indexes: tuple[str, ...]
-    apply: Callable[[Tx, EventEnvelope], None]
+    apply: Callable[[Tx, Event], None]
 
     def create(self, tx: Tx, *, indexes: bool = True) -> None:
         for statement in self.ddl:
@@ -137,12 +138,14 @@ class Projector:
                     view.apply(tx, env)
         return applied
 
-    def _apply_careful(self, tx: Tx, env: EventEnvelope, views: Sequence[View]) -> None:
+    def _apply_careful(self, tx: Tx, env: Event, views: Sequence[View]) -> None:
         try:
             with tx.savepoint("view_event"):
                 for view in views:
                     view.apply(tx, env)
+                tx.flush()
         except Exception as error:
+            tx.discard()
             if self.db.is_transient(error):
                 raise
             log.error("event_not_projected", event_type=env.event_type, service=env.service,
@@ -150,20 +153,27 @@ class Projector:
 
     # -- rebuild ------------------------------------------------------------------------------
 
-    def replay(self, tx: Tx, envelopes: Iterable[EventEnvelope], views: Sequence[View]) -> int:
-        """Apply replayed events to ``views`` (no tracking); returns how many were applied."""
+    def replay(self, tx: Tx, envelopes: Iterable[Event], views: Sequence[View],
+               progress: Callable[[int], None] | None = None) -> int:
+        """Apply replayed events to ``views`` (no tracking); returns how many were applied.
+        ``progress`` is told how many so far after each chunk."""
         count = 0
         stream = iter(envelopes)
+        applies = [view.apply for view in views]
         while chunk := list(islice(stream, REPLAY_CHUNK)):
             try:
                 with tx.savepoint("view_chunk"), tx.batched():
                     for env in chunk:
-                        for view in views:
-                            view.apply(tx, env)
+                        for apply in applies:
+                            apply(tx, env)
+                    tx.flush()
             except Exception as error:
+                tx.discard()
                 if self.db.is_transient(error):
                     raise
                 for env in chunk:
                     self._apply_careful(tx, env, views)
             count += len(chunk)
+            if progress is not None:
+                progress(count)
         return count

@@ -1,6 +1,6 @@
-"""A rebuild's store reader: ``python -m projections.rebuild_worker SERVICE [DATA_DIR]`` with the
-settings (JSON) on stdin writes the store's envelopes to stdout (see
-:func:`projections.rebuild.read_in_worker`)."""
+"""A rebuild's store reader: ``python -m projections.rebuild_worker SERVICE [DATA_DIR [PART
+PARTS]]`` with the settings (JSON) on stdin writes the events of the store (of its share PART
+of PARTS of the store's aggregates) to stdout (see :func:`projections.rebuild.read_in_worker`)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,13 @@ def main() -> None:
     from hitlflow.settings import Settings
     from projections.rebuild import read_in_worker
 
-    service, data_dir = sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else ""
+    args = sys.argv[1:]
+    service = args[0]
+    data_dir = args[1] if len(args) > 1 else ""
+    part, parts = (int(args[2]), int(args[3])) if len(args) > 3 else (0, 1)
     settings = Settings(**json.loads(sys.stdin.buffer.read()))
-    read_in_worker(settings, Path(data_dir) if data_dir else None, service, out)
+    read_in_worker(settings, Path(data_dir) if data_dir else None, service, out,
+                   part=part, parts=parts)
 
 
 if __name__ == "__main__":
