@@ -58,6 +58,9 @@ BOOKKEEPING_DDL = (
 )
 
 Row = dict[str, Any]
+#: An insert of plain values, which PostgreSQL can take as ``COPY`` in a rebuild.
+_COPYABLE = re.compile(r"INSERT INTO (\w+) \(([\w, ]+)\) VALUES \(\?(?:,\s*\?)*\)"
+                       r"(?: ON CONFLICT DO NOTHING)?$")
 
 
 def dumps(value: Any) -> str:
@@ -211,12 +214,22 @@ class Tx:
                 rows.append(params)
 
     def flush(self) -> None:
-        """Write what :meth:`defer` collected."""
+        """Write what :meth:`defer` collected: with ``executemany``, or on PostgreSQL with
+        ``COPY`` for a plain ``INSERT … VALUES (?, …)`` (a bulk write of new tables, whose
+        unique indexes come after the rows, so no conflict can arise)."""
         deferred = self._deferred
-        if deferred:
-            for sql, rows in deferred.items():
+        if not deferred:
+            return
+        for sql, rows in deferred.items():
+            copy = _COPYABLE.match(sql) if self._dialect.name == "postgres" else None
+            if copy is None:
                 self._cursor.executemany(self._sql(sql), rows)
-            deferred.clear()
+                continue
+            table, columns = self._sql(copy.group(1)), copy.group(2)
+            with self._cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as writer:
+                for row in rows:
+                    writer.write_row(row)
+        deferred.clear()
 
     def discard(self) -> None:
         """Forget what :meth:`defer` collected (its savepoint was rolled back)."""

@@ -162,10 +162,11 @@ class Projector:
         applies = [view.apply for view in views]
         while chunk := list(islice(stream, REPLAY_CHUNK)):
             try:
-                with tx.savepoint("view_chunk"), tx.batched():
-                    for env in chunk:
-                        for apply in applies:
-                            apply(tx, env)
+                with tx.savepoint("view_chunk"):
+                    with tx.batched():
+                        for env in chunk:
+                            for apply in applies:
+                                apply(tx, env)
                     tx.flush()
             except Exception as error:
                 tx.discard()

@@ -11,9 +11,10 @@ fails leaves the old view as it was. Rows that nothing reads while events are fo
 timeline) are written in bulk, a chunk at a time; secondary indexes are built once the rows
 are in.
 
-Large stores are read by worker processes (each store by one or more, a share of its
-aggregates each, so that every core has work) while this process folds the events into the
-views; the workers run the same reading code and send the events as lines over a pipe.
+Large stores are read by worker processes (a store by one or more, a range of its log each,
+so that every core has work) while this process folds the events into the views; the workers
+run the same reading code and send the events as lines over a pipe. The logs are merged by
+the time each event happened, which keeps each aggregate's events in their order.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import importlib
+import itertools
 import json
 import os
 import queue
@@ -29,7 +31,6 @@ import subprocess
 import sys
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -116,19 +117,19 @@ class Source:
 
 class WorkerSource:
     """A :class:`Source` read by a worker process (``python -m projections.rebuild_worker``):
-    the events of one share of its aggregates (``part`` of ``parts``), in the store's order,
-    as frames of lines over the worker's stdout. The settings go over its stdin (credentials
-    never appear in a process listing)."""
+    the events of the notifications ``start`` to ``stop`` of its log (None: to the end), in
+    the store's order, as frames of lines over the worker's stdout. The settings go over its
+    stdin (credentials never appear in a process listing)."""
 
-    def __init__(self, settings: Any, data_dir: Path | None, service: str, *, part: int = 0,
-                 parts: int = 1, size: int = 0) -> None:
+    def __init__(self, settings: Any, data_dir: Path | None, service: str, *, start: int = 1,
+                 stop: int | None = None, size: int = 0) -> None:
         self.service = service
         self.last = 0
         self.read = 0
         self._size = size
         self._process = subprocess.Popen(
             [sys.executable, "-m", "projections.rebuild_worker", service,
-             str(data_dir) if data_dir else "", str(part), str(parts)],
+             str(data_dir) if data_dir else "", str(start), str(stop or "")],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         )
         assert self._process.stdin is not None and self._process.stdout is not None
@@ -139,7 +140,7 @@ class WorkerSource:
         # waits), so the worker never waits for the merge to want its events
         self._frames: queue.Queue[tuple[bytes, bytes]] = queue.Queue(maxsize=FRAMES_AHEAD)
         self._reader = threading.Thread(target=self._drain, daemon=True,
-                                        name=f"rebuild-{service}-{part}")
+                                        name=f"rebuild-{service}-{start}")
         self._reader.start()
 
     def size(self) -> int:
@@ -195,11 +196,6 @@ def frame(kind: bytes, body: bytes) -> bytes:
     return kind + len(body).to_bytes(4, "big") + body
 
 
-def _share(aggregate_id: Any, parts: int) -> int:
-    """Which of ``parts`` workers reads the events of an aggregate (all of them: one)."""
-    return zlib.crc32(str(aggregate_id).encode()) % parts
-
-
 def _line(source: Source, notification: Any) -> bytes | None:
     """A notification as a worker sends it, made by the relay's envelope factory: the
     envelope's fields as a JSON array, a tab, the payload's compact JSON (JSON text holds no
@@ -216,9 +212,9 @@ def _line(source: Source, notification: Any) -> bytes | None:
 
 
 def read_in_worker(settings: Any, data_dir: Path | None, service: str, out: IO[bytes], *,
-                   part: int = 0, parts: int = 1) -> None:
-    """What a worker process does: read one store (the events of its share of the store's
-    aggregates), write them, then how far it read."""
+                   start: int = 1, stop: int | None = None) -> None:
+    """What a worker process does: read one store's notifications from ``start`` to ``stop``
+    (inclusive; None: the end), write its events, then how far it read."""
     try:
         # the parent opened every store before starting the workers: no table to create, and
         # workers creating them at once collide on PostgreSQL ("tuple concurrently updated")
@@ -228,13 +224,12 @@ def read_in_worker(settings: Any, data_dir: Path | None, service: str, out: IO[b
             try:
                 recorder = source.app.recorder
                 chunk: list[bytes] = []
+                source.last = start - 1
                 while True:
-                    batch = recorder.select_notifications(source.last + 1, PAGE)
+                    batch = recorder.select_notifications(source.last + 1, PAGE, stop=stop)
                     if not batch:
                         break
                     for notification in batch:
-                        if parts > 1 and _share(notification.originator_id, parts) != part:
-                            continue
                         line = _line(source, notification)
                         if line is None:
                             continue
@@ -300,12 +295,17 @@ def open_sources(settings: Any, data_dir: Path | None = None, *,
         return list(sources)
     for source in sources:
         source.close()
+    # a large store is read in ranges by several workers: merged by the time each event
+    # happened, an aggregate's events keep their order (they happened one after the other)
     total = sum(sizes.values()) or 1
     workers: list[EventSource] = []
     for name, size in sizes.items():
         parts = max(1, round(_readers() * size / total))
-        workers.extend(WorkerSource(settings, data_dir, name, part=part, parts=parts,
-                                    size=size // parts) for part in range(parts))
+        bounds = [size * part // parts for part in range(parts + 1)]
+        workers.extend(
+            WorkerSource(settings, data_dir, name, start=low + 1,
+                         stop=None if part == parts - 1 else high, size=high - low)
+            for part, (low, high) in enumerate(itertools.pairwise(bounds)))
     return workers
 
 

@@ -1,6 +1,6 @@
-"""A rebuild's store reader: ``python -m projections.rebuild_worker SERVICE [DATA_DIR [PART
-PARTS]]`` with the settings (JSON) on stdin writes the events of the store (of its share PART
-of PARTS of the store's aggregates) to stdout (see :func:`projections.rebuild.read_in_worker`)."""
+"""A rebuild's store reader: ``python -m projections.rebuild_worker SERVICE [DATA_DIR [START
+[STOP]]]`` with the settings (JSON) on stdin writes the events of the store's notifications
+START to STOP (default: all) to stdout (see :func:`projections.rebuild.read_in_worker`)."""
 
 from __future__ import annotations
 
@@ -18,10 +18,11 @@ def main() -> None:
     args = sys.argv[1:]
     service = args[0]
     data_dir = args[1] if len(args) > 1 else ""
-    part, parts = (int(args[2]), int(args[3])) if len(args) > 3 else (0, 1)
+    start = int(args[2]) if len(args) > 2 and args[2] else 1
+    stop = int(args[3]) if len(args) > 3 and args[3] else None
     settings = Settings(**json.loads(sys.stdin.buffer.read()))
     read_in_worker(settings, Path(data_dir) if data_dir else None, service, out,
-                   part=part, parts=parts)
+                   start=start, stop=stop)
 
 
 if __name__ == "__main__":
