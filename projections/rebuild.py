@@ -41,7 +41,7 @@ from contracts.events import Service
 from projections.db import ViewDatabase, open_view_database
 from projections.event import Event, Replayed, payload_json
 from projections.projector import Projector, View, select_views
-from services.common.integration import envelope_factory
+from services.common.integration import EventParts, envelope_factory, event_parts
 from services.common.logging import get_logger
 
 log = get_logger(__name__)
@@ -85,11 +85,13 @@ class EventSource(Protocol):
 
 @dataclass
 class Source:
-    """One service's event store and the factory its relay converts events with."""
+    """One service's event store and the factory its relay converts events with (``parts``:
+    the same conversion, without what no view reads: the event and aggregate ids)."""
 
     service: str
     app: Any
     to_envelope: Any
+    parts: EventParts
     last: int = 0
     read: int = 0
 
@@ -164,11 +166,11 @@ class WorkerSource:
         while True:
             kind, body = self._frames.get()
             if kind == b"E":
-                for line in body.split(b"\n"):
-                    head, _, text = line.partition(b"\t")
-                    event_type, service, thread_id, position, version, at = loads(head)
-                    yield make(event_type, service, thread_id, position, version, when(at),
-                               loads(text), text.decode())
+                for line in body.decode().split("\n"):
+                    event_type, service, thread_id, position, version, at, text = line.split(
+                        "\t", 6)
+                    yield make(event_type, service, thread_id, int(position), int(version),
+                               when(at), loads(text), text)
             elif kind == b"S":
                 stats = json.loads(body)
                 self.last, self.read = int(stats["last"]), int(stats["read"])
@@ -197,18 +199,28 @@ def frame(kind: bytes, body: bytes) -> bytes:
 
 
 def _line(source: Source, notification: Any) -> bytes | None:
-    """A notification as a worker sends it, made by the relay's envelope factory: the
-    envelope's fields as a JSON array, a tab, the payload's compact JSON (JSON text holds no
-    raw tab)."""
-    envelope = source.to_envelope(source.app.mapper.to_domain_event(notification),
-                                  notification.id)
-    if envelope is None:
+    """A notification as a worker sends it, converted as the relay converts it: event type,
+    service, thread, position, version, time and the payload's compact JSON, separated by
+    tabs (none of them holds one: thread ids are subject tokens, JSON text escapes tabs)."""
+    event = source.app.mapper.to_domain_event(notification)
+    parts = source.parts(event)
+    if parts is None:
         return None
-    head = json.dumps([envelope.event_type, envelope.service, envelope.thread_id,
-                       envelope.position, envelope.aggregate_version,
-                       envelope.occurred_at.isoformat()], separators=(",", ":"),
-                      ensure_ascii=False)
-    return f"{head}\t{payload_json(envelope.payload)}".encode()
+    event_type, thread_id, payload = parts
+    return (f"{event_type}\t{source.service}\t{thread_id}\t{notification.id}\t"
+            f"{event.originator_version}\t{event.timestamp.isoformat()}\t"
+            f"{payload_json(payload)}").encode()
+
+
+def _parts_of(to_envelope: Any) -> EventParts:
+    """:data:`EventParts` from a whole envelope factory."""
+
+    def parts(event: Any) -> tuple[str, str, dict[str, Any]] | None:
+        envelope = to_envelope(event, 0)
+        return None if envelope is None else (envelope.event_type, envelope.thread_id,
+                                              envelope.payload)
+
+    return parts
 
 
 def read_in_worker(settings: Any, data_dir: Path | None, service: str, out: IO[bytes], *,
@@ -285,9 +297,13 @@ def open_sources(settings: Any, data_dir: Path | None = None, *,
         # (the timeout service's renames event types), else the shared factory with the same
         # payload renames the service's relay uses
         own = getattr(wiring, "to_envelope", None)
-        to_envelope = own if callable(own) else envelope_factory(
-            app, service, published, getattr(wiring, "ENVELOPE_ALIASES", None))
-        sources.append(Source(service, app, to_envelope))
+        if callable(own):
+            sources.append(Source(service, app, own, _parts_of(own)))
+        else:
+            aliases = getattr(wiring, "ENVELOPE_ALIASES", None)
+            sources.append(Source(service, app,
+                                  envelope_factory(app, service, published, aliases),
+                                  event_parts(app, service, published, aliases)))
     sizes = {source.service: source.size() for source in sources}
     if parallel is None:
         parallel = sum(sizes.values()) > PARALLEL_FROM
@@ -396,8 +412,8 @@ def rebuild(db: ViewDatabase, projector: Projector, views: Sequence[View],
         indexed = time.perf_counter()
     projector.rebuilt(result.views)
     result.seconds = time.perf_counter() - started
-    for source in sources:
-        result.read[source.service] = max(result.read.get(source.service, 0), source.read)
+    for source in sources:  # a store read by several workers: what they read together
+        result.read[source.service] = result.read.get(source.service, 0) + source.read
     report.finished(result.events)
     log.info("views_rebuilt", views=result.views, events=result.events, read=result.read,
              seconds=round(result.seconds, 3), events_per_second=round(result.rate),

@@ -45,20 +45,25 @@ class ThreadIdResolver:
         cache[aggregate_id] = thread_id
 
 
-def envelope_factory(
+#: What an envelope carries beyond the event's own id, version, position and time: its type,
+#: its thread and its payload (None for an internal event).
+EventParts = Callable[[Any], tuple[str, str, dict[str, Any]] | None]
+
+
+def event_parts(
     app: ServiceApplication,
     service: Service,
     published: set[str],
     aliases: dict[str, dict[str, str]] | None = None,
-) -> Callable[[Any, int], EventEnvelope | None]:
-    """Envelopes for the domain events named in ``published``; None for internal ones.
+) -> EventParts:
+    """The type, thread and wire payload of the domain events named in ``published``.
 
     ``aliases`` maps, per event type, a payload field to the domain attribute it comes from.
     """
     resolve = ThreadIdResolver(app)
     aliases = aliases or {}
 
-    def to_envelope(event: Any, position: int) -> EventEnvelope | None:
+    def parts(event: Any) -> tuple[str, str, dict[str, Any]] | None:
         name = type(event).__name__
         if name not in published:
             return None
@@ -70,10 +75,30 @@ def envelope_factory(
             if hasattr(event, renamed.get(k, k))
         }
         payload = model.model_validate(fields).model_dump(mode="json", exclude={"schema_version"})
+        return name, resolve(event), payload
+
+    return parts
+
+
+def envelope_factory(
+    app: ServiceApplication,
+    service: Service,
+    published: set[str],
+    aliases: dict[str, dict[str, str]] | None = None,
+) -> Callable[[Any, int], EventEnvelope | None]:
+    """Envelopes for the domain events named in ``published``; None for internal ones
+    (``aliases`` as for :func:`event_parts`)."""
+    parts_of = event_parts(app, service, published, aliases)
+
+    def to_envelope(event: Any, position: int) -> EventEnvelope | None:
+        parts = parts_of(event)
+        if parts is None:
+            return None
+        name, thread_id, payload = parts
         return EventEnvelope(
             event_type=name,
             service=service,
-            thread_id=resolve(event),
+            thread_id=thread_id,
             event_id=str(uuid5(_EVENT_NS, f"{event.originator_id}:{event.originator_version}")),
             aggregate_id=str(event.originator_id),
             aggregate_version=event.originator_version,
