@@ -58,6 +58,8 @@ BOOKKEEPING_DDL = (
 )
 
 Row = dict[str, Any]
+#: How long a SQLite writer waits for another process's write transaction.
+SQLITE_BUSY_TIMEOUT_MS = 30_000
 #: An insert of plain values, which PostgreSQL can take as ``COPY`` in a rebuild.
 _COPYABLE = re.compile(r"INSERT INTO (\w+) \(([\w, ]+)\) VALUES \(\?(?:,\s*\?)*\)"
                        r"(?: ON CONFLICT DO NOTHING)?$")
@@ -99,7 +101,7 @@ class SqliteDialect:
 
     def connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None,
-                               timeout=30)
+                               timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
         conn.row_factory = _dict_row
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
@@ -332,14 +334,28 @@ class ViewDatabase:
 
     # -- writing -----------------------------------------------------------------------------
 
+    @property
+    def local(self) -> bool:
+        """Is a write a short burst of local work (SQLite), fit to run on an event loop?"""
+        return self.dialect.name == "sqlite"
+
     @contextmanager
-    def transaction(self, *, turn: bool = True) -> Iterator[Tx]:
-        """A write transaction; writers of every process take turns (``view_writer``)."""
+    def transaction(self, *, turn: bool = True, wait: bool = True) -> Iterator[Tx]:
+        """A write transaction; writers of every process take turns (``view_writer``).
+        ``wait=False`` (SQLite): raise at once, with a transient error, when another process
+        is writing, instead of waiting for it."""
         with self._lock:
             if _broken(self._writer):  # e.g. the database server restarted: start afresh
                 self._writer = self.dialect.connect()
             conn = self._writer
-            self.dialect.begin(conn)
+            if wait or not self.local:
+                self.dialect.begin(conn)
+            else:
+                conn.execute("PRAGMA busy_timeout = 0")
+                try:
+                    self.dialect.begin(conn)
+                finally:
+                    conn.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
             try:
                 tx = Tx(self.dialect, conn)
                 if turn:

@@ -167,12 +167,22 @@ class ProjectionsRuntime:
                     await self._dead_letter(msg, str(error))
             last_seq = int(messages[-1].metadata.sequence.stream)
             delay = 0.1
+            # a local SQLite commit is applied on the loop (no thread hop per batch), unless
+            # another process (an offline rebuild) is writing: then in a thread, waiting
+            on_loop = self.db.local
             while True:
                 try:
-                    await asyncio.to_thread(self.projector.apply, envelopes, consumer=DURABLE,
-                                            stream_seq=last_seq)
+                    if on_loop:
+                        self.projector.apply(envelopes, consumer=DURABLE, stream_seq=last_seq,
+                                             wait=False)
+                    else:
+                        await asyncio.to_thread(self.projector.apply, envelopes,
+                                                consumer=DURABLE, stream_seq=last_seq)
                     break
                 except Exception as error:
+                    if on_loop and self.db.is_transient(error):
+                        on_loop = False
+                        continue
                     log.warning("projection_retry", error=repr(error), retry_in=delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, MAX_RETRY_DELAY)

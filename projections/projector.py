@@ -102,9 +102,10 @@ class Projector:
     # -- live ---------------------------------------------------------------------------------
 
     def apply(self, envelopes: Sequence[EventEnvelope], *, consumer: str | None = None,
-              stream_seq: int | None = None) -> int:
-        """Apply a batch in one transaction, in order; returns how many events were new."""
-        with self.db.transaction() as tx:
+              stream_seq: int | None = None, wait: bool = True) -> int:
+        """Apply a batch in one transaction, in order; returns how many events were new.
+        ``wait=False``: raise a transient error at once if another process is writing."""
+        with self.db.transaction(wait=wait) as tx:
             upto = {(row["view"], row["service"]): int(row["upto"])
                     for row in tx.all("SELECT view, service, upto FROM view_positions")}
             try:
