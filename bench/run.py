@@ -298,14 +298,16 @@ def compare(hitl: dict[str, Any], lg: dict[str, Any],
             in_flight: list[int]) -> list[dict[str, Any]]:
     """Every pair whose two sides ran: each measure, both figures and their ratio."""
     pairs: list[dict[str, Any]] = []
-    for backend, kind in PAIRS:
-        ours, theirs = hitl.get(backend), lg.get(kind)
+    alone = [(backend, None) for backend in hitl
+             if not any(b == backend and k in lg for b, k in PAIRS)]  # LangGraph not run
+    for backend, kind in [*PAIRS, *alone]:
+        ours, theirs = hitl.get(backend), lg.get(kind) if kind else {}
         if ours is None or theirs is None:
             continue
         skipped = ours.get("skipped") or theirs.get("skipped")
         pair: dict[str, Any] = {"hitlflow": backend, "langgraph": kind,
                                 "name": f"hitlflow-{backend} / langgraph-{kind}",
-                                "targets": TARGETS[kind] if kind == backend else {}}
+                                "targets": TARGETS[backend] if kind in (backend, None) else {}}
         if skipped:
             pairs.append({**pair, "skipped": skipped})
             continue
@@ -342,7 +344,8 @@ def print_table(report: dict[str, Any]) -> None:
     rows: list[tuple[str, ...]] = []
     for pair in report["comparison"]:
         name = (f"hitlflow {LABELS[pair['hitlflow']]} / LangGraph "
-                f"{LABELS[pair['langgraph']]}")
+                f"{LABELS[pair['langgraph']]}" if pair["langgraph"]
+                else f"hitlflow {LABELS[pair['hitlflow']]} (LangGraph not run)")
         if "skipped" in pair:
             rows.append((name, "skipped", "", "", "", pair["skipped"][:60]))
             continue
