@@ -41,8 +41,9 @@ MAX_REASON: Final = 2_000
 MAX_ANSWER_BYTES: Final = 256 * KIB
 #: A thread's initial state.
 MAX_STATE_BYTES: Final = 256 * KIB
-#: What one node may produce (its output, and its details).
-MAX_OUTPUT_BYTES: Final = 256 * KIB
+#: What one node may produce (its output, and its details): more than an answer, whose value a
+#: person's node hands on.
+MAX_OUTPUT_BYTES: Final = 512 * KIB
 #: A request's prompt, once filled from the thread's state.
 MAX_PROMPT_BYTES: Final = 64 * KIB
 #: A request's context as shown to the responder (the node's context and its input fields).
