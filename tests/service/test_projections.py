@@ -350,6 +350,24 @@ def test_rebuild_reports_its_progress_while_it_runs(hitl: HitlTestStack,
     assert not raw["ok"] and "progress_subject" in raw["error"]["error"]
 
 
+def test_a_rebuild_replays_rescheduled_deadlines(hitl: HitlTestStack,
+                                               settings: Settings) -> None:
+    """A reminder reschedules the request's deadline (the timeout service's
+    DeadlineRescheduled, which its relay publishes as DeadlineScheduled): a rebuild reads the
+    timeout store as that relay publishes it, and gives back the live views."""
+    policy = {"policy": "remind", "after_seconds": 0.2, "times": 1}
+    hitl.start(gate_flow({"timeout_seconds": 0.2, "on_timeout": policy}), {"request": "desk"},
+               thread_id="rb-remind")
+    wait_status(hitl, "rb-remind", "timed_out")
+    quiesce(hitl)
+    live = dump(views_db(hitl))
+    scheduled = [row for row in map(json.loads, live["thread_timeline"])
+                 if row["thread_id"] == "rb-remind" and row["event_type"] == "DeadlineScheduled"]
+    assert len(scheduled) == 2  # the first deadline, and the one after the reminder
+    assert fresh_rebuild(hitl, settings) == live
+    assert fresh_rebuild(hitl, settings, parallel=True) == live
+
+
 def test_offline_rebuild_beside_the_running_service(hitl: HitlTestStack,
                                                     settings: Settings) -> None:
     hitl.start(f"{TYPES}::Approve", {"request": "a"}, thread_id="off-1")
