@@ -274,4 +274,5 @@ REFUSAL_CODES: dict[str, tuple[int, str]] = {
     "invalid_query": (400, "a query that breaks its model, or names another thread than its "
                            "subject"),
     "not_found": (404, "a query about a thread that does not exist"),
+    "query_failed": (500, "the projections failed while answering (the error says why)"),
 }

@@ -316,7 +316,7 @@ class RebuildRequest(Contract):
 
 
 class RebuildReply(Contract):
-    ok: bool
+    ok: bool = False
     views: list[str] = Field(default_factory=list)
     #: Notifications read from each service's store, and events replayed into the views.
     read: dict[str, int] = Field(default_factory=dict)

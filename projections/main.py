@@ -16,8 +16,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from faststream import Path as SubjectPart
+from faststream import ExceptionMiddleware
 from faststream.nats import NatsBroker
+from faststream.nats.annotations import NatsMessage
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -46,6 +47,7 @@ from contracts.queries import (
     TimelineQuery,
     TimelineReply,
 )
+from contracts.subjects import InvalidThreadIdError, check_thread_id
 from hitlflow.settings import Settings
 from projections import analytics, audit_trail, thread_status
 from projections.db import ViewDatabase, open_view_database
@@ -74,13 +76,35 @@ MAX_RETRY_DELAY = 5.0
 Applied = Callable[[Sequence[EventEnvelope], float], None]
 
 
+def _query_failed(error: Exception) -> dict[str, Any]:
+    """The reply to a query that failed while it was answered: the asker is told, at once,
+    rather than left to wait for a reply that never comes."""
+    log.error("query_failed", error=repr(error))
+    return {"error": QueryError(error=f"the query failed: {type(error).__name__}: {error}"[:500],
+                                code="query_failed").model_dump(mode="json")}
+
+
+def _subject_thread(message: Any) -> str:
+    """The thread a query's subject names: its last part."""
+    return str(message.raw_message.subject).rsplit(".", 1)[-1]
+
+
 def _other_thread(reply: type[BaseModel], subject_thread: str,
-                  body_thread: str | None) -> dict[str, Any]:
-    """The reply to a query whose body names another thread than its subject."""
-    return reply.model_validate({"error": QueryError(
-        error=f"invalid query: it names thread {body_thread!r} but was sent for thread "
-              f"{subject_thread!r}; a query about one thread is answered for the thread its "
-              "subject names", code="invalid_query")}).model_dump(mode="json")
+                  body_thread: str | None) -> dict[str, Any] | None:
+    """The reply to a query about one thread whose subject names no valid thread, or whose
+    body names another thread than its subject; None when it is fine."""
+    try:
+        check_thread_id(subject_thread)
+    except InvalidThreadIdError as error:
+        problem = f"invalid query: the subject names no thread: {error}"
+    else:
+        if body_thread in (None, subject_thread):
+            return None
+        problem = (f"invalid query: it names thread {body_thread!r} but was sent for thread "
+                   f"{subject_thread!r}; a query about one thread is answered for the thread "
+                   "its subject names")
+    return reply.model_validate({"error": QueryError(error=problem, code="invalid_query")}
+                                ).model_dump(mode="json")
 
 
 def _invalid(reply: type[BaseModel], error: ValidationError, **fields: Any) -> dict[str, Any]:
@@ -117,7 +141,9 @@ class ProjectionsRuntime:
             await self.rebuild(stale)
         broker = make_broker(self.nats_url, name="hitlflow-projections",
                              user=self.settings.nats_user, password=self.settings.nats_password,
-                             token=self.settings.nats_token)
+                             token=self.settings.nats_token,
+                             middlewares=(ExceptionMiddleware(
+                                 publish_handlers={Exception: _query_failed}),))
         self.broker = broker
         self._register(broker)
         await broker.connect()
@@ -235,14 +261,16 @@ class ProjectionsRuntime:
     def _register(self, broker: NatsBroker) -> None:
         db = self.db
 
-        @broker.subscriber(f"{subjects.Q_THREAD}.{{thread_id}}", queue=QUEUE)
-        async def on_thread(body: dict[str, Any], thread_id: str = SubjectPart()) -> dict[str, Any]:
+        @broker.subscriber(f"{subjects.Q_THREAD}.*", queue=QUEUE)
+        async def on_thread(body: dict[str, Any], message: NatsMessage) -> dict[str, Any]:
+            thread_id = _subject_thread(message)
             try:
                 query = ThreadQuery.model_validate(body)
             except ValidationError as error:
                 return _invalid(ThreadReply, error)
-            if query.thread_id not in (None, thread_id):
-                return _other_thread(ThreadReply, thread_id, query.thread_id)
+            refusal = _other_thread(ThreadReply, thread_id, query.thread_id)
+            if refusal is not None:
+                return refusal
             await self.caught_up(query.after)
             view = await asyncio.to_thread(thread_status.thread, db, thread_id)
             if view is None:
@@ -279,26 +307,29 @@ class ProjectionsRuntime:
                 return _invalid(PendingReply, error)
             return await pending(query)
 
-        @broker.subscriber(f"{subjects.Q_PENDING}.{{thread_id}}", queue=QUEUE)
+        @broker.subscriber(f"{subjects.Q_PENDING}.*", queue=QUEUE)
         async def on_thread_pending(body: dict[str, Any],
-                                    thread_id: str = SubjectPart()) -> dict[str, Any]:
+                                    message: NatsMessage) -> dict[str, Any]:
+            thread_id = _subject_thread(message)
             try:
                 query = PendingQuery.model_validate(body or {})
             except ValidationError as error:
                 return _invalid(PendingReply, error)
-            if query.thread_id not in (None, thread_id):
-                return _other_thread(PendingReply, thread_id, query.thread_id)
+            refusal = _other_thread(PendingReply, thread_id, query.thread_id)
+            if refusal is not None:
+                return refusal
             return await pending(query.model_copy(update={"thread_id": thread_id}))
 
-        @broker.subscriber(f"{subjects.Q_TIMELINE}.{{thread_id}}", queue=QUEUE)
-        async def on_timeline(body: dict[str, Any],
-                              thread_id: str = SubjectPart()) -> dict[str, Any]:
+        @broker.subscriber(f"{subjects.Q_TIMELINE}.*", queue=QUEUE)
+        async def on_timeline(body: dict[str, Any], message: NatsMessage) -> dict[str, Any]:
+            thread_id = _subject_thread(message)
             try:
                 query = TimelineQuery.model_validate(body)
             except ValidationError as error:
                 return _invalid(TimelineReply, error)
-            if query.thread_id not in (None, thread_id):
-                return _other_thread(TimelineReply, thread_id, query.thread_id)
+            refusal = _other_thread(TimelineReply, thread_id, query.thread_id)
+            if refusal is not None:
+                return refusal
             await self.caught_up(query.after_positions)
 
             def read() -> TimelineReply:

@@ -117,7 +117,7 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
 
 
 def make_broker(url: str, *, name: str, user: str | None = None, password: str | None = None,
-                token: str | None = None) -> Any:
+                token: str | None = None, middlewares: tuple[Any, ...] = ()) -> Any:
     """A faststream NATS broker that reconnects forever (services must outlive NATS restarts)."""
     from faststream.nats import NatsBroker
     from faststream.nats.security import NatsToken, NatsUserPassword
@@ -136,4 +136,5 @@ def make_broker(url: str, *, name: str, user: str | None = None, password: str |
         drain_timeout=5,
         security=security,
         log_level=logging.DEBUG,
+        middlewares=middlewares,
     )

@@ -46,7 +46,9 @@ class ServiceRuntime:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        broker = make_broker(self._nats_url, name=f"hitlflow-{self.name}", **self._auth)
+        broker = make_broker(self._nats_url, name=f"hitlflow-{self.name}",
+                             user=self._auth.get("user"), password=self._auth.get("password"),
+                             token=self._auth.get("token"))
         self.broker = broker
         await broker.connect()
         check_server(broker.connection, self._nats_url)

@@ -260,3 +260,18 @@ def test_thread_ids_that_are_not_subject_tokens_are_refused(hitl: HitlTestStack,
                                                             thread_id: str) -> None:
     result = cli(hitl.nats_url, "resume", thread_id, "approve")
     assert result.exit_code == 2 and "invalid thread id" in result.stderr
+
+
+def test_a_query_that_fails_is_answered_with_the_reason(hitl: HitlTestStack,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault injection: the view cannot be read. The asker gets ``query_failed`` at once, not
+    a silence that looks like a stack that is down."""
+    from projections import thread_status
+
+    def unreadable(*args: Any) -> None:
+        raise OSError("disk I/O error")
+
+    monkeypatch.setattr(thread_status, "thread", unreadable)
+    reply = hitl.call(hitl.client._query(subjects.thread_query_subject("any-1"), {}, timeout=5))
+    assert reply["error"]["code"] == "query_failed"
+    assert "disk I/O error" in reply["error"]["error"]
