@@ -701,6 +701,8 @@ class FieldFlow:
     outputs: dict[str, str | None]
     must: dict[str, frozenset[str]]
     may: dict[str, frozenset[str]]
+    _trees: dict[str, dict[str, Step | None]] = field(default_factory=dict, repr=False,
+                                                      compare=False)
 
     def produces(self, step: Step, name: str) -> bool:
         return step.carries_output and self.outputs[step.source] == name
@@ -710,24 +712,30 @@ class FieldFlow:
         ``name`` (ties: success before failure before fallback), or None when there is none."""
         if name in self.initial:
             return None
-        if node == self.start:
-            return []
+        came_by = self._paths_missing(name)
+        if node not in came_by:
+            return None
+        path: list[Step] = []
+        back = came_by[node]
+        while back is not None:
+            path.append(back)
+            back = came_by[back.source]
+        return path[::-1]
+
+    def _paths_missing(self, name: str) -> dict[str, Step | None]:
+        """Breadth first from the start node over the edges that do not produce ``name``: the
+        last step of a shortest such path to each node it reaches (computed once per field)."""
+        if name in self._trees:
+            return self._trees[name]
         came_by: dict[str, Step | None] = {self.start: None}
         queue = deque([self.start])
         while queue:
             for step in self.steps[queue.popleft()]:
-                if step.target in came_by or self.produces(step, name):
-                    continue
-                came_by[step.target] = step
-                if step.target == node:
-                    path: list[Step] = []
-                    back: Step | None = step
-                    while back is not None:
-                        path.append(back)
-                        back = came_by[back.source]
-                    return path[::-1]
-                queue.append(step.target)
-        return None
+                if step.target not in came_by and not self.produces(step, name):
+                    came_by[step.target] = step
+                    queue.append(step.target)
+        self._trees[name] = came_by
+        return came_by
 
 
 def field_flow(nodes: list[NodeSpec]) -> FieldFlow:
@@ -778,14 +786,18 @@ def _automatic_loops(file: str, nodes: list[NodeSpec],
                      edges: dict[str, list[str]]) -> list[Problem]:
     automatic = {n.name for n in nodes if interaction_type_of(n) is None}
     auto_edges = {n: [t for t in edges[n] if t in automatic] for n in automatic}
+    back_edges: dict[str, list[str]] = {n: [] for n in automatic}
+    for source, targets in auto_edges.items():
+        for target in targets:
+            back_edges[target].append(source)
     reported: set[str] = set()
     problems: list[Problem] = []
     for node in nodes:
         if node.name not in automatic or node.name in reported:
             continue
-        loop = {t for t in _reachable(node.name, auto_edges)
-                if node.name in _reachable(t, auto_edges)}
-        if node.name in loop and any(node.name in auto_edges[t] for t in loop):
+        # the nodes it reaches that reach it back: its loop (itself alone when there is none)
+        loop = _reachable(node.name, auto_edges) & _reachable(node.name, back_edges)
+        if any(node.name in auto_edges[t] for t in loop):
             members = [n.name for n in nodes if n.name in loop]
             reported |= loop
             problems.append(Problem(file, node.row, "next_on_success",

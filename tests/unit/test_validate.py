@@ -167,3 +167,19 @@ def test_cli_missing_column_and_unreadable_file() -> None:
         stderr)
     code, _, stderr = validate(str(BROKEN / "no_such_file.csv"))
     assert code == 2 and "cannot read file" in stderr
+
+
+def test_a_loop_of_automatic_nodes_is_reported_once_with_its_members() -> None:
+    header = ("graph_name,node_name,agent_type,next_on_success,next_on_failure,prompt,"
+              "input_fields,output_field,context\n")
+    body = ("G,start,input,a,,,request,request,\n"
+            "G,a,echo,b,,,request,x,\n"
+            "G,b,branching,c,a,,x,y,\n"        # b → a closes the loop a → b → a
+            "G,c,echo,c,ask,,y,z,\n"           # c → c: a loop of one node
+            "G,ask,approval_interaction,start,,Go?,z,answer,\n")  # pauses: not reported
+    report = check_workflow("loops.csv", "G", REGISTRY, text=header + body)
+    assert [(p.row, p.message) for p in report.warnings] == [
+        (3, "nodes a → b form a loop with no interaction node: a thread that enters it never "
+            "pauses and fails after too many steps"),
+        (5, "nodes c form a loop with no interaction node: a thread that enters it never "
+            "pauses and fails after too many steps")]
