@@ -147,8 +147,9 @@ def fallback_of(node: NodeSpec) -> FallbackConfig | None:
     raw = node.context.get("fallback")
     if not isinstance(raw, dict):
         return None
-    data = raw.get("data")
-    return FallbackConfig(when=str(raw.get("when", "on_error")), to=raw.get("to"),
+    data, to = raw.get("data"), raw.get("to")
+    return FallbackConfig(when=str(raw.get("when", "on_error")),
+                          to=to if isinstance(to, str) else None,  # else an error of its own
                           action=raw.get("action"), data=data if isinstance(data, dict) else None)
 
 

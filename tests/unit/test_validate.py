@@ -183,3 +183,16 @@ def test_a_loop_of_automatic_nodes_is_reported_once_with_its_members() -> None:
             "pauses and fails after too many steps"),
         (5, "nodes c form a loop with no interaction node: a thread that enters it never "
             "pauses and fails after too many steps")]
+
+
+@pytest.mark.parametrize("to", ['[""x""]', '{""node"": ""x""}', "5"])
+def test_a_fallback_to_that_is_not_a_name_is_an_error_not_a_crash(to: str) -> None:
+    header = ("graph_name,node_name,agent_type,next_on_success,next_on_failure,prompt,"
+              "input_fields,output_field,context\n")
+    body = ("G,start,input,ask,,,request,request,\n"
+            "G,ask,approval_interaction,done,,Go?,request,answer,"
+            f'"{{""fallback"": {{""to"": {to}}}}}"\n'
+            "G,done,output,,,Done,,out,\n")
+    report = check_workflow("fallback.csv", "G", REGISTRY, text=header + body)
+    assert [(p.row, p.message) for p in report.errors] == [
+        (3, "fallback \"to\" must name a node of the graph")]
