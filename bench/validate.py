@@ -1,7 +1,7 @@
 """How long ``hitlflow validate``'s checks take on large graphs, and what filling a prompt costs.
 
-    .venv/bin/python -m bench.validate                 # 100, 300 and 1000 nodes
-    .venv/bin/python -m bench.validate --nodes 500 --repeat 5
+    .venv/bin/python -m bench.validate                 # 100, 250 and 500 nodes (the limit)
+    .venv/bin/python -m bench.validate --nodes 300 --repeat 5
 
 The graph is a ladder built to make the path analysis work hard: node ``kI`` is a branching
 agent whose success route goes through ``pI`` (which produces field ``fI``) and whose failure
@@ -23,6 +23,7 @@ import statistics
 import time
 from collections.abc import Callable
 
+from contracts.limits import MAX_NODES
 from services.workflow.agents import AgentRegistry
 from services.workflow.definition import check_workflow, field_flow, parse_workflow
 from services.workflow.templates import fill
@@ -56,14 +57,14 @@ def timed(run: Callable[[], object], repeat: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--nodes", type=int, nargs="*", default=[100, 300, 1000],
-                        help="graph sizes (nodes, about)")
+    parser.add_argument("--nodes", type=int, nargs="*", default=[100, 250, MAX_NODES],
+                        help=f"graph sizes in nodes (at most {MAX_NODES}, the limit)")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     registry = AgentRegistry()
     print(f"{'nodes':>6} {'warnings':>9} {'check_workflow ms':>18} {'analysis ms':>12}")
     for size in args.nodes:
-        text = ladder(max(1, size // 2))
+        text = ladder(max(1, (min(size, MAX_NODES) - 2) // 2))
         spec = parse_workflow(text, "G", registry)
         nodes = list(spec.nodes)
         report = check_workflow("ladder.csv", "G", registry, text=text)
