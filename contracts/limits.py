@@ -83,6 +83,9 @@ MAX_PAGE_ITEMS: Final = 500
 #: Bytes of one page of a list reply: a page ends before the item that would pass this (a
 #: single item larger than it still comes, alone).
 MAX_PAGE_BYTES: Final = 1 * MIB
+#: Deadlines one ``timeouts check`` fires, or one ``timeouts list`` shows (each well under
+#: 512 bytes in the reply, which is one message).
+MAX_TIMEOUT_LIST: Final = 2_000
 
 
 def json_size(value: Any) -> int:
@@ -159,4 +162,6 @@ LIMITS: Final[dict[str, tuple[int, str, str]]] = {
                               "the least max_payload a NATS server must allow"),
     "page_items": (MAX_PAGE_ITEMS, "items", "items of one page of a list reply"),
     "page_bytes": (MAX_PAGE_BYTES, "bytes", "one page of a list reply"),
+    "timeout_list": (MAX_TIMEOUT_LIST, "deadlines",
+                     "deadlines one 'timeouts check' fires or one 'timeouts list' shows"),
 }

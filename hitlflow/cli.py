@@ -572,6 +572,19 @@ def serve(
         fail(str(error), EXIT_BAD_INPUT)
 
 
+@app.command()
+def contract(
+    fmt: Annotated[str, typer.Option("--format", help="markdown")] = "markdown",
+) -> None:
+    """Print the NATS contract (subjects, messages, limits, events, examples) as generated
+    from the code; docs/contract.md is its output."""
+    from hitlflow.contract_doc import render
+
+    if fmt != "markdown":
+        fail(f"unknown format {fmt!r}; expected: markdown", EXIT_BAD_INPUT)
+    sys.stdout.write(render())
+
+
 app.add_typer(timeouts_app, name="timeouts")
 cli_projections.register(app)  # threads, show, audit, analytics, projections rebuild
 app.command("demo")(cli_demo.demo)  # the guide's five patterns, asked or scripted
