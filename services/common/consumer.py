@@ -13,7 +13,9 @@ message whose handling fails is sorted by what failed (see :func:`_failed`):
 
 While a message is delivered again, the later messages of its thread wait for it (they are
 delivered again too); once it is quarantined they go on. A message whose quarantine record
-cannot be stored is kept and tried again: nothing is dropped.
+cannot be stored is kept and tried again: nothing is dropped. The sender of a command
+quarantined before its outcome was decided is told so (``CommandReply`` with code
+``quarantined``) rather than left waiting.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from pydantic import BaseModel, ValidationError
 
+from contracts.commands import CommandReply
 from contracts.events import EventEnvelope
+from contracts.subjects import REPLY_TO_HEADER
 from services.common.logging import get_logger
 from services.common.quarantine import QuarantineError, describe, is_transient, quarantine
 from services.common.store import Job, ServiceApplication
@@ -125,6 +129,24 @@ async def quarantine_message(msg: Msg, consumer: str, reason: BaseException | st
     return True
 
 
+async def _tell_sender(msg: Msg, reason: str) -> None:
+    """A command quarantined before its outcome was decided: its sender (``Hitl-Reply-To``)
+    gets a refusal that says so instead of waiting for a reply that would never come."""
+    reply_to = (msg.headers or {}).get(REPLY_TO_HEADER)
+    parts = msg.subject.split(".")
+    if not reply_to or len(parts) < 4 or parts[:2] != ["hitl", "cmd"]:
+        return
+    try:
+        reply = CommandReply.model_validate({
+            "ok": False, "command": parts[2], "thread_id": thread_of(msg), "code": "quarantined",
+            "error": f"the command could not be handled and was quarantined ({reason}); "
+                     "'hitlflow doctor' shows it"})
+    except ValidationError:  # not a command this version answers
+        return
+    with contextlib.suppress(Exception):  # best effort: the command itself is kept
+        await msg._client.publish(reply_to, reply.model_dump_json().encode())
+
+
 async def _retry(msg: Msg, consumer: str, error: BaseException | str, policy: RetryPolicy,
                  **detail: Any) -> None:
     """A message that may succeed later: delivered again after a delay."""
@@ -138,7 +160,7 @@ async def _failed(msg: Msg, consumer: str, error: BaseException, policy: RetryPo
     """A message whose handling raised ``error``: quarantined and terminated when no retry can
     help (True), else left to be delivered again (False: the caller holds back the rest of its
     thread)."""
-    if isinstance(error, PoisonMessageError):
+    if isinstance(error, PoisonMessageError):  # (its sender, if any, was told why)
         if await quarantine_message(msg, consumer, error):
             return True
         await _retry(msg, consumer, error, policy, detail="not quarantined yet")
@@ -150,6 +172,7 @@ async def _failed(msg: Msg, consumer: str, error: BaseException, policy: RetryPo
     if attempt >= policy.poison_attempts:
         reason = f"{describe(error)} (failed {attempt} times)"
         if await quarantine_message(msg, consumer, reason):
+            await _tell_sender(msg, reason)
             return True
     await _retry(msg, consumer, error, policy, transient=False, attempt=attempt,
                  poison_attempts=policy.poison_attempts)
