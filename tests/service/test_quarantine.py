@@ -115,11 +115,15 @@ def paused(stack: HitlTestStack) -> str:
 
 
 def goes_on(stack: HitlTestStack, earlier: str) -> None:
-    """A fresh thread runs through, and the thread paused before the poison completes."""
+    """A fresh thread runs through, and the thread paused before the poison completes; the
+    views show both."""
     fresh = unique("fresh")
     stack.assert_paused(stack.start(APPROVAL, STATE, thread_id=fresh), node="approve_gate")
     stack.assert_completed(stack.resume(fresh, "approve"))
     stack.assert_completed(stack.resume(earlier, "approve"))
+    for thread in (fresh, earlier):
+        view = stack.status(thread)
+        assert view is not None and view.status == "completed", view
 
 
 def quarantined(stack: HitlTestStack, source: str, thread_id: str | None,
