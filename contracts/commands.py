@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from contracts.base import Contract
+from contracts.limits import MAX_ACTION, MAX_IDEMPOTENCY_KEY, MAX_NAME, MAX_REASON, MAX_REQUEST_ID
 from contracts.subjects import check_thread_id
 from contracts.workflow import WorkflowSpec
 
@@ -27,28 +28,30 @@ class _ThreadCommand(Contract):
 
 class StartThread(_ThreadCommand):
     workflow: WorkflowSpec
+    #: At most ``MAX_STATE_BYTES`` as JSON (refused ``too_large`` by the workflow service).
     state: dict[str, Any] = Field(default_factory=dict)
-    started_by: str = "anonymous"
+    started_by: str = Field(default="anonymous", max_length=MAX_NAME)
 
 
 class ResumeThread(_ThreadCommand):
     """A human response. ``data`` must be a JSON object (or absent)."""
 
-    action: str = Field(min_length=1)
-    #: Should be a JSON object; anything else is refused (and audited) by the service.
+    action: str = Field(min_length=1, max_length=MAX_ACTION)
+    #: Should be a JSON object; anything else is refused (and audited) by the service. At most
+    #: ``MAX_ANSWER_BYTES`` as JSON: more is refused ``too_large`` (and audited).
     data: Any = None
     #: The data exactly as typed when it was not valid JSON (refused and audited, not dropped).
     raw_data: str | None = None
     #: Which pending request is answered; needed only when a thread waits on several.
-    request_id: str | None = None
+    request_id: str | None = Field(default=None, max_length=MAX_REQUEST_ID)
     #: The same key sent again gets the same outcome and changes nothing.
-    idempotency_key: str = Field(min_length=1, max_length=200)
-    responder: str = "anonymous"
+    idempotency_key: str = Field(min_length=1, max_length=MAX_IDEMPOTENCY_KEY)
+    responder: str = Field(default="anonymous", max_length=MAX_NAME)
 
 
 class CancelThread(_ThreadCommand):
-    reason: str = ""
-    requested_by: str = "anonymous"
+    reason: str = Field(default="", max_length=MAX_REASON)
+    requested_by: str = Field(default="anonymous", max_length=MAX_NAME)
 
 
 class CommandReply(Contract):

@@ -129,6 +129,16 @@ class ThreadCancelled(Contract):
     requested_by: str
 
 
+class CommandRefused(Contract):
+    """A command for this thread that was refused before it could act: ``invalid_command`` (not
+    of its contract, or a body naming another thread than its subject) or ``too_large``. The
+    thread is unchanged; the event keeps the attempt in its history and audit."""
+
+    command: Literal["start", "resume", "cancel", "timeout"]
+    code: str
+    reason: str
+
+
 class NodeDecided(Contract):
     """An interaction node that decided without a person: its ``condition`` was false.
 
@@ -236,6 +246,7 @@ PAYLOADS: dict[str, type[BaseModel]] = {
         ThreadFailed,
         ThreadTimedOut,
         ThreadCancelled,
+        CommandRefused,
         NodeDecided,
         FallbackTaken,
         InteractionRequested,

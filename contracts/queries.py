@@ -2,15 +2,17 @@
 
 Send the JSON of a ``…Query`` model to its subject with a NATS request; the reply is the JSON of
 the matching ``…Reply`` model. A query that breaks its model is answered with ``error``
-(``code="invalid_query"``) naming the field and what was expected. Long results come in pages:
-pass the reply's ``next`` cursor back as ``after`` until it is null.
+(``code="invalid_query"``) naming the field and what was expected; so is a query about one
+thread whose body names another thread than its subject. Lists come in pages of at most
+``limit`` items and ``MAX_PAGE_BYTES`` (``contracts.limits``): pass the reply's ``next`` cursor
+back as ``after`` until it is null.
 
 | subject | request | reply |
 |---|---|---|
-| ``hitl.q.thread`` | :class:`ThreadQuery` | :class:`ThreadReply` |
+| ``hitl.q.thread.<thread_id>`` | :class:`ThreadQuery` | :class:`ThreadReply` |
 | ``hitl.q.threads`` | :class:`ThreadsQuery` | :class:`ThreadsReply` |
-| ``hitl.q.pending`` | :class:`PendingQuery` | :class:`PendingReply` |
-| ``hitl.q.timeline`` | :class:`TimelineQuery` | :class:`TimelineReply` |
+| ``hitl.q.pending[.<thread_id>]`` | :class:`PendingQuery` | :class:`PendingReply` |
+| ``hitl.q.timeline.<thread_id>`` | :class:`TimelineQuery` | :class:`TimelineReply` |
 | ``hitl.q.audit`` | :class:`AuditQuery` | :class:`AuditReply` |
 | ``hitl.q.analytics`` | :class:`AnalyticsQuery` | :class:`AnalyticsReply` |
 | ``hitl.admin.projections.rebuild`` | :class:`RebuildRequest` | :class:`RebuildReply` |
@@ -24,8 +26,8 @@ from typing import Any, Final, Literal
 from pydantic import Field, model_validator
 
 from contracts.base import Contract
+from contracts.limits import MAX_PAGE_ITEMS
 
-Q_TIMELINE: Final = "hitl.q.timeline"
 Q_AUDIT: Final = "hitl.q.audit"
 Q_ANALYTICS: Final = "hitl.q.analytics"
 #: Drop views and replay every service's event store into them (an operator's request).
@@ -35,7 +37,7 @@ VIEW_NAMES: tuple[str, ...] = ("thread_status", "audit_trail", "analytics")
 THREAD_STATUSES: tuple[str, ...] = ("running", "paused", "completed", "failed", "timed_out",
                                     "cancelled")
 AUDIT_EVENTS: tuple[str, ...] = ("requested", "accepted", "rejected", "timed_out", "cancelled",
-                                 "reminded", "escalated", "decided", "fallback")
+                                 "reminded", "escalated", "decided", "fallback", "refused")
 
 
 class QueryError(Contract):
@@ -55,22 +57,43 @@ class Cursor(Contract):
 
 
 class ThreadQuery(Contract):
-    thread_id: str
+    #: Optional: the subject names the thread; when given it must be the same one.
+    thread_id: str | None = None
     #: Read-your-writes: answer only once the view has applied these positions
     #: (service → position in its notification log), or after a bounded wait.
     after: dict[str, int] = Field(default_factory=dict)
+
+
+class ThreadsCursor(Contract):
+    """Where a page of threads ended (threads come most recently updated first)."""
+
+    updated_at: str
+    thread_id: str
 
 
 class ThreadsQuery(Contract):
     status: Literal["running", "paused", "completed", "failed", "timed_out",
                     "cancelled"] | None = None
     graph_name: str | None = None
-    limit: int = Field(default=100, ge=1, le=10_000)
+    #: Items of this page, at most (a page also ends at MAX_PAGE_BYTES; then ``next`` is set).
+    limit: int = Field(default=100, ge=1, le=MAX_PAGE_ITEMS)
+    after: ThreadsCursor | None = None
+
+
+class PendingCursor(Contract):
+    """Where a page of pending requests ended (oldest first)."""
+
+    created_at: str
+    batch_index: int
+    id: str
 
 
 class PendingQuery(Contract):
+    #: Optional on ``hitl.q.pending.<thread_id>`` (the subject names the thread; when given it
+    #: must be the same one); on ``hitl.q.pending`` it narrows to one thread.
     thread_id: str | None = None
-    limit: int = Field(default=100, ge=1, le=10_000)
+    limit: int = Field(default=100, ge=1, le=MAX_PAGE_ITEMS)
+    after: PendingCursor | None = None
 
 
 class PendingInteraction(Contract):
@@ -112,22 +135,26 @@ class ThreadReply(Contract):
 
 class ThreadsReply(Contract):
     threads: list[ThreadView] = Field(default_factory=list)
+    #: Set when more threads match: send the query again with ``after`` = this.
+    next: ThreadsCursor | None = None
     error: QueryError | None = None
 
 
 class PendingReply(Contract):
     pending: list[PendingInteraction] = Field(default_factory=list)
+    next: PendingCursor | None = None
     error: QueryError | None = None
 
 
 class TimelineQuery(Contract):
     """Every event of one thread, from every service, in the order they happened."""
 
-    thread_id: str
+    #: Optional: the subject names the thread; when given it must be the same one.
+    thread_id: str | None = None
     #: Read-your-writes, as in :class:`ThreadQuery`.
     after_positions: dict[str, int] = Field(default_factory=dict)
     after: Cursor | None = None
-    limit: int = Field(default=500, ge=1, le=5_000)
+    limit: int = Field(default=500, ge=1, le=MAX_PAGE_ITEMS)
 
 
 class TimelineEvent(Contract):
@@ -162,12 +189,12 @@ class AuditQuery(Contract):
     #: requested, accepted, rejected, timed_out, cancelled, reminded, escalated, decided,
     #: fallback.
     event: Literal["requested", "accepted", "rejected", "timed_out", "cancelled", "reminded",
-                   "escalated", "decided", "fallback"] | None = None
+                   "escalated", "decided", "fallback", "refused"] | None = None
     #: Entries at or after ``since`` and before ``until``.
     since: datetime | None = None
     until: datetime | None = None
     after: Cursor | None = None
-    limit: int = Field(default=1000, ge=1, le=5_000)
+    limit: int = Field(default=MAX_PAGE_ITEMS, ge=1, le=MAX_PAGE_ITEMS)
 
     @model_validator(mode="after")
     def _range(self) -> AuditQuery:

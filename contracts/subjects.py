@@ -6,6 +6,8 @@ import re
 from collections.abc import Iterable
 from typing import Final
 
+from contracts.limits import MAX_THREAD_ID
+
 COMMANDS_STREAM: Final = "HITL_COMMANDS"
 EVENTS_STREAM: Final = "HITL_EVENTS"
 SCHEDULES_STREAM: Final = "HITL_SCHEDULES"
@@ -24,7 +26,7 @@ REPLY_TO_HEADER: Final = "Hitl-Reply-To"
 #: Header carrying a correlation id through commands, events and logs.
 CORRELATION_HEADER: Final = "Hitl-Correlation-Id"
 
-THREAD_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,127}$"
+THREAD_ID_PATTERN: Final = rf"^[A-Za-z0-9][A-Za-z0-9_\-]{{0,{MAX_THREAD_ID - 1}}}$"
 _THREAD_ID_RE = re.compile(THREAD_ID_PATTERN)
 
 
@@ -34,10 +36,10 @@ class InvalidThreadIdError(ValueError):
 
 def check_thread_id(thread_id: str) -> str:
     """Return ``thread_id`` if it is usable as a subject token, else raise with what is allowed."""
-    if not _THREAD_ID_RE.match(thread_id):
+    if not isinstance(thread_id, str) or not _THREAD_ID_RE.fullmatch(thread_id):
         raise InvalidThreadIdError(
-            f"invalid thread id {thread_id!r}: expected 1-128 characters of letters, digits, "
-            "'_' or '-', starting with a letter or digit"
+            f"invalid thread id {str(thread_id)[:200]!r}: expected 1-{MAX_THREAD_ID} characters "
+            "of letters, digits, '_' or '-', starting with a letter or digit"
         )
     return thread_id
 
@@ -85,10 +87,28 @@ WORKFLOW_EVENTS: Final = "hitl.evt.workflow.>"
 INTERACTION_EVENTS: Final = "hitl.evt.interaction.>"
 TIMEOUT_EVENTS: Final = "hitl.evt.timeout.>"
 
-# Queries (request/reply, answered from projections).
+# Queries (request/reply, answered from projections). A query about one thread is sent to a
+# subject ending with that thread's id (the subject is the authority, as for commands).
 Q_THREAD: Final = "hitl.q.thread"
 Q_THREADS: Final = "hitl.q.threads"
 Q_PENDING: Final = "hitl.q.pending"
+Q_TIMELINE: Final = "hitl.q.timeline"
+
+
+def thread_query_subject(thread_id: str) -> str:
+    """``hitl.q.thread.<thread_id>``: one thread's status."""
+    return f"{Q_THREAD}.{check_thread_id(thread_id)}"
+
+
+def timeline_query_subject(thread_id: str) -> str:
+    """``hitl.q.timeline.<thread_id>``: one thread's events."""
+    return f"{Q_TIMELINE}.{check_thread_id(thread_id)}"
+
+
+def pending_query_subject(thread_id: str | None = None) -> str:
+    """``hitl.q.pending.<thread_id>`` for one thread's open requests, ``hitl.q.pending`` for
+    every thread's."""
+    return Q_PENDING if thread_id is None else f"{Q_PENDING}.{check_thread_id(thread_id)}"
 
 # Timers (stream HITL_SCHEDULES, which allows message schedules): one held schedule message per
 # request on ``hitl.sched.at.<request_id>.<thread_id>``; at its time the server publishes the

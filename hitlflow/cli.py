@@ -21,16 +21,20 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 
+from contracts.limits import MAX_ANSWER_BYTES, MAX_STATE_BYTES, TooLargeError, check_bytes
 from contracts.subjects import InvalidThreadIdError, check_thread_id
 from hitlflow import cli_demo, cli_doctor, cli_projections, display
 from hitlflow.cli_common import (
     EXIT_BAD_INPUT,
     EXIT_NO_STACK,
     EXIT_REFUSED,
+    OPTION_NAMES,
     JsonOut,
     NatsUrl,
     client_for,
+    describe_input_error,
     err,
     fail,
     out,
@@ -40,6 +44,7 @@ from hitlflow.cli_timeouts import app as timeouts_app
 from hitlflow.client import NoOutcomeError, Outcome, StackUnavailableError
 from hitlflow.settings import Settings, SettingsError, load_settings
 from services.common.logging import configure_logging, get_logger
+from services.common.messaging import ServerLimitError
 from services.workflow.definition import WorkflowError, load_workflow
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -57,6 +62,22 @@ def _run(coro: Any) -> Any:
         fail(str(error), EXIT_NO_STACK)
     except NoOutcomeError as error:
         fail(str(error), EXIT_NO_STACK)
+    except TooLargeError as error:
+        fail(str(error), EXIT_BAD_INPUT)
+    except ValidationError as error:  # an option the command's contract does not allow
+        fail(describe_input_error(error, OPTION_NAMES), EXIT_BAD_INPUT)
+
+
+def _read_input(path: Path, what: str, limit: int) -> str:
+    """A file given as input, refused before it is read when it is larger than ``limit``."""
+    try:
+        check_bytes(f"{what} {path}", path.stat().st_size, limit)
+        return path.read_text(encoding="utf-8")
+    except TooLargeError as error:
+        fail(str(error), EXIT_BAD_INPUT)
+    except (OSError, UnicodeDecodeError) as error:
+        fail(f"cannot read {what} {path}: {getattr(error, 'strerror', None) or error}",
+             EXIT_BAD_INPUT)
 
 
 def _thread_id(value: str) -> str:
@@ -106,7 +127,7 @@ def run(
         workflow = load_workflow(target)
     except WorkflowError as error:
         fail(str(error), EXIT_BAD_INPUT)
-    text = state_file.read_text() if state_file else state
+    text = _read_input(state_file, "--state-file", MAX_STATE_BYTES) if state_file else state
     initial = _json_object(text, "--state-file" if state_file else "--state")
     if thread_id is not None:
         _thread_id(thread_id)
@@ -140,7 +161,7 @@ def resume(
     _thread_id(thread_id)
     if data is not None and data_file is not None:
         fail("give either --data or --data-file, not both", EXIT_BAD_INPUT)
-    text = data_file.read_text() if data_file else data
+    text = _read_input(data_file, "--data-file", MAX_ANSWER_BYTES) if data_file else data
     parsed: Any = None
     raw: str | None = None
     if text is not None:
@@ -298,11 +319,23 @@ def validate(
 
 
 def _live_stack(settings: Settings) -> dict[str, Any] | None:
+    """The stack ``stack.json`` describes, if its process is still the one that wrote it;
+    a file left by a stack that died (crash, kill -9, reboot) is removed. ``nats_ok`` in the
+    result says whether its NATS answers."""
+    from hitlflow.stack import nats_answers, process_identity
+
     try:
         info: dict[str, Any] = json.loads(settings.stack_file.read_text())
-        os.kill(int(info["pid"]), 0)
-    except (OSError, ValueError, KeyError):
+        pid = int(info["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
         return None
+    started = info.get("pid_start")
+    alive = process_identity(pid)
+    if alive is None or (started is not None and alive != started):
+        with contextlib.suppress(OSError):
+            settings.stack_file.unlink()
+        return None
+    info["nats_ok"] = nats_answers(str(info.get("nats_url", "")))
     return info
 
 
@@ -346,7 +379,10 @@ async def _serve_until_signal(start: Any, stop: Any, on_started: Any = None,
 
 def _write_stack_file(settings: Settings, stack: Any, started_at: str) -> None:
     """``stack.json``, how other commands find the stack; replaced whole, never half written."""
-    info = {"pid": os.getpid(), "nats_url": stack.nats_url, "home": str(settings.home),
+    from hitlflow.stack import process_identity
+
+    info = {"pid": os.getpid(), "pid_start": process_identity(os.getpid()),
+            "nats_url": stack.nats_url, "home": str(settings.home),
             "started_at": started_at, "mode": stack.mode, "services": stack.service_pids()}
     partial = settings.stack_file.with_name(settings.stack_file.name + ".tmp")
     partial.write_text(json.dumps(info))
@@ -376,9 +412,13 @@ def up(
 
     settings = load_settings(home=home)
     running = _live_stack(settings)
-    if running:
+    if running and running["nats_ok"]:
         fail(f"a hitlflow stack is already running (pid {running['pid']}, "
              f"{running['nats_url']}); stop it with 'hitlflow down'", EXIT_BAD_INPUT)
+    if running:
+        fail(f"a hitlflow stack process is running (pid {running['pid']}) but its NATS at "
+             f"{running['nats_url']} does not answer; stop it with 'hitlflow down'",
+             EXIT_BAD_INPUT)
     if detach:
         _detach(settings, port, nats_url, one_process)
         return
@@ -407,7 +447,7 @@ def up(
     settings.home.mkdir(parents=True, exist_ok=True)
     try:
         asyncio.run(_serve_until_signal(stack.start, stop, started))
-    except (PortInUseError, NatsServerNotFoundError) as error:
+    except (PortInUseError, NatsServerNotFoundError, ServerLimitError) as error:
         fail(str(error), EXIT_BAD_INPUT)
     except ServiceStartError as error:
         fail(str(error), EXIT_NO_STACK)
@@ -506,8 +546,11 @@ def serve(
             os.write(ready_fd, b"ready\n")
             os.close(ready_fd)
 
-    asyncio.run(_serve_until_signal(runtime.start, runtime.stop, ready,
-                                    lambda: _exit_after(SERVE_STOP_TIMEOUT, service)))
+    try:
+        asyncio.run(_serve_until_signal(runtime.start, runtime.stop, ready,
+                                        lambda: _exit_after(SERVE_STOP_TIMEOUT, service)))
+    except ServerLimitError as error:
+        fail(str(error), EXIT_BAD_INPUT)
 
 
 app.add_typer(timeouts_app, name="timeouts")

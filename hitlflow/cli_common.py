@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Annotated, NoReturn
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 from hitlflow.client import HitlClient
@@ -37,6 +38,23 @@ def fail(message: str, code: int) -> NoReturn:
     """One line on stderr, then exit with ``code``."""
     say_error(message)
     raise typer.Exit(code)
+
+
+#: A command's fields as the CLI's options name them.
+OPTION_NAMES = {"action": "the action", "idempotency_key": "--key", "responder": "--as",
+                "request_id": "--request-id", "reason": "--reason", "requested_by": "--as",
+                "started_by": "--by"}
+
+
+def describe_input_error(error: ValidationError, names: dict[str, str] | None = None) -> str:
+    """``invalid input: action: String should have at most 64 characters``: which value the
+    contract refused, and why (fields named as in ``names``, when given)."""
+    names = names or {}
+    problems = []
+    for item in error.errors()[:3]:
+        field = ".".join(str(p) for p in item["loc"])
+        problems.append(f"{names.get(field, field)}: {item['msg']}")
+    return "invalid input: " + "; ".join(problems)
 
 
 def client_for(settings: Settings) -> HitlClient:

@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from contracts.limits import MAX_PAGE_ITEMS
 from contracts.queries import (
     THREAD_STATUSES,
     VIEW_NAMES,
@@ -122,7 +123,9 @@ def threads(
         "--status", help=f"Only threads in this status: {', '.join(THREAD_STATUSES)}.")] = None,
     graph: Annotated[str | None, typer.Option("--graph", help="Only threads of this graph.")]
     = None,
-    limit: Annotated[int, typer.Option("--limit", min=1, max=10_000)] = 100,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1_000_000,
+                                       help="Most threads listed (fetched a page at a time).")]
+    = 100,
     nats_url: NatsUrl = None,
     as_json: JsonOut = False,
 ) -> None:
@@ -308,15 +311,15 @@ def audit(
         "--type", help="approval, edit, choice, text_input or conversation.")] = None,
     event: Annotated[str | None, typer.Option(
         "--event", help="requested, accepted, rejected, timed_out, cancelled, reminded, "
-                        "escalated, decided or fallback.")] = None,
+                        "escalated, decided, fallback or refused.")] = None,
     request_id: Annotated[str | None, typer.Option("--request-id", help="One request.")]
     = None,
     since: Since = None,
     until: Until = None,
     days: Days = None,
     fmt: Annotated[Format, typer.Option("--format", help="table, json or csv.")] = Format.table,
-    page: Annotated[int, typer.Option("--page-size", min=1, max=5000,
-                                      help="Entries fetched per request.")] = 1000,
+    page: Annotated[int, typer.Option("--page-size", min=1, max=MAX_PAGE_ITEMS,
+                                      help="Entries fetched per request.")] = MAX_PAGE_ITEMS,
     nats_url: NatsUrl = None,
     as_json: JsonOut = False,
 ) -> None:

@@ -24,16 +24,24 @@ from pydantic import ValidationError
 from contracts import subjects
 from contracts.commands import CancelThread, CommandReply, ResumeThread, StartThread
 from contracts.events import EventEnvelope
+from contracts.limits import (
+    MAX_ANSWER_BYTES,
+    MAX_COMMAND_BYTES,
+    MAX_PAGE_ITEMS,
+    MAX_STATE_BYTES,
+    check_bytes,
+    check_size,
+)
 from contracts.queries import (
     ADMIN_REBUILD,
     Q_ANALYTICS,
     Q_AUDIT,
-    Q_TIMELINE,
     AnalyticsQuery,
     AnalyticsReply,
     AuditEntry,
     AuditQuery,
     AuditReply,
+    PendingCursor,
     PendingInteraction,
     PendingQuery,
     PendingReply,
@@ -41,6 +49,7 @@ from contracts.queries import (
     RebuildRequest,
     ThreadQuery,
     ThreadReply,
+    ThreadsCursor,
     ThreadsQuery,
     ThreadsReply,
     ThreadView,
@@ -115,9 +124,13 @@ class _ThreadWatch:
             self.queue.put_nowait(EventEnvelope.model_validate_json(msg.data))
 
     async def settle(self, outcome: Outcome, timeout: float,
-                     after_interaction: str | None = None) -> None:
-        """Wait until the thread pauses (with every request opened) or ends."""
+                     after_interaction: str | None = None) -> bool:
+        """Wait until the thread pauses (with every request opened) or ends, at most
+        ``timeout`` seconds. Returns whether the command's effect was seen at all: the thread's
+        first event after a start, its ThreadResumed for ``after_interaction`` after an
+        answer. (A thread that resumed and is still running when the time is up has seen it.)"""
         waiting_for_resume = after_interaction is not None
+        seen = False
         expected: set[str] = set()
         opened: dict[str, dict[str, Any]] = {}
         loop = asyncio.get_running_loop()
@@ -125,21 +138,23 @@ class _ThreadWatch:
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0:
-                return
+                return seen
             try:
                 env = await asyncio.wait_for(self.queue.get(), remaining)
             except TimeoutError:
-                return
+                return seen
             self.events.append(env)
+            seen = seen or not waiting_for_resume
             p = env.payload
             if waiting_for_resume:
                 if env.event_type == "ThreadResumed" and p["interaction_id"] == after_interaction:
                     waiting_for_resume = False
+                    seen = True
                     outcome.status = "running"
                     if p.get("waiting_on", 0) > 0:
                         outcome.status = "paused"
                         outcome.node = p["node"]
-                        return
+                        return True
                 continue
             if env.event_type == "ThreadPaused":
                 outcome.status = "paused"
@@ -152,13 +167,13 @@ class _ThreadWatch:
                 outcome.node = p.get("node")
                 outcome.output = p.get("output")
                 outcome.error = p.get("error")
-                return
+                return True
             elif env.event_type == "NodeCompleted":
                 outcome.status = "running"
             if expected and expected <= set(opened):
                 outcome.pending = sorted((opened[i] for i in expected),
                                          key=lambda r: r.get("batch_index", 0))
-                return
+                return True
 
 
 class HitlClient:
@@ -202,6 +217,7 @@ class HitlClient:
     async def start(self, workflow: WorkflowSpec, state: dict[str, Any] | None = None, *,
                     thread_id: str | None = None, started_by: str = "cli",
                     wait: bool = True) -> Outcome:
+        check_size("the initial state", state or {}, MAX_STATE_BYTES)
         command = StartThread(thread_id=thread_id or f"thread_{uuid.uuid4().hex[:12]}",
                               workflow=workflow, state=state or {}, started_by=started_by)
         return await self._send(subjects.start_subject(command.thread_id), command,
@@ -211,6 +227,10 @@ class HitlClient:
                      raw_data: str | None = None, request_id: str | None = None,
                      idempotency_key: str | None = None, responder: str = "cli",
                      wait: bool = True) -> Outcome:
+        if raw_data is not None:
+            check_bytes("the answer's data", len(raw_data.encode()), MAX_ANSWER_BYTES)
+        else:
+            check_size("the answer's data", data, MAX_ANSWER_BYTES)
         command = ResumeThread(thread_id=thread_id, action=action, data=data, raw_data=raw_data,
                                request_id=request_id,
                                idempotency_key=idempotency_key or uuid.uuid4().hex,
@@ -224,6 +244,7 @@ class HitlClient:
 
     async def publish_raw(self, subject: str, payload: bytes) -> CommandReply:
         """Send bytes as a command (for systems that build their own JSON); returns the reply."""
+        check_bytes("the command", len(payload), MAX_COMMAND_BYTES)
         inbox = self.nc.new_inbox()
         replies = await self.nc.subscribe(inbox, max_msgs=1)
         try:
@@ -239,13 +260,15 @@ class HitlClient:
 
     async def _send(self, subject: str, command: Any, thread_id: str, *,
                     wait: bool = True) -> Outcome:
+        payload = command.model_dump_json().encode()
+        check_bytes("the command", len(payload), MAX_COMMAND_BYTES)
         nc = self.nc
         watch = _ThreadWatch()
         events = await nc.subscribe(subjects.thread_events_subject(thread_id), cb=watch.on_msg)
         inbox = nc.new_inbox()
         replies = await nc.subscribe(inbox, max_msgs=1)
         try:
-            await nc.jetstream().publish(subject, command.model_dump_json().encode(),
+            await nc.jetstream().publish(subject, payload,
                                          headers={subjects.REPLY_TO_HEADER: inbox})
             try:
                 msg = await replies.next_msg(self.reply_timeout)
@@ -257,9 +280,11 @@ class HitlClient:
             reply = CommandReply.model_validate_json(msg.data)
             outcome = Outcome(reply=reply)
             if reply.ok and wait and not reply.duplicate:
-                await watch.settle(outcome, self.reply_timeout,
-                                   after_interaction=reply.interaction_id
-                                   if reply.command == "resume" else None)
+                settled = await watch.settle(outcome, self.reply_timeout,
+                                             after_interaction=reply.interaction_id
+                                             if reply.command == "resume" else None)
+                if not settled:
+                    raise NoOutcomeError(_not_carried_out(reply, self.reply_timeout))
             outcome.events = watch.events
             after: dict[str, int] = {}
             for env in watch.events:
@@ -300,36 +325,68 @@ class HitlClient:
 
     async def thread(self, thread_id: str, *,
                      after: dict[str, int] | None = None) -> ThreadView | None:
-        query = ThreadQuery(thread_id=thread_id, after=after or {})
-        reply = ThreadReply.model_validate(await self._query(subjects.Q_THREAD, query.model_dump()))
+        query = ThreadQuery(after=after or {})
+        reply = ThreadReply.model_validate(
+            await self._query(subjects.thread_query_subject(thread_id), query.model_dump()))
         return reply.thread
 
     async def threads(self, status: str | None = None, limit: int = 100,
                       graph_name: str | None = None) -> list[ThreadView]:
-        try:
-            body = ThreadsQuery.model_validate(
-                {"status": status, "limit": limit, "graph_name": graph_name}).model_dump()
-        except ValidationError as error:
-            where = ".".join(str(p) for p in error.errors()[0]["loc"])
-            raise QueryRefusedError(f"invalid threads query: {where}: "
-                                    f"{error.errors()[0]['msg']}", "invalid_query") from error
-        reply = ThreadsReply.model_validate(await self._query(subjects.Q_THREADS, body))
-        _raise_for(reply.error)
-        return reply.threads
+        """Up to ``limit`` threads, most recently updated first (fetched a page at a time)."""
+        return [view async for view in self.iter_threads(status, limit, graph_name)]
+
+    async def iter_threads(self, status: str | None = None, limit: int | None = None,
+                           graph_name: str | None = None) -> AsyncIterator[ThreadView]:
+        """Threads, most recently updated first, a page at a time (all when ``limit`` is None)."""
+        left = limit
+        after: ThreadsCursor | None = None
+        while left is None or left > 0:
+            page = MAX_PAGE_ITEMS if left is None else min(left, MAX_PAGE_ITEMS)
+            try:
+                query = ThreadsQuery.model_validate(
+                    {"status": status, "limit": page, "graph_name": graph_name, "after": after})
+            except ValidationError as error:
+                where = ".".join(str(p) for p in error.errors()[0]["loc"])
+                raise QueryRefusedError(f"invalid threads query: {where}: "
+                                        f"{error.errors()[0]['msg']}", "invalid_query") from error
+            reply = ThreadsReply.model_validate(
+                await self._query(subjects.Q_THREADS, query.model_dump(mode="json")))
+            _raise_for(reply.error)
+            for view in reply.threads:
+                yield view
+            if left is not None:
+                left -= len(reply.threads)
+            if reply.next is None:
+                return
+            after = reply.next
 
     async def pending(self, thread_id: str | None = None,
                       limit: int = 100) -> list[PendingInteraction]:
-        body = PendingQuery(thread_id=thread_id, limit=limit).model_dump()
-        return PendingReply.model_validate(await self._query(subjects.Q_PENDING, body)).pending
+        """Up to ``limit`` open requests (of one thread, or all), oldest first."""
+        found: list[PendingInteraction] = []
+        after: PendingCursor | None = None
+        subject = subjects.pending_query_subject(thread_id)
+        while len(found) < limit:
+            query = PendingQuery(limit=min(limit - len(found), MAX_PAGE_ITEMS), after=after)
+            reply = PendingReply.model_validate(
+                await self._query(subject, query.model_dump(mode="json")))
+            _raise_for(reply.error)
+            found += reply.pending
+            if reply.next is None:
+                break
+            after = reply.next
+        return found
 
     async def timeline(self, thread_id: str, *, after: dict[str, int] | None = None,
-                       page: int = 500) -> tuple[ThreadView | None, list[TimelineEvent]]:
+                       page: int = MAX_PAGE_ITEMS,
+                       ) -> tuple[ThreadView | None, list[TimelineEvent]]:
         """A thread's status and every event of it, oldest first (None when unknown)."""
         events: list[TimelineEvent] = []
-        query = TimelineQuery(thread_id=thread_id, after_positions=after or {}, limit=page)
+        query = TimelineQuery(after_positions=after or {}, limit=page)
+        subject = subjects.timeline_query_subject(thread_id)
         while True:
             reply = TimelineReply.model_validate(
-                await self._query(Q_TIMELINE, query.model_dump(mode="json")))
+                await self._query(subject, query.model_dump(mode="json")))
             if reply.error is not None and reply.error.code == "not_found":
                 return None, []
             _raise_for(reply.error)
@@ -364,6 +421,19 @@ class HitlClient:
         reply = RebuildReply.model_validate(await self._query(ADMIN_REBUILD, body, timeout))
         _raise_for(reply.error)
         return reply
+
+
+def _not_carried_out(reply: CommandReply, timeout: float) -> str:
+    """What to tell the sender of a command that was decided but whose effect on the thread
+    was not seen within ``timeout``: it is not reported as done."""
+    if reply.command == "resume":
+        done = (f"the answer was accepted (request {reply.interaction_id}) but thread "
+                f"{reply.thread_id!r} did not resume")
+    else:
+        done = f"the {reply.command} command was accepted but thread {reply.thread_id!r} did not"\
+               " move"
+    return (f"{done} within {timeout:g}s: its events have not arrived. It takes effect when "
+            "the stack catches up; see 'hitlflow status' and 'hitlflow doctor'")
 
 
 def _raise_for(error: Any) -> None:

@@ -14,11 +14,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Header, HTTPException, Request
+from fastapi import FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from contracts.limits import MAX_COMMAND_BYTES, TooLargeError
 from contracts.subjects import InvalidThreadIdError, check_thread_id
+from hitlflow.cli_common import describe_input_error
 from hitlflow.client import (
     HitlClient,
     NoOutcomeError,
@@ -29,8 +31,12 @@ from hitlflow.client import (
 from hitlflow.settings import Settings
 from services.workflow.definition import WorkflowError, parse_workflow
 
+#: Most items one list request returns (fetched from the projections a page at a time).
+MAX_HTTP_LIST = 10_000
+
 #: HTTP status for each refusal code.
 STATUS_OF_CODE = {
+    "too_large": 413,
     "invalid_response": 422,
     "invalid_command": 422,
     "missing_input": 422,
@@ -42,6 +48,58 @@ STATUS_OF_CODE = {
     "already_answered": 409,
     "ambiguous_request": 409,
 }
+
+
+class BodyTooLargeError(Exception):
+    """A request body over MAX_COMMAND_BYTES."""
+
+
+class LimitBody:
+    """ASGI middleware: a request body larger than ``limit`` bytes is refused with 413 before
+    it is read whole (by its Content-Length, or while it streams in)."""
+
+    def __init__(self, app: Any, limit: int = MAX_COMMAND_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(send, int(declared))
+            return
+        seen = 0
+        started = False
+
+        async def counting() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise BodyTooLargeError
+            return message
+
+        async def sending(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting, sending)
+        except BodyTooLargeError:
+            if not started:
+                await self._refuse(send, seen)
+
+    async def _refuse(self, send: Any, size: int) -> None:
+        body = json.dumps({"code": "too_large", "error": str(
+            TooLargeError("the request body", size, self.limit))}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
 
 
 class StartBody(BaseModel):
@@ -75,6 +133,31 @@ def _thread_id(value: str) -> str:
         raise HTTPException(400, str(error)) from error
 
 
+def _answer_errors(app: FastAPI) -> None:
+    """Each kind of failure as an HTTP status with a JSON body that says why."""
+
+    @app.exception_handler(StackUnavailableError)
+    async def unavailable(request: Request, error: StackUnavailableError) -> JSONResponse:
+        return JSONResponse({"error": str(error)}, status_code=503)
+
+    @app.exception_handler(QueryRefusedError)
+    async def refused_query(request: Request, error: QueryRefusedError) -> JSONResponse:
+        return JSONResponse({"error": str(error)}, status_code=400)
+
+    @app.exception_handler(TooLargeError)
+    async def too_large(request: Request, error: TooLargeError) -> JSONResponse:
+        return JSONResponse({"code": "too_large", "error": str(error)}, status_code=413)
+
+    @app.exception_handler(ValidationError)
+    async def invalid(request: Request, error: ValidationError) -> JSONResponse:
+        return JSONResponse({"code": "invalid_command", "error": describe_input_error(error)},
+                            status_code=422)
+
+    @app.exception_handler(NoOutcomeError)
+    async def no_outcome(request: Request, error: NoOutcomeError) -> JSONResponse:
+        return JSONResponse({"error": str(error)}, status_code=504)
+
+
 def create_app(settings: Settings, client: HitlClient | None = None) -> FastAPI:
     holder: dict[str, HitlClient] = {}
 
@@ -94,18 +177,9 @@ def create_app(settings: Settings, client: HitlClient | None = None) -> FastAPI:
 
     app = FastAPI(title="hitlflow", version="0.1.0", lifespan=lifespan,
                   description="Start threads, answer their requests, read their status.")
+    app.add_middleware(LimitBody)
 
-    @app.exception_handler(StackUnavailableError)
-    async def unavailable(request: Request, error: StackUnavailableError) -> JSONResponse:
-        return JSONResponse({"error": str(error)}, status_code=503)
-
-    @app.exception_handler(QueryRefusedError)
-    async def refused_query(request: Request, error: QueryRefusedError) -> JSONResponse:
-        return JSONResponse({"error": str(error)}, status_code=400)
-
-    @app.exception_handler(NoOutcomeError)
-    async def no_outcome(request: Request, error: NoOutcomeError) -> JSONResponse:
-        return JSONResponse({"error": str(error)}, status_code=504)
+    _answer_errors(app)
 
     def hitl() -> HitlClient:
         return holder["client"]
@@ -174,11 +248,15 @@ def create_app(settings: Settings, client: HitlClient | None = None) -> FastAPI:
         return view.model_dump(mode="json")
 
     @app.get("/threads")
-    async def threads(status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    async def threads(status: str | None = None,
+                      limit: int = Query(default=100, ge=1, le=MAX_HTTP_LIST),
+                      ) -> list[dict[str, Any]]:
         return [t.model_dump(mode="json") for t in await hitl().threads(status, limit)]
 
     @app.get("/pending")
-    async def pending(thread_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    async def pending(thread_id: str | None = None,
+                      limit: int = Query(default=100, ge=1, le=MAX_HTTP_LIST),
+                      ) -> list[dict[str, Any]]:
         if thread_id is not None:
             _thread_id(thread_id)
         return [p.model_dump(mode="json") for p in await hitl().pending(thread_id, limit)]

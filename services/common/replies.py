@@ -12,7 +12,8 @@ from nats.aio.msg import Msg
 from pydantic import BaseModel, ValidationError
 
 from contracts.commands import CommandReply
-from contracts.subjects import REPLY_TO_HEADER
+from contracts.limits import MAX_COMMAND_BYTES, TooLargeError
+from contracts.subjects import REPLY_TO_HEADER, InvalidThreadIdError, check_thread_id
 from services.common.consumer import PoisonMessageError, thread_of
 
 
@@ -35,31 +36,82 @@ def describe_validation_error(error: ValidationError) -> str:
     return "invalid command: " + "; ".join(parts)
 
 
-async def refuse(client: Client, msg: Msg, command: Any, error: ValidationError) -> None:
-    """A command that breaks its contract: tell the sender exactly why, then dead-letter it."""
-    reply = CommandReply(ok=False, command=command, thread_id=thread_of(msg),
-                         code="invalid_command", error=describe_validation_error(error))
-    await send_reply(client, msg, reply)
-    raise PoisonMessageError(reply.error or "invalid command")
+class CommandRefusedError(PoisonMessageError):
+    """A command message no retry will make valid: too large, not of its contract, or for
+    another thread than its subject names. ``code`` is ``too_large`` or ``invalid_command``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 C = TypeVar("C", bound=BaseModel)
+
+
+def read_command(msg: Msg, model: type[C], subject_for: Callable[[str], str]) -> C:
+    """Decode a command message. The subject is the authority on the thread: a body naming
+    another thread than ``subject_for(thread_id)`` is refused, whatever else it says."""
+    size = len(msg.data)
+    if size > MAX_COMMAND_BYTES:
+        raise CommandRefusedError("too_large",
+                                  str(TooLargeError("the command", size, MAX_COMMAND_BYTES)))
+    try:
+        parsed = model.model_validate_json(msg.data)
+    except ValidationError as error:
+        raise CommandRefusedError("invalid_command", describe_validation_error(error)) from error
+    thread_id = str(getattr(parsed, "thread_id", ""))
+    try:
+        expected = subject_for(thread_id)
+    except InvalidThreadIdError as error:
+        raise CommandRefusedError("invalid_command", f"invalid command: {error}") from error
+    if msg.subject != expected:
+        raise CommandRefusedError(
+            "invalid_command",
+            f"invalid command: it names thread {thread_id!r} but was sent to {msg.subject!r}; "
+            f"a command acts on the thread its subject names (for this body: {expected!r})")
+    return parsed
+
+
+async def audit_refusal(msg: Msg, error: CommandRefusedError,
+                        record: Callable[[str, str, str, int], None] | None) -> None:
+    """Give a refused command to ``record`` when its subject names a valid thread."""
+    thread_id = thread_of(msg)
+    if record is None:
+        return
+    try:
+        check_thread_id(thread_id)
+    except InvalidThreadIdError:
+        return
+    await asyncio.to_thread(record, thread_id, error.code, str(error), stream_position(msg))
+
+
+async def refuse(client: Client, msg: Msg, command: Any, error: CommandRefusedError) -> None:
+    """Tell the sender exactly why its command was refused, then dead-letter it."""
+    reply = CommandReply(ok=False, command=command, thread_id=thread_of(msg),
+                         code=error.code, error=str(error))
+    await send_reply(client, msg, reply)
+    raise error
 
 
 def command_handler(
     broker: Any,
     model: type[C],
     command: Any,
+    subject_for: Callable[[str], str],
     decide: Callable[[C, int], CommandReply],
+    on_refused: Callable[[str, str, str, int], None] | None = None,
 ) -> Callable[[Msg], Awaitable[None]]:
-    """The thin handler of a command stream: decode ``model``, one application call (given the
-    command and its stream position), reply. A command that breaks its contract is refused."""
+    """The thin handler of a command stream: decode ``model`` (:func:`read_command`), one
+    application call (given the command and its stream position), reply. A refused command
+    is given to ``on_refused(thread_id, code, reason, position)`` (to keep it in the audit of
+    the thread its subject names) before the sender is told."""
 
     async def handle(msg: Msg) -> None:
         with structlog.contextvars.bound_contextvars(thread_id=thread_of(msg)):
             try:
-                parsed = model.model_validate_json(msg.data)
-            except ValidationError as error:
+                parsed = read_command(msg, model, subject_for)
+            except CommandRefusedError as error:
+                await audit_refusal(msg, error, on_refused)
                 await refuse(broker.connection, msg, command, error)
                 return
             reply = await asyncio.to_thread(decide, parsed, stream_position(msg))

@@ -11,7 +11,7 @@ from faststream.nats import NatsBroker
 
 from services.common.consumer import PullConsumer, RetryPolicy, Subscription
 from services.common.logging import get_logger
-from services.common.messaging import ensure_streams, make_broker
+from services.common.messaging import check_server, ensure_streams, make_broker
 from services.common.relay import Relay, ToEnvelope
 from services.common.store import ServiceApplication
 
@@ -52,6 +52,7 @@ class ServiceRuntime:
         broker = make_broker(self._nats_url, name=f"hitlflow-{self.name}", **self._auth)
         self.broker = broker
         await broker.connect()
+        check_server(broker.connection, self._nats_url)
         js = broker.connection.jetstream()
         await ensure_streams(js, self._replicas)
         await broker.start()

@@ -17,9 +17,11 @@ from services.common.logging import get_logger
 from services.common.responses import InteractionError, InvalidResponseError
 from services.common.store import Job, ServiceApplication
 from services.interaction.domain import (
+    AnswerTooLargeError,
     Inbox,
     Interaction,
     MalformedCommandError,
+    check_answer_size,
     inbox_uuid,
 )
 
@@ -56,6 +58,7 @@ class InteractionService(ServiceApplication):
             now = self.clock.now()
             request_id: str | None = pinned["request_id"]
             try:
+                check_answer_size(command.data, command.raw_data)
                 if command.raw_data is not None:
                     raise InvalidResponseError(
                         f"response data is not valid JSON ({command.raw_data[:80]!r}); "
@@ -85,15 +88,17 @@ class InteractionService(ServiceApplication):
 
         return Job(command.thread_id, decide, settled=settled)
 
-    def record_malformed(self, thread_id: str, reason: str, position: int) -> None:
-        """Keep a resume command that broke its contract as a refused attempt."""
-        key = f"malformed:{position}"
+    def record_refused(self, thread_id: str, code: str, reason: str, position: int) -> None:
+        """Keep a resume command that was refused before it could be decided (too large, not
+        of the ResumeThread contract, sent for another thread) as a refused attempt."""
+        key = f"malformed:{position}"  # (the name older releases used)
+        error = (AnswerTooLargeError(reason) if code == AnswerTooLargeError.code
+                 else MalformedCommandError(reason))
 
         def attempt() -> None:
             inbox = self._inbox(thread_id)
             if key not in inbox.outcomes:
-                inbox.reject(None, "", None, "unknown", key, MalformedCommandError(reason),
-                             self.clock.now())
+                inbox.reject(None, "", None, "unknown", key, error, self.clock.now())
                 self.record([inbox])
 
         self.retry_on_conflict(attempt)

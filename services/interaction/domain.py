@@ -14,6 +14,7 @@ from uuid import UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
+from contracts.limits import MAX_ANSWER_BYTES, TooLargeError, json_size
 from contracts.timeouts import InvalidTimeoutPolicyError, TimeoutPolicy
 from services.common.responses import (
     Decision,
@@ -26,6 +27,9 @@ from services.common.responses import (
 NAMESPACE = UUID("0b8f3f0e-51b8-4b8a-a1b9-8f3b1f6d2a77")
 #: Who an answer taken by a timeout policy is recorded as.
 TIMEOUT_RESPONDER = "timeout"
+#: A refused attempt keeps at most this many of its data's keys, and this much of the reason.
+MAX_KEPT_KEYS = 50
+MAX_KEPT_REASON = 1_000
 
 
 
@@ -61,6 +65,21 @@ class MalformedCommandError(InteractionError):
     """A resume command that does not follow the ResumeThread contract."""
 
     code = "invalid_command"
+
+
+class AnswerTooLargeError(InteractionError):
+    """An answer whose data is larger than an answer may be."""
+
+    code = "too_large"
+
+
+def check_answer_size(data: Any, raw_data: str | None) -> None:
+    """An answer's data (or its text as typed) must fit MAX_ANSWER_BYTES: the accepted answer
+    and the value it gives the graph travel in events together."""
+    size = len(raw_data.encode()) if raw_data is not None else json_size(data)
+    if size > MAX_ANSWER_BYTES:
+        raise AnswerTooLargeError(str(TooLargeError("the answer's data", size,
+                                                    MAX_ANSWER_BYTES)))
 
 
 class AmbiguousRequestError(InteractionError):
@@ -410,7 +429,7 @@ class Inbox(Aggregate):
         self, request_id: str | None, action: str, data: Any, responder: str,
         idempotency_key: str, error: InteractionError, now: datetime,
     ) -> dict[str, Any]:
-        keys = sorted(data) if isinstance(data, dict) else []
+        keys = sorted(map(str, data))[:MAX_KEPT_KEYS] if isinstance(data, dict) else []
         self._rejected(request_id, action, keys, responder, idempotency_key, error.code,
-                       str(error), now)
+                       str(error)[:MAX_KEPT_REASON], now)
         return self.outcomes[idempotency_key]

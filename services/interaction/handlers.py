@@ -7,12 +7,10 @@ from typing import Any
 
 import structlog
 from nats.aio.msg import Msg
-from pydantic import ValidationError
 
 from contracts import subjects
 from contracts.commands import ResumeThread
 from contracts.events import InteractionRequested
-from contracts.subjects import InvalidThreadIdError, check_thread_id
 from contracts.timeouts import TimeoutInteraction
 from services.common.consumer import (
     Subscription,
@@ -22,10 +20,11 @@ from services.common.consumer import (
     thread_of,
 )
 from services.common.replies import (
-    describe_validation_error,
+    CommandRefusedError,
+    audit_refusal,
+    read_command,
     refuse,
     send_reply,
-    stream_position,
 )
 from services.common.store import Job
 from services.interaction.application import THREAD_EVENTS, InteractionService
@@ -34,19 +33,11 @@ from services.interaction.notifications import Notifier, notification_from
 
 def subscriptions(broker: Any, app: InteractionService) -> list[Subscription]:
     async def resume(msg: Msg) -> Work | None:
-        thread_id = thread_of(msg)
         try:
-            command = ResumeThread.model_validate_json(msg.data)
-        except ValidationError as error:
-            try:
-                check_thread_id(thread_id)
-            except InvalidThreadIdError:
-                pass
-            else:  # keep the refused attempt in the thread's audit, then tell the sender
-                with structlog.contextvars.bound_contextvars(thread_id=thread_id):
-                    await asyncio.to_thread(app.record_malformed, thread_id,
-                                            describe_validation_error(error),
-                                            stream_position(msg))
+            command = read_command(msg, ResumeThread, subjects.resume_subject)
+        except CommandRefusedError as error:
+            # kept as a refused attempt in the audit of the thread the subject names
+            await audit_refusal(msg, error, app.record_refused)
             await refuse(broker.connection, msg, "resume", error)
             return None
 
@@ -66,8 +57,8 @@ def subscriptions(broker: Any, app: InteractionService) -> list[Subscription]:
     async def on_timeout(msg: Msg) -> None:
         with structlog.contextvars.bound_contextvars(thread_id=thread_of(msg)):
             try:
-                command = TimeoutInteraction.model_validate_json(msg.data)
-            except ValidationError as error:
+                command = read_command(msg, TimeoutInteraction, subjects.timeout_subject)
+            except CommandRefusedError as error:
                 await refuse(broker.connection, msg, "timeout", error)
                 return
             with structlog.contextvars.bound_contextvars(interaction_id=command.request_id):

@@ -19,13 +19,13 @@ from contracts.timeouts import (
     TimeoutInteraction,
 )
 from services.common.consumer import (
-    PoisonMessageError,
     Subscription,
     Work,
     decode_envelope,
     wait_handled,
 )
 from services.common.logging import get_logger
+from services.common.replies import read_command
 from services.common.store import Job
 from services.timeout.application import DEADLINE_EVENTS, TimeoutService
 from services.timeout.domain import DeadlineNotDueError
@@ -59,10 +59,7 @@ def subscriptions(broker: Any, app: TimeoutService) -> list[Subscription]:
             await timers.apply(job.result)
 
     async def on_fire(msg: Msg) -> None:
-        try:
-            command = TimeoutInteraction.model_validate_json(msg.data)
-        except ValidationError as error:
-            raise PoisonMessageError(f"not a TimeoutInteraction: {error}") from error
+        command = read_command(msg, TimeoutInteraction, subjects.schedule_fire_subject)
         with structlog.contextvars.bound_contextvars(thread_id=command.thread_id,
                                                      interaction_id=command.request_id):
             try:

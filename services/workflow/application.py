@@ -9,6 +9,7 @@ from eventsourcing.persistence import Tracking
 
 from contracts.commands import CancelThread, CommandReply, StartThread
 from contracts.events import InteractionTimedOut, ResponseAccepted
+from contracts.limits import MAX_STATE_BYTES, TooLargeError, check_size
 from contracts.timeouts import policy_problem
 from contracts.workflow import WorkflowSpec
 from services.common.clock import Clock, SystemClock
@@ -131,6 +132,20 @@ class WorkflowService(ServiceApplication):
         return CommandReply(ok=True, command="cancel", thread_id=command.thread_id,
                             duplicate=not handled)
 
+    def record_refused(self, thread_id: str, command: str, code: str, reason: str,
+                       position: int) -> None:
+        """Keep a refused command in the history of the thread its subject names, when that
+        thread exists (once, however often the message is delivered)."""
+
+        def decide() -> list[Any]:
+            thread = self.get_or_none(thread_uuid(thread_id))
+            if thread is None:
+                return []
+            thread.record_refused(command, code, reason)
+            return [thread]
+
+        self.handle_tracked(f"{COMMANDS}:{command}", position, decide)
+
     # -- integration events -----------------------------------------------------------------
 
     def answer_job(self, thread_id: str, answer: ResponseAccepted, upstream: str,
@@ -187,6 +202,10 @@ class WorkflowService(ServiceApplication):
     # -- helpers ----------------------------------------------------------------------------
 
     def _check_runnable(self, spec: WorkflowSpec, state: dict[str, Any]) -> None:
+        try:
+            check_size("the initial state", state, MAX_STATE_BYTES)
+        except TooLargeError as error:
+            raise StartRefusedError(error.code, str(error)) from error
         unknown = sorted({n.agent_type for n in spec.nodes if not self.agents.knows(n.agent_type)})
         if unknown:
             raise StartRefusedError(

@@ -30,6 +30,7 @@ from typing import Any, Literal
 from jsonschema import SchemaError, ValidationError, validators
 
 from contracts.events import INTERACTION_TYPES
+from contracts.limits import MAX_CELL_CHARS, MAX_NODES, MAX_WORKFLOW_BYTES, describe, json_size
 from contracts.timeouts import policy_problem
 from contracts.workflow import NodeSpec, WorkflowSpec
 from services.common.responses import InteractionError, decide
@@ -168,6 +169,9 @@ def split_target(target: str) -> tuple[str, str | None]:
 
 def read_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
     try:
+        size = path.stat().st_size
+        if size > MAX_WORKFLOW_BYTES:
+            raise WorkflowError([Problem(str(path), 0, "", _too_big(size))])
         text = path.read_text(encoding="utf-8-sig")
     except OSError as error:
         raise WorkflowError(
@@ -177,20 +181,46 @@ def read_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
         raise WorkflowError(
             [Problem(str(path), 0, "", f"cannot read file: not UTF-8 text ({error.reason})")]
         ) from error
-    return rows_from_text(text)
+    return rows_from_text(text, str(path))
 
 
-def rows_from_text(text: str) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
-    """Header and non-empty rows (with their line numbers) of CSV text."""
+def _too_big(size: int) -> str:
+    return (f"the workflow is {size:,} bytes, more than the {describe(MAX_WORKFLOW_BYTES)} a "
+            "workflow may be (limits: docs/contract.md#limits)")
+
+
+def rows_from_text(
+    text: str, file: str = "<text>",
+) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """Header and non-empty rows (with their line numbers) of CSV text; a text or cell over
+    its limit, or text that is not CSV, raises :class:`WorkflowError` naming row and column."""
+    size = len(text.encode("utf-8", errors="surrogatepass"))
+    if size > MAX_WORKFLOW_BYTES:
+        raise WorkflowError([Problem(file, 0, "", _too_big(size))])
+    # the module's own cap (131,072) would end the read with an error of csv's: the workflow
+    # as a whole is capped above, each cell below
+    csv.field_size_limit(MAX_WORKFLOW_BYTES + 1)
     reader = csv.DictReader(io.StringIO(text))
-    header = [h.strip() for h in (reader.fieldnames or [])]
-    reader.fieldnames = header
     rows: list[tuple[int, dict[str, str]]] = []
-    for record in reader:
-        cleaned = {k: (v or "").strip() for k, v in record.items()
-                   if k is not None and isinstance(v, str | None)}
-        if any(cleaned.values()):
-            rows.append((reader.line_num, cleaned))
+    problems: list[Problem] = []
+    try:
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        reader.fieldnames = header
+        for record in reader:
+            cleaned = {k: (v or "").strip() for k, v in record.items()
+                       if k is not None and isinstance(v, str | None)}
+            for column, value in cleaned.items():
+                if len(value) > MAX_CELL_CHARS:
+                    problems.append(Problem(file, reader.line_num, column,
+                        f"cell is {len(value):,} characters, more than the {MAX_CELL_CHARS:,} "
+                        "a cell may hold (limits: docs/contract.md#limits)"))
+            if any(cleaned.values()):
+                rows.append((reader.line_num, cleaned))
+    except csv.Error as error:
+        raise WorkflowError([Problem(file, reader.line_num, "",
+                                     f"not readable as CSV: {error}")]) from error
+    if problems:
+        raise WorkflowError(problems[:20])
     return header, rows
 
 
@@ -232,7 +262,7 @@ def check_workflow(
     path_text, graph_from_target = split_target(str(target))
     path = Path(path_text)
     file = str(path)
-    header, rows = read_rows(path) if text is None else rows_from_text(text)
+    header, rows = read_rows(path) if text is None else rows_from_text(text, file)
     problems = [
         Problem(file, 1, column, f"missing required column {column!r}")
         for column in REQUIRED_COLUMNS
@@ -252,6 +282,10 @@ def check_workflow(
     if not selected:
         raise WorkflowError([Problem(file, 0, "graph_name",
             f"no graph named {wanted!r} (graphs in file: {', '.join(names) or 'none'})")])
+    if len(selected) > MAX_NODES:
+        raise WorkflowError([Problem(file, selected[MAX_NODES][0], "node_name",
+            f"graph {wanted!r} has {len(selected):,} nodes, more than the {MAX_NODES:,} a graph "
+            "may have (limits: docs/contract.md#limits)")])
 
     nodes: list[NodeSpec] = []
     seen: dict[str, int] = {}
@@ -296,7 +330,25 @@ def spec_problems(spec: WorkflowSpec) -> list[Problem]:
     published by another system): unusable interaction settings and missing next nodes."""
     names = {node.name for node in spec.nodes}
     problems: list[Problem] = []
+    if len(spec.nodes) > MAX_NODES:
+        return [Problem(spec.source, 0, "node_name",
+                        f"the graph has {len(spec.nodes):,} nodes, more than the {MAX_NODES:,} "
+                        "a graph may have (limits: docs/contract.md#limits)")]
     for node in spec.nodes:
+        texts = {"graph_name": spec.graph_name, "node_name": node.name,
+                 "agent_type": node.agent_type, "next_on_success": node.next_on_success or "",
+                 "next_on_failure": node.next_on_failure or "",
+                 "output_field": node.output_field or ""}
+        problems += [Problem(spec.source, node.row, column,
+                             f"node {node.name[:100]!r}: {column} contains control characters")
+                     for column, text in texts.items()
+                     if any(ch < " " or ch == "\x7f" for ch in text)]
+        cells = {"prompt": len(node.prompt), "context": json_size(node.context),
+                 "input_fields": len(",".join(node.input_fields))}
+        problems += [Problem(spec.source, node.row, column,
+                             f"node {node.name[:100]!r}: {column} is {size:,} characters, more "
+                             f"than the {MAX_CELL_CHARS:,} a cell may hold")
+                     for column, size in cells.items() if size > MAX_CELL_CHARS]
         problems += _interaction_problems(spec.source, node)
         fallback = fallback_of(node)
         targets = [("next_on_success", node.next_on_success),
@@ -318,6 +370,11 @@ def _node_from_row(
     agent_type = row.get("agent_type", "")
     if not name:
         problems.append(Problem(file, line, "node_name", "empty node name"))
+    for column in ("graph_name", "node_name", "agent_type", "next_on_success",
+                   "next_on_failure", "output_field"):
+        if any(ch < " " or ch == "\x7f" for ch in row.get(column, "")):
+            problems.append(Problem(file, line, column,
+                "contains control characters; expected printable text"))
     if not agent_type:
         problems.append(Problem(file, line, "agent_type", "empty agent type"))
     elif registry is not None and not registry.knows(agent_type):

@@ -7,6 +7,7 @@ every pending request of the paused node is answered the thread runs on.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -18,6 +19,17 @@ from eventsourcing.domain import Aggregate, event
 from pydantic import ValidationError
 
 from contracts.events import InteractionSpec
+from contracts.limits import (
+    MAX_CONTEXT_BYTES,
+    MAX_EVENT_PAYLOAD_BYTES,
+    MAX_OPTION_CHARS,
+    MAX_OPTIONS,
+    MAX_OUTPUT_BYTES,
+    MAX_PROMPT_BYTES,
+    TooLargeError,
+    check_size,
+    json_size,
+)
 from contracts.workflow import NodeSpec, WorkflowSpec
 from services.common.responses import InteractionError, decide
 from services.workflow.agents import AgentContext, AgentRegistry, AgentResult
@@ -35,9 +47,10 @@ from services.workflow.templates import render
 NAMESPACE = UUID("6f1d3c52-3b0e-4c1e-9d47-1f0a4d0c9e11")
 #: Steps one advance may take without pausing: guards against loops of automatic nodes.
 MAX_STEPS_PER_ADVANCE = 1000
-#: The most a node's output may weigh as JSON: every output is kept in the thread's events
-#: and state (a loop that feeds a node its own output would otherwise grow without bound).
-MAX_OUTPUT_BYTES = 1_000_000
+#: Longest error message kept in a NodeFailed or ThreadFailed (an agent's exception may say more).
+MAX_ERROR_CHARS = 2_000
+#: Largest state value a NodeDecided keeps whole in ``inputs`` (bigger ones: size and digest).
+MAX_DECIDED_INPUT_BYTES = 4_096
 #: Context keys that steer an interaction rather than being shown to the responder.
 CONTROL_KEYS = frozenset({
     "interaction_type", "options", "timeout_seconds", "on_timeout", "assignees",
@@ -165,6 +178,10 @@ class Thread(Aggregate):
     def _node_failed(self, node: str, error: str, next_node: str | None) -> None:
         self.current_node = next_node
 
+    @event("CommandRefused")
+    def _command_refused(self, command: str, code: str, reason: str) -> None:
+        """A record only: the refused command changed nothing."""
+
     @event("NodeDecided")
     def _node_decided(
         self, node: str, interaction_type: str, expression: str, inputs: dict[str, Any],
@@ -266,6 +283,10 @@ class Thread(Aggregate):
             )
         self._timed_out(self.current_node or "", interaction_id)
 
+    def record_refused(self, command: str, code: str, reason: str) -> None:
+        """Keep a command for this thread that was refused before it could act."""
+        self._command_refused(command, code, reason[:MAX_ERROR_CHARS])
+
     def cancel(self, reason: str, requested_by: str) -> None:
         if self.ended:
             raise ThreadFinishedError(f"thread {self.thread_id!r} is already {self.status}")
@@ -304,6 +325,14 @@ class Thread(Aggregate):
         self, node: NodeSpec, output: Any, route: str, duration_ms: float,
         details: dict[str, Any] | None = None, conversation_turn: dict[str, Any] | None = None,
     ) -> None:
+        try:
+            # every output is kept in the thread's events and state: a loop that feeds a node
+            # its own output (or a long conversation) would otherwise grow without bound
+            check_size(f"the output of node {node.name!r} (with its details)",
+                       [output, details, conversation_turn], MAX_OUTPUT_BYTES)
+        except TooLargeError as error:
+            self._fail_node(node, f"OutputTooLargeError: {error}")
+            return
         next_node = node.next_on_success if route == "success" else node.next_on_failure
         self._node_completed(node.name, output, node.output_field, route, next_node,
                              round(duration_ms, 3), details, conversation_turn)
@@ -324,9 +353,8 @@ class Thread(Aggregate):
                 if missing:
                     raise KeyError(f"thread state has no {', '.join(map(repr, missing))}")
             result = agents.get(node.agent_type)(inputs, ctx)
-            _check_output_size(result.value if isinstance(result, AgentResult) else result)
         except Exception as error:
-            message = f"{type(error).__name__}: {error}"
+            message = _error_text(error)
             self._node_failed(node.name, message, node.next_on_failure)
             if node.next_on_failure is None:
                 self._failed(node.name, f"node {node.name!r} failed: {message}")
@@ -373,6 +401,7 @@ class Thread(Aggregate):
             self._fail_node(node, f"RequestBuildError: {error}")
 
     def _fail_node(self, node: NodeSpec, message: str) -> None:
+        message = message[:MAX_ERROR_CHARS]
         self._node_failed(node.name, message, node.next_on_failure)
         if node.next_on_failure is None:
             self._failed(node.name, f"node {node.name!r} failed: {message}")
@@ -396,8 +425,9 @@ class Thread(Aggregate):
         except InteractionError as error:
             self._fail_node(node, f"its \"otherwise\" response is invalid: {error}")
             return
-        self._node_decided(node.name, kind, evaluation.expression, evaluation.inputs, False,
-                           action, data, decision.value, decision.route)
+        self._node_decided(node.name, kind, evaluation.expression,
+                           _summarised(evaluation.inputs), False, action, data, decision.value,
+                           decision.route)
         self._finish_node(node, decision.value, decision.route, 0.0,
                           {"action": action, "decided_by": "condition"})
 
@@ -483,6 +513,7 @@ class Thread(Aggregate):
                 InteractionSpec.model_validate(checked)
         except ValidationError as error:
             raise RequestBuildError(f"the request does not fit the contract: {error}") from error
+        _check_request_sizes(node, specs)
         self._paused(node.name, specs)
 
     def _complete_interaction_node(self, node: NodeSpec, kind: str) -> None:
@@ -510,13 +541,43 @@ class Thread(Aggregate):
                            "by_timeout": answer["by_timeout"]}, turn)
 
 
-class OutputTooLargeError(ValueError):
-    """A node produced more than MAX_OUTPUT_BYTES."""
+def _error_text(error: BaseException) -> str:
+    """``Type: message`` of an agent's exception, cut to what an event keeps."""
+    return f"{type(error).__name__}: {error}"[:MAX_ERROR_CHARS]
 
 
-def _check_output_size(output: Any) -> None:
-    size = len(json.dumps(output, default=str))
-    if size > MAX_OUTPUT_BYTES:
-        raise OutputTooLargeError(
-            f"the output is {size:,} bytes as JSON, more than the {MAX_OUTPUT_BYTES:,} a node "
-            "may produce (does a loop feed the node its own output?)")
+def _summarised(values: dict[str, Any]) -> dict[str, Any]:
+    """State values as a NodeDecided keeps them: whole when small, else their size and digest
+    (the decision is explained; the thread's state holds the values themselves)."""
+    kept: dict[str, Any] = {}
+    for name, value in values.items():
+        size = json_size(value)
+        if size <= MAX_DECIDED_INPUT_BYTES:
+            kept[name] = value
+        else:
+            canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+            kept[name] = {"size": size,
+                          "sha256": hashlib.sha256(canonical.encode()).hexdigest()}
+    return kept
+
+
+def _check_request_sizes(node: NodeSpec, specs: list[dict[str, Any]]) -> None:
+    """A request must fit its limits, and a pause's requests one event: else it is refused
+    here (RequestBuildError: the node's fallback, or its failure), never saved unpublishable."""
+    try:
+        for spec in specs:
+            check_size("the prompt, filled from the thread's state", spec["prompt"],
+                       MAX_PROMPT_BYTES)
+            check_size("the context shown to the responder", spec["context"],
+                       MAX_CONTEXT_BYTES)
+            options = spec["options"]
+            if len(options) > MAX_OPTIONS:
+                raise TooLargeError("the list of options", len(options), MAX_OPTIONS,
+                                    unit="options")
+            longest = max((len(str(o)) for o in options), default=0)
+            if longest > MAX_OPTION_CHARS:
+                raise TooLargeError("an option", longest, MAX_OPTION_CHARS, unit="characters")
+        check_size(f"the {len(specs)} request(s) of node {node.name!r} together", specs,
+                   MAX_EVENT_PAYLOAD_BYTES - 4_096)
+    except TooLargeError as error:
+        raise RequestBuildError(f"{error}; make the batch smaller or show less") from error

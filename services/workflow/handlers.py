@@ -6,27 +6,41 @@ transaction (see ``handle_jobs``); cancels, rare, one by one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from nats.aio.msg import Msg
-from pydantic import ValidationError
 
 from contracts import subjects
 from contracts.commands import CancelThread, StartThread
 from contracts.events import InteractionTimedOut, ResponseAccepted
 from services.common.consumer import Subscription, Work, decode_envelope, decode_payload
-from services.common.replies import command_handler, refuse, send_reply, stream_position
+from services.common.replies import (
+    CommandRefusedError,
+    audit_refusal,
+    command_handler,
+    read_command,
+    refuse,
+    send_reply,
+    stream_position,
+)
 from services.common.store import Job
 from services.workflow.application import WorkflowService
 
 
 def subscriptions(broker: Any, app: WorkflowService) -> list[Subscription]:
-    on_cancel = command_handler(broker, CancelThread, "cancel", app.cancel_thread)
+    def refused(command: str) -> Callable[[str, str, str, int], None]:
+        return lambda thread_id, code, reason, position: app.record_refused(
+            thread_id, command, code, reason, position)
+
+    on_cancel = command_handler(broker, CancelThread, "cancel", subjects.cancel_subject,
+                                app.cancel_thread, refused("cancel"))
 
     async def start(msg: Msg) -> Work | None:
         try:
-            command = StartThread.model_validate_json(msg.data)
-        except ValidationError as error:
+            command = read_command(msg, StartThread, subjects.start_subject)
+        except CommandRefusedError as error:
+            await audit_refusal(msg, error, refused("start"))
             await refuse(broker.connection, msg, "start", error)
             return None
 

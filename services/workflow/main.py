@@ -15,7 +15,7 @@ from services.workflow.application import WorkflowService
 PUBLISHED = {
     "ThreadStarted", "NodeCompleted", "NodeFailed", "ThreadPaused", "ThreadResumed",
     "ThreadCompleted", "ThreadFailed", "ThreadTimedOut", "ThreadCancelled",
-    "NodeDecided", "FallbackTaken",
+    "NodeDecided", "FallbackTaken", "CommandRefused",
 }
 
 

@@ -227,18 +227,23 @@ def test_thread_status_and_timeline(db: ViewDatabase) -> None:
     assert tc.error is not None and "timed out" in tc.error
     tx = thread_status.thread(db, "tx")
     assert tx is not None and (tx.status, tx.error) == ("failed", "node 'start' failed: boom")
-    assert [t.thread_id for t in thread_status.threads(db, status="completed")] == ["tb", "ta"]
-    events = thread_status.timeline(db, "ta")
+    completed, more = thread_status.threads(db, status="completed")
+    assert [t.thread_id for t in completed] == ["tb", "ta"] and more is None
+    first, cursor = thread_status.threads(db, status="completed", limit=1)
+    assert [t.thread_id for t in first] == ["tb"] and cursor is not None
+    second, end = thread_status.threads(db, status="completed", limit=1, after=cursor)
+    assert [t.thread_id for t in second] == ["ta"] and end is None
+    events, _ = thread_status.timeline(db, "ta")
     assert [e.event_type for e in events] == [
         "ThreadStarted", "NodeCompleted", "ThreadPaused", "InteractionRequested",
         "ResponseRejected", "ResponseAccepted", "ThreadResumed", "NodeCompleted",
         "ThreadCompleted"]
     assert events[2].payload["interactions"][0]["id"] == ids["a"]
-    first_page = thread_status.timeline(db, "ta", limit=4)
-    rest = thread_status.timeline(db, "ta", Cursor(at_ts=first_page[-1].at_ts,
-                                                   service=first_page[-1].service,
-                                                   position=first_page[-1].position))
-    assert first_page + rest == events
+    first_page, following = thread_status.timeline(db, "ta", limit=4)
+    assert following == Cursor(at_ts=first_page[-1].at_ts, service=first_page[-1].service,
+                               position=first_page[-1].position)
+    rest, end = thread_status.timeline(db, "ta", following)
+    assert first_page + rest == events and end is None
 
 
 def test_a_batch_stays_paused_until_its_last_answer(db: ViewDatabase) -> None:
@@ -303,7 +308,7 @@ def test_unknown_event_types_reach_only_the_timeline(db: ViewDatabase) -> None:
     future = log.add("timeout", "DeadlineMovedToMars", "ta", raw={"request_id": "x", "n": 1})
     Projector(db).apply([future])
     assert {t: rows for t, rows in dump(db).items() if t != "thread_timeline"} == before
-    assert thread_status.timeline(db, "ta")[-1].event_type == "DeadlineMovedToMars"
+    assert thread_status.timeline(db, "ta")[0][-1].event_type == "DeadlineMovedToMars"
 
 
 def test_an_event_a_view_cannot_fold_is_skipped_alone(db: ViewDatabase, backend: str,

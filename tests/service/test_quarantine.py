@@ -29,6 +29,7 @@ from eventsourcing.persistence import IntegrityError, OperationalError
 
 from contracts import subjects
 from contracts.events import EventEnvelope
+from contracts.limits import NATS_MAX_PAYLOAD
 from contracts.timeouts import TimeoutInteraction
 from hitlflow.settings import Settings
 from hitlflow.stack import EmbeddedNats, free_port
@@ -185,10 +186,11 @@ def test_the_relay_quarantines_events_it_can_never_publish_and_goes_on(
 
 
 def counter_envelope(event: Any, position: int) -> EventEnvelope | None:
-    """Counters as events of thread ``<name>``; ``wide-`` ones carry 4 KB, ``big-`` ones 2 MB."""
+    """Counters as events of thread ``<name>``; ``wide-`` ones carry 4 KB, ``big-`` ones more
+    than the server takes."""
     name = event.name
-    blob = "x" * (4096 if name.startswith("wide-") else 2_000_000 if name.startswith("big-")
-                  else 0)
+    blob = "x" * (4096 if name.startswith("wide-") else NATS_MAX_PAYLOAD + 1
+                  if name.startswith("big-") else 0)
     return EventEnvelope(event_type="NodeCompleted", service="workflow", thread_id=name,
                          event_id=str(uuid.uuid4()), aggregate_id=str(event.originator_id),
                          aggregate_version=1, position=position,
@@ -228,7 +230,7 @@ def test_the_relay_moves_past_a_poison_event_only_once_its_quarantine_is_stored(
         assert record.subject == "hitl.dlq.relay-counters"
         assert record.headers["Hitl-Ref"] == "workflow:2"
         assert record.headers["Hitl-Thread"] == "big-1"
-        assert int(record.headers["Hitl-Size"]) > 2_000_000 and not record.data
+        assert int(record.headers["Hitl-Size"]) > NATS_MAX_PAYLOAD and not record.data
         await relay.publish_pending()  # again (a restart): the record is stored once
         assert (await js.stream_info(subjects.DLQ_STREAM)).state.messages == 1
         await relay.close()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import yaml
 
+from contracts.limits import NATS_MAX_PAYLOAD, REQUIRED_NATS_PAYLOAD
+from hitlflow.stack import server_config
 from tests.conftest import ROOT
 
 SERVICES = {"workflow", "interaction", "timeout", "projections", "gateway"}
@@ -28,3 +30,16 @@ def test_k8s_has_a_deployment_per_service() -> None:
                 assert container["args"][0] == "serve"
                 served.add(container["args"][1])
     assert served == SERVICES
+
+
+def test_every_nats_server_allows_the_contracts_largest_message() -> None:
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    conf = compose["configs"]["nats-conf"]["content"]
+    assert f"max_payload: {NATS_MAX_PAYLOAD}" in conf
+    for name in ("nats-1", "nats-2", "nats-3"):
+        command = compose["services"][name]["command"]
+        assert command[:2] == ["-c", "/etc/nats/hitlflow.conf"]
+    values = yaml.safe_load((ROOT / "k8s" / "nats-values.yaml").read_text())
+    assert values["config"]["merge"]["max_payload"] == NATS_MAX_PAYLOAD
+    assert f"max_payload: {NATS_MAX_PAYLOAD}" in server_config()
+    assert NATS_MAX_PAYLOAD >= REQUIRED_NATS_PAYLOAD
