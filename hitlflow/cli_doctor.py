@@ -120,6 +120,15 @@ async def _connect(settings: Settings) -> Any:
             "stack with 'hitlflow up' or point HITLFLOW_NATS_URL at a running one") from error
 
 
+def _version(nc: Any) -> str | None:
+    """The connected server's version, e.g. ``2.15.1``."""
+    try:
+        found = nc.connected_server_version
+        return f"{found.major}.{found.minor}.{found.patch}"
+    except (ValueError, TypeError):  # not a semantic version
+        return None
+
+
 def _entry(seq: int, msg: Any) -> Quarantined:
     headers: dict[str, str] = dict(msg.headers or {})
     data = msg.data or b""
@@ -156,7 +165,7 @@ async def _inspect(settings: Settings, limit: int) -> Report:
     nc = await _connect(settings)
     try:
         js = nc.jetstream()
-        version = str(nc.connected_server_version) or None
+        version = _version(nc)
         checks = [Check(name="nats", ok=True,
                         detail=f"reachable at {settings.resolved_nats_url()} (server "
                                f"{version or '?'}, max_payload {nc.max_payload:,} bytes)")]
@@ -261,12 +270,15 @@ def _print_report(report: Report) -> None:
         shown = len(report.quarantined)
         more = (f", the newest {shown} shown" if shown < report.quarantined_total else "")
         table = Table(title=f"quarantined ({report.quarantined_total}{more}, newest last)")
-        for column in ("seq", "time (UTC)", "source", "thread", "subject", "reason", "size"):
+        for column in ("seq", "time (UTC)", "size"):
+            table.add_column(column, no_wrap=True)
+        for column in ("source", "thread", "subject"):
             table.add_column(column, overflow="fold")
+        table.add_column("reason", overflow="fold", ratio=3)
         for q in report.quarantined:
             size = f"{q.size:,}" + ("" if q.body_kept else " (body not kept)")
-            table.add_row(str(q.seq), _when(q.time), q.source, q.thread_id or "",
-                          q.subject or "", q.reason, size)
+            table.add_row(str(q.seq), _when(q.time), size, q.source, q.thread_id or "",
+                          q.subject or "", q.reason)
         out.print(table)
         out.print("one in full: hitlflow doctor --show SEQ")
     out.print("all clear" if report.ok else "needs attention", style="green" if report.ok

@@ -63,6 +63,7 @@ from services.common.clock import Clock, SystemClock
 from services.common.consumer import (
     PoisonMessageError,
     PullConsumer,
+    RetryPolicy,
     Subscription,
     decode_envelope,
 )
@@ -172,7 +173,9 @@ class ProjectionsRuntime:
         await js.add_consumer(subjects.EVENTS_STREAM, config=config)
         consumer = PullConsumer(js, Subscription(subjects.EVENTS_ALL, subjects.EVENTS_STREAM,
                                                  DURABLE),
-                                batch_size=self.batch_size, handle_messages=self.apply_batch)
+                                batch_size=self.batch_size, handle_messages=self.apply_batch,
+                                policy=RetryPolicy(self.poison_attempts,
+                                                   self.settings.redelivery_delay))
         await consumer.run()
 
     async def apply_batch(self, messages: list[Msg]) -> None:

@@ -30,7 +30,7 @@ from nats.js import JetStreamContext
 
 from contracts.events import EventEnvelope
 from services.common.logging import get_logger
-from services.common.quarantine import HEADER_ROOM, describe, quarantine
+from services.common.quarantine import HEADER_ROOM, describe, is_transient, quarantine
 from services.common.store import Saved, ServiceApplication
 
 log = get_logger(__name__)
@@ -310,6 +310,8 @@ class Relay:
                 return None
             subject, data = envelope.subject, envelope.model_dump_json().encode()
         except Exception as error:
+            if is_transient(error):  # e.g. the store busy while finding the thread: try again
+                raise
             thread_id = getattr(event, "thread_id", None)
             return _Outgoing(position, f"{self._service}:{position}",
                              f"hitl.evt.{self._service}.{type(event).__name__}",

@@ -263,6 +263,33 @@ def test_the_relay_quarantines_an_event_the_stream_refuses_for_good(
     app.close()
 
 
+def test_the_relay_retries_an_envelope_that_failed_for_a_transient_reason(
+        nats_server: EmbeddedNats, tmp_path: Path) -> None:
+    """The store is busy while the relay builds an envelope: the batch is tried again, nothing
+    is quarantined."""
+    app = make_app(tmp_path)
+    app.record([Counter("t-1")])
+    busy = [True]
+
+    def to_envelope(event: Any, position: int) -> EventEnvelope | None:
+        if busy:
+            busy.clear()
+            raise OperationalError("database is locked")
+        return counter_envelope(event, position)
+
+    async def body(nc: Any, js: Any) -> None:
+        relay = Relay(app, js, to_envelope)
+        with pytest.raises(OperationalError):
+            await relay.publish_pending()
+        assert await relay.publish_pending() == 1
+        assert (await js.stream_info(subjects.EVENTS_STREAM)).state.messages == 1
+        assert (await js.stream_info(subjects.DLQ_STREAM)).state.messages == 0
+        await relay.close()
+
+    on_nats(nats_server, body)
+    app.close()
+
+
 # -- the workflow service -----------------------------------------------------------------------
 
 
