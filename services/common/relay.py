@@ -6,11 +6,12 @@ restart; one published but not yet recorded is published again and dropped by th
 de-duplication (``Nats-Msg-Id = <service>:<position>``).
 
 An event that can never be published does not hold back the ones after it: one larger than
-the server takes in a message, one whose envelope cannot be built, and one the stream refuses
-for good (e.g. larger than its ``max_msg_size``) is quarantined (``relay-<service>`` in
-``HITL_DLQ``, with ``Hitl-Ref = <service>:<position>``: the event itself stays in the store)
-and passed over. The position moves past it only once that record is stored; no answer in
-time, or no stream (503), is an outage: the batch is tried again.
+the server takes in a message, one whose envelope cannot be built (or that cannot be read from
+the store), and one the stream refuses for good (e.g. larger than its ``max_msg_size``) is
+quarantined (``relay-<service>`` in ``HITL_DLQ``, with ``Hitl-Ref = <service>:<position>``: the
+event itself stays in the store) and passed over. The position moves past it only once that
+record is stored; no answer in time, or no stream (503), is an outage: the batch is tried
+again.
 """
 
 from __future__ import annotations
@@ -294,8 +295,18 @@ class Relay:
         notifications = recorder.select_notifications(start + 1, self._batch_size)
         outgoing = []
         for notification in notifications:
-            item = self._outgoing(self._app.mapper.to_domain_event(notification),
-                                  notification.id)
+            try:
+                event = self._app.mapper.to_domain_event(notification)
+            except Exception as error:  # e.g. a class this release no longer has
+                if is_transient(error):
+                    raise
+                kind = str(notification.topic).rsplit(".", 1)[-1]
+                outgoing.append(_Outgoing(
+                    notification.id, f"{self._service}:{notification.id}",
+                    f"hitl.evt.{self._service}.{kind}", bytes(notification.state), None,
+                    f"the stored event cannot be read: {describe(error)}"))
+                continue
+            item = self._outgoing(event, notification.id)
             if item is not None:
                 outgoing.append(item)
         last = notifications[-1].id if notifications else start

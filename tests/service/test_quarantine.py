@@ -25,7 +25,7 @@ from typing import Any
 from uuid import UUID
 
 import pytest
-from eventsourcing.persistence import IntegrityError, OperationalError
+from eventsourcing.persistence import IntegrityError, OperationalError, StoredEvent
 
 from contracts import subjects
 from contracts.events import EventEnvelope
@@ -257,6 +257,29 @@ def test_the_relay_quarantines_an_event_the_stream_refuses_for_good(
         assert record.headers["Hitl-Thread"] == "wide-1"
         assert "err_code 10054" in record.headers["Hitl-Error"]
         assert json.loads(record.data)["thread_id"] == "wide-1"  # the message itself is kept
+        await relay.close()
+
+    on_nats(nats_server, body)
+    app.close()
+
+
+def test_the_relay_quarantines_a_stored_event_it_cannot_read(
+        nats_server: EmbeddedNats, tmp_path: Path) -> None:
+    """A stored event of a class this release does not have (written straight to the store)."""
+    app = make_app(tmp_path)
+    app.record([Counter("t-1")])
+    app.recorder.insert_events([StoredEvent(originator_id=uuid.uuid4(), originator_version=1,
+                                            topic="gone.module:Gone.Created", state=b'{"a":1}')])
+    app.record([Counter("t-2")])
+
+    async def body(nc: Any, js: Any) -> None:
+        relay = Relay(app, js, counter_envelope)
+        assert await relay.publish_pending() == 3
+        assert (await js.stream_info(subjects.EVENTS_STREAM)).state.messages == 2
+        record = await js.get_msg(subjects.DLQ_STREAM, 1)
+        assert record.headers["Hitl-Ref"] == "counters:2"
+        assert "the stored event cannot be read" in record.headers["Hitl-Error"]
+        assert record.data == b'{"a":1}'
         await relay.close()
 
     on_nats(nats_server, body)
