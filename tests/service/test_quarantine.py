@@ -538,6 +538,16 @@ def test_a_transient_failure_is_retried_not_quarantined(
     assert "interaction-threads" in {c["name"] for c in report["consumers"]}
 
 
+def test_doctor_fails_its_checks_on_a_nats_without_the_streams(
+        nats_server: EmbeddedNats) -> None:
+    code, report, _ = cli_json(nats_server.url, "doctor")
+    assert code == 1 and not report["ok"]
+    failed = {check["name"] for check in report["checks"] if not check["ok"]}
+    assert failed == {f"stream {name}" for name in (
+        subjects.COMMANDS_STREAM, subjects.EVENTS_STREAM, subjects.SCHEDULES_STREAM,
+        subjects.DLQ_STREAM)}
+
+
 def test_doctor_says_when_no_stack_answers() -> None:
     result = cli(f"nats://127.0.0.1:{free_port()}", "doctor")
     assert result.exit_code == 3
