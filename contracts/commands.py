@@ -27,6 +27,9 @@ class _ThreadCommand(Contract):
 
 
 class StartThread(_ThreadCommand):
+    """Start a thread on ``workflow`` (the whole graph, as ``hitlflow run`` builds it from a
+    CSV: at most 500 nodes, and the command at most 1 MiB) with ``state`` as its inputs."""
+
     workflow: WorkflowSpec
     #: At most ``MAX_STATE_BYTES`` as JSON (refused ``too_large`` by the workflow service).
     state: dict[str, Any] = Field(default_factory=dict)
@@ -50,6 +53,8 @@ class ResumeThread(_ThreadCommand):
 
 
 class CancelThread(_ThreadCommand):
+    """Cancel a thread that has not ended; its open requests are closed."""
+
     reason: str = Field(default="", max_length=MAX_REASON)
     requested_by: str = Field(default="anonymous", max_length=MAX_NAME)
 

@@ -41,8 +41,9 @@ MAX_REASON: Final = 2_000
 MAX_ANSWER_BYTES: Final = 256 * KIB
 #: A thread's initial state.
 MAX_STATE_BYTES: Final = 256 * KIB
-#: What one node may produce (its output, and its details).
-MAX_OUTPUT_BYTES: Final = 256 * KIB
+#: What one node may produce (its output, and its details): more than an answer, whose value a
+#: person's node hands on.
+MAX_OUTPUT_BYTES: Final = 512 * KIB
 #: A request's prompt, once filled from the thread's state.
 MAX_PROMPT_BYTES: Final = 64 * KIB
 #: A request's context as shown to the responder (the node's context and its input fields).
@@ -82,6 +83,9 @@ MAX_PAGE_ITEMS: Final = 500
 #: Bytes of one page of a list reply: a page ends before the item that would pass this (a
 #: single item larger than it still comes, alone).
 MAX_PAGE_BYTES: Final = 1 * MIB
+#: Deadlines one ``timeouts check`` fires, or one ``timeouts list`` shows (each well under
+#: 512 bytes in the reply, which is one message).
+MAX_TIMEOUT_LIST: Final = 2_000
 
 
 def json_size(value: Any) -> int:
@@ -158,4 +162,6 @@ LIMITS: Final[dict[str, tuple[int, str, str]]] = {
                               "the least max_payload a NATS server must allow"),
     "page_items": (MAX_PAGE_ITEMS, "items", "items of one page of a list reply"),
     "page_bytes": (MAX_PAGE_BYTES, "bytes", "one page of a list reply"),
+    "timeout_list": (MAX_TIMEOUT_LIST, "deadlines",
+                     "deadlines one 'timeouts check' fires or one 'timeouts list' shows"),
 }

@@ -24,6 +24,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from contracts.base import Contract
+from contracts.limits import MAX_TIMEOUT_LIST
 from contracts.subjects import check_thread_id
 
 Policy = Literal["fail", "default", "remind", "escalate"]
@@ -303,7 +304,8 @@ class DeadlineCleared(Contract):
 class TimeoutCheck(Contract):
     """Run a sweep now (``hitlflow timeouts check``)."""
 
-    limit: int = Field(default=1000, ge=1, le=100_000)
+    #: Most deadlines fired (and listed in the reply) by one check: the reply is one message.
+    limit: int = Field(default=1000, ge=1, le=MAX_TIMEOUT_LIST)
     #: Wait for the interaction service's outcome of each fired timeout.
     wait: bool = True
 
@@ -337,7 +339,7 @@ class TimeoutCheckReply(Contract):
 
 class DeadlinesQuery(Contract):
     thread_id: str | None = None
-    limit: int = Field(default=100, ge=1, le=10_000)
+    limit: int = Field(default=100, ge=1, le=MAX_TIMEOUT_LIST)
 
 
 class DeadlineView(Contract):

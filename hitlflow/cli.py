@@ -319,24 +319,33 @@ def validate(
 
 
 def _live_stack(settings: Settings) -> dict[str, Any] | None:
-    """The stack ``stack.json`` describes, if its process is still the one that wrote it;
-    a file left by a stack that died (crash, kill -9, reboot) is removed. ``nats_ok`` in the
-    result says whether its NATS answers."""
+    """The stack ``stack.json`` describes, if its process is still the one that wrote it
+    (:func:`_stack_state`)."""
+    state, info = _stack_state(settings)
+    return info if state == "live" else None
+
+
+def _stack_state(settings: Settings) -> tuple[str, dict[str, Any] | None]:
+    """``("none", None)`` when no stack file is there; ``("crashed", None)`` when the stack
+    that wrote it is gone (crash, kill -9, reboot: the file is removed); else ``("live",
+    info)``, with ``info["nats_ok"]`` saying whether its NATS answers."""
     from hitlflow.stack import nats_answers, process_identity
 
     try:
         info: dict[str, Any] = json.loads(settings.stack_file.read_text())
         pid = int(info["pid"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    except FileNotFoundError:
+        return "none", None
+    except (OSError, ValueError, KeyError, TypeError):  # half a file: nobody is behind it
+        pid, info = -1, {}
     started = info.get("pid_start")
-    alive = process_identity(pid)
+    alive = process_identity(pid) if pid > 0 else None
     if alive is None or (started is not None and alive != started):
         with contextlib.suppress(OSError):
             settings.stack_file.unlink()
-        return None
+        return "crashed", None
     info["nats_ok"] = nats_answers(str(info.get("nats_url", "")))
-    return info
+    return "live", info
 
 
 #: How long ``hitlflow serve`` lets its service stop before it exits anyway: under the 30 s
@@ -411,7 +420,17 @@ def up(
     )
 
     settings = load_settings(home=home)
-    running = _live_stack(settings)
+    state, running = _stack_state(settings)
+    if state == "crashed":  # its nats-server and services are stopping (they end with it)
+        from hitlflow.stack import port_is_free
+
+        err.print("a hitlflow stack that was running from here has ended without stopping; "
+                  "starting again")
+        deadline = time.monotonic() + 20
+        wanted = port or settings.embedded_port
+        while (nats_url is None and not port_is_free("127.0.0.1", wanted)
+               and time.monotonic() < deadline):
+            time.sleep(0.1)
     if running and running["nats_ok"]:
         fail(f"a hitlflow stack is already running (pid {running['pid']}, "
              f"{running['nats_url']}); stop it with 'hitlflow down'", EXIT_BAD_INPUT)
@@ -551,6 +570,19 @@ def serve(
                                         lambda: _exit_after(SERVE_STOP_TIMEOUT, service)))
     except ServerLimitError as error:
         fail(str(error), EXIT_BAD_INPUT)
+
+
+@app.command()
+def contract(
+    fmt: Annotated[str, typer.Option("--format", help="markdown")] = "markdown",
+) -> None:
+    """Print the NATS contract (subjects, messages, limits, events, examples) as generated
+    from the code; docs/contract.md is its output."""
+    from hitlflow.contract_doc import render
+
+    if fmt != "markdown":
+        fail(f"unknown format {fmt!r}; expected: markdown", EXIT_BAD_INPUT)
+    sys.stdout.write(render())
 
 
 app.add_typer(timeouts_app, name="timeouts")

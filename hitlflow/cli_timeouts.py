@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from rich.table import Table
 
 from contracts import subjects
+from contracts.limits import MAX_TIMEOUT_LIST
 from contracts.subjects import InvalidThreadIdError, check_thread_id
 from contracts.timeouts import DeadlinesQuery, DeadlinesReply, TimeoutCheck, TimeoutCheckReply
 from hitlflow.cli_common import (
@@ -89,8 +90,8 @@ def check(
     as_json: JsonOut = False,
 ) -> None:
     """Sweep now: fire every deadline that has passed and list what timed out."""
-    if limit < 1:
-        fail(f"--limit must be at least 1, got {limit}", EXIT_BAD_INPUT)
+    if not 1 <= limit <= MAX_TIMEOUT_LIST:
+        fail(f"--limit must be 1-{MAX_TIMEOUT_LIST}, got {limit}", EXIT_BAD_INPUT)
     settings = load_settings(nats_url=nats_url)
     raw = _call(settings, subjects.TIMEOUTS_CHECK, TimeoutCheck(limit=limit, wait=not no_wait),
                 settings.reply_timeout * 2 + 5)
@@ -133,8 +134,8 @@ def list_deadlines(
             check_thread_id(thread_id)
         except InvalidThreadIdError as error:
             fail(str(error), EXIT_BAD_INPUT)
-    if not 1 <= limit <= 10_000:
-        fail(f"--limit must be 1-10000, got {limit}", EXIT_BAD_INPUT)
+    if not 1 <= limit <= MAX_TIMEOUT_LIST:
+        fail(f"--limit must be 1-{MAX_TIMEOUT_LIST}, got {limit}", EXIT_BAD_INPUT)
     settings = load_settings(nats_url=nats_url)
     raw = _call(settings, subjects.TIMEOUTS_LIST, DeadlinesQuery(thread_id=thread_id,
                                                                 limit=limit),

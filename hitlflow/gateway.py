@@ -18,6 +18,7 @@ from fastapi import FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from contracts.catalog import REFUSAL_CODES
 from contracts.limits import MAX_COMMAND_BYTES, TooLargeError
 from contracts.subjects import InvalidThreadIdError, check_thread_id
 from hitlflow.cli_common import describe_input_error
@@ -34,20 +35,8 @@ from services.workflow.definition import WorkflowError, parse_workflow
 #: Most items one list request returns (fetched from the projections a page at a time).
 MAX_HTTP_LIST = 10_000
 
-#: HTTP status for each refusal code.
-STATUS_OF_CODE = {
-    "too_large": 413,
-    "invalid_response": 422,
-    "invalid_command": 422,
-    "missing_input": 422,
-    "unknown_agent": 422,
-    "unknown_thread": 404,
-    "thread_exists": 409,
-    "thread_ended": 409,
-    "not_waiting": 409,
-    "already_answered": 409,
-    "ambiguous_request": 409,
-}
+#: HTTP status for each refusal code (contracts/catalog.py says what each means).
+STATUS_OF_CODE = {code: status for code, (status, _) in REFUSAL_CODES.items()}
 
 
 class BodyTooLargeError(Exception):

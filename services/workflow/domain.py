@@ -564,20 +564,25 @@ def _summarised(values: dict[str, Any]) -> dict[str, Any]:
 def _check_request_sizes(node: NodeSpec, specs: list[dict[str, Any]]) -> None:
     """A request must fit its limits, and a pause's requests one event: else it is refused
     here (RequestBuildError: the node's fallback, or its failure), never saved unpublishable."""
-    try:
-        for spec in specs:
-            check_size("the prompt, filled from the thread's state", spec["prompt"],
-                       MAX_PROMPT_BYTES)
-            check_size("the context shown to the responder", spec["context"],
-                       MAX_CONTEXT_BYTES)
-            options = spec["options"]
-            if len(options) > MAX_OPTIONS:
-                raise TooLargeError("the list of options", len(options), MAX_OPTIONS,
-                                    unit="options")
-            longest = max((len(str(o)) for o in options), default=0)
-            if longest > MAX_OPTION_CHARS:
-                raise TooLargeError("an option", longest, MAX_OPTION_CHARS, unit="characters")
-        check_size(f"the {len(specs)} request(s) of node {node.name!r} together", specs,
-                   MAX_EVENT_PAYLOAD_BYTES - 4_096)
-    except TooLargeError as error:
-        raise RequestBuildError(f"{error}; make the batch smaller or show less") from error
+
+    def check(what: str, value: Any, limit: int, hint: str) -> None:
+        try:
+            check_size(what, value, limit)
+        except TooLargeError as error:
+            raise RequestBuildError(f"{error}; {hint}") from error
+
+    for spec in specs:
+        check("the prompt (filled from the thread's state)", spec["prompt"], MAX_PROMPT_BYTES,
+              "shorten the prompt or the state values it shows")
+        check("the context shown to the responder", spec["context"], MAX_CONTEXT_BYTES,
+              "show fewer or smaller input fields")
+        options = spec["options"]
+        if len(options) > MAX_OPTIONS:
+            raise RequestBuildError(str(TooLargeError("the list of options", len(options),
+                                                      MAX_OPTIONS, unit="options")))
+        longest = max((len(str(o)) for o in options), default=0)
+        if longest > MAX_OPTION_CHARS:
+            raise RequestBuildError(str(TooLargeError("an option", longest, MAX_OPTION_CHARS,
+                                                      unit="characters")))
+    check(f"the {len(specs)} request(s) of node {node.name!r} together", specs,
+          MAX_EVENT_PAYLOAD_BYTES - 4_096, "make the batch smaller or show less")

@@ -301,6 +301,28 @@ def test_a_killed_stack_leaves_no_process(env: dict[str, str]) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
+@linux_only
+def test_up_starts_at_once_after_the_stack_crashed(env: dict[str, str]) -> None:
+    """A stack killed without stopping leaves its stack.json: the next `up` sees that nobody
+    is behind it (the pid is gone, a zombie, or another process's) and starts."""
+    started = hitlflow(env, "up", "--detach")
+    assert started.returncode == 0, started.stderr
+    info = stack_info(env)
+    os.kill(int(info["pid"]), signal.SIGKILL)
+    wait_for(lambda: not alive(int(info["pid"])), what="the stack to be gone")
+    assert (Path(env["HITLFLOW_HOME"]) / "stack.json").exists()
+    try:
+        again = hitlflow(env, "up", "--detach")
+        assert again.returncode == 0, again.stderr
+        assert "ended without stopping" in again.stderr
+        run = hitlflow(env, "run", f"{TYPES}::Approve", "--thread-id", "after-crash",
+                       "--state", '{"request": "r"}', "--json")
+        assert run.returncode == 0, run.stderr
+    finally:
+        assert hitlflow(env, "down").returncode == 0
+
+
+
 def test_an_invalid_setting_is_named_not_traced_back(env: dict[str, str]) -> None:
     bad = {**env, "HITLFLOW_BACKGROUND_NICE": "30", "HITLFLOW_REPLY_TIMEOUT": "soon"}
     for args in (("up", "--detach"), ("status", "any-thread")):

@@ -215,5 +215,5 @@ def test_a_loop_that_feeds_a_node_its_own_growing_output_fails_the_thread(
     assert reply.ok, reply.error
     thread: Thread = app.repository.get(thread_uuid("grow-1"))
     assert thread.status == "failed"
-    assert "more than the 262,144 bytes (256 KiB) allowed" in str(thread.error)
+    assert "more than the 524,288 bytes (512 KiB) allowed" in str(thread.error)
     app.close()
