@@ -3,16 +3,24 @@ responders (``hitl.q.*``) and the rebuild request.
 
 The consumer resumes from the stream sequence recorded with the views (not from the durable
 consumer's own acknowledgements), so after a crash the events of an interrupted batch are
-applied again before any later event, and a batch whose database write fails is retried in
-place: a view never sees an event before the ones that came earlier in the stream.
+applied again before any later event, and a batch whose database write fails for a reason that
+may pass (the database busy or unreachable) is retried in place: a view never sees an event
+before the ones that came earlier in the stream.
+
+One event the views cannot take does not stop them: a batch that fails otherwise is applied
+again one event at a time; an event that fails on its own ``poison_attempts`` times is
+quarantined (``hitl.dlq.projections`` in ``HITL_DLQ``) and passed over (its stream sequence
+recorded as applied), and so is a message that is not an event envelope at all. Nothing is
+passed over before its quarantine record is stored.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,11 +65,13 @@ from services.common.clock import Clock, SystemClock
 from services.common.consumer import (
     PoisonMessageError,
     PullConsumer,
+    RetryPolicy,
     Subscription,
     decode_envelope,
 )
 from services.common.logging import get_logger
 from services.common.messaging import check_server, ensure_streams, make_broker
+from services.common.quarantine import QuarantineError, describe, quarantine
 from services.common.runtime import cancel_and_wait
 
 log = get_logger(__name__)
@@ -87,6 +97,10 @@ def _query_failed(error: Exception) -> dict[str, Any]:
 def _subject_thread(message: Any) -> str:
     """The thread a query's subject names: its last part."""
     return str(message.raw_message.subject).rsplit(".", 1)[-1]
+
+
+def _seq(msg: Msg) -> int:
+    return int(msg.metadata.sequence.stream)
 
 
 def _other_thread(reply: type[BaseModel], subject_thread: str,
@@ -121,6 +135,8 @@ class ProjectionsRuntime:
                  data_dir: Path | None = None, clock: Clock | None = None,
                  batch_size: int = 256, on_applied: Applied | None = None) -> None:
         self.settings = settings
+        #: Times an event is tried on its own before it is quarantined.
+        self.poison_attempts = settings.poison_attempts
         self.nats_url = nats_url or settings.resolved_nats_url()
         self.data_dir = data_dir
         self.clock = clock or SystemClock()
@@ -183,33 +199,30 @@ class ProjectionsRuntime:
         await js.add_consumer(subjects.EVENTS_STREAM, config=config)
         consumer = PullConsumer(js, Subscription(subjects.EVENTS_ALL, subjects.EVENTS_STREAM,
                                                  DURABLE),
-                                batch_size=self.batch_size, handle_messages=self.apply_batch)
+                                batch_size=self.batch_size, handle_messages=self.apply_batch,
+                                policy=RetryPolicy(self.poison_attempts,
+                                                   self.settings.redelivery_delay))
         await consumer.run()
 
     async def apply_batch(self, messages: list[Msg]) -> None:
-        """Apply a fetched batch; retried in place until the database takes it."""
+        """Apply a fetched batch, in stream order (see the module's docstring for failures)."""
         if not messages:
             return
         async with self._apply_lock:
-            envelopes: list[EventEnvelope] = []
+            decoded: list[tuple[Msg, EventEnvelope]] = []
             for msg in messages:
                 try:
-                    envelopes.append(decode_envelope(msg.data))
+                    decoded.append((msg, decode_envelope(msg.data)))
                 except PoisonMessageError as error:
-                    log.error("event_rejected", consumer=DURABLE, subject=msg.subject,
-                              reason=str(error))
-                    await self._dead_letter(msg, str(error))
-            last_seq = int(messages[-1].metadata.sequence.stream)
-            delay = 0.1
-            while True:
-                try:
-                    await asyncio.to_thread(self.projector.apply, envelopes, consumer=DURABLE,
-                                            stream_seq=last_seq)
-                    break
-                except Exception as error:
-                    log.warning("projection_retry", error=repr(error), retry_in=delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, MAX_RETRY_DELAY)
+                    await self._in_place(functools.partial(self._quarantine, msg, None, error))
+            last_seq = _seq(messages[-1])
+            envelopes = [envelope for _, envelope in decoded]
+            try:
+                await self._in_place(lambda: self._apply(envelopes, last_seq))
+            except Exception as error:  # not an outage: find the event the views cannot take
+                log.warning("projection_batch_failed", error=repr(error), events=len(envelopes),
+                            detail="applying its events one at a time")
+                envelopes = await self._apply_one_by_one(decoded, last_seq)
             committed = time.time()
         with contextlib.suppress(Exception):  # unacknowledged is fine: the views know
             await messages[-1].ack()
@@ -218,13 +231,67 @@ class ProjectionsRuntime:
         async with self._applied:
             self._applied.notify_all()
 
-    async def _dead_letter(self, msg: Msg, reason: str) -> None:
+    async def _apply(self, envelopes: Sequence[EventEnvelope], stream_seq: int) -> None:
+        await asyncio.to_thread(self.projector.apply, envelopes, consumer=DURABLE,
+                                stream_seq=stream_seq, careful=False)
+
+    async def _skip(self, stream_seq: int) -> None:
+        await asyncio.to_thread(self.projector.skip, DURABLE, stream_seq)
+
+    async def _apply_one_by_one(self, decoded: Sequence[tuple[Msg, EventEnvelope]],
+                                last_seq: int) -> list[EventEnvelope]:
+        """Apply each event in its own transaction; one that keeps failing is quarantined and
+        passed over. Returns the events applied."""
+        applied: list[EventEnvelope] = []
+        for msg, envelope in decoded:
+            seq = _seq(msg)
+            for attempt in range(1, self.poison_attempts + 1):
+                try:
+                    await self._in_place(functools.partial(self._apply, [envelope], seq))
+                except Exception as error:
+                    if attempt < self.poison_attempts:
+                        log.warning("event_retry", thread_id=envelope.thread_id,
+                                    event_type=envelope.event_type, service=envelope.service,
+                                    position=envelope.position, attempt=attempt,
+                                    error=repr(error))
+                        await asyncio.sleep(min(0.1 * 2 ** (attempt - 1), MAX_RETRY_DELAY))
+                        continue
+                    reason = f"{describe(error)} (failed {attempt} times)"
+                    await self._in_place(functools.partial(self._quarantine, msg, envelope,
+                                                           reason))
+                    await self._in_place(functools.partial(self._skip, seq))
+                else:
+                    applied.append(envelope)
+                break
+        if not decoded or _seq(decoded[-1][0]) != last_seq:  # ended with non-envelopes
+            await self._in_place(functools.partial(self._skip, last_seq))
+        return applied
+
+    async def _in_place(self, step: Callable[[], Awaitable[None]]) -> None:
+        """Run ``step`` until it does not fail for a reason that may pass (the views database
+        busy or unreachable, NATS unreachable for a quarantine), waiting longer each time;
+        any other error is raised."""
+        delay = 0.1
+        while True:
+            try:
+                await step()
+                return
+            except Exception as error:
+                if not (isinstance(error, QuarantineError | OSError | TimeoutError)
+                        or self.db.is_transient(error)):
+                    raise
+                log.warning("projection_retry", error=repr(error), retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_RETRY_DELAY)
+
+    async def _quarantine(self, msg: Msg, envelope: EventEnvelope | None,
+                          reason: BaseException | str) -> None:
         if self.broker is None:
-            return
-        with contextlib.suppress(Exception):
-            await self.broker.connection.publish(
-                f"hitl.dlq.{DURABLE}", msg.data,
-                headers={"Hitl-Error": reason[:500], "Hitl-Subject": msg.subject})
+            raise QuarantineError("not connected to NATS")
+        await quarantine(self.broker.connection, source=DURABLE, subject=msg.subject,
+                         data=msg.data, reason=reason, stream_seq=_seq(msg),
+                         thread_id=envelope.thread_id if envelope else msg.subject.rsplit(
+                             ".", 1)[-1], headers=msg.headers)
 
     async def caught_up(self, after: dict[str, int], timeout: float = CATCH_UP_TIMEOUT) -> bool:
         """Wait until the thread_status view has applied ``after`` (service → position)."""

@@ -19,6 +19,8 @@ from contracts.limits import NATS_MAX_PAYLOAD, REQUIRED_NATS_PAYLOAD, describe
 DUPLICATE_WINDOW = 15 * 60
 #: How long commands are kept in their stream (seconds): long enough to replay an outage.
 COMMAND_MAX_AGE = 7 * 24 * 3600
+#: How long a quarantined message is kept for operators to look at (seconds).
+DLQ_MAX_AGE = 30 * 24 * 3600
 
 
 def connect_options(
@@ -99,6 +101,17 @@ def stream_configs(replicas: int = 1) -> list[StreamConfig]:
             num_replicas=replicas,
             allow_msg_schedules=True,
             allow_msg_ttl=True,
+        ),
+        # Quarantine: messages no retry can help, each with why and where it came from
+        # (services/common/quarantine.py); read with `hitlflow doctor`.
+        StreamConfig(
+            name=subjects.DLQ_STREAM,
+            subjects=[subjects.DLQ_ALL],
+            retention=RetentionPolicy.LIMITS,
+            max_age=DLQ_MAX_AGE,
+            storage=StorageType.FILE,
+            duplicate_window=DUPLICATE_WINDOW,
+            num_replicas=replicas,
         ),
     ]
 
