@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from typing import Any
 
 import nats
@@ -21,6 +22,28 @@ DUPLICATE_WINDOW = 15 * 60
 COMMAND_MAX_AGE = 7 * 24 * 3600
 #: How long a quarantined message is kept for operators to look at (seconds).
 DLQ_MAX_AGE = 30 * 24 * 3600
+
+
+_FIELD = rb"[^ \t\r\n]+"
+_GAP = rb"[ \t]+"
+
+
+def read_any_subject() -> None:
+    """Let nats-py read every subject the server delivers.
+
+    The NATS protocol separates the fields of a MSG line with spaces and tabs only, and the
+    server takes any other byte into a subject (``\\x0b`` and ``\\x0c`` included). nats-py reads
+    those lines with ``\\s``, which also splits on ``\\x0b`` and ``\\x0c``: one message published
+    to such a subject (by anyone allowed to publish) then fails the whole connection with a
+    protocol error each time it is delivered, and a durable consumer never gets past it. The
+    two patterns are replaced by the protocol's own separators (same groups); idempotent."""
+    from nats.protocol import parser
+
+    parser.MSG_RE = re.compile(rb"\AMSG" + _GAP + b"(" + _FIELD + b")" + _GAP + b"(" + _FIELD
+                               + b")" + _GAP + b"((" + _FIELD + b")" + _GAP + rb")?(\d+)\r\n")
+    parser.HMSG_RE = re.compile(rb"\AHMSG" + _GAP + b"(" + _FIELD + b")" + _GAP + b"(" + _FIELD
+                                + b")" + _GAP + b"((" + _FIELD + b")" + _GAP + rb")?(\d+)"
+                                + _GAP + rb"(\d+)\r\n")
 
 
 def connect_options(
@@ -49,6 +72,7 @@ def connect_options(
 
 async def connect(url: str, *, name: str, reconnect_attempts: int = -1,
                   **auth: str | None) -> Client:
+    read_any_subject()
     return await nats.connect(**connect_options(url, name=name,
                                                 reconnect_attempts=reconnect_attempts, **auth))
 
@@ -135,6 +159,7 @@ def make_broker(url: str, *, name: str, user: str | None = None, password: str |
     from faststream.nats import NatsBroker
     from faststream.nats.security import NatsToken, NatsUserPassword
 
+    read_any_subject()
     security: Any = None
     if user:
         security = NatsUserPassword(user, password or "")
