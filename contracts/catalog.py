@@ -44,7 +44,8 @@ from contracts.timeouts import (
     TimeoutInteraction,
 )
 
-Kind = Literal["command", "query", "event", "notification", "control", "internal"]
+Kind = Literal["command", "query", "event", "notification", "control", "internal",
+               "quarantine"]
 #: ``jetstream``: publish to the stream and wait for its acknowledgement (stored, durable; the
 #: reply, if any, comes to the ``Hitl-Reply-To`` inbox). ``request``: a core NATS request; the
 #: reply comes to the request's own reply subject. ``core``: core NATS, at most once.
@@ -128,6 +129,12 @@ CHANNELS: tuple[Channel, ...] = (
     Channel("hitl.sched.fire.{thread_id}", "internal", "jetstream",
             "What a timer publishes when it goes off.", BY_LAST_PART, TimeoutInteraction, None,
             subjects.SCHEDULES_STREAM, "timeout"),
+    Channel("hitl.dlq.{source}", "quarantine", "jetstream",
+            "A message no retry could handle, set aside so it holds back nothing: the original "
+            "body, with headers Hitl-Error (why), Hitl-Source (the consumer, or relay-<service>),"
+            " Hitl-Subject, Hitl-Thread, Hitl-Size, and Hitl-Stream-Seq or Hitl-Ref "
+            "(<service>:<position>). Kept 30 days.", "", None, None, subjects.DLQ_STREAM,
+            "every consumer and relay"),
 )
 
 
@@ -275,4 +282,7 @@ REFUSAL_CODES: dict[str, tuple[int, str]] = {
     "invalid_query": (400, "a query that breaks its model, or names another thread than its "
                            "subject"),
     "not_found": (404, "a query about a thread that does not exist"),
+    "query_failed": (500, "the projections failed while answering (the error says why)"),
+    "quarantined": (500, "the command could not be handled (a fault, not its contract) and was "
+                         "quarantined after repeated attempts; `hitlflow doctor` shows it"),
 }

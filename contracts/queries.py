@@ -338,7 +338,7 @@ class RebuildProgress(Contract):
 
 
 class RebuildReply(Contract):
-    ok: bool
+    ok: bool = False
     views: list[str] = Field(default_factory=list)
     #: Notifications read from each service's store, and events replayed into the views.
     read: dict[str, int] = Field(default_factory=dict)

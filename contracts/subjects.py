@@ -11,11 +11,14 @@ from contracts.limits import MAX_THREAD_ID
 COMMANDS_STREAM: Final = "HITL_COMMANDS"
 EVENTS_STREAM: Final = "HITL_EVENTS"
 SCHEDULES_STREAM: Final = "HITL_SCHEDULES"
+#: Quarantined messages: what no retry could handle, kept for operators (``hitlflow doctor``).
+DLQ_STREAM: Final = "HITL_DLQ"
 
 COMMANDS_ALL: Final = "hitl.cmd.>"
 EVENTS_ALL: Final = "hitl.evt.>"
 SCHEDULES_ALL: Final = "hitl.sched.>"
 NOTIFY_ALL: Final = "hitl.notify.>"
+DLQ_ALL: Final = "hitl.dlq.>"
 
 #: Header naming the subject a command's outcome is published to (JetStream messages carry
 #: no usable reply subject of their own once consumed through a pull consumer).
@@ -124,3 +127,22 @@ def schedule_fire_subject(thread_id: str) -> str:
 # Control requests answered by a timeout service replica (core NATS request/reply).
 TIMEOUTS_CHECK: Final = "hitl.ctl.timeouts.check"
 TIMEOUTS_LIST: Final = "hitl.ctl.timeouts.list"
+
+
+# Quarantine (stream HITL_DLQ): one subject per source, the consumer's durable name or
+# ``relay-<service>``; each entry says why and where the message came from in these headers.
+DLQ_ERROR_HEADER: Final = "Hitl-Error"
+DLQ_SOURCE_HEADER: Final = "Hitl-Source"
+DLQ_SUBJECT_HEADER: Final = "Hitl-Subject"
+DLQ_THREAD_HEADER: Final = "Hitl-Thread"
+#: The original message's sequence in its stream (a consumer's quarantine).
+DLQ_STREAM_SEQ_HEADER: Final = "Hitl-Stream-Seq"
+#: ``<service>:<position>`` of an event that stays in its service's event store (the relay's).
+DLQ_REF_HEADER: Final = "Hitl-Ref"
+#: Size in bytes of the original message (the body is left empty when it does not fit).
+DLQ_SIZE_HEADER: Final = "Hitl-Size"
+
+
+def dlq_subject(source: str) -> str:
+    """``hitl.dlq.<source>``: where a message that no retry can help is quarantined."""
+    return f"hitl.dlq.{source}"

@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from contracts.limits import MAX_ANSWER_BYTES, MAX_STATE_BYTES, TooLargeError, check_bytes
 from contracts.subjects import InvalidThreadIdError, check_thread_id
-from hitlflow import cli_demo, cli_projections, display
+from hitlflow import cli_demo, cli_doctor, cli_projections, display
 from hitlflow.cli_common import (
     EXIT_BAD_INPUT,
     EXIT_NO_STACK,
@@ -588,6 +588,7 @@ def contract(
 app.add_typer(timeouts_app, name="timeouts")
 cli_projections.register(app)  # threads, show, audit, analytics, projections rebuild
 app.command("demo")(cli_demo.demo)  # the guide's five patterns, asked or scripted
+app.command("doctor")(cli_doctor.doctor)  # the stack's health and what was quarantined
 
 
 def main() -> None:

@@ -45,6 +45,8 @@ def _how(channel: Channel) -> str:
         return f"published to `{channel.stream}` (JetStream: consume it, durably)"
     if channel.kind == "internal":
         return f"internal to the timeout service (`{channel.stream}`)"
+    if channel.kind == "quarantine":
+        return f"kept in `{channel.stream}`; read it with `hitlflow doctor`"
     if channel.transport == "core":
         return "core NATS: subscribe"
     return "NATS request/reply"

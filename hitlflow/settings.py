@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     log_format: Literal["console", "json"] = "console"
     #: Pull consumer batch size of the services.
     consumer_batch: int = 64
+    #: A message whose handling fails this many times with an error that is not an outage
+    #: (a bug, data the code cannot take) is quarantined (stream HITL_DLQ, `hitlflow doctor`)
+    #: and the messages after it go on.
+    poison_attempts: int = Field(default=5, ge=1)
+    #: Seconds before a message whose handling failed is delivered again.
+    redelivery_delay: float = Field(default=1.0, ge=0)
     #: How much lower (nice, 0-19) ``hitlflow up`` sets the CPU priority of the service no
     #: command waits for (timeout), so that on a busy machine the others run first; 0 runs
     #: every service at the same priority.

@@ -3,21 +3,30 @@ responders (``hitl.q.*``) and the rebuild request.
 
 The consumer resumes from the stream sequence recorded with the views (not from the durable
 consumer's own acknowledgements), so after a crash the events of an interrupted batch are
-applied again before any later event, and a batch whose database write fails is retried in
-place: a view never sees an event before the ones that came earlier in the stream.
+applied again before any later event, and a batch whose database write fails for a reason that
+may pass (the database busy or unreachable) is retried in place: a view never sees an event
+before the ones that came earlier in the stream.
+
+One event the views cannot take does not stop them: a batch that fails otherwise is applied
+again one event at a time; an event that fails on its own ``poison_attempts`` times is
+quarantined (``hitl.dlq.projections`` in ``HITL_DLQ``) and passed over (its stream sequence
+recorded as applied), and so is a message that is not an event envelope at all. Nothing is
+passed over before its quarantine record is stored.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from faststream import Path as SubjectPart
+from faststream import ExceptionMiddleware
 from faststream.nats import NatsBroker
+from faststream.nats.annotations import NatsMessage
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -47,6 +56,7 @@ from contracts.queries import (
     TimelineQuery,
     TimelineReply,
 )
+from contracts.subjects import InvalidThreadIdError, check_thread_id
 from hitlflow.settings import Settings
 from projections import analytics, audit_trail, thread_status
 from projections.db import ViewDatabase, open_view_database
@@ -56,11 +66,13 @@ from services.common.clock import Clock, SystemClock
 from services.common.consumer import (
     PoisonMessageError,
     PullConsumer,
+    RetryPolicy,
     Subscription,
     decode_envelope,
 )
 from services.common.logging import get_logger
 from services.common.messaging import check_server, ensure_streams, make_broker
+from services.common.quarantine import QuarantineError, describe, quarantine
 from services.common.runtime import cancel_and_wait
 
 log = get_logger(__name__)
@@ -75,13 +87,39 @@ MAX_RETRY_DELAY = 5.0
 Applied = Callable[[Sequence[EventEnvelope], float], None]
 
 
+def _query_failed(error: Exception) -> dict[str, Any]:
+    """The reply to a query that failed while it was answered: the asker is told, at once,
+    rather than left to wait for a reply that never comes."""
+    log.error("query_failed", error=repr(error))
+    return {"error": QueryError(error=f"the query failed: {type(error).__name__}: {error}"[:500],
+                                code="query_failed").model_dump(mode="json")}
+
+
+def _subject_thread(message: Any) -> str:
+    """The thread a query's subject names: its last part."""
+    return str(message.raw_message.subject).rsplit(".", 1)[-1]
+
+
+def _seq(msg: Msg) -> int:
+    return int(msg.metadata.sequence.stream)
+
+
 def _other_thread(reply: type[BaseModel], subject_thread: str,
-                  body_thread: str | None) -> dict[str, Any]:
-    """The reply to a query whose body names another thread than its subject."""
-    return reply.model_validate({"error": QueryError(
-        error=f"invalid query: it names thread {body_thread!r} but was sent for thread "
-              f"{subject_thread!r}; a query about one thread is answered for the thread its "
-              "subject names", code="invalid_query")}).model_dump(mode="json")
+                  body_thread: str | None) -> dict[str, Any] | None:
+    """The reply to a query about one thread whose subject names no valid thread, or whose
+    body names another thread than its subject; None when it is fine."""
+    try:
+        check_thread_id(subject_thread)
+    except InvalidThreadIdError as error:
+        problem = f"invalid query: the subject names no thread: {error}"
+    else:
+        if body_thread in (None, subject_thread):
+            return None
+        problem = (f"invalid query: it names thread {body_thread!r} but was sent for thread "
+                   f"{subject_thread!r}; a query about one thread is answered for the thread "
+                   "its subject names")
+    return reply.model_validate({"error": QueryError(error=problem, code="invalid_query")}
+                                ).model_dump(mode="json")
 
 
 def _invalid(reply: type[BaseModel], error: ValidationError, **fields: Any) -> dict[str, Any]:
@@ -98,6 +136,8 @@ class ProjectionsRuntime:
                  data_dir: Path | None = None, clock: Clock | None = None,
                  batch_size: int = 256, on_applied: Applied | None = None) -> None:
         self.settings = settings
+        #: Times an event is tried on its own before it is quarantined.
+        self.poison_attempts = settings.poison_attempts
         self.nats_url = nats_url or settings.resolved_nats_url()
         self.data_dir = data_dir
         self.clock = clock or SystemClock()
@@ -118,7 +158,9 @@ class ProjectionsRuntime:
             await self.rebuild(stale)
         broker = make_broker(self.nats_url, name="hitlflow-projections",
                              user=self.settings.nats_user, password=self.settings.nats_password,
-                             token=self.settings.nats_token)
+                             token=self.settings.nats_token,
+                             middlewares=(ExceptionMiddleware(
+                                 publish_handlers={Exception: _query_failed}),))
         self.broker = broker
         self._register(broker)
         await broker.connect()
@@ -158,43 +200,30 @@ class ProjectionsRuntime:
         await js.add_consumer(subjects.EVENTS_STREAM, config=config)
         consumer = PullConsumer(js, Subscription(subjects.EVENTS_ALL, subjects.EVENTS_STREAM,
                                                  DURABLE),
-                                batch_size=self.batch_size, handle_messages=self.apply_batch)
+                                batch_size=self.batch_size, handle_messages=self.apply_batch,
+                                policy=RetryPolicy(self.poison_attempts,
+                                                   self.settings.redelivery_delay))
         await consumer.run()
 
     async def apply_batch(self, messages: list[Msg]) -> None:
-        """Apply a fetched batch; retried in place until the database takes it."""
+        """Apply a fetched batch, in stream order (see the module's docstring for failures)."""
         if not messages:
             return
         async with self._apply_lock:
-            envelopes: list[EventEnvelope] = []
+            decoded: list[tuple[Msg, EventEnvelope]] = []
             for msg in messages:
                 try:
-                    envelopes.append(decode_envelope(msg.data))
+                    decoded.append((msg, decode_envelope(msg.data)))
                 except PoisonMessageError as error:
-                    log.error("event_rejected", consumer=DURABLE, subject=msg.subject,
-                              reason=str(error))
-                    await self._dead_letter(msg, str(error))
-            last_seq = int(messages[-1].metadata.sequence.stream)
-            delay = 0.1
-            # a local SQLite commit is applied on the loop (no thread hop per batch), unless
-            # another process (an offline rebuild) is writing: then in a thread, waiting
-            on_loop = self.db.local
-            while True:
-                try:
-                    if on_loop:
-                        self.projector.apply(envelopes, consumer=DURABLE, stream_seq=last_seq,
-                                             wait=False)
-                    else:
-                        await asyncio.to_thread(self.projector.apply, envelopes,
-                                                consumer=DURABLE, stream_seq=last_seq)
-                    break
-                except Exception as error:
-                    if on_loop and self.db.is_transient(error):
-                        on_loop = False
-                        continue
-                    log.warning("projection_retry", error=repr(error), retry_in=delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, MAX_RETRY_DELAY)
+                    await self._in_place(functools.partial(self._quarantine, msg, None, error))
+            last_seq = _seq(messages[-1])
+            envelopes = [envelope for _, envelope in decoded]
+            try:
+                await self._in_place(lambda: self._apply(envelopes, last_seq))
+            except Exception as error:  # not an outage: find the event the views cannot take
+                log.warning("projection_batch_failed", error=repr(error), events=len(envelopes),
+                            detail="applying its events one at a time")
+                envelopes = await self._apply_one_by_one(decoded, last_seq)
             committed = time.time()
         with contextlib.suppress(Exception):  # unacknowledged is fine: the views know
             await messages[-1].ack()
@@ -203,13 +232,77 @@ class ProjectionsRuntime:
         async with self._applied:
             self._applied.notify_all()
 
-    async def _dead_letter(self, msg: Msg, reason: str) -> None:
+    async def _apply(self, envelopes: Sequence[EventEnvelope], stream_seq: int) -> None:
+        # a local SQLite commit is applied on the loop (no thread hop per batch), unless
+        # another process (an offline rebuild) is writing: then in a thread, waiting
+        if self.db.local:
+            try:
+                self.projector.apply(envelopes, consumer=DURABLE, stream_seq=stream_seq,
+                                     careful=False, wait=False)
+                return
+            except Exception as error:
+                if not self.db.is_transient(error):
+                    raise
+        await asyncio.to_thread(self.projector.apply, envelopes, consumer=DURABLE,
+                                stream_seq=stream_seq, careful=False)
+
+    async def _skip(self, stream_seq: int) -> None:
+        await asyncio.to_thread(self.projector.skip, DURABLE, stream_seq)
+
+    async def _apply_one_by_one(self, decoded: Sequence[tuple[Msg, EventEnvelope]],
+                                last_seq: int) -> list[EventEnvelope]:
+        """Apply each event in its own transaction; one that keeps failing is quarantined and
+        passed over. Returns the events applied."""
+        applied: list[EventEnvelope] = []
+        for msg, envelope in decoded:
+            seq = _seq(msg)
+            for attempt in range(1, self.poison_attempts + 1):
+                try:
+                    await self._in_place(functools.partial(self._apply, [envelope], seq))
+                except Exception as error:
+                    if attempt < self.poison_attempts:
+                        log.warning("event_retry", thread_id=envelope.thread_id,
+                                    event_type=envelope.event_type, service=envelope.service,
+                                    position=envelope.position, attempt=attempt,
+                                    error=repr(error))
+                        await asyncio.sleep(min(0.1 * 2 ** (attempt - 1), MAX_RETRY_DELAY))
+                        continue
+                    reason = f"{describe(error)} (failed {attempt} times)"
+                    await self._in_place(functools.partial(self._quarantine, msg, envelope,
+                                                           reason))
+                    await self._in_place(functools.partial(self._skip, seq))
+                else:
+                    applied.append(envelope)
+                break
+        if not decoded or _seq(decoded[-1][0]) != last_seq:  # ended with non-envelopes
+            await self._in_place(functools.partial(self._skip, last_seq))
+        return applied
+
+    async def _in_place(self, step: Callable[[], Awaitable[None]]) -> None:
+        """Run ``step`` until it does not fail for a reason that may pass (the views database
+        busy or unreachable, NATS unreachable for a quarantine), waiting longer each time;
+        any other error is raised."""
+        delay = 0.1
+        while True:
+            try:
+                await step()
+                return
+            except Exception as error:
+                if not (isinstance(error, QuarantineError | OSError | TimeoutError)
+                        or self.db.is_transient(error)):
+                    raise
+                log.warning("projection_retry", error=repr(error), retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_RETRY_DELAY)
+
+    async def _quarantine(self, msg: Msg, envelope: EventEnvelope | None,
+                          reason: BaseException | str) -> None:
         if self.broker is None:
-            return
-        with contextlib.suppress(Exception):
-            await self.broker.connection.publish(
-                f"hitl.dlq.{DURABLE}", msg.data,
-                headers={"Hitl-Error": reason[:500], "Hitl-Subject": msg.subject})
+            raise QuarantineError("not connected to NATS")
+        await quarantine(self.broker.connection, source=DURABLE, subject=msg.subject,
+                         data=msg.data, reason=reason, stream_seq=_seq(msg),
+                         thread_id=envelope.thread_id if envelope else msg.subject.rsplit(
+                             ".", 1)[-1], headers=msg.headers)
 
     async def caught_up(self, after: dict[str, int], timeout: float = CATCH_UP_TIMEOUT) -> bool:
         """Wait until the thread_status view has applied ``after`` (service → position)."""
@@ -279,14 +372,16 @@ class ProjectionsRuntime:
     def _register(self, broker: NatsBroker) -> None:
         db = self.db
 
-        @broker.subscriber(f"{subjects.Q_THREAD}.{{thread_id}}", queue=QUEUE)
-        async def on_thread(body: dict[str, Any], thread_id: str = SubjectPart()) -> dict[str, Any]:
+        @broker.subscriber(f"{subjects.Q_THREAD}.*", queue=QUEUE)
+        async def on_thread(body: dict[str, Any], message: NatsMessage) -> dict[str, Any]:
+            thread_id = _subject_thread(message)
             try:
                 query = ThreadQuery.model_validate(body)
             except ValidationError as error:
                 return _invalid(ThreadReply, error)
-            if query.thread_id not in (None, thread_id):
-                return _other_thread(ThreadReply, thread_id, query.thread_id)
+            refusal = _other_thread(ThreadReply, thread_id, query.thread_id)
+            if refusal is not None:
+                return refusal
             await self.caught_up(query.after)
             view = await asyncio.to_thread(thread_status.thread, db, thread_id)
             if view is None:
@@ -323,26 +418,29 @@ class ProjectionsRuntime:
                 return _invalid(PendingReply, error)
             return await pending(query)
 
-        @broker.subscriber(f"{subjects.Q_PENDING}.{{thread_id}}", queue=QUEUE)
+        @broker.subscriber(f"{subjects.Q_PENDING}.*", queue=QUEUE)
         async def on_thread_pending(body: dict[str, Any],
-                                    thread_id: str = SubjectPart()) -> dict[str, Any]:
+                                    message: NatsMessage) -> dict[str, Any]:
+            thread_id = _subject_thread(message)
             try:
                 query = PendingQuery.model_validate(body or {})
             except ValidationError as error:
                 return _invalid(PendingReply, error)
-            if query.thread_id not in (None, thread_id):
-                return _other_thread(PendingReply, thread_id, query.thread_id)
+            refusal = _other_thread(PendingReply, thread_id, query.thread_id)
+            if refusal is not None:
+                return refusal
             return await pending(query.model_copy(update={"thread_id": thread_id}))
 
-        @broker.subscriber(f"{subjects.Q_TIMELINE}.{{thread_id}}", queue=QUEUE)
-        async def on_timeline(body: dict[str, Any],
-                              thread_id: str = SubjectPart()) -> dict[str, Any]:
+        @broker.subscriber(f"{subjects.Q_TIMELINE}.*", queue=QUEUE)
+        async def on_timeline(body: dict[str, Any], message: NatsMessage) -> dict[str, Any]:
+            thread_id = _subject_thread(message)
             try:
                 query = TimelineQuery.model_validate(body)
             except ValidationError as error:
                 return _invalid(TimelineReply, error)
-            if query.thread_id not in (None, thread_id):
-                return _other_thread(TimelineReply, thread_id, query.thread_id)
+            refusal = _other_thread(TimelineReply, thread_id, query.thread_id)
+            if refusal is not None:
+                return refusal
             await self.caught_up(query.after_positions)
 
             def read() -> TimelineReply:

@@ -5,10 +5,12 @@ and the stream sequence the consumer resumes from. Rebuild: the replayed events 
 without per-event tracking; the view records instead how far into each service's log it got
 (``view_positions``), and live events up to there are skipped for that view.
 
-An event a view cannot fold (a payload it does not understand) is logged and skipped, in the
-live path and in a rebuild alike, so both end in the same state; the other events of its batch
-are still applied. Errors a retry may get past (a busy database, a lost connection) are
-raised for the caller to retry the whole batch.
+An event a view cannot fold (a payload it does not understand) is passed over, in the live
+path and in a rebuild alike, so both end in the same state; the other events of its batch are
+still applied. A rebuild logs it and goes on (``careful``); the live consumer applies with
+``careful=False``, finds the event by applying the batch one event at a time, quarantines it
+and records it as passed over (:meth:`Projector.skip`; see ``projections/main.py``). Errors a
+retry may get past (a busy database, a lost connection) are raised for the caller to retry.
 """
 
 from __future__ import annotations
@@ -102,26 +104,42 @@ class Projector:
     # -- live ---------------------------------------------------------------------------------
 
     def apply(self, envelopes: Sequence[EventEnvelope], *, consumer: str | None = None,
-              stream_seq: int | None = None, wait: bool = True) -> int:
+              stream_seq: int | None = None, careful: bool = True, wait: bool = True) -> int:
         """Apply a batch in one transaction, in order; returns how many events were new.
-        ``wait=False``: raise a transient error at once if another process is writing."""
+
+        ``careful``: an event a view cannot fold is logged and passed over; else any error
+        undoes the whole batch and is raised. ``wait=False``: raise a transient error at once
+        if another process is writing."""
         with self.db.transaction(wait=wait) as tx:
             upto = {(row["view"], row["service"]): int(row["upto"])
                     for row in tx.all("SELECT view, service, upto FROM view_positions")}
-            try:
-                with tx.savepoint("view_batch"):
-                    applied = self._apply_live(tx, envelopes, upto, careful=False)
-            except Exception as error:
-                if self.db.is_transient(error):
-                    raise
-                applied = self._apply_live(tx, envelopes, upto, careful=True)
+            if not careful:
+                applied = self._apply_live(tx, envelopes, upto, careful=False)
+            else:
+                try:
+                    with tx.savepoint("view_batch"):
+                        applied = self._apply_live(tx, envelopes, upto, careful=False)
+                except Exception as error:
+                    if self.db.is_transient(error):
+                        raise
+                    applied = self._apply_live(tx, envelopes, upto, careful=True)
             if consumer is not None and stream_seq is not None:
-                tx.execute(
-                    "INSERT INTO view_consumers (consumer, stream_seq) VALUES (?, ?)"
-                    " ON CONFLICT (consumer) DO UPDATE SET stream_seq = excluded.stream_seq",
-                    (consumer, stream_seq),
-                )
+                self._record_consumer(tx, consumer, stream_seq)
         return applied
+
+    def skip(self, consumer: str, stream_seq: int) -> None:
+        """Record that ``consumer`` got past ``stream_seq`` without applying anything more: the
+        event there was quarantined (the views go on without it)."""
+        with self.db.transaction() as tx:
+            self._record_consumer(tx, consumer, stream_seq)
+
+    @staticmethod
+    def _record_consumer(tx: Tx, consumer: str, stream_seq: int) -> None:
+        tx.execute(
+            "INSERT INTO view_consumers (consumer, stream_seq) VALUES (?, ?)"
+            " ON CONFLICT (consumer) DO UPDATE SET stream_seq = excluded.stream_seq",
+            (consumer, stream_seq),
+        )
 
     def _apply_live(self, tx: Tx, envelopes: Sequence[EventEnvelope],
                     upto: dict[tuple[str, str], int], *, careful: bool) -> int:

@@ -1,9 +1,21 @@
 """Durable pull consumers: decode, group by thread, handle, acknowledge.
 
 Messages of one thread are handled in stream order; different threads run concurrently. A
-message that can never be handled (malformed, wrong contract) is logged, published to the
-dead-letter subject ``hitl.dlq.<consumer>`` and terminated; a failure that may pass (store busy,
-conflict storm) is negatively acknowledged and redelivered after a delay.
+message whose handling fails is sorted by what failed (see :func:`_failed`):
+
+- one that can never be handled (malformed, wrong contract: ``PoisonMessageError``) is
+  quarantined at once (``services/common/quarantine.py``: stream ``HITL_DLQ``, subject
+  ``hitl.dlq.<consumer>``) and terminated;
+- an outage or contention (NATS or the store unreachable, a lock, a conflict storm) is
+  negatively acknowledged and delivered again after a delay, for as long as it lasts;
+- any other error (a bug, data the code cannot take) is delivered again the same way until
+  the message has been delivered ``poison_attempts`` times, then quarantined and terminated.
+
+While a message is delivered again, the later messages of its thread wait for it (they are
+delivered again too); once it is quarantined they go on. A message whose quarantine record
+cannot be stored is kept and tried again: nothing is dropped. The sender of a command
+quarantined before its outcome was decided is told so (``CommandReply`` with code
+``quarantined``) rather than left waiting.
 """
 
 from __future__ import annotations
@@ -23,13 +35,15 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from pydantic import BaseModel, ValidationError
 
+from contracts.commands import CommandReply
 from contracts.events import EventEnvelope
+from contracts.subjects import REPLY_TO_HEADER
 from services.common.logging import get_logger
+from services.common.quarantine import QuarantineError, describe, is_transient, quarantine
 from services.common.store import Job, ServiceApplication
 
 log = get_logger(__name__)
 
-REDELIVERY_DELAY = 1.0
 #: Why a message is delivered again although it did not fail itself.
 HELD_BACK = "an earlier message of its thread is to be delivered again first"
 
@@ -38,6 +52,21 @@ P = TypeVar("P", bound=BaseModel)
 
 class PoisonMessageError(ValueError):
     """A message that no retry will make valid."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """What a consumer does with a message whose handling failed (settings
+    ``HITLFLOW_POISON_ATTEMPTS`` and ``HITLFLOW_REDELIVERY_DELAY``)."""
+
+    #: Deliveries after which a message failing with an error that is not an outage is
+    #: quarantined.
+    poison_attempts: int = 5
+    #: Seconds before a failed message is delivered again.
+    redelivery_delay: float = 1.0
+
+
+DEFAULT_POLICY = RetryPolicy()
 
 
 def consumer_config(durable: str, subject: str | tuple[str, ...], *,
@@ -74,18 +103,80 @@ def decode_payload(envelope: EventEnvelope, model: type[P]) -> P:
         raise PoisonMessageError(str(error)) from error
 
 
-async def _reject(msg: Msg, consumer: str, error: PoisonMessageError) -> None:
-    """A message no retry will make valid: logged, dead-lettered, never delivered again."""
-    log.error("message_rejected", consumer=consumer, subject=msg.subject, reason=str(error))
-    await _dead_letter(msg, consumer, str(error))
-    await msg.term()
+def delivered(msg: Msg) -> int:
+    """How many times the server has delivered this message (this time included)."""
+    try:
+        return int(msg.metadata.num_delivered or 1)
+    except Exception:  # not a JetStream delivery
+        return 1
 
 
-async def _retry(msg: Msg, consumer: str, error: BaseException | str) -> None:
+async def quarantine_message(msg: Msg, consumer: str, reason: BaseException | str) -> bool:
+    """Quarantine a consumed message and terminate it; False when the record could not be
+    stored (the message is then left to be delivered again)."""
+    try:
+        seq = int(msg.metadata.sequence.stream)
+    except Exception:  # not a JetStream delivery
+        seq = None
+    try:
+        await quarantine(msg._client, source=consumer, subject=msg.subject, data=msg.data,
+                         reason=reason, thread_id=thread_of(msg), stream_seq=seq,
+                         headers=msg.headers)
+    except QuarantineError:
+        return False
+    with contextlib.suppress(Exception):  # else delivered again after ack_wait: stored once
+        await msg.term()
+    return True
+
+
+async def _tell_sender(msg: Msg, reason: str) -> None:
+    """A command quarantined before its outcome was decided: its sender (``Hitl-Reply-To``)
+    gets a refusal that says so instead of waiting for a reply that would never come."""
+    reply_to = (msg.headers or {}).get(REPLY_TO_HEADER)
+    parts = msg.subject.split(".")
+    if not reply_to or len(parts) < 4 or parts[:2] != ["hitl", "cmd"]:
+        return
+    try:
+        reply = CommandReply.model_validate({
+            "ok": False, "command": parts[2], "thread_id": thread_of(msg), "code": "quarantined",
+            "error": f"the command could not be handled and was quarantined ({reason}); "
+                     "'hitlflow doctor' shows it"})
+    except ValidationError:  # not a command this version answers
+        return
+    with contextlib.suppress(Exception):  # best effort: the command itself is kept
+        await msg._client.publish(reply_to, reply.model_dump_json().encode())
+
+
+async def _retry(msg: Msg, consumer: str, error: BaseException | str, policy: RetryPolicy,
+                 **detail: Any) -> None:
     """A message that may succeed later: delivered again after a delay."""
     log.warning("message_retry", consumer=consumer, subject=msg.subject,
-                error=error if isinstance(error, str) else repr(error))
-    await msg.nak(delay=REDELIVERY_DELAY)
+                error=error if isinstance(error, str) else repr(error), **detail)
+    with contextlib.suppress(Exception):  # NATS gone: redelivered after ack_wait anyway
+        await msg.nak(delay=policy.redelivery_delay)
+
+
+async def _failed(msg: Msg, consumer: str, error: BaseException, policy: RetryPolicy) -> bool:
+    """A message whose handling raised ``error``: quarantined and terminated when no retry can
+    help (True), else left to be delivered again (False: the caller holds back the rest of its
+    thread)."""
+    if isinstance(error, PoisonMessageError):  # (its sender, if any, was told why)
+        if await quarantine_message(msg, consumer, error):
+            return True
+        await _retry(msg, consumer, error, policy, detail="not quarantined yet")
+        return False
+    if is_transient(error):
+        await _retry(msg, consumer, error, policy, transient=True)
+        return False
+    attempt = delivered(msg)
+    if attempt >= policy.poison_attempts:
+        reason = f"{describe(error)} (failed {attempt} times)"
+        if await quarantine_message(msg, consumer, reason):
+            await _tell_sender(msg, reason)
+            return True
+    await _retry(msg, consumer, error, policy, transient=False, attempt=attempt,
+                 poison_attempts=policy.poison_attempts)
+    return False
 
 
 async def handle_batch(
@@ -93,6 +184,7 @@ async def handle_batch(
     handle: Callable[[Msg], Awaitable[None]],
     *,
     consumer: str,
+    policy: RetryPolicy = DEFAULT_POLICY,
 ) -> None:
     groups: dict[str, list[Msg]] = defaultdict(list)
     for msg in messages:
@@ -102,30 +194,16 @@ async def handle_batch(
         for index, msg in enumerate(group):
             try:
                 await handle(msg)
-            except PoisonMessageError as error:
-                await _reject(msg, consumer, error)
             except Exception as error:
-                await _retry(msg, consumer, error)
+                if await _failed(msg, consumer, error, policy):
+                    continue
                 for pending in group[index + 1:]:
-                    await _retry(pending, consumer, HELD_BACK)
+                    await _retry(pending, consumer, HELD_BACK, policy)
                 return
             else:
                 await msg.ack()
 
     await asyncio.gather(*(run_group(group) for group in groups.values()))
-
-
-async def _dead_letter(msg: Msg, consumer: str, reason: str) -> None:
-    try:
-        await msg._client.publish(
-            f"hitl.dlq.{consumer}",
-            msg.data,
-            headers={**(msg.headers or {}), "Hitl-Error": reason[:500],
-                     "Hitl-Subject": msg.subject},
-        )
-    except Exception as error:
-        log.warning("dead_letter_failed", consumer=consumer, error=repr(error))
-
 
 
 @dataclass(frozen=True)
@@ -142,7 +220,7 @@ Prepare = Callable[[Msg], Awaitable[Work | None]]
 
 
 async def handle_jobs(messages: Sequence[Msg], prepare: Prepare, app: ServiceApplication, *,
-                      consumer: str) -> None:
+                      consumer: str, policy: RetryPolicy = DEFAULT_POLICY) -> None:
     """A batch as one application call (:meth:`ServiceApplication.run_jobs`): decode every
     message, decide them all in one transaction (in a worker thread, or on the loop when the
     application allows it: ``decides_in_loop``), then act and acknowledge in stream order.
@@ -151,16 +229,13 @@ async def handle_jobs(messages: Sequence[Msg], prepare: Prepare, app: ServiceApp
     held: set[str] = set()  # threads whose earlier message is to be delivered again
     for msg in messages:
         if thread_of(msg) in held:
-            await _retry(msg, consumer, HELD_BACK)
+            await _retry(msg, consumer, HELD_BACK, policy)
             continue
         try:
             work = await prepare(msg)
-        except PoisonMessageError as error:
-            await _reject(msg, consumer, error)
-            continue
         except Exception as error:
-            held.add(thread_of(msg))
-            await _retry(msg, consumer, error)
+            if not await _failed(msg, consumer, error, policy):
+                held.add(thread_of(msg))
             continue
         if work is None:
             await msg.ack()
@@ -168,10 +243,14 @@ async def handle_jobs(messages: Sequence[Msg], prepare: Prepare, app: ServiceApp
             works.append(work)
     if works:
         jobs = [work.job for work in works]
-        if app.decides_in_loop:
-            app.run_jobs(jobs)
-        else:
-            await asyncio.to_thread(app.run_jobs, jobs)
+        try:
+            if app.decides_in_loop:
+                app.run_jobs(jobs)
+            else:
+                await asyncio.to_thread(app.run_jobs, jobs)
+        except Exception as error:  # (each job's own failure is kept on the job)
+            for job in jobs:
+                job.error = job.error or error
         await asyncio.sleep(0)  # let the relay publish what was saved before replies go out
     for work in works:
         job = work.job
@@ -180,8 +259,11 @@ async def handle_jobs(messages: Sequence[Msg], prepare: Prepare, app: ServiceApp
                 await work.then(job)
             except Exception as error:  # delivered again: the job is then a duplicate
                 job.error = error
-        if job.failed:
-            await _retry(work.msg, consumer, job.error or HELD_BACK)
+        if job.error is not None:
+            if await _failed(work.msg, consumer, job.error, policy):
+                continue
+        elif job.skipped:  # an earlier job of its thread failed
+            await _retry(work.msg, consumer, HELD_BACK, policy)
         else:
             await work.msg.ack()
 
@@ -202,12 +284,14 @@ class Subscription:
     #: once). For work no caller waits on: fewer, larger batches, each one transaction.
     linger: float = 0.0
 
-    def batch_handler(self) -> Callable[[list[Msg]], Awaitable[None]]:
+    def batch_handler(self, policy: RetryPolicy = DEFAULT_POLICY
+                      ) -> Callable[[list[Msg]], Awaitable[None]]:
         handle, prepare, app = self.handle, self.prepare, self.app
         if prepare is not None and app is not None:
-            return lambda batch: handle_jobs(batch, prepare, app, consumer=self.durable)
+            return lambda batch: handle_jobs(batch, prepare, app, consumer=self.durable,
+                                             policy=policy)
         assert handle is not None, f"subscription {self.durable} has nothing to handle with"
-        return lambda batch: handle_batch(batch, handle, consumer=self.durable)
+        return lambda batch: handle_batch(batch, handle, consumer=self.durable, policy=policy)
 
 
 class PullConsumer:
@@ -226,12 +310,14 @@ class PullConsumer:
 
     def __init__(self, js: JetStreamContext, subscription: Subscription, *,
                  batch_size: int = 64, idle_timeout: float = 5.0,
-                 handle_messages: Callable[[list[Msg]], Awaitable[None]] | None = None) -> None:
+                 handle_messages: Callable[[list[Msg]], Awaitable[None]] | None = None,
+                 policy: RetryPolicy = DEFAULT_POLICY) -> None:
         self._js = js
         self._sub = subscription
         self._batch_size = batch_size
         self._idle_timeout = idle_timeout
         self._handle_messages = handle_messages
+        self._policy = policy
 
     async def _ensure_consumer(self) -> None:
         spec = self._sub
@@ -262,7 +348,7 @@ class PullConsumer:
             arrived.put_nowait(msg)
 
         sub = await nc.subscribe(inbox, cb=deliver)
-        handle_messages = self._handle_messages or spec.batch_handler()
+        handle_messages = self._handle_messages or spec.batch_handler(self._policy)
         request = json.dumps({"batch": self._batch_size,
                               "expires": int(self._idle_timeout * 1_000_000_000)}).encode()
         open_for = 0  # messages the open pull request may still deliver
@@ -297,12 +383,27 @@ class PullConsumer:
                     continue
                 if not batch:
                     continue
-                await handle_messages(batch)
+                await self._handle(handle_messages, batch)
         finally:
             # an abandoned subscription would hold up the connection's drain on shutdown; with
             # NATS gone, unsubscribing could wait for a reconnect that never comes
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(sub.unsubscribe(), 2.0)
+
+    async def _handle(self, handle_messages: Callable[[list[Msg]], Awaitable[None]],
+                      batch: list[Msg]) -> None:
+        """Hand a batch over; a handler that raises (a defect: handlers settle each message
+        themselves) does not stop the consumer: the batch is delivered again."""
+        try:
+            await handle_messages(batch)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            log.error("batch_failed", consumer=self._sub.durable, messages=len(batch),
+                      error=repr(error))
+            for msg in batch:
+                with contextlib.suppress(Exception):  # those settled already
+                    await msg.nak(delay=self._policy.redelivery_delay)
 
 
 async def wait_handled(js: JetStreamContext, stream: str, durable: str, *,

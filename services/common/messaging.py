@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from typing import Any
 
 import nats
@@ -19,6 +20,30 @@ from contracts.limits import NATS_MAX_PAYLOAD, REQUIRED_NATS_PAYLOAD, describe
 DUPLICATE_WINDOW = 15 * 60
 #: How long commands are kept in their stream (seconds): long enough to replay an outage.
 COMMAND_MAX_AGE = 7 * 24 * 3600
+#: How long a quarantined message is kept for operators to look at (seconds).
+DLQ_MAX_AGE = 30 * 24 * 3600
+
+
+_FIELD = rb"[^ \t\r\n]+"
+_GAP = rb"[ \t]+"
+
+
+def read_any_subject() -> None:
+    """Let nats-py read every subject the server delivers.
+
+    The NATS protocol separates the fields of a MSG line with spaces and tabs only, and the
+    server takes any other byte into a subject (``\\x0b`` and ``\\x0c`` included). nats-py reads
+    those lines with ``\\s``, which also splits on ``\\x0b`` and ``\\x0c``: one message published
+    to such a subject (by anyone allowed to publish) then fails the whole connection with a
+    protocol error each time it is delivered, and a durable consumer never gets past it. The
+    two patterns are replaced by the protocol's own separators (same groups); idempotent."""
+    from nats.protocol import parser
+
+    parser.MSG_RE = re.compile(rb"\AMSG" + _GAP + b"(" + _FIELD + b")" + _GAP + b"(" + _FIELD
+                               + b")" + _GAP + b"((" + _FIELD + b")" + _GAP + rb")?(\d+)\r\n")
+    parser.HMSG_RE = re.compile(rb"\AHMSG" + _GAP + b"(" + _FIELD + b")" + _GAP + b"(" + _FIELD
+                                + b")" + _GAP + b"((" + _FIELD + b")" + _GAP + rb")?(\d+)"
+                                + _GAP + rb"(\d+)\r\n")
 
 
 def connect_options(
@@ -47,6 +72,7 @@ def connect_options(
 
 async def connect(url: str, *, name: str, reconnect_attempts: int = -1,
                   **auth: str | None) -> Client:
+    read_any_subject()
     return await nats.connect(**connect_options(url, name=name,
                                                 reconnect_attempts=reconnect_attempts, **auth))
 
@@ -100,6 +126,17 @@ def stream_configs(replicas: int = 1) -> list[StreamConfig]:
             allow_msg_schedules=True,
             allow_msg_ttl=True,
         ),
+        # Quarantine: messages no retry can help, each with why and where it came from
+        # (services/common/quarantine.py); read with `hitlflow doctor`.
+        StreamConfig(
+            name=subjects.DLQ_STREAM,
+            subjects=[subjects.DLQ_ALL],
+            retention=RetentionPolicy.LIMITS,
+            max_age=DLQ_MAX_AGE,
+            storage=StorageType.FILE,
+            duplicate_window=DUPLICATE_WINDOW,
+            num_replicas=replicas,
+        ),
     ]
 
 
@@ -117,11 +154,12 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
 
 
 def make_broker(url: str, *, name: str, user: str | None = None, password: str | None = None,
-                token: str | None = None) -> Any:
+                token: str | None = None, middlewares: tuple[Any, ...] = ()) -> Any:
     """A faststream NATS broker that reconnects forever (services must outlive NATS restarts)."""
     from faststream.nats import NatsBroker
     from faststream.nats.security import NatsToken, NatsUserPassword
 
+    read_any_subject()
     security: Any = None
     if user:
         security = NatsUserPassword(user, password or "")
@@ -136,4 +174,5 @@ def make_broker(url: str, *, name: str, user: str | None = None, password: str |
         drain_timeout=5,
         security=security,
         log_level=logging.DEBUG,
+        middlewares=middlewares,
     )

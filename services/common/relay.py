@@ -4,6 +4,14 @@ Events are saved first and published after, from the log, starting at the last p
 recorded as published. An event saved just before a crash is therefore published after the
 restart; one published but not yet recorded is published again and dropped by the stream's
 de-duplication (``Nats-Msg-Id = <service>:<position>``).
+
+An event that can never be published does not hold back the ones after it: one larger than
+the server takes in a message, one whose envelope cannot be built (or that cannot be read from
+the store), and one the stream refuses for good (e.g. larger than its ``max_msg_size``) is
+quarantined (``relay-<service>`` in ``HITL_DLQ``, with ``Hitl-Ref = <service>:<position>``: the
+event itself stays in the store) and passed over. The position moves past it only once that
+record is stored; no answer in time, or no stream (503), is an outage: the batch is tried
+again.
 """
 
 from __future__ import annotations
@@ -11,8 +19,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from eventsourcing.persistence import IntegrityError, Tracking
@@ -21,6 +31,7 @@ from nats.js import JetStreamContext
 
 from contracts.events import EventEnvelope
 from services.common.logging import get_logger
+from services.common.quarantine import HEADER_ROOM, describe, is_transient, quarantine
 from services.common.store import Saved, ServiceApplication
 
 log = get_logger(__name__)
@@ -33,6 +44,9 @@ ToEnvelope = Callable[[Any, int], EventEnvelope | None]
 
 #: Saved events held for publishing straight from memory, at most (beyond: read from the store).
 MAX_FRESH = 10_000
+#: JetStream refusals of one message that no retry can help (``err_code``): larger than the
+#: stream's max_msg_size, headers over 64 KiB.
+REFUSED_FOR_GOOD = {10054, 10097}
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
@@ -43,7 +57,7 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
 
 
 class PublishError(RuntimeError):
-    """JetStream did not store every message of a batch (refused, or no answer in time)."""
+    """JetStream did not store every message of a batch (no stream, or no answer in time)."""
 
 
 class AckedPublisher:
@@ -52,6 +66,10 @@ class AckedPublisher:
     All acknowledgements come back to one subscription (``<inbox>.<batch>.<index>``): no
     request, token, future and timer per message, which ``JetStreamContext.publish`` costs.
     An acknowledgement of an older, abandoned batch is ignored.
+
+    A message the stream refuses for good (:data:`REFUSED_FOR_GOOD`) is returned with the
+    reason; any other refusal, or an acknowledgement missing in time, raises
+    :class:`PublishError`.
     """
 
     def __init__(self, js: JetStreamContext, timeout: float = 5.0) -> None:
@@ -64,22 +82,29 @@ class AckedPublisher:
         self._expected = 0
         self._acked: set[int] = set()
         self._errors: list[str] = []
+        self._refused: dict[int, str] = {}
         self._done: asyncio.Future[None] | None = None
         self._lock = asyncio.Lock()  # one batch in flight at a time
 
-    async def publish(self, messages: Sequence[tuple[str, bytes, str]]) -> None:
-        """Publish ``(subject, data, msg_id)`` in order; return once all are stored."""
-        if not messages:
-            return
-        async with self._lock:
-            await self._publish(messages)
+    @property
+    def max_payload(self) -> int:
+        """The largest message (headers and body) the server takes, in bytes."""
+        return int(self._nc.max_payload)
 
-    async def _publish(self, messages: Sequence[tuple[str, bytes, str]]) -> None:
+    async def publish(self, messages: Sequence[tuple[str, bytes, str]]) -> dict[int, str]:
+        """Publish ``(subject, data, msg_id)`` in order; return once all are stored, with the
+        messages refused for good (index → reason)."""
+        if not messages:
+            return {}
+        async with self._lock:
+            return await self._publish(messages)
+
+    async def _publish(self, messages: Sequence[tuple[str, bytes, str]]) -> dict[int, str]:
         if self._sub is None:
             self._prefix = self._nc.new_inbox()
             self._sub = await self._nc.subscribe(f"{self._prefix}.>", cb=self._on_ack)
         batch = self._batch = next(self._batches)
-        self._expected, self._acked, self._errors = len(messages), set(), []
+        self._expected, self._acked, self._errors, self._refused = len(messages), set(), [], {}
         done = self._done = asyncio.get_running_loop().create_future()
         for index, (subject, data, msg_id) in enumerate(messages):
             await self._nc.publish(subject, data, reply=f"{self._prefix}.{batch}.{index}",
@@ -94,6 +119,7 @@ class AckedPublisher:
             self._done = None
         if self._errors:
             raise PublishError("; ".join(self._errors[:3]))
+        return dict(self._refused)
 
     async def _on_ack(self, msg: Msg) -> None:
         _, batch, index = msg.subject.rsplit(".", 2)
@@ -103,7 +129,15 @@ class AckedPublisher:
         if msg.headers and msg.headers.get("Status") == "503":
             self._errors.append("no stream answered (503)")
         elif b'"error"' in msg.data:
-            self._errors.append(msg.data.decode(errors="replace")[:200])
+            try:
+                error = json.loads(msg.data)["error"]
+                code, text = error.get("err_code"), str(error.get("description", error))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                code, text = None, msg.data.decode(errors="replace")[:200]
+            if code in REFUSED_FOR_GOOD:
+                self._refused[int(index)] = f"refused by the stream: {text} (err_code {code})"
+            else:
+                self._errors.append(text)
         self._acked.add(int(index))
         if len(self._acked) >= self._expected:
             done.set_result(None)
@@ -113,6 +147,19 @@ class AckedPublisher:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
             self._sub = None
+
+
+@dataclass(frozen=True)
+class _Outgoing:
+    """One saved event as it goes out: its message, or why it cannot go (``refusal``)."""
+
+    position: int
+    #: ``<service>:<position>``: the message's ``Nats-Msg-Id``, the quarantine's ``Hitl-Ref``.
+    msg_id: str
+    subject: str
+    data: bytes
+    thread_id: str | None
+    refusal: str | None = None
 
 
 class Relay:
@@ -141,6 +188,8 @@ class Relay:
         track_interval: float = 0.5,
     ) -> None:
         self._app = app
+        self._nc: Any = js._nc
+        self._service = str(getattr(app, "name", "") or type(app).__name__)
         self._publisher = AckedPublisher(js)
         self._to_envelope = to_envelope
         self._batch_size = batch_size
@@ -220,37 +269,87 @@ class Relay:
         fresh = self._take_fresh() if self._caught_up and not from_recorded else []
         if fresh:
             read, last = len(fresh), fresh[-1][0]
-            messages = [m for m in (self._message(e, i) for i, e in fresh) if m is not None]
+            outgoing = [o for o in (self._outgoing(e, i) for i, e in fresh) if o is not None]
         else:
-            read, last, messages = await asyncio.to_thread(self._read_batch, from_recorded)
+            read, last, outgoing = await asyncio.to_thread(self._read_batch, from_recorded)
             self._caught_up = self._caught_up or not from_recorded
         if not read:
             return 0
-        await self._publisher.publish(messages)
+        sendable = [o for o in outgoing if o.refusal is None]
+        for item in outgoing:  # before anything moves: an outage fails the batch here
+            if item.refusal is not None:
+                await self._quarantine(item, item.refusal)
+        refused = await self._publisher.publish([(o.subject, o.data, o.msg_id)
+                                                 for o in sendable])
+        for index, reason in refused.items():
+            await self._quarantine(sendable[index], reason)
         self._position = max(self._position, last)
-        self.published += len(messages)
+        self.published += len(sendable) - len(refused)
         return read
 
-    def _read_batch(self, from_recorded: bool) -> tuple[int, int, list[tuple[str, bytes, str]]]:
+    def _read_batch(self, from_recorded: bool) -> tuple[int, int, list[_Outgoing]]:
         """In a worker thread: the next notifications, already encoded as messages."""
         recorder = self._app.process_recorder
         recorded = recorder.max_tracking_id(RELAY_TRACKING_NAME) or 0
         start = recorded if from_recorded else max(recorded, self._position)
         notifications = recorder.select_notifications(start + 1, self._batch_size)
-        messages = []
+        outgoing = []
         for notification in notifications:
-            message = self._message(self._app.mapper.to_domain_event(notification),
-                                    notification.id)
-            if message is not None:
-                messages.append(message)
+            try:
+                event = self._app.mapper.to_domain_event(notification)
+            except Exception as error:  # e.g. a class this release no longer has
+                if is_transient(error):
+                    raise
+                kind = str(notification.topic).rsplit(".", 1)[-1]
+                outgoing.append(_Outgoing(
+                    notification.id, f"{self._service}:{notification.id}",
+                    f"hitl.evt.{self._service}.{kind}", bytes(notification.state), None,
+                    f"the stored event cannot be read: {describe(error)}"))
+                continue
+            item = self._outgoing(event, notification.id)
+            if item is not None:
+                outgoing.append(item)
         last = notifications[-1].id if notifications else start
-        return len(notifications), last, messages
+        return len(notifications), last, outgoing
 
-    def _message(self, event: Any, position: int) -> tuple[str, bytes, str] | None:
-        envelope = self._to_envelope(event, position)
-        if envelope is None:
-            return None
-        return envelope.subject, envelope.model_dump_json().encode(), envelope.msg_id
+    def _outgoing(self, event: Any, position: int) -> _Outgoing | None:
+        """The event's message; None for an internal event; a refusal for one that can never
+        be published (its envelope cannot be built, or it is too large for NATS)."""
+        try:
+            envelope = self._to_envelope(event, position)
+            if envelope is None:
+                return None
+            subject, data = envelope.subject, envelope.model_dump_json().encode()
+        except Exception as error:
+            if is_transient(error):  # e.g. the store busy while finding the thread: try again
+                raise
+            thread_id = getattr(event, "thread_id", None)
+            return _Outgoing(position, f"{self._service}:{position}",
+                             f"hitl.evt.{self._service}.{type(event).__name__}",
+                             self._stored(event), thread_id if isinstance(thread_id, str)
+                             else None, f"its envelope could not be built: {describe(error)}")
+        limit = self._publisher.max_payload - HEADER_ROOM
+        if len(data) > limit:
+            return _Outgoing(position, envelope.msg_id, subject, data, envelope.thread_id,
+                             f"the event is {len(data):,} bytes as a message, more than the "
+                             f"{limit:,} NATS takes (max_payload "
+                             f"{self._publisher.max_payload:,} less {HEADER_ROOM:,} for "
+                             "headers)")
+        return _Outgoing(position, envelope.msg_id, subject, data, envelope.thread_id)
+
+    def _stored(self, event: Any) -> bytes:
+        """The event as its store keeps it (what an operator looks at when it cannot go out)."""
+        try:
+            return bytes(self._app.mapper.to_stored_event(event).state)
+        except Exception:
+            return b""
+
+    async def _quarantine(self, item: _Outgoing, reason: str) -> None:
+        """Quarantine an event that can never be published; raises QuarantineError (the batch
+        is then tried again) when the record is not stored."""
+        await quarantine(self._nc, source=f"relay-{self._service}", subject=item.subject,
+                         data=item.data, reason=reason, thread_id=item.thread_id,
+                         ref=item.msg_id)
 
     def _take_fresh(self) -> list[tuple[int, Any]]:
         """The saved events that follow the published position without a gap (a batch at

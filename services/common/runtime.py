@@ -9,7 +9,7 @@ from typing import Any
 
 from faststream.nats import NatsBroker
 
-from services.common.consumer import PullConsumer, Subscription
+from services.common.consumer import PullConsumer, RetryPolicy, Subscription
 from services.common.logging import get_logger
 from services.common.messaging import check_server, ensure_streams, make_broker
 from services.common.relay import Relay, ToEnvelope
@@ -32,8 +32,11 @@ class ServiceRuntime:
         auth: dict[str, str | None] | None = None,
         stream_replicas: int = 1,
         batch_size: int = 64,
+        poison_attempts: int = 5,
+        redelivery_delay: float = 1.0,
     ) -> None:
         self._batch_size = batch_size
+        self._policy = RetryPolicy(poison_attempts, redelivery_delay)
         self.name = name
         self.app = app
         self._nats_url = nats_url
@@ -46,7 +49,9 @@ class ServiceRuntime:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        broker = make_broker(self._nats_url, name=f"hitlflow-{self.name}", **self._auth)
+        broker = make_broker(self._nats_url, name=f"hitlflow-{self.name}",
+                             user=self._auth.get("user"), password=self._auth.get("password"),
+                             token=self._auth.get("token"))
         self.broker = broker
         await broker.connect()
         check_server(broker.connection, self._nats_url)
@@ -54,7 +59,8 @@ class ServiceRuntime:
         await ensure_streams(js, self._replicas)
         await broker.start()
         for subscription in self._subscriptions(broker, self.app):
-            consumer = PullConsumer(js, subscription, batch_size=self._batch_size)
+            consumer = PullConsumer(js, subscription, batch_size=self._batch_size,
+                                    policy=self._policy)
             self._tasks.append(asyncio.create_task(consumer.run(), name=subscription.durable))
         if self._to_envelope is not None:
             self.relay = Relay(self.app, js, self._to_envelope)

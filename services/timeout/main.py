@@ -118,6 +118,8 @@ def build(
               "token": settings.nats_token},
         stream_replicas=settings.stream_replicas,
         batch_size=settings.consumer_batch,
+        poison_attempts=settings.poison_attempts,
+        redelivery_delay=settings.redelivery_delay,
     )
     return TimeoutRuntime(runtime, Sweeper(app, index, clock),
                           sweep_interval=settings.timeout_sweep_interval,

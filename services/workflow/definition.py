@@ -9,9 +9,10 @@ author can go straight to it. Problems are of two severities:
   does not parse, an invalid ``response_schema``, ``batch``, ``otherwise`` or ``fallback``).
   :func:`load_workflow` refuses such a graph; nothing is guessed.
 - **warnings** do not stop a run but are almost always mistakes: a node no path reaches, an
-  input field (or a prompt's ``{field}``, or a condition's name) that no upstream node produces
-  and that is not an input of the start node, an input or interaction node with no next node
-  (its output is never used), a loop of automatic nodes that never pauses.
+  input field (or a prompt's ``{field}`` without a ``|default``, or a condition's name) that is
+  not an input of the start node and that no upstream node produces, or that some path to the
+  node misses (the shortest such path is named), an input or interaction node with no next
+  node (its output is never used), a loop of automatic nodes that never pauses.
 
 :func:`check_workflow` returns both; ``hitlflow validate`` prints both.
 """
@@ -23,6 +24,7 @@ import io
 import json
 import re
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -37,7 +39,7 @@ from services.common.responses import InteractionError, decide
 from services.workflow.agents import INTERACTION_AGENT_TYPES, AgentRegistry
 from services.workflow.conditions import ConditionError
 from services.workflow.conditions import parse as parse_condition
-from services.workflow.templates import fields_of
+from services.workflow.templates import placeholders
 
 REQUIRED_COLUMNS = ("graph_name", "node_name", "agent_type")
 KNOWN_COLUMNS = (
@@ -146,8 +148,9 @@ def fallback_of(node: NodeSpec) -> FallbackConfig | None:
     raw = node.context.get("fallback")
     if not isinstance(raw, dict):
         return None
-    data = raw.get("data")
-    return FallbackConfig(when=str(raw.get("when", "on_error")), to=raw.get("to"),
+    data, to = raw.get("data"), raw.get("to")
+    return FallbackConfig(when=str(raw.get("when", "on_error")),
+                          to=to if isinstance(to, str) else None,  # else an error of its own
                           action=raw.get("action"), data=data if isinstance(data, dict) else None)
 
 
@@ -602,11 +605,7 @@ def _graph_warnings(file: str, nodes: list[NodeSpec]) -> list[Problem]:
     edges = {n.name: [t for t in _edges(n) if t in by_name] for n in nodes}
     start = nodes[0]
     reachable = _reachable(start.name, edges)
-    reverse: dict[str, list[str]] = {n.name: [] for n in nodes}
-    for source, targets in edges.items():
-        for target in targets:
-            reverse[target].append(source)
-    initial = set(start.input_fields)
+    flow = field_flow(nodes)
     warnings: list[Problem] = []
 
     def warn(node: NodeSpec, column: str, message: str) -> None:
@@ -622,62 +621,241 @@ def _graph_warnings(file: str, nodes: list[NodeSpec]) -> list[Problem]:
         ):
             warn(node, "next_on_success", f"node {node.name!r} has no next_on_success, so a "
                  "thread ends right after it and nothing uses its output; name the next node")
-        if node is start:
+        if node is start or node.name not in flow.may:  # reached only by routes never taken
             continue
-        upstream = _ancestors(node.name, reverse) & reachable
-        produced = {by_name[u].output_field for u in upstream if by_name[u].output_field}
-        known = produced | initial
-
-        for name in node.input_fields:
-            if name not in known:
-                warn(node, "input_fields", f"input field {_unproduced(name, node, start)}")
-        extra = set(BATCH_FIELDS) if batch_of(node) else set()
-        for name in dict.fromkeys(fields_of(node.prompt)):
-            if name not in known and name not in extra:
-                warn(node, "prompt",
-                     f"prompt field {{{name}}}: {_unproduced(name, node, start)}")
-        if isinstance(node.context.get("condition"), str):
-            try:
-                condition = parse_condition(node.context["condition"])
-            except ConditionError:
-                condition = None
-            for name in sorted(condition.names if condition else ()):
-                if name not in known:
-                    warn(node, "context",
-                         f"condition name {_unproduced(name, node, start)}")
+        for column, name in _field_uses(node):
+            use = {"input_fields": f"input field {name!r}", "prompt": f"prompt field {{{name}}}",
+                   "context": f"condition name {name!r}"}[column]
+            if name not in flow.may[node.name]:
+                warn(node, column, f"{use} is produced by no node upstream of {node.name!r} and "
+                     f"is not an input of the start node {start.name!r}: it is missing unless "
+                     "the initial state has it")
+            elif name not in flow.must[node.name]:
+                path = flow.path_missing(node.name, name) or []
+                warn(node, column, f"{use} is not produced on {describe_path(path, by_name)}")
     warnings += _automatic_loops(file, nodes, edges)
     return warnings
 
 
-def _unproduced(name: str, node: NodeSpec, start: NodeSpec) -> str:
-    return (f"{name!r} is produced by no node upstream of {node.name!r} and is not an input of "
-            f"the start node {start.name!r}: it is empty unless the initial state has it")
+def _field_uses(node: NodeSpec) -> list[tuple[str, str]]:
+    """(column, field) for each field the node uses, once per field: its prompt's fields
+    without a default (batch fields aside), its condition's names, its input fields. A field
+    used in several places is named where a person would see it missing first: the prompt,
+    then the condition, then the input fields. Listed input fields first, as in the CSV."""
+    column_of: dict[str, str] = {}
+    extra = set(BATCH_FIELDS) if batch_of(node) else set()
+    for placeholder in placeholders(node.prompt):
+        if placeholder.default is None and placeholder.name not in extra:
+            column_of.setdefault(placeholder.name, "prompt")
+    if isinstance(node.context.get("condition"), str):
+        try:
+            condition = parse_condition(node.context["condition"])
+        except ConditionError:
+            condition = None
+        for name in sorted(condition.names if condition else ()):
+            column_of.setdefault(name, "context")
+    for name in node.input_fields:
+        column_of.setdefault(name, "input_fields")
+    order = {"input_fields": 0, "prompt": 1, "context": 2}
+    return sorted(((column, name) for name, column in column_of.items()),
+                  key=lambda use: order[use[0]])
 
 
-def _ancestors(name: str, reverse: dict[str, list[str]]) -> set[str]:
-    """Nodes with a path of one or more steps to ``name`` (``name`` itself when in a loop)."""
-    found: set[str] = set()
-    queue = deque(reverse.get(name, []))
-    while queue:
-        source = queue.popleft()
-        if source not in found:
-            found.add(source)
-            queue.extend(reverse.get(source, []))
-    return found
+# -- which fields are defined where: a data-flow analysis over the graph ----------------------
+
+Route = Literal["success", "failure", "fallback"]
+#: The CSV column (or context key) each route is written in.
+ROUTE_COLUMNS: dict[str, str] = {"success": "next_on_success", "failure": "next_on_failure",
+                                 "fallback": "context fallback"}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One edge of the graph: ``source`` goes to ``target`` by ``route``."""
+
+    source: str
+    target: str
+    route: Route
+    #: Does the state hold the source's output field after this edge?
+    carries_output: bool
+
+
+def steps_of(node: NodeSpec) -> list[Step]:
+    """The edges leaving a node, in the order success, failure, fallback.
+
+    A node's output field is written whichever route it takes (an agent that returns a
+    failure result, a person who rejects or ends, a fallback), with one exception: a choice
+    or text input request has no failure answer, so its ``next_on_failure`` is taken only when
+    the request cannot be made, and then nothing is written. An agent that raises also takes
+    ``next_on_failure`` without output; that is an error, which this analysis does not model.
+
+    A fallback taken ``always`` replaces the person: the node only ever goes to the fallback's
+    ``to``, or by the route its response takes.
+    """
+    kind = interaction_type_of(node)
+    fallback = fallback_of(node)
+    routes: list[tuple[Route, str | None]] = [
+        ("success", node.next_on_success), ("failure", node.next_on_failure),
+        ("fallback", fallback.to if fallback else None)]
+    if fallback is not None and fallback.when == "always":
+        taken = "fallback" if fallback.to else _fallback_route(node, kind, fallback)
+        routes = [(route, target) for route, target in routes if taken in (None, route)]
+    return [Step(node.name, target, route,
+                 not (route == "failure" and kind in ("choice", "text_input")))
+            for route, target in routes if target]
+
+
+def _fallback_route(node: NodeSpec, kind: str | None, fallback: FallbackConfig) -> str | None:
+    """The route a fallback response takes (None when it is not a valid response)."""
+    if kind not in INTERACTION_TYPES:
+        return None
+    try:
+        return decide(kind, list(node.context.get("options") or []), {},
+                      str(fallback.action or ""), fallback.data).route
+    except InteractionError:
+        return None
+
+
+def branch_name(node: NodeSpec, route: Route) -> str | None:
+    """How an author names a route that is not the node's success: ``reject`` for an approval
+    or edit, ``end`` for a conversation, ``fallback`` for a fallback's ``to``, else
+    ``next_on_failure``."""
+    if route == "success":
+        return None
+    if route == "fallback":
+        return "fallback"
+    kind = interaction_type_of(node)
+    if kind in ("approval", "edit"):
+        return "reject"
+    if kind == "conversation":
+        return "end"
+    return "next_on_failure"
+
+
+def describe_path(path: list[Step], nodes: dict[str, NodeSpec]) -> str:
+    """``the path through `reject`: start → … → end (approve_gate's next_on_failure)``."""
+    if not path:
+        return "the path that starts at it"
+    names = " → ".join([path[0].source, *(step.target for step in path)])
+    branches = [(branch_name(nodes[s.source], s.route), s) for s in path if s.route != "success"]
+    if not branches:
+        return f"the path {names}"
+    through = " and ".join(dict.fromkeys(f"`{name}`" for name, _ in branches))
+    where = ", ".join(f"{s.source}'s {ROUTE_COLUMNS[s.route]}" for _, s in branches)
+    return f"the path through {through}: {names} ({where})"
+
+
+@dataclass(frozen=True)
+class FieldFlow:
+    """Which state fields are defined when each reachable node runs.
+
+    ``must[node]``: produced on every path from the start node to it (or inputs of the start
+    node); ``may[node]``: produced on at least one. Unreachable nodes are in neither.
+    """
+
+    start: str
+    initial: frozenset[str]
+    steps: dict[str, list[Step]]
+    outputs: dict[str, str | None]
+    must: dict[str, frozenset[str]]
+    may: dict[str, frozenset[str]]
+    _trees: dict[str, dict[str, Step | None]] = field(default_factory=dict, repr=False,
+                                                      compare=False)
+
+    def produces(self, step: Step, name: str) -> bool:
+        return step.carries_output and self.outputs[step.source] == name
+
+    def path_missing(self, node: str, name: str) -> list[Step] | None:
+        """The shortest path from the start node to ``node`` on which no node produces
+        ``name`` (ties: success before failure before fallback), or None when there is none."""
+        if name in self.initial:
+            return None
+        came_by = self._paths_missing(name)
+        if node not in came_by:
+            return None
+        path: list[Step] = []
+        back = came_by[node]
+        while back is not None:
+            path.append(back)
+            back = came_by[back.source]
+        return path[::-1]
+
+    def _paths_missing(self, name: str) -> dict[str, Step | None]:
+        """Breadth first from the start node over the edges that do not produce ``name``: the
+        last step of a shortest such path to each node it reaches (computed once per field)."""
+        if name in self._trees:
+            return self._trees[name]
+        came_by: dict[str, Step | None] = {self.start: None}
+        queue = deque([self.start])
+        while queue:
+            for step in self.steps[queue.popleft()]:
+                if step.target not in came_by and not self.produces(step, name):
+                    came_by[step.target] = step
+                    queue.append(step.target)
+        self._trees[name] = came_by
+        return came_by
+
+
+def field_flow(nodes: list[NodeSpec]) -> FieldFlow:
+    """Must- and may-be-defined fields at each node's entry, iterated to a fixed point: a
+    node's set is the intersection (must) or union (may) over its incoming edges of what the
+    source had plus the source's output on that edge; the start node has its input fields."""
+    by_name = {n.name: n for n in nodes}
+    start = nodes[0]
+    steps = {n.name: [s for s in steps_of(n) if s.target in by_name] for n in nodes}
+    outputs = {n.name: n.output_field for n in nodes}
+    initial = frozenset(start.input_fields)
+    reachable = _reachable(start.name, {n: [s.target for s in out] for n, out in steps.items()})
+    incoming: dict[str, list[Step]] = {n: [] for n in reachable}
+    for name in reachable:
+        for step in steps[name]:
+            incoming[step.target].append(step)
+
+    def after(step: Step, held: frozenset[str]) -> frozenset[str]:
+        output = outputs[step.source]
+        return held | {output} if output and step.carries_output else held
+
+    def solve(join: Callable[[frozenset[str], frozenset[str]], frozenset[str]],
+              top: frozenset[str]) -> dict[str, frozenset[str]]:
+        found = {n: top for n in reachable}
+        pending = deque(n for n in by_name if n in reachable)
+        queued = set(pending)
+        while pending:
+            name = pending.popleft()
+            queued.discard(name)
+            held = initial if name == start.name else top
+            for step in incoming[name]:
+                held = join(held, after(step, found[step.source]))
+            if held != found[name]:
+                found[name] = held
+                for step in steps[name]:
+                    if step.target not in queued:
+                        queued.add(step.target)
+                        pending.append(step.target)
+        return found
+
+    everything = initial | {o for o in outputs.values() if o}
+    must = solve(frozenset.intersection, frozenset(everything))
+    may = solve(frozenset.union, frozenset())
+    return FieldFlow(start.name, initial, steps, outputs, must, may)
 
 
 def _automatic_loops(file: str, nodes: list[NodeSpec],
                      edges: dict[str, list[str]]) -> list[Problem]:
     automatic = {n.name for n in nodes if interaction_type_of(n) is None}
     auto_edges = {n: [t for t in edges[n] if t in automatic] for n in automatic}
+    back_edges: dict[str, list[str]] = {n: [] for n in automatic}
+    for source, targets in auto_edges.items():
+        for target in targets:
+            back_edges[target].append(source)
     reported: set[str] = set()
     problems: list[Problem] = []
     for node in nodes:
         if node.name not in automatic or node.name in reported:
             continue
-        loop = {t for t in _reachable(node.name, auto_edges)
-                if node.name in _reachable(t, auto_edges)}
-        if node.name in loop and any(node.name in auto_edges[t] for t in loop):
+        # the nodes it reaches that reach it back: its loop (itself alone when there is none)
+        loop = _reachable(node.name, auto_edges) & _reachable(node.name, back_edges)
+        if any(node.name in auto_edges[t] for t in loop):
             members = [n.name for n in nodes if n.name in loop]
             reported |= loop
             problems.append(Problem(file, node.row, "next_on_success",

@@ -42,7 +42,7 @@ from services.workflow.definition import (
     interaction_type_of,
     otherwise_of,
 )
-from services.workflow.templates import render
+from services.workflow.templates import fill
 
 NAMESPACE = UUID("6f1d3c52-3b0e-4c1e-9d47-1f0a4d0c9e11")
 #: Steps one advance may take without pausing: guards against loops of automatic nodes.
@@ -341,9 +341,10 @@ class Thread(Aggregate):
 
     def _run_agent(self, node: NodeSpec, agents: AgentRegistry) -> None:
         inputs = {f: self.state.get(f) for f in node.input_fields}
+        prompt = fill(node.prompt, self.state)
         ctx = AgentContext(
             thread_id=self.thread_id, node_name=node.name, agent_type=node.agent_type,
-            prompt=render(node.prompt, self.state), context=node.context,
+            prompt=prompt.text, context=node.context,
             state=dict(self.state), conversation=tuple(self.conversation),
         )
         started = time.perf_counter()
@@ -360,11 +361,13 @@ class Thread(Aggregate):
                 self._failed(node.name, f"node {node.name!r} failed: {message}")
             return
         duration_ms = (time.perf_counter() - started) * 1000
+        # the prompt's fields the state lacked (shown as the marker), for the audit
+        unfilled = {"missing_fields": list(prompt.missing)} if prompt.missing else {}
         if isinstance(result, AgentResult):
             self._finish_node(node, result.value, "success" if result.success else "failure",
-                              duration_ms, result.details or None)
+                              duration_ms, {**(result.details or {}), **unfilled} or None)
         else:
-            self._finish_node(node, result, "success", duration_ms)
+            self._finish_node(node, result, "success", duration_ms, unfilled or None)
 
     def _ask(
         self, node: NodeSpec, kind: str, now: Callable[[], datetime],
@@ -474,10 +477,12 @@ class Thread(Aggregate):
         for index, chunk in enumerate(chunks):
             extra = {"batch_number": index + 1, "total_batches": len(chunks),
                      "batch_items": chunk, "items_count": len(chunk)}
-            prompt = render(node.prompt, {**self.state, **extra}) or (
-                f"Please review batch {index + 1} of {len(chunks)}:")
+            prompt = fill(node.prompt, {**self.state, **extra})
+            missing = {"missing_fields": list(prompt.missing)} if prompt.missing else {}
             specs.append({**spec, "id": interaction_id(self.thread_id, self.pause_count, index),
-                          "prompt": prompt, "context": {**shown, **extra},
+                          "prompt": prompt.text or
+                          f"Please review batch {index + 1} of {len(chunks)}:",
+                          "context": {**shown, **extra, **missing},
                           "batch_index": index, "batch_size": len(chunks)})
         return specs
 
@@ -488,13 +493,16 @@ class Thread(Aggregate):
         shown = self._shown(node, kind)
         if asked_because is not None:
             shown["asked_because"] = asked_because
+        prompt = fill(node.prompt, self.state)
+        if prompt.missing and "batch" not in node.context:  # a batch's prompts: _batch_specs
+            shown["missing_fields"] = list(prompt.missing)
         timeout = node.context.get("timeout_seconds", defaults.get(kind))
         spec = {
             "id": interaction_id(self.thread_id, self.pause_count, 0),
             "thread_id": self.thread_id,
             "node_name": node.name,
             "interaction_type": kind,
-            "prompt": render(node.prompt, self.state) or f"Input needed at {node.name}",
+            "prompt": prompt.text or f"Input needed at {node.name}",
             "context": shown,
             "options": list(node.context.get("options") or []),
             "timeout_seconds": timeout,

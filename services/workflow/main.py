@@ -43,4 +43,6 @@ def build(
               "token": settings.nats_token},
         stream_replicas=settings.stream_replicas,
         batch_size=settings.consumer_batch,
+        poison_attempts=settings.poison_attempts,
+        redelivery_delay=settings.redelivery_delay,
     )

@@ -177,6 +177,20 @@ def test_the_subject_names_the_thread_of_every_command(hitl: HitlTestStack) -> N
     assert reply["thread"]["thread_id"] == "victim"
 
 
+def test_a_subject_with_control_characters_is_refused_not_stuck(hitl: HitlTestStack) -> None:
+    """The server takes \\x0b and \\x0c into a subject; the client library once split its
+    protocol lines on them, so such a message broke the consumer's connection each time it
+    was delivered. It is refused like any other invalid thread id, and the stack goes on."""
+    paused(hitl, "after-ff")
+    for token in ("0\x0c\x82", "a\x0bb"):
+        body = json.dumps({"thread_id": token, "action": "approve", "idempotency_key": "k"})
+        reply = hitl.call(raw_command(hitl, f"hitl.cmd.resume.{token}", body.encode()))
+        assert (reply["ok"], reply["code"]) == (False, "invalid_command")
+        answer = hitl.call(hitl.client._query(f"hitl.q.thread.{token}", {}, timeout=5))
+        assert answer["error"]["code"] == "invalid_query"
+    hitl.assert_completed(hitl.resume("after-ff", "approve"), output="Approved: r")
+
+
 def test_workflows_over_their_limits_are_refused_with_row_and_column(
         hitl: HitlTestStack, tmp_path: Path) -> None:
     big_cell = tmp_path / "cell.csv"
@@ -260,3 +274,18 @@ def test_thread_ids_that_are_not_subject_tokens_are_refused(hitl: HitlTestStack,
                                                             thread_id: str) -> None:
     result = cli(hitl.nats_url, "resume", thread_id, "approve")
     assert result.exit_code == 2 and "invalid thread id" in result.stderr
+
+
+def test_a_query_that_fails_is_answered_with_the_reason(hitl: HitlTestStack,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault injection: the view cannot be read. The asker gets ``query_failed`` at once, not
+    a silence that looks like a stack that is down."""
+    from projections import thread_status
+
+    def unreadable(*args: Any) -> None:
+        raise OSError("disk I/O error")
+
+    monkeypatch.setattr(thread_status, "thread", unreadable)
+    reply = hitl.call(hitl.client._query(subjects.thread_query_subject("any-1"), {}, timeout=5))
+    assert reply["error"]["code"] == "query_failed"
+    assert "disk I/O error" in reply["error"]["error"]

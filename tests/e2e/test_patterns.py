@@ -45,6 +45,22 @@ def test_approval_flow_rejected_at_the_gate(hitl: HitlTestStack) -> None:
     assert hitl.state("approval-no")["approval_response"]["approved"] is False
 
 
+def test_approval_flow_rejected_shows_no_placeholder_and_records_what_was_missing(
+        hitl: HitlTestStack) -> None:
+    """The guide's `end` text is `Request completed: {final_result}`, and the reject route
+    skips `process`, which writes final_result: the text shows a marker instead of the
+    placeholder, and the node's completion names the missing field for the audit."""
+    run = hitl.start(APPROVAL, {"user_request": "Buy a yacht"}, thread_id="approval-no-text")
+    hitl.assert_paused(run, node="approve_gate")
+    done = hitl.resume("approval-no-text", "reject", {"reason": "Over budget"})
+    output = hitl.assert_completed(done, output="Request completed: (no final_result)",
+                                   node="end")
+    assert "{" not in output and "}" not in output
+    ends = [e for e in hitl.events("approval-no-text", "NodeCompleted") if e["node"] == "end"]
+    assert [e["details"] for e in ends] == [{"missing_fields": ["final_result"]}]
+    assert ends[0]["output"] == output
+
+
 def test_approval_flow_invalid_request_is_rejected_without_asking(hitl: HitlTestStack) -> None:
     done = hitl.start(APPROVAL, {"user_request": "   "}, thread_id="approval-invalid")
     hitl.assert_completed(done, output="Request rejected due to validation failure",
@@ -206,7 +222,9 @@ def test_consultation_flow_ended_at_once(hitl: HitlTestStack) -> None:
     run = hitl.start(CONSULTATION, {"consultation_topic": "budget"}, thread_id="consult-end")
     hitl.assert_paused(run, node="initial_consultation")
     done = hitl.resume("consult-end", "end")
-    hitl.assert_completed(done, node="end")
+    # the guide's CSV goes straight to `end`, whose text names the summary nobody wrote
+    hitl.assert_completed(done, node="end", output="Consultation completed: (no "
+                                                   "consultation_summary)")
     assert hitl.path("consult-end") == ["start", "initial_consultation", "end"]
 
 
