@@ -14,6 +14,9 @@ def main() -> None:
     sys.stdout = sys.stderr  # nothing but frames may reach the pipe
     from hitlflow.settings import Settings
     from projections.rebuild import read_in_worker
+    from services.common.logging import configure_logging
+
+    configure_logging("WARNING")  # a helper: its problems, not its routine, reach the terminal
 
     args = sys.argv[1:]
     service = args[0]
