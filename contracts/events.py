@@ -81,6 +81,8 @@ class ThreadStarted(Contract):
 class NodeCompleted(Contract):
     node: str
     output: Any = None
+    #: The state field the output was written to (none: the node writes no field).
+    output_field: str | None = None
     route: Literal["success", "failure"] | None = None
     next_node: str | None = None
     duration_ms: float = 0.0

@@ -20,6 +20,8 @@ from eventsourcing.application import AggregateNotFoundError, Application, Proce
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, ProcessRecorder, StoredEvent, Tracking
 
+from services.common.keyring import check_readable
+
 T = TypeVar("T")
 
 #: What one write saved: (notification id, domain event) in log order.
@@ -198,6 +200,7 @@ class ServiceApplication(Application[UUID]):
         if env and env.get("PERSISTENCE_MODULE") == "eventsourcing.postgres":
             ensure_postgres_schema(env)
         super().__init__(env=env)
+        check_readable(self, str(self.name))  # a wrong or missing key: refuse, read nothing
         self._listeners: list[Callable[[Saved], None]] = []
         self._listeners_lock = threading.Lock()
         self._local = threading.local()  # the batch and decision of this thread, if any
