@@ -340,6 +340,7 @@ class AuditWriter:
 
 
 def audit(
+    ctx: typer.Context,
     thread_id: Annotated[str | None, typer.Option("--thread", help="One thread.")] = None,
     node: Annotated[str | None, typer.Option("--node", help="One node name.")] = None,
     responder: Annotated[str | None, typer.Option("--responder", help="Who answered.")] = None,
@@ -365,7 +366,10 @@ def audit(
 
     Every request, accepted answer, refused attempt, timeout, reminder and escalation, oldest
     first; --format csv or json for other tools (streamed, in constant memory).
+    'hitlflow audit verify' checks the history against its hash chains.
     """
+    if ctx.invoked_subcommand is not None:
+        return
     window = _window(since, until, days)
     if window["days"] is not None:
         window["since"] = datetime.now(UTC) - timedelta(days=window["days"])
@@ -517,6 +521,11 @@ def register(main: typer.Typer) -> None:
     """Add these commands to the ``hitlflow`` command."""
     main.command("threads")(threads)
     main.command("show")(show)
-    main.command("audit")(audit)
+    audit_app = typer.Typer(add_completion=False)
+    audit_app.callback(invoke_without_command=True)(audit)
+    from hitlflow import cli_security
+
+    cli_security.register(main, audit_app)
+    main.add_typer(audit_app, name="audit")
     main.command("analytics")(analytics)
     main.add_typer(app, name="projections")

@@ -53,7 +53,7 @@ def new_key() -> str:
     return b64encode(os.urandom(KEY_BYTES)).decode()
 
 
-def _decode_key(text: str, where: str) -> bytes:
+def decode_key(text: str, where: str) -> bytes:
     try:
         key = b64decode(text.strip().encode(), validate=True)
     except ValueError:
@@ -79,7 +79,7 @@ class KeyRingCipher(AESCipher):
         self._ciphers: dict[bytes, AESCipher] = {self._current_id: self}
         for text in (environment.get(ALL_KEYS_ENV) or "").split(","):
             if text.strip():
-                key = _decode_key(text, "the key ring")
+                key = decode_key(text, "the key ring")
                 self._ciphers.setdefault(key_id(key), _single(key))
 
     @property
@@ -125,8 +125,8 @@ def read_key_file(path: Path) -> list[str]:
     if not keys:
         raise KeyRingError(f"the key file {path} holds no key")
     for text in keys:
-        _decode_key(text, f"the key file {path}")
-    by_id = {key_id(_decode_key(k, str(path))).hex(): k for k in keys}
+        decode_key(text, f"the key file {path}")
+    by_id = {key_id(decode_key(k, str(path))).hex(): k for k in keys}
     first = by_id.get(current, keys[-1])
     return [first, *(k for k in keys if k != first)]
 
@@ -141,13 +141,13 @@ def write_key_file(path: Path, keys: list[str]) -> None:
     except (OSError, ValueError, KeyError, TypeError):
         known = {}
     for key in reversed(keys):  # oldest first in the file
-        kid = key_id(_decode_key(key, str(path))).hex()
+        kid = key_id(decode_key(key, str(path))).hex()
         entries.append({"id": kid, "key": key,
                         "created_at": known.get(key, {}).get("created_at", now)})
     partial = path.with_name(path.name + ".tmp")
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
-        json.dump({"current": key_id(_decode_key(keys[0], str(path))).hex(), "keys": entries},
+        json.dump({"current": key_id(decode_key(keys[0], str(path))).hex(), "keys": entries},
                   handle, indent=2)
     partial.replace(path)
 
@@ -156,6 +156,7 @@ def ensure_key_file(path: Path) -> bool:
     """Create ``path`` with one new key if there is none; True when it was created."""
     if path.exists():
         return False
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(path.with_name(path.name + ".lock"), os.O_WRONLY | os.O_CREAT | os.O_EXCL,
                      0o600)
@@ -180,7 +181,7 @@ def rotate_key_file(path: Path) -> str:
     keys = read_key_file(path) if path.exists() else []
     key = new_key()
     write_key_file(path, [key, *keys])
-    return key_id(_decode_key(key, str(path))).hex()
+    return key_id(decode_key(key, str(path))).hex()
 
 
 def cipher_env(keys: list[str]) -> dict[str, str]:

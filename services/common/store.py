@@ -200,7 +200,8 @@ class ServiceApplication(Application[UUID]):
         if env and env.get("PERSISTENCE_MODULE") == "eventsourcing.postgres":
             ensure_postgres_schema(env)
         super().__init__(env=env)
-        check_readable(self, str(self.name))  # a wrong or missing key: refuse, read nothing
+        if self.env.get("CHECK_READABLE", "true").lower() != "false":
+            check_readable(self, str(self.name))  # a wrong or missing key: refuse at once
         self._listeners: list[Callable[[Saved], None]] = []
         self._listeners_lock = threading.Lock()
         self._local = threading.local()  # the batch and decision of this thread, if any

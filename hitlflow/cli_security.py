@@ -1,0 +1,107 @@
+"""What auditors and operators run against the stores themselves: ``audit verify`` (the hash
+chains), ``keys`` (the store key ring), ``erase`` and ``retention``. See docs/security.md.
+
+``audit verify`` reads the stores and the views database the settings name (like
+``projections rebuild --offline``): it needs the same data directory or PostgreSQL, and the
+store keys. Exit codes: 0 verified, 1 a difference was found, 2 bad input or a store that
+cannot be read.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from contracts.subjects import InvalidThreadIdError, check_thread_id
+from hitlflow.cli_common import EXIT_BAD_INPUT, EXIT_REFUSED, JsonOut, err, fail, out
+from hitlflow.settings import load_settings
+from services.common.keyring import KeyRingError, read_key_file, rotate_key_file
+
+Home = Annotated[Path | None, typer.Option("--home", envvar="HITLFLOW_HOME",
+                                           help="Data directory of the stack.")]
+
+keys_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                       help="The key ring that encrypts the services' event stores.")
+
+
+def verify(
+    thread_id: Annotated[str | None, typer.Option("--thread", help="One thread.")] = None,
+    home: Home = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Recompute every thread's hash chains from the event stores and compare them with the
+    links anchored as the events were published; report the first event whose content, order
+    or presence differs (exit 1)."""
+    from projections.verify import VerifyError
+    from projections.verify import verify as run_verify
+
+    if thread_id is not None:
+        try:
+            check_thread_id(thread_id)
+        except InvalidThreadIdError as error:
+            fail(str(error), EXIT_BAD_INPUT)
+    settings = load_settings(home=home)
+    try:
+        report = run_verify(settings, thread_id)
+    except (VerifyError, KeyRingError) as error:
+        fail(str(error), EXIT_BAD_INPUT)
+    data: dict[str, Any] = {
+        "ok": report.ok, "threads": report.threads, "events": report.events,
+        "read": report.read, "unanchored": report.unanchored,
+        "seconds": round(report.seconds, 3), "events_per_second": round(report.rate, 1),
+        "differences": [vars(d) for d in report.differences]}
+    if as_json:
+        out.print_json(json.dumps(data))
+    else:
+        for difference in report.differences:
+            err.print(f"differs: {difference.describe()}", markup=False, highlight=False,
+                      soft_wrap=True)
+        verdict = "[green]verified[/]" if report.ok else (
+            f"[red]{len(report.differences)} chain(s) differ[/]")
+        out.print(f"{verdict}: {report.threads} thread(s), {report.events} events "
+                  f"({report.read} read in {report.seconds:.2f}s, {report.rate:.0f} events/s)"
+                  + (f"; {report.unanchored} not anchored yet" if report.unanchored else ""))
+    if not report.ok:
+        raise typer.Exit(EXIT_REFUSED)
+
+
+@keys_app.command("list")
+def keys_list(home: Home = None, as_json: JsonOut = False) -> None:
+    """The key ring's key ids, the current one first (never the keys)."""
+    from services.common.keyring import decode_key as decode
+    from services.common.keyring import key_id
+
+    settings = load_settings(home=home)
+    try:
+        keys = settings.store_keys() if settings.cipher_keys else read_key_file(
+            settings.key_path)
+    except KeyRingError as error:
+        fail(str(error), EXIT_BAD_INPUT)
+    ids = [key_id(decode(k, "key")).hex() for k in keys]
+    if as_json:
+        out.print_json(json.dumps({"current": ids[0], "keys": ids}))
+    else:
+        out.print(f"current {ids[0]}" + (f"; older: {', '.join(ids[1:])}" if ids[1:] else ""))
+
+
+@keys_app.command("rotate")
+def keys_rotate(home: Home = None) -> None:
+    """Make a new key current in the key file; older keys stay to read older events. The
+    services use it from their next start."""
+    settings = load_settings(home=home)
+    if settings.cipher_keys:
+        fail("the keys come from HITLFLOW_CIPHER_KEYS, not the key file: put a new key first "
+             "in that list to rotate", EXIT_BAD_INPUT)
+    try:
+        kid = rotate_key_file(settings.key_path)
+    except KeyRingError as error:
+        fail(str(error), EXIT_BAD_INPUT)
+    out.print(f"new current key {kid} in {settings.key_path}; restart the services to use it")
+
+
+def register(main: typer.Typer, audit_app: typer.Typer) -> None:
+    audit_app.command("verify")(verify)
+    main.add_typer(keys_app, name="keys")
