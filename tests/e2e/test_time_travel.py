@@ -12,7 +12,7 @@ from hitlflow.gateway import create_app
 from hitlflow.settings import Settings
 from hitlflow.testing import HitlTestStack
 from tests.conftest import example
-from tests.helpers import cli, cli_json
+from tests.helpers import cli, cli_json, wait_for
 
 APPROVAL = example("approval.csv") + "::ApprovalFlow"
 
@@ -24,9 +24,14 @@ def _answered_thread(hitl: HitlTestStack) -> tuple[str, list[dict[str, Any]]]:
                                   thread_id=thread))
     hitl.assert_refused(hitl.resume(thread, "choose", {"choice": 1}, responder="mallory"))
     hitl.assert_completed(hitl.resume(thread, "approve", {"reason": "ok"}, responder="alice"))
-    code, data, stderr = cli_json(hitl.nats_url, "show", thread)
-    assert code == 0, stderr
-    return thread, data["events"]
+
+    def settled() -> list[dict[str, Any]] | None:  # the timeout service clears its deadline last
+        code, data, stderr = cli_json(hitl.nats_url, "show", thread)
+        assert code == 0, stderr
+        events: list[dict[str, Any]] = data["events"]
+        return events if any(e["event_type"] == "DeadlineCleared" for e in events) else None
+
+    return thread, wait_for(settled, 20, "the thread's last event")
 
 
 def _number(events: list[dict[str, Any]], event_type: str) -> int:
