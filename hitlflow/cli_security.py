@@ -9,14 +9,33 @@ cannot be read.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from contracts.subjects import InvalidThreadIdError, check_thread_id
-from hitlflow.cli_common import EXIT_BAD_INPUT, EXIT_REFUSED, JsonOut, err, fail, out
+from contracts.subjects import (
+    COMMANDS_STREAM,
+    EVENTS_STREAM,
+    SCHEDULES_STREAM,
+    InvalidThreadIdError,
+    check_thread_id,
+    erase_subject,
+)
+from hitlflow.cli_common import (
+    EXIT_BAD_INPUT,
+    EXIT_NO_STACK,
+    EXIT_REFUSED,
+    JsonOut,
+    NatsUrl,
+    client_for,
+    err,
+    fail,
+    out,
+)
+from hitlflow.client import NoOutcomeError, StackUnavailableError
 from hitlflow.settings import load_settings
 from services.common.keyring import KeyRingError, read_key_file, rotate_key_file
 
@@ -102,6 +121,83 @@ def keys_rotate(home: Home = None) -> None:
     out.print(f"new current key {kid} in {settings.key_path}; restart the services to use it")
 
 
+#: The services that erase a thread's data key in their stores, then the views.
+ERASING = ("workflow", "interaction", "timeout", "projections")
+ENDED = ("completed", "failed", "timed_out", "cancelled")
+
+
+def erase(
+    thread_id: Annotated[str, typer.Option("--thread", help="The thread to erase.")],
+    nats_url: NatsUrl = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Erase a thread's personal data: its data key is destroyed in every service store
+    (crypto-shredding), the views keep only digests of its values, and its messages are purged
+    from the NATS streams. Who, when, which action and the digests stay; its hash chains still
+    verify. The thread must have ended (cancel it first)."""
+    try:
+        check_thread_id(thread_id)
+    except InvalidThreadIdError as error:
+        fail(str(error), EXIT_BAD_INPUT)
+    settings = load_settings(nats_url=nats_url)
+
+    async def go() -> dict[str, Any]:
+        async with client_for(settings) as client:
+            view = await client.thread(thread_id)
+            if view is None:
+                return {"refused": f"unknown thread {thread_id!r}: nothing to erase"}
+            if view.status not in ENDED:
+                return {"refused": f"thread {thread_id!r} is {view.status}; only an ended "
+                                   f"thread is erased (cancel it first: hitlflow cancel "
+                                   f"{thread_id})"}
+            done: dict[str, Any] = {"thread_id": thread_id, "services": {}}
+            for service in ERASING:
+                try:
+                    msg = await client.nc.request(erase_subject(service), json.dumps(
+                        {"thread_id": thread_id}).encode(), timeout=settings.reply_timeout)
+                except Exception as error:
+                    raise NoOutcomeError(
+                        f"the {service} service did not answer the erase request "
+                        f"({type(error).__name__}); what it holds of thread {thread_id!r} is "
+                        "not erased yet: run 'hitlflow erase' again once it is up") from None
+                reply = json.loads(msg.data)
+                if not reply.get("ok"):
+                    raise NoOutcomeError(f"the {service} service could not erase thread "
+                                         f"{thread_id!r}: {reply.get('error')}")
+                done["services"][service] = reply
+            js = client.nc.jetstream()
+            purged = {}
+            for stream, filters in ((EVENTS_STREAM, [f"hitl.evt.*.*.{thread_id}"]),
+                                    (COMMANDS_STREAM, [f"hitl.cmd.*.{thread_id}",
+                                                       f"hitl.cmd.*.*.{thread_id}"]),
+                                    (SCHEDULES_STREAM, [f"hitl.sched.*.*.{thread_id}",
+                                                        f"hitl.sched.fire.{thread_id}"])):
+                for subject in filters:
+                    await js.purge_stream(stream, subject=subject)
+                purged[stream] = filters
+            done["purged"] = purged
+            return done
+
+    result = _run_async(go())
+    if "refused" in result:
+        fail(result["refused"], EXIT_REFUSED)
+    if as_json:
+        out.print_json(json.dumps(result))
+        return
+    out.print(f"[green]erased[/] thread {thread_id}: its data key destroyed in the "
+              f"{', '.join(ERASING[:3])} stores; the views keep digests of its values; its "
+              "messages purged from the NATS streams. Kept: who, when, actions, data keys, "
+              "digests (its hash chains still verify).")
+
+
+def _run_async(coro: Any) -> Any:
+    try:
+        return asyncio.run(coro)
+    except (StackUnavailableError, NoOutcomeError) as error:
+        fail(str(error), EXIT_NO_STACK)
+
+
 def register(main: typer.Typer, audit_app: typer.Typer) -> None:
     audit_app.command("verify")(verify)
     main.add_typer(keys_app, name="keys")
+    main.command("erase")(erase)

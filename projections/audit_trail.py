@@ -21,6 +21,7 @@ from typing import Any
 from contracts.events import EventEnvelope
 from contracts.limits import MAX_PAGE_BYTES
 from contracts.queries import AuditEntry, AuditQuery, Cursor
+from projections.chain import digest
 from projections.db import Row, Tx, ViewDatabase, dumps, epoch, fill_page, when
 
 NAME = "audit_trail"
@@ -95,11 +96,24 @@ _INSERT = (
 )
 
 
+#: What a free-text reason of an erased thread reads as.
+ERASED = "(erased)"
+
+
 def shown_digest(prompt: str, context: dict[str, Any], options: Sequence[str]) -> str:
     """sha256 (hex) of what a request showed: its prompt, context and options."""
     canonical = json.dumps({"context": context, "options": list(options), "prompt": prompt},
                            sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _sensitive(context: Any) -> dict[str, Any]:
+    """The fields a node marks ``"sensitive": [...]`` in its context, as the audit keeps them:
+    each key with the sha256 of its value's canonical JSON (never the value)."""
+    if not isinstance(context, dict) or not isinstance(context.get("sensitive"), list):
+        return {}
+    return {"sensitive": {str(key): digest(context.get(str(key)))
+                          for key in context["sensitive"]}}
 
 
 def _keys(data: Any) -> list[str]:
@@ -131,6 +145,7 @@ def apply(tx: Tx, env: EventEnvelope) -> None:
         moment = p.get("created_at") or env.occurred_at
         digest = shown_digest(p.get("prompt", ""), p.get("context") or {}, p.get("options") or ())
         detail = _pick(p, "assignees", "timeout_seconds", "deadline", "on_timeout")
+        detail.update(_sensitive(p.get("context")))
         if p.get("batch_size", 1) != 1:
             detail.update(batch_index=p.get("batch_index", 0), batch_size=p["batch_size"])
         tx.execute("INSERT INTO audit_requests (request_id, node_name, interaction_type, digest)"
@@ -164,7 +179,8 @@ def apply(tx: Tx, env: EventEnvelope) -> None:
     tx.execute(_INSERT, (
         env.service, env.position, at_ts, at, event, env.event_type, env.thread_id,
         request_id, node, request_id, kind, request_id, action, responder, dumps(data_keys),
-        1 if by_timeout else 0, code, reason, key, digest, request_id, dumps(detail),
+        1 if by_timeout else 0, code, ERASED if isinstance(reason, dict) else reason, key,
+        digest, request_id, dumps(detail),
     ))
 
 
