@@ -197,7 +197,50 @@ def _run_async(coro: Any) -> Any:
         fail(str(error), EXIT_NO_STACK)
 
 
+retention_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                            help="Archive ended threads and compact the views' tracking rows.")
+
+
+@retention_app.command("archive")
+def retention_archive(
+    days: Annotated[float, typer.Option(
+        "--older-than-days", min=0.0, help="Archive threads that ended more than this many "
+                                           "days ago.")],
+    out_path: Annotated[Path, typer.Option("--out", help="JSON lines file (appended to).")],
+    home: Home = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Export ended threads older than the age as JSON lines with their chain links, take them
+    out of the live thread views (a rebuild leaves them out too) and compact the views'
+    per-event tracking rows. Their audit entries, analytics and stored events stay."""
+    from datetime import timedelta
+
+    from projections.db import open_view_database
+    from projections.retention import archive_to
+
+    settings = load_settings(home=home)
+    try:
+        db = open_view_database(settings)
+    except Exception as error:
+        fail(f"the views database cannot be opened: {error}", EXIT_BAD_INPUT)
+    try:
+        result = archive_to(db, timedelta(days=days), out_path)
+    except OSError as error:
+        fail(f"cannot write {out_path}: {error}", EXIT_BAD_INPUT)
+    finally:
+        db.close()
+    data = {"threads": result.threads, "events": result.events,
+            "tracking_rows_compacted": result.compacted, "archive": str(out_path),
+            "seconds": round(result.seconds, 3)}
+    if as_json:
+        out.print_json(json.dumps(data))
+    else:
+        out.print(f"archived {result.threads} thread(s), {result.events} events, to "
+                  f"{out_path}; {result.compacted} tracking rows compacted")
+
+
 def register(main: typer.Typer, audit_app: typer.Typer) -> None:
+    main.add_typer(retention_app, name="retention")
     audit_app.command("verify")(verify)
     main.add_typer(keys_app, name="keys")
     main.command("erase")(erase)
