@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 from pathlib import Path
+from typing import Any
 
 from hitlflow.settings import Settings
 from hitlflow.testing import HitlTestStack
@@ -30,9 +31,12 @@ def test_archive_ended_threads(tmp_path: Path, hitl: HitlTestStack, settings: Se
     hitl.assert_completed(hitl.resume(done, "approve", responder="alice"))
     hitl.assert_paused(hitl.start(APPROVAL, {"user_request": "open"}, thread_id=waiting))
     db = hitl.stack.runtimes["projections"].db
-    events = wait_for(lambda: (lambda e: e if any(x["event_type"] == "DeadlineCleared"
-                                                    for x in e) else None)(
-        cli_json(hitl.nats_url, "show", done)[1]["events"]), 20, "the thread's last event")
+
+    def settled() -> list[dict[str, Any]] | None:  # the timeout service clears its deadline last
+        events: list[dict[str, Any]] = cli_json(hitl.nats_url, "show", done)[1]["events"]
+        return events if any(e["event_type"] == "DeadlineCleared" for e in events) else None
+
+    events = wait_for(settled, 20, "the thread's last event")
     wait_for(lambda: verify(settings, db=db).unanchored == 0, 20, "every event anchored")
     archive = tmp_path / "archive" / "threads.jsonl"
 
