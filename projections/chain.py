@@ -46,13 +46,14 @@ DDL = (
 #: Payload fields kept as they are in an audit record: who, when, what kind, which action, ids,
 #: routes, codes, steps. Every other value is kept as its digest.
 PLAIN = frozenset({
-    "action", "assignees", "batch_index", "batch_size", "by_timeout", "code", "command",
-    "created_at", "data_keys", "deadline", "due_at", "duration_ms", "fired_at",
-    "from_assignees", "graph_name", "id", "idempotency_key", "interaction_id",
-    "interaction_type", "next_node", "node", "node_name", "of", "on_timeout", "output_field",
-    "policy", "reminder", "request_id", "requested_by", "responder", "result", "route",
-    "schema_version", "started_by", "step", "thread_id", "timeout_seconds", "timestamp", "via",
-    "waiting_on", "workflow_digest",
+    "action", "approvals", "assignees", "batch_index", "batch_size", "by_timeout",
+    "candidate_groups", "claimed_by", "code", "command", "created_at", "data_keys", "deadline",
+    "due_at", "duration_ms", "fired_at", "from_assignees", "from_person", "graph_name", "id",
+    "idempotency_key", "interaction_id", "interaction_type", "next_node", "node", "node_name",
+    "of", "on_behalf_of", "on_timeout", "output_field", "policy", "principal", "quorum",
+    "rejections", "released_by", "reminder", "request_id", "requested_by", "responder",
+    "result", "route", "schema_version", "sensitive", "shown", "started_by", "step", "thread_id",
+    "timeout_seconds", "timestamp", "to", "via", "voter", "waiting_on", "workflow_digest",
 })
 #: Payload fields holding a list of requests, each kept by the same rule.
 NESTED = frozenset({"interactions"})

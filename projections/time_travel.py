@@ -19,8 +19,8 @@ from typing import Any
 from pydantic import Field as ModelField
 
 from contracts.base import Contract
+from contracts.events import shown_digest
 from contracts.queries import TimelineEvent
-from projections.audit_trail import shown_digest
 
 ENDINGS = {"ThreadCompleted": "completed", "ThreadFailed": "failed",
            "ThreadTimedOut": "timed_out", "ThreadCancelled": "cancelled"}

@@ -107,7 +107,7 @@ def test_erase_leaves_no_personal_data_and_the_audit_verifies(
     assert result.exit_code == 1 and "is paused; only an ended thread is erased" in result.stderr
 
     hitl.assert_completed(hitl.resume(thread, "approve", {"reason": f"fine {salary}"},
-                                      responder="alice"))
+                                      on_behalf_of="alice"))
     wait_for(lambda: verify(settings, db=hitl.stack.runtimes["projections"].db).unanchored == 0
              and "DeadlineCleared" in _views_text(hitl, thread), 20, "everything anchored")
     for text in (_stores_text(hitl, thread), _views_text(hitl, thread),

@@ -28,7 +28,7 @@ def _env(settings: Settings, home: Path) -> dict[str, str]:
 def test_archive_ended_threads(tmp_path: Path, hitl: HitlTestStack, settings: Settings) -> None:
     done, waiting = (f"ret-{uuid.uuid4().hex[:8]}" for _ in range(2))
     hitl.assert_paused(hitl.start(APPROVAL, {"user_request": "old"}, thread_id=done))
-    hitl.assert_completed(hitl.resume(done, "approve", responder="alice"))
+    hitl.assert_completed(hitl.resume(done, "approve", on_behalf_of="alice"))
     hitl.assert_paused(hitl.start(APPROVAL, {"user_request": "open"}, thread_id=waiting))
     db = hitl.stack.runtimes["projections"].db
 

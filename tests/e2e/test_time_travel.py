@@ -22,8 +22,8 @@ def _answered_thread(hitl: HitlTestStack) -> tuple[str, list[dict[str, Any]]]:
     thread = f"tt-{uuid.uuid4().hex[:8]}"
     hitl.assert_paused(hitl.start(APPROVAL, {"user_request": "Buy 3 laptops"},
                                   thread_id=thread))
-    hitl.assert_refused(hitl.resume(thread, "choose", {"choice": 1}, responder="mallory"))
-    hitl.assert_completed(hitl.resume(thread, "approve", {"reason": "ok"}, responder="alice"))
+    hitl.assert_refused(hitl.resume(thread, "choose", {"choice": 1}, on_behalf_of="mallory"))
+    hitl.assert_completed(hitl.resume(thread, "approve", {"reason": "ok"}, on_behalf_of="alice"))
 
     def settled() -> list[dict[str, Any]] | None:  # the timeout service clears its deadline last
         code, data, stderr = cli_json(hitl.nats_url, "show", thread)

@@ -73,7 +73,7 @@ def history(tmp_path: Path, settings: Settings) -> Iterator[tuple[HitlTestStack,
             hitl.assert_paused(hitl.start(APPROVAL, {"user_request": f"item {thread}"},
                                           thread_id=thread))
             if answer:
-                hitl.resume(thread, answer, {"reason": "because"}, responder="alice")
+                hitl.resume(thread, answer, {"reason": "because"}, on_behalf_of="alice")
             threads.append(thread)
         hitl.cancel(threads[2], "no longer needed")
 
