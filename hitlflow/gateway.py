@@ -30,6 +30,7 @@ from hitlflow.client import (
     StackUnavailableError,
 )
 from hitlflow.settings import Settings
+from projections.time_travel import TimeTravelError
 from services.workflow.definition import WorkflowError, parse_workflow
 
 #: Most items one list request returns (fetched from the projections a page at a time).
@@ -145,6 +146,17 @@ def _answer_errors(app: FastAPI) -> None:
         return JSONResponse({"error": str(error)}, status_code=504)
 
 
+async def _thread_at(hitl: HitlClient, thread_id: str, at: str) -> dict[str, Any]:
+    """``GET /threads/T?at=N``: the thread after event N (or at a moment), from its events."""
+    try:
+        then = await hitl.thread_at(thread_id, at)
+    except TimeTravelError as error:
+        raise HTTPException(400, str(error)) from error
+    if then is None:
+        raise HTTPException(404, f"unknown thread {thread_id!r}")
+    return then.model_dump(mode="json", exclude={"schema_version"})
+
+
 def create_app(settings: Settings, client: HitlClient | None = None) -> FastAPI:
     holder: dict[str, HitlClient] = {}
 
@@ -225,8 +237,12 @@ def create_app(settings: Settings, client: HitlClient | None = None) -> FastAPI:
         return _outcome_response(await hitl().cancel(thread_id, body.reason))
 
     @app.get("/threads/{thread_id}")
-    async def thread(thread_id: str) -> dict[str, Any]:
+    async def thread(thread_id: str, at: str | None = Query(
+            default=None, description="The thread as it stood after this event: its number "
+            "in the timeline (1 = the first) or a moment (ISO 8601).")) -> dict[str, Any]:
         _thread_id(thread_id)
+        if at is not None:
+            return await _thread_at(hitl(), thread_id, at)
         view = await hitl().thread(thread_id)
         if view is None:
             raise HTTPException(404, f"unknown thread {thread_id!r}")

@@ -26,6 +26,9 @@ class Event(Protocol):
     def thread_id(self) -> str: ...
 
     @property
+    def aggregate_id(self) -> str: ...
+
+    @property
     def position(self) -> int: ...
 
     @property
@@ -45,6 +48,7 @@ class Replayed:
     event_type: str
     service: str
     thread_id: str
+    aggregate_id: str
     position: int
     aggregate_version: int
     occurred_at: datetime

@@ -41,6 +41,7 @@ from contracts.events import Service
 from projections.db import ViewDatabase, open_view_database
 from projections.event import Event, Replayed, payload_json
 from projections.projector import Projector, View, select_views
+from projections.retention import forget_archived
 from services.common.integration import EventParts, envelope_factory, event_parts
 from services.common.logging import get_logger
 
@@ -167,10 +168,10 @@ class WorkerSource:
             kind, body = self._frames.get()
             if kind == b"E":
                 for line in body.decode().split("\n"):
-                    event_type, service, thread_id, position, version, at, text = line.split(
-                        "\t", 6)
-                    yield make(event_type, service, thread_id, int(position), int(version),
-                               when(at), loads(text), text)
+                    event_type, service, thread_id, aggregate_id, position, version, at, \
+                        text = line.split("\t", 7)
+                    yield make(event_type, service, thread_id, aggregate_id, int(position),
+                               int(version), when(at), loads(text), text)
             elif kind == b"S":
                 stats = json.loads(body)
                 self.last, self.read = int(stats["last"]), int(stats["read"])
@@ -200,15 +201,16 @@ def frame(kind: bytes, body: bytes) -> bytes:
 
 def _line(source: Source, notification: Any) -> bytes | None:
     """A notification as a worker sends it, converted as the relay converts it: event type,
-    service, thread, position, version, time and the payload's compact JSON, separated by
-    tabs (none of them holds one: thread ids are subject tokens, JSON text escapes tabs)."""
+    service, thread, aggregate, position, version, time and the payload's compact JSON,
+    separated by tabs (none of them holds one: thread ids are subject tokens, aggregate ids
+    UUIDs, JSON text escapes tabs)."""
     event = source.app.mapper.to_domain_event(notification)
     parts = source.parts(event)
     if parts is None:
         return None
     event_type, thread_id, payload = parts
-    return (f"{event_type}\t{source.service}\t{thread_id}\t{notification.id}\t"
-            f"{event.originator_version}\t{event.timestamp.isoformat()}\t"
+    return (f"{event_type}\t{source.service}\t{thread_id}\t{event.originator_id}\t"
+            f"{notification.id}\t{event.originator_version}\t{event.timestamp.isoformat()}\t"
             f"{payload_json(payload)}").encode()
 
 
@@ -387,6 +389,7 @@ def rebuild(db: ViewDatabase, projector: Projector, views: Sequence[View],
             view.create(tx, indexes=False)
         report(0)
         result.events = projector.replay(tx, merged(sources), views, report)
+        forget_archived(tx)  # archived threads stay out of the (new) thread views
         replayed = time.perf_counter()
         if postgres:
             for view in views:
