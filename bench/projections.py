@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from contracts.events import EventEnvelope
+from contracts.events import EventEnvelope, shown_digest, shown_token
 from hitlflow.client import HitlClient
 from hitlflow.settings import Settings
 from hitlflow.stack import BackgroundStack, Stack, free_port
@@ -38,6 +38,7 @@ from projections.db import ViewDatabase
 from projections.projector import Projector
 from projections.rebuild import rebuild_from_stores
 from services.common.clock import SystemClock
+from services.common.identity import Identity
 from services.common.logging import configure_logging
 from services.common.responses import InvalidResponseError
 from services.interaction.application import InteractionService
@@ -98,21 +99,26 @@ def generate(stores: Path, target: int, batch: int = 500) -> dict[str, Any]:
                     node_name=asked["node_name"], interaction_type=asked["interaction_type"],
                     prompt=asked["prompt"], context=asked["context"], options=asked["options"],
                     timeout_seconds=None, on_timeout=None, assignees=[],
-                    response_schema=None, batch_index=0, batch_size=1, created_at=now(),
-                    deadline=None)
+                    response_schema=None, sensitive=[], batch_index=0, batch_size=1,
+                    created_at=now(), deadline=None, candidate_groups=[], quorum=None,
+                    shown=shown_token(1, shown_digest(asked["prompt"], asked["context"],
+                                                      list(asked["options"]))))
                 saved_threads.append(thread)
                 saved_requests.append(request)
                 published += 4  # ThreadStarted, NodeCompleted, ThreadPaused, InteractionRequested
                 responder = ("alice", "bob", "carol")[threads % 3]
+                identity = Identity(principal=responder, verified=False)
                 if threads % 10 == 0:  # a refused attempt first, kept in the audit
                     inbox = Inbox(thread_id=thread.thread_id)
-                    inbox.reject(request.request_id, "maybe", None, responder, "x",
+                    inbox.reject(request.request_id, "maybe", None, identity, "x",
                                  InvalidResponseError("action 'maybe' is not valid"), now())
                     saved_requests.append(inbox)
                     published += 1
                 action = "approve" if threads % 3 else "reject"
                 data = {"reason": "over budget"} if action == "reject" else None
-                decision = request.respond(action, data, responder, f"key-{threads}", now())
+                decision = request.respond(action, data, identity, f"key-{threads}", now(),
+                                           request.shown)
+                assert decision is not None
                 thread.resume(request.request_id, action, data, decision.value, decision.route,
                               responder)
                 thread.advance(graph, agents, now)
