@@ -574,15 +574,20 @@ def serve(
 
 @app.command()
 def contract(
-    fmt: Annotated[str, typer.Option("--format", help="markdown")] = "markdown",
+    fmt: Annotated[str, typer.Option("--format", help="markdown | asyncapi | html")]
+    = "markdown",
 ) -> None:
     """Print the NATS contract (subjects, messages, limits, events, examples) as generated
-    from the code; docs/contract.md is its output."""
+    from the code: markdown (docs/contract.md is its output), the AsyncAPI 3 document (JSON),
+    or that document as one HTML page."""
+    from hitlflow import asyncapi
     from hitlflow.contract_doc import render
 
-    if fmt != "markdown":
-        fail(f"unknown format {fmt!r}; expected: markdown", EXIT_BAD_INPUT)
-    sys.stdout.write(render())
+    renderers = {"markdown": render, "asyncapi": asyncapi.render_json,
+                 "html": asyncapi.render_html}
+    if fmt not in renderers:
+        fail(f"unknown format {fmt!r}; expected one of: {', '.join(renderers)}", EXIT_BAD_INPUT)
+    sys.stdout.write(renderers[fmt]())
 
 
 app.add_typer(timeouts_app, name="timeouts")

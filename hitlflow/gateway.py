@@ -15,12 +15,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Header, HTTPException, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from contracts.catalog import REFUSAL_CODES
 from contracts.limits import MAX_COMMAND_BYTES, TooLargeError
 from contracts.subjects import InvalidThreadIdError, check_thread_id
+from hitlflow import asyncapi
 from hitlflow.cli_common import describe_input_error
 from hitlflow.client import (
     HitlClient,
@@ -147,6 +148,19 @@ def _answer_errors(app: FastAPI) -> None:
         return JSONResponse({"error": str(error)}, status_code=504)
 
 
+def _serve_contract(app: FastAPI) -> None:
+    @app.get("/asyncapi")
+    async def asyncapi_document() -> JSONResponse:
+        """The NATS contract as an AsyncAPI 3 document (``hitlflow contract --format
+        asyncapi``)."""
+        return JSONResponse(asyncapi.render_document())
+
+    @app.get("/asyncapi.html", response_class=HTMLResponse)
+    async def asyncapi_page() -> HTMLResponse:
+        """The same document as one HTML page."""
+        return HTMLResponse(asyncapi.render_html())
+
+
 def create_app(settings: Settings, client: HitlClient | None = None) -> FastAPI:
     holder: dict[str, HitlClient] = {}
 
@@ -176,6 +190,8 @@ def create_app(settings: Settings, client: HitlClient | None = None) -> FastAPI:
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    _serve_contract(app)
 
     @app.post("/threads", status_code=201)
     async def start(body: StartBody) -> JSONResponse:

@@ -184,10 +184,16 @@ class ProjectionsRuntime:
 
     # -- consuming ----------------------------------------------------------------------------
 
+    @staticmethod
+    def events_subscription() -> Subscription:
+        """The durable consumer the views are fed from: every event."""
+        return Subscription(subjects.EVENTS_ALL, subjects.EVENTS_STREAM, DURABLE)
+
     async def _consume(self, js: JetStreamContext) -> None:
         applied_seq = await asyncio.to_thread(self.db.consumer_position, DURABLE)
+        events = self.events_subscription()
         config = ConsumerConfig(
-            durable_name=DURABLE, filter_subject=subjects.EVENTS_ALL,
+            durable_name=DURABLE, filter_subject=str(events.subject),
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE if applied_seq else DeliverPolicy.ALL,
             opt_start_seq=applied_seq + 1 if applied_seq else None,
             ack_policy=AckPolicy.ALL, ack_wait=60, max_deliver=-1,
@@ -197,8 +203,7 @@ class ProjectionsRuntime:
         with contextlib.suppress(NotFoundError):
             await js.delete_consumer(subjects.EVENTS_STREAM, DURABLE)
         await js.add_consumer(subjects.EVENTS_STREAM, config=config)
-        consumer = PullConsumer(js, Subscription(subjects.EVENTS_ALL, subjects.EVENTS_STREAM,
-                                                 DURABLE),
+        consumer = PullConsumer(js, events,
                                 batch_size=self.batch_size, handle_messages=self.apply_batch,
                                 policy=RetryPolicy(self.poison_attempts,
                                                    self.settings.redelivery_delay))
