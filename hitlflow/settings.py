@@ -73,6 +73,20 @@ class Settings(BaseSettings):
     timeout_sweep_interval: float = Field(default=30.0, gt=0)
     #: The periodic sweep leaves a due deadline to its NATS timer for this many seconds.
     timeout_sweep_grace: float = Field(default=2.0, ge=0)
+    #: Port of a service process's /metrics, /healthz and /readyz (0: not served). Under
+    #: ``hitlflow up`` each service process gets a free port of its own (printed, and kept in
+    #: stack.json).
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    #: Address that endpoint listens on (0.0.0.0 in a container).
+    metrics_host: str = "127.0.0.1"
+    #: Seconds between two health checks of a service (store reachable, consumer lag, ...).
+    health_interval: float = Field(default=5.0, gt=0)
+    #: Seconds the projections replica holding the single-writer lease has to renew it; past
+    #: that, a standby replica takes over (docs/projections.md).
+    projections_lease_ttl: float = Field(default=10.0, gt=0)
+    #: Rows of applied_events (the views' tracking) older than this many seconds of live
+    #: work are compacted into each view's position.
+    projections_compact_after: float = Field(default=1800.0, gt=0)
 
     @field_validator("timeout_approval", "timeout_edit", "timeout_choice", "timeout_text_input",
                      "timeout_conversation", mode="before")

@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 
 from contracts.limits import NATS_MAX_PAYLOAD
 from hitlflow.settings import Settings
+from services.common.health import HealthServer, serve_health
 from services.common.logging import get_logger
 from services.common.messaging import check_server, connect, ensure_streams
 from services.common.runtime import cancel_and_wait
@@ -259,6 +260,10 @@ class _StackBase:
     def service_pids(self) -> dict[str, int]:
         raise NotImplementedError
 
+    def metrics_urls(self) -> dict[str, str]:
+        """Where each service's /metrics is (its /healthz and /readyz beside it)."""
+        raise NotImplementedError
+
 
 class Stack(_StackBase):
     """All services in one asyncio loop, against the embedded NATS or a given URL."""
@@ -281,6 +286,9 @@ class Stack(_StackBase):
         self.clock = clock
         self.agents = agents
         self.runtimes: dict[str, Any] = {}
+        #: /metrics, /healthz, /readyz of every service of this process (settings'
+        #: metrics_port; 0: none).
+        self.health_server: HealthServer | None = None
 
     async def start(self) -> None:
         from projections import main as projections_main
@@ -291,6 +299,9 @@ class Stack(_StackBase):
         # Started from the loop's own thread (not a worker thread): the child is tied to the
         # life of the thread that started it (see _stop_with_parent).
         self.start_nats()
+        if self.health_server is None:
+            self.health_server = serve_health(self.settings.metrics_host,
+                                              self.settings.metrics_port)
         # the stores of `hitlflow serve` too (Settings.store_env): keep the two the same
         stores = self.data_dir / "stores"
         for name in self.service_names:
@@ -316,6 +327,11 @@ class Stack(_StackBase):
     def service_pids(self) -> dict[str, int]:
         return dict.fromkeys(self.runtimes, os.getpid())
 
+    def metrics_urls(self) -> dict[str, str]:
+        if self.health_server is None:
+            return {}
+        return dict.fromkeys(self.service_names, f"{self.health_server.url}/metrics")
+
     async def stop_services(self) -> None:
         for name in reversed(list(self.runtimes)):
             with contextlib.suppress(Exception):
@@ -324,6 +340,9 @@ class Stack(_StackBase):
 
     async def stop(self) -> None:
         await self.stop_services()
+        if self.health_server is not None:
+            await asyncio.to_thread(self.health_server.stop)
+            self.health_server = None
         await self.stop_nats()
 
 
@@ -444,6 +463,7 @@ class ProcessStack(_StackBase):
         self.on_change = on_change
         self.ready_timeout = ready_timeout
         self.children: dict[str, ServiceProcess] = {}
+        self.metrics_ports: dict[str, int] = {}
         self._supervisors: list[asyncio.Task[None]] = []
         self._stopping = False
 
@@ -451,14 +471,29 @@ class ProcessStack(_StackBase):
         return {name: child.pid for name, child in self.children.items()
                 if child.pid is not None}
 
+    def metrics_urls(self) -> dict[str, str]:
+        host = self.settings.metrics_host
+        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104 - a comparison
+        return {name: f"http://{shown}:{port}/metrics"
+                for name, port in self.metrics_ports.items()}
+
+    def _assign_metrics_ports(self) -> dict[str, int]:
+        """A port per service process: ``metrics_port`` and the ones after it when set, else
+        free ones."""
+        base = self.settings.metrics_port
+        return {name: base + index if base else free_port(self.settings.metrics_host
+                                                         or "127.0.0.1")
+                for index, name in enumerate(self.service_names)}
+
     async def start(self) -> None:
         """NATS, its streams, then every service process; returns once all are ready."""
         self.start_nats()  # from the loop's thread, as the service processes (_stop_with_parent)
         env = {**os.environ, "HITLFLOW_HOME": str(self.settings.home)}
         nice = self.settings.background_nice
-        self.children = {name: ServiceProcess(name, self.nats_url, env,
-                                              nice if name in BACKGROUND else 0)
-                         for name in self.service_names}
+        self.metrics_ports = self._assign_metrics_ports()
+        self.children = {name: ServiceProcess(
+            name, self.nats_url, {**env, "HITLFLOW_METRICS_PORT": str(self.metrics_ports[name])},
+            nice if name in BACKGROUND else 0) for name in self.service_names}
         starting: list[asyncio.Task[None]] = []
         try:
             await self._create_streams()

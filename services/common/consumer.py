@@ -38,6 +38,7 @@ from pydantic import BaseModel, ValidationError
 from contracts.commands import CommandReply
 from contracts.events import EventEnvelope
 from contracts.subjects import REPLY_TO_HEADER
+from services.common import metrics
 from services.common.logging import get_logger
 from services.common.quarantine import QuarantineError, describe, is_transient, quarantine
 from services.common.store import Job, ServiceApplication
@@ -143,6 +144,7 @@ async def _tell_sender(msg: Msg, reason: str) -> None:
                      "'hitlflow doctor' shows it"})
     except ValidationError:  # not a command this version answers
         return
+    metrics.count_command(reply.command, "quarantined")
     with contextlib.suppress(Exception):  # best effort: the command itself is kept
         await msg._client.publish(reply_to, reply.model_dump_json().encode())
 
@@ -150,6 +152,7 @@ async def _tell_sender(msg: Msg, reason: str) -> None:
 async def _retry(msg: Msg, consumer: str, error: BaseException | str, policy: RetryPolicy,
                  **detail: Any) -> None:
     """A message that may succeed later: delivered again after a delay."""
+    metrics.REDELIVERIES.labels(consumer).inc()
     log.warning("message_retry", consumer=consumer, subject=msg.subject,
                 error=error if isinstance(error, str) else repr(error), **detail)
     with contextlib.suppress(Exception):  # NATS gone: redelivered after ack_wait anyway
@@ -318,6 +321,7 @@ class PullConsumer:
         self._idle_timeout = idle_timeout
         self._handle_messages = handle_messages
         self._policy = policy
+        self._delivered = metrics.DELIVERED.labels(subscription.durable)
 
     async def _ensure_consumer(self) -> None:
         spec = self._sub
@@ -394,6 +398,7 @@ class PullConsumer:
                       batch: list[Msg]) -> None:
         """Hand a batch over; a handler that raises (a defect: handlers settle each message
         themselves) does not stop the consumer: the batch is delivered again."""
+        self._delivered.inc(len(batch))
         try:
             await handle_messages(batch)
         except asyncio.CancelledError:
@@ -401,6 +406,7 @@ class PullConsumer:
         except Exception as error:
             log.error("batch_failed", consumer=self._sub.durable, messages=len(batch),
                       error=repr(error))
+            metrics.REDELIVERIES.labels(self._sub.durable).inc(len(batch))
             for msg in batch:
                 with contextlib.suppress(Exception):  # those settled already
                     await msg.nak(delay=self._policy.redelivery_delay)

@@ -30,6 +30,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from contracts.events import EventEnvelope
+from services.common import metrics
 from services.common.logging import get_logger
 from services.common.quarantine import HEADER_ROOM, describe, is_transient, quarantine
 from services.common.store import Saved, ServiceApplication
@@ -204,6 +205,7 @@ class Relay:
         self._recorded_at = 0.0
         self._recording: asyncio.Task[None] | None = None
         self.published = 0
+        self._published = metrics.RELAY_PUBLISHED.labels(self._service)
         #: Events saved here and not yet published, by notification id (filled by the
         #: writing threads), and whether the position was read from the log once.
         self._fresh: dict[int, Any] = {}
@@ -252,6 +254,14 @@ class Relay:
                     await self._wake.wait()
             self._wake.clear()
 
+    def lag(self) -> int:
+        """In a worker thread: events saved in the store and not yet published by this relay
+        (read from the store: for the health monitor, not the message path)."""
+        recorder = self._app.process_recorder
+        last = recorder.max_notification_id() or 0
+        recorded = recorder.max_tracking_id(RELAY_TRACKING_NAME) or 0
+        return max(last - max(recorded, self._position), 0)
+
     async def publish_pending(self) -> int:
         """Publish the next batch after the position recorded in the store; returns how many
         notifications were read."""
@@ -284,7 +294,10 @@ class Relay:
         for index, reason in refused.items():
             await self._quarantine(sendable[index], reason)
         self._position = max(self._position, last)
-        self.published += len(sendable) - len(refused)
+        published = len(sendable) - len(refused)
+        self.published += published
+        if published:
+            self._published.inc(published)
         return read
 
     def _read_batch(self, from_recorded: bool) -> tuple[int, int, list[_Outgoing]]:
