@@ -247,7 +247,7 @@ class ProjectionsRuntime:
         try:
             self._marks.append((now, await asyncio.to_thread(self.projector.max_applied)))
             due = [mark for mark in self._marks if now - mark[0] >= after]
-            if not due:
+            if not due or not due[-1][1]:
                 return
             upto = due[-1][1]
             self._marks = [mark for mark in self._marks if now - mark[0] < after]

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from faststream.nats import NatsBroker
+from nats.js.errors import NotFoundError
 
 from services.common import metrics
 from services.common.consumer import PullConsumer, RetryPolicy, Subscription
@@ -134,7 +135,10 @@ def tasks_running(tasks: list[asyncio.Task[None]]) -> tuple[bool, str]:
 async def consumer_gauges(js: Any, subscriptions: list[Subscription]) -> None:
     """Lag, unacknowledged and redelivered messages of each durable consumer."""
     for sub in subscriptions:
-        info = await js.consumer_info(sub.stream, sub.durable)
+        try:
+            info = await js.consumer_info(sub.stream, sub.durable)
+        except NotFoundError:  # being created (the service is starting)
+            continue
         metrics.CONSUMER_PENDING.labels(sub.durable).set(info.num_pending or 0)
         metrics.CONSUMER_ACK_PENDING.labels(sub.durable).set(info.num_ack_pending or 0)
         metrics.CONSUMER_REDELIVERED.labels(sub.durable).set(info.num_redelivered or 0)
