@@ -39,6 +39,7 @@ from contracts.commands import CommandReply
 from contracts.events import EventEnvelope
 from contracts.subjects import REPLY_TO_HEADER
 from services.common import metrics
+from services.common.correlation import correlated, of_message
 from services.common.logging import get_logger
 from services.common.quarantine import QuarantineError, describe, is_transient, quarantine
 from services.common.store import Job, ServiceApplication
@@ -196,7 +197,8 @@ async def handle_batch(
     async def run_group(group: list[Msg]) -> None:
         for index, msg in enumerate(group):
             try:
-                await handle(msg)
+                with correlated(of_message(msg)):
+                    await handle(msg)
             except Exception as error:
                 if await _failed(msg, consumer, error, policy):
                     continue
@@ -234,8 +236,10 @@ async def handle_jobs(messages: Sequence[Msg], prepare: Prepare, app: ServiceApp
         if thread_of(msg) in held:
             await _retry(msg, consumer, HELD_BACK, policy)
             continue
+        correlation_id = of_message(msg)
         try:
-            work = await prepare(msg)
+            with correlated(correlation_id):
+                work = await prepare(msg)
         except Exception as error:
             if not await _failed(msg, consumer, error, policy):
                 held.add(thread_of(msg))
@@ -243,6 +247,7 @@ async def handle_jobs(messages: Sequence[Msg], prepare: Prepare, app: ServiceApp
         if work is None:
             await msg.ack()
         else:
+            work.job.correlation_id = correlation_id
             works.append(work)
     if works:
         jobs = [work.job for work in works]
@@ -259,7 +264,8 @@ async def handle_jobs(messages: Sequence[Msg], prepare: Prepare, app: ServiceApp
         job = work.job
         if not job.failed and work.then is not None:
             try:
-                await work.then(job)
+                with correlated(job.correlation_id):
+                    await work.then(job)
             except Exception as error:  # delivered again: the job is then a duplicate
                 job.error = error
         if job.error is not None:

@@ -20,6 +20,8 @@ from eventsourcing.application import AggregateNotFoundError, Application, Proce
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, ProcessRecorder, StoredEvent, Tracking
 
+from services.common.correlation import correlated, stamp
+
 T = TypeVar("T")
 
 #: What one write saved: (notification id, domain event) in log order.
@@ -149,6 +151,8 @@ class Job:
     on_duplicate: Callable[[], Any] | None = None
     #: Called once the outcome is saved (e.g. to log it: ``decide`` may run more than once).
     settled: Callable[[Job], None] | None = None
+    #: The message's correlation id: bound to the job's log lines, kept on its events.
+    correlation_id: str | None = None
     result: Any = None
     duplicate: bool = False
     refused: Exception | None = None
@@ -248,6 +252,7 @@ class ServiceApplication(Application[UUID]):
         for aggregate in aggregates:  # what collect_events() does, without its protocol checks
             processing_event.events.extend(aggregate.collect_events())
             processing_event.aggregates[aggregate.id] = aggregate
+        stamp(processing_event.events)  # the correlation id of the message being handled
         if not processing_event.events and tracking is None:
             return
         ids: Sequence[int] = ()
@@ -397,7 +402,8 @@ class ServiceApplication(Application[UUID]):
             self._run_one_by_one(jobs)
         for job in jobs:
             if job.settled is not None and not job.failed:
-                with structlog.contextvars.bound_contextvars(thread_id=job.key):
+                with structlog.contextvars.bound_contextvars(thread_id=job.key), \
+                        correlated(job.correlation_id):
                     job.settled(job)
 
     def run_job(self, job: Job) -> Job:
@@ -416,7 +422,8 @@ class ServiceApplication(Application[UUID]):
         try:
             for job in jobs:
                 tracking = job.tracking
-                with structlog.contextvars.bound_contextvars(thread_id=job.key):
+                with structlog.contextvars.bound_contextvars(thread_id=job.key), \
+                        correlated(job.correlation_id):
                     if tracking is not None and (
                             tracking.application_name, tracking.notification_id) in done:
                         job.duplicate = True
@@ -433,7 +440,9 @@ class ServiceApplication(Application[UUID]):
                     if not watch.trusts(aggregates):
                         raise _BatchAbandoned("a job relied on cached state it did not save")
                 for aggregate in aggregates:
-                    events.extend(aggregate.collect_events())
+                    collected = aggregate.collect_events()
+                    stamp(collected, job.correlation_id)
+                    events.extend(collected)
                     batch.changed[aggregate.id] = aggregate
                 if any(batch.changed[i].pending_events for i in batch.used):
                     raise _BatchAbandoned("a job left changes it did not return")
@@ -464,7 +473,8 @@ class ServiceApplication(Application[UUID]):
             def save(decide: Callable[[], Sequence[Aggregate]] = decide) -> None:
                 self.record(decide())
 
-            with structlog.contextvars.bound_contextvars(thread_id=job.key):
+            with structlog.contextvars.bound_contextvars(thread_id=job.key), \
+                    correlated(job.correlation_id):
                 try:
                     if job.tracking is None:
                         self.retry_on_conflict(save)
