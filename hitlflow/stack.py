@@ -166,10 +166,14 @@ def server_config() -> str:
 class EmbeddedNats:
     """A nats-server child process with JetStream and its data directory on disk."""
 
-    def __init__(self, data_dir: Path, port: int, host: str = "127.0.0.1") -> None:
+    def __init__(self, data_dir: Path, port: int, host: str = "127.0.0.1", *,
+                 name: str | None = None, extra_args: tuple[str, ...] = ()) -> None:
         self.data_dir = data_dir
         self.port = port
         self.host = host
+        self.name = name or f"hitlflow-{port}"
+        #: More command-line options (e.g. a cluster's: hitlflow.cluster).
+        self.extra_args = extra_args
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -189,8 +193,8 @@ class EmbeddedNats:
         config.write_text(server_config())
         self.process = subprocess.Popen(
             [nats_server_binary(), "-c", str(config), "-a", self.host, "-p", str(self.port),
-             "-js", "-sd", str(self.data_dir / "jetstream"), "-n", f"hitlflow-{self.port}",
-             "-l", str(log_file)],
+             "-js", "-sd", str(self.data_dir / "jetstream"), "-n", self.name,
+             "-l", str(log_file), *self.extra_args],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             # its own process group: a Ctrl-C reaches the stack, which stops its services first
             process_group=0, preexec_fn=_child_setup(),  # noqa: PLW1509
@@ -376,11 +380,14 @@ class ServiceProcess:
     """One ``hitlflow serve NAME`` child process. It writes a line on a pipe (``--ready-fd``)
     once its service is started: connected to NATS, consumers and relay running."""
 
-    def __init__(self, name: str, nats_url: str, env: dict[str, str], nice: int = 0) -> None:
+    def __init__(self, name: str, nats_url: str, env: dict[str, str], nice: int = 0,
+                 log: Path | None = None) -> None:
         self.name = name
         self.nats_url = nats_url
         self.env = env
         self.nice = nice
+        #: Where its output goes (appended); None: this process's own stdout and stderr.
+        self.log = log
         self.process: asyncio.subprocess.Process | None = None
 
     @property
@@ -390,11 +397,13 @@ class ServiceProcess:
     async def start(self, timeout: float = READY_TIMEOUT) -> None:
         """Start the process; return once it is ready, else raise :class:`ServiceStartError`."""
         read_fd, write_fd = os.pipe()
+        output = self.log.open("ab") if self.log is not None else None
         try:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "hitlflow", "serve", self.name,
                 "--nats-url", self.nats_url, "--ready-fd", str(write_fd),
                 env=self.env, stdin=subprocess.DEVNULL, pass_fds=(write_fd,),
+                stdout=output, stderr=output,
                 # its own process group: a Ctrl-C reaches the supervisor, which stops it
                 process_group=0, preexec_fn=_child_setup(self.nice),
             )
@@ -403,6 +412,8 @@ class ServiceProcess:
             raise
         finally:
             os.close(write_fd)  # the child holds the only write end: EOF when it exits
+            if output is not None:
+                output.close()
         try:
             line = await asyncio.wait_for(_read_line(read_fd), timeout)
         except TimeoutError:

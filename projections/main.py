@@ -217,6 +217,9 @@ class ProjectionsRuntime:
                 log.warning("projections_lease_not_renewed", error=repr(error), held=held)
             if held and not self.leading:
                 if self._task is not None:  # it ended on its own (e.g. NATS): start again
+                    if not self._task.cancelled() and self._task.exception() is not None:
+                        log.warning("projections_consumer_ended",
+                                    error=repr(self._task.exception()), detail="restarted")
                     await cancel_and_wait([self._task])
                 log.info("projections_leading", epoch=self.lease.epoch,
                          holder=self.lease.holder)
@@ -314,7 +317,7 @@ class ProjectionsRuntime:
             durable_name=DURABLE, filter_subject=str(events.subject),
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE if applied_seq else DeliverPolicy.ALL,
             opt_start_seq=applied_seq + 1 if applied_seq else None,
-            ack_policy=AckPolicy.ALL, ack_wait=60, max_deliver=-1,
+            ack_policy=AckPolicy.ALL, ack_wait=self.settings.ack_wait, max_deliver=-1,
             max_ack_pending=max(1000, self.batch_size * 4),
         )
         # Start where the views are, whatever the consumer acknowledged before a crash.
@@ -324,7 +327,8 @@ class ProjectionsRuntime:
         consumer = PullConsumer(js, events,
                                 batch_size=self.batch_size, handle_messages=self.apply_batch,
                                 policy=RetryPolicy(self.poison_attempts,
-                                                   self.settings.redelivery_delay))
+                                                   self.settings.redelivery_delay),
+                                ack_wait=self.settings.ack_wait)
         await consumer.run()
 
     async def apply_batch(self, messages: list[Msg]) -> None:

@@ -72,14 +72,14 @@ DEFAULT_POLICY = RetryPolicy()
 
 
 def consumer_config(durable: str, subject: str | tuple[str, ...], *,
-                    max_ack_pending: int = 1000) -> Any:
+                    max_ack_pending: int = 1000, ack_wait: float = 60.0) -> Any:
     return ConsumerConfig(
         durable_name=durable,
         filter_subject=subject if isinstance(subject, str) else None,
         filter_subjects=None if isinstance(subject, str) else list(subject),
         deliver_policy=DeliverPolicy.ALL,
         ack_policy=JsAckPolicy.EXPLICIT,
-        ack_wait=60,
+        ack_wait=ack_wait,
         max_deliver=-1,
         max_ack_pending=max_ack_pending,
     )
@@ -320,8 +320,9 @@ class PullConsumer:
     def __init__(self, js: JetStreamContext, subscription: Subscription, *,
                  batch_size: int = 64, idle_timeout: float = 5.0,
                  handle_messages: Callable[[list[Msg]], Awaitable[None]] | None = None,
-                 policy: RetryPolicy = DEFAULT_POLICY) -> None:
+                 policy: RetryPolicy = DEFAULT_POLICY, ack_wait: float = 60.0) -> None:
         self._js = js
+        self._ack_wait = ack_wait
         self._sub = subscription
         self._batch_size = batch_size
         self._idle_timeout = idle_timeout
@@ -339,12 +340,13 @@ class PullConsumer:
         else:
             config = info.config
             current = config.filter_subjects or [config.filter_subject]
-            if sorted(current) == sorted(wanted):
+            if sorted(current) == sorted(wanted) and config.ack_wait == self._ack_wait:
                 return
             # an older release filtered otherwise: the server changes the filter in place
             log.info("consumer_filter_changed", consumer=spec.durable, was=current, now=wanted)
         await self._js.add_consumer(spec.stream,
-                                    config=consumer_config(spec.durable, spec.subject))
+                                    config=consumer_config(spec.durable, spec.subject,
+                                                           ack_wait=self._ack_wait))
 
     async def run(self) -> None:
         spec = self._sub

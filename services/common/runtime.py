@@ -38,7 +38,9 @@ class ServiceRuntime:
         poison_attempts: int = 5,
         redelivery_delay: float = 1.0,
         health_interval: float = 5.0,
+        ack_wait: float = 60.0,
     ) -> None:
+        self._ack_wait = ack_wait
         self._batch_size = batch_size
         self._policy = RetryPolicy(poison_attempts, redelivery_delay)
         self.name = name
@@ -70,7 +72,7 @@ class ServiceRuntime:
         self._subscribed = self._subscriptions(broker, self.app)
         for subscription in self._subscribed:
             consumer = PullConsumer(js, subscription, batch_size=self._batch_size,
-                                    policy=self._policy)
+                                    policy=self._policy, ack_wait=self._ack_wait)
             self._consumers.append(asyncio.create_task(consumer.run(),
                                                        name=subscription.durable))
         self._tasks.extend(self._consumers)

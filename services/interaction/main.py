@@ -48,4 +48,5 @@ def build(
         poison_attempts=settings.poison_attempts,
         redelivery_delay=settings.redelivery_delay,
         health_interval=settings.health_interval,
+        ack_wait=settings.ack_wait,
     )

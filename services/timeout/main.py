@@ -131,6 +131,7 @@ def build(
         poison_attempts=settings.poison_attempts,
         redelivery_delay=settings.redelivery_delay,
         health_interval=settings.health_interval,
+        ack_wait=settings.ack_wait,
     )
     return TimeoutRuntime(runtime, Sweeper(app, index, clock),
                           sweep_interval=settings.timeout_sweep_interval,
