@@ -148,9 +148,9 @@ class Load:
                 sql.Identifier(self.schema)))
         try:
             return list(self._db.execute(
-                "SELECT s.thread_id, s.status, (SELECT r.id FROM thread_requests r"
-                " WHERE r.thread_id = s.thread_id AND r.status = 'pending' LIMIT 1)"
-                " AS request FROM thread_status s WHERE s.thread_id = ANY(%s)",
+                "SELECT s.thread_id, s.status, r.id AS request, r.shown FROM thread_status s"
+                " LEFT JOIN thread_requests r ON r.thread_id = s.thread_id"
+                " AND r.status = 'pending' WHERE s.thread_id = ANY(%s)",
                 ([n for n in self.started if n not in self.ended],)).fetchall())
         except psycopg.errors.UndefinedTable:  # the projections have not created it yet
             return []
@@ -180,9 +180,8 @@ class Load:
             while queue and len(self.started) - len(self.ended) < plan.in_flight:
                 name = queue.pop(0)
                 spec = timed_spec if name in self.timed else answered_spec
-                command = StartThread(thread_id=name, workflow=spec, state={"request": name},
-                                      started_by="cluster-load")
-                await self.publish(subjects.start_subject(name),
+                command = StartThread(thread_id=name, workflow=spec, state={"request": name})
+                await self.publish(subjects.start_subject("cluster-load", name),
                                    command.model_dump_json().encode(), f"start:{name}")
                 self.started[name] = time.time()
             for row in await asyncio.to_thread(self._poll):
@@ -194,10 +193,9 @@ class Load:
                 elif (status == "paused" and row["request"] and name not in self.timed
                       and name not in self.answered):
                     answer = ResumeThread(thread_id=name, action="approve",
-                                          request_id=row["request"],
-                                          idempotency_key=f"answer-{name}",
-                                          responder="cluster-load")
-                    await self.publish(subjects.resume_subject(name),
+                                          request_id=row["request"], shown=row["shown"],
+                                          idempotency_key=f"answer-{name}")
+                    await self.publish(subjects.resume_subject("cluster-load", name),
                                        answer.model_dump_json().encode(), f"resume:{name}")
                     self.answered.add(name)
             await asyncio.sleep(0.1)

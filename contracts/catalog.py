@@ -14,7 +14,13 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from contracts import subjects
-from contracts.commands import CancelThread, CommandReply, ResumeThread, StartThread
+from contracts.commands import (
+    CancelThread,
+    CommandReply,
+    ResumeThread,
+    StartThread,
+    TaskCommand,
+)
 from contracts.events import PAYLOADS, EventEnvelope
 from contracts.notifications import Notification
 from contracts.queries import (
@@ -25,6 +31,7 @@ from contracts.queries import (
     AnalyticsReply,
     AuditQuery,
     AuditReply,
+    MineQuery,
     PendingQuery,
     PendingReply,
     RebuildReply,
@@ -71,14 +78,17 @@ class Channel:
 BY_LAST_PART = "its last part"
 
 CHANNELS: tuple[Channel, ...] = (
-    Channel("hitl.cmd.start.{thread_id}", "command", "jetstream",
+    Channel("hitl.cmd.start.{principal}.{thread_id}", "command", "jetstream",
             "Start a thread on the workflow it carries (the whole graph: a thread runs on "
             "exactly that version).", BY_LAST_PART, StartThread, CommandReply,
             subjects.COMMANDS_STREAM, "workflow"),
-    Channel("hitl.cmd.resume.{thread_id}", "command", "jetstream",
+    Channel("hitl.cmd.resume.{principal}.{thread_id}", "command", "jetstream",
             "Answer a request of a paused thread (the guide's resume command).", BY_LAST_PART,
             ResumeThread, CommandReply, subjects.COMMANDS_STREAM, "interaction"),
-    Channel("hitl.cmd.cancel.{thread_id}", "command", "jetstream",
+    Channel("hitl.cmd.task.{principal}.{thread_id}", "command", "jetstream",
+            "Claim, release, delegate or reassign a request of the thread.", BY_LAST_PART,
+            TaskCommand, CommandReply, subjects.COMMANDS_STREAM, "interaction"),
+    Channel("hitl.cmd.cancel.{principal}.{thread_id}", "command", "jetstream",
             "Cancel a thread that has not ended.", BY_LAST_PART, CancelThread, CommandReply,
             subjects.COMMANDS_STREAM, "workflow"),
     Channel("hitl.cmd.timeout.{thread_id}", "command", "jetstream",
@@ -100,6 +110,10 @@ CHANNELS: tuple[Channel, ...] = (
             TimelineQuery, TimelineReply, None, "projections"),
     Channel(f"{subjects.Q_PENDING}.{{thread_id}}", "query", "request",
             "One thread's open requests.", BY_LAST_PART, PendingQuery, PendingReply, None,
+            "projections"),
+    Channel(f"{subjects.Q_MINE}.{{principal}}", "query", "request",
+            "Open requests the principal may answer now (claimed by them, or assigned to "
+            "them, to one of their groups, or to anyone).", "", MineQuery, PendingReply, None,
             "projections"),
     Channel(subjects.Q_PENDING, "query", "request",
             "Open requests of every thread, oldest first, a page at a time.", "",
@@ -171,50 +185,55 @@ EXAMPLE_WORKFLOW: dict[str, Any] = {
 
 #: The id of the first request of a thread is derived from the thread id (uuid5): stable.
 EXAMPLE_THREAD = "order-1042"
+#: The system user the examples are sent as (a NATS user may publish only under its own name).
+EXAMPLE_PRINCIPAL = "erp"
 EXAMPLE_REQUEST = "91d6c7dc-fc01-55f1-922d-a4f06e2aa08e"
+#: What its answer carries back: version 1, and the digest of its prompt, context and options.
+EXAMPLE_SHOWN = "1:51576608a8359e5374a134d9be0bc4dc2aaa0072bdd5037a9c51f381f35ab0da"
 
 EXAMPLES: tuple[Example, ...] = (
     Example(
-        "Start a thread", f"hitl.cmd.start.{EXAMPLE_THREAD}", "jetstream",
+        "Start a thread", f"hitl.cmd.start.erp.{EXAMPLE_THREAD}", "jetstream",
         {"thread_id": EXAMPLE_THREAD, "workflow": EXAMPLE_WORKFLOW,
-         "state": {"request": "3 laptops for the new team"}, "started_by": "erp"},
+         "state": {"request": "3 laptops for the new team"}},
         {"ok": True, "command": "start", "thread_id": EXAMPLE_THREAD, "duplicate": False},
         "The reply says the thread was started; it then runs until it pauses at `approve`."),
     Example(
         "See what it waits for", f"hitl.q.thread.{EXAMPLE_THREAD}", "request", {},
         {"thread": {"thread_id": EXAMPLE_THREAD, "status": "paused", "current_node": "approve",
                     "pending": [{"id": EXAMPLE_REQUEST, "node_name": "approve",
-                                 "interaction_type": "approval",
+                                 "interaction_type": "approval", "shown": EXAMPLE_SHOWN,
                                  "prompt": "Please approve: 3 laptops for the new team",
                                  "context": {"department": "Engineering",
                                              "request": "3 laptops for the new team"}}]}},
         "Views follow the events within milliseconds; pass `after` (service → position, "
-        "from the events you saw) to wait for a given change."),
+        "from the events you saw) to wait for a given change. `shown` is what an answer "
+        "carries back: this version of the request."),
     Example(
-        "Answer it", f"hitl.cmd.resume.{EXAMPLE_THREAD}", "jetstream",
+        "Answer it", f"hitl.cmd.resume.erp.{EXAMPLE_THREAD}", "jetstream",
         {"thread_id": EXAMPLE_THREAD, "action": "reject",
          "data": {"reason": "Budget exceeds allocated amount"},
-         "idempotency_key": "erp-7731", "responder": "erp"},
+         "idempotency_key": "erp-7731", "shown": EXAMPLE_SHOWN},
         {"ok": True, "command": "resume", "thread_id": EXAMPLE_THREAD, "action": "reject",
          "interaction_id": EXAMPLE_REQUEST, "duplicate": False}),
     Example(
-        "The same answer again (same idempotency key)", f"hitl.cmd.resume.{EXAMPLE_THREAD}",
-        "jetstream",
+        "The same answer again (same idempotency key)",
+        f"hitl.cmd.resume.erp.{EXAMPLE_THREAD}", "jetstream",
         {"thread_id": EXAMPLE_THREAD, "action": "reject",
          "data": {"reason": "Budget exceeds allocated amount"},
-         "idempotency_key": "erp-7731", "responder": "erp"},
+         "idempotency_key": "erp-7731", "shown": EXAMPLE_SHOWN},
         {"ok": True, "command": "resume", "interaction_id": EXAMPLE_REQUEST,
          "duplicate": True},
         "The first outcome, repeated; nothing changes."),
     Example(
-        "Another answer: refused, and kept in the audit", f"hitl.cmd.resume.{EXAMPLE_THREAD}",
-        "jetstream",
+        "Another answer: refused, and kept in the audit",
+        f"hitl.cmd.resume.erp.{EXAMPLE_THREAD}", "jetstream",
         {"thread_id": EXAMPLE_THREAD, "action": "approve", "idempotency_key": "erp-7732",
-         "responder": "erp"},
+         "shown": EXAMPLE_SHOWN},
         {"ok": False, "command": "resume", "code": "thread_ended"}),
     Example(
         "A body naming another thread than its subject: refused",
-        "hitl.cmd.cancel.order-1043", "jetstream",
+        "hitl.cmd.cancel.erp.order-1043", "jetstream",
         {"thread_id": EXAMPLE_THREAD, "reason": "wrong subject"},
         {"ok": False, "command": "cancel", "code": "invalid_command"}),
     Example(
@@ -228,7 +247,8 @@ EXAMPLES: tuple[Example, ...] = (
         "Who answered", "hitl.q.audit", "request",
         {"thread_id": EXAMPLE_THREAD, "event": "accepted"},
         {"entries": [{"thread_id": EXAMPLE_THREAD, "event": "accepted", "action": "reject",
-                      "responder": "erp", "data_keys": ["reason"]}], "next": None}),
+                      "responder": "erp", "principal": "erp", "data_keys": ["reason"]}],
+         "next": None}),
 )
 
 #: Which event types end a thread, and the status each gives it.
@@ -242,8 +262,10 @@ EVENT_SERVICES: dict[str, str] = {
                      "ThreadCancelled", "CommandRefused", "NodeDecided", "FallbackTaken"),
                     "workflow"),
     **dict.fromkeys(("InteractionRequested", "ResponseAccepted", "ResponseRejected",
-                     "InteractionTimedOut", "InteractionCancelled", "InteractionReminded",
-                     "InteractionEscalated"), "interaction"),
+                     "InteractionClaimed", "InteractionReleased", "InteractionDelegated",
+                     "InteractionReassigned", "VoteCast", "InteractionTimedOut",
+                     "InteractionCancelled", "InteractionReminded", "InteractionEscalated"),
+                    "interaction"),
     **dict.fromkeys(("DeadlineScheduled", "DeadlineFired", "DeadlineCleared"), "timeout"),
 }
 
@@ -252,6 +274,9 @@ FIELD_LIMITS = {
     ("StartThread", "state"): "state",
     ("ResumeThread", "data"): "answer",
     ("ResumeThread", "raw_data"): "answer",
+    ("ResumeThread", "groups"): "groups",
+    ("TaskCommand", "groups"): "groups",
+    ("TaskCommand", "to"): "groups",
 }
 
 
@@ -282,6 +307,15 @@ REFUSAL_CODES: dict[str, tuple[int, str]] = {
                            "subject"),
     "not_found": (404, "a query about a thread that does not exist"),
     "query_failed": (500, "the projections failed while answering (the error says why)"),
+    "forbidden": (403, "the principal may not do this: the request is for others (assignees, "
+                       "groups, a quorum's voters), claimed by someone else, or the principal "
+                       "asserted what only a system or the gateway may (acting for someone)"),
+    "stale_view": (409, "the answer was given to an earlier version of the request (it was "
+                        "escalated, reassigned or delegated since): look again, answer again"),
+    "claimed": (409, "task: the request is claimed by someone else"),
+    "not_claimed": (409, "task: the request is not claimed"),
+    "not_claimable": (409, "task: a quorum request is answered by every voter, not claimed"),
+    "already_voted": (409, "quorum: this person has voted on the request already"),
     "quarantined": (500, "the command could not be handled (a fault, not its contract) and was "
                          "quarantined after repeated attempts; `hitlflow doctor` shows it"),
 }

@@ -7,6 +7,9 @@ The ``payload`` of each event type is described by the model of the same name be
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
 
@@ -25,6 +28,20 @@ from contracts.timeouts import (
 Service = Literal["workflow", "interaction", "timeout"]
 InteractionType = Literal["approval", "edit", "choice", "text_input", "conversation"]
 INTERACTION_TYPES: tuple[str, ...] = ("approval", "edit", "choice", "text_input", "conversation")
+
+
+def shown_digest(prompt: str, context: dict[str, Any], options: Sequence[str]) -> str:
+    """sha256 (hex) of what a request shows: the canonical JSON (keys sorted, no spaces,
+    UTF-8) of ``{"context": ..., "options": [...], "prompt": ...}``."""
+    canonical = json.dumps({"context": context, "options": list(options), "prompt": prompt},
+                           sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def shown_token(version: int, digest: str) -> str:
+    """A request's ``shown``: its version (raised each time it is re-sent: escalated,
+    reassigned, delegated) and the digest of what it shows. An answer carries it back."""
+    return f"{version}:{digest}"
 
 
 class EventEnvelope(Contract):
@@ -62,6 +79,11 @@ class InteractionSpec(Contract):
     #: A policy object, a chain (list) of them, or a policy name (see contracts.timeouts).
     on_timeout: dict[str, Any] | list[Any] | str | None = None
     assignees: tuple[str, ...] = ()
+    #: Groups whose members may answer too (``candidate_groups`` in the node's context).
+    candidate_groups: tuple[str, ...] = ()
+    #: N of M approvals: ``{"approvals": N, "of": [names]}`` or ``{"approvals": N, "group":
+    #: name}``, and ``"reject": "veto"`` (default: one reject decides) or ``"majority"``.
+    quorum: dict[str, Any] | None = None
     response_schema: dict[str, Any] | None = None
     #: Position of this request within a batch raised by one node (0-based).
     batch_index: int = 0
@@ -75,7 +97,9 @@ class ThreadStarted(Contract):
     graph_name: str
     workflow_digest: str
     inputs: dict[str, Any]
+    #: The principal that started it (and the person it acted for, if any).
     started_by: str
+    on_behalf_of: str | None = None
 
 
 class NodeCompleted(Contract):
@@ -103,6 +127,7 @@ class ThreadResumed(Contract):
     interaction_id: str
     action: str
     data: dict[str, Any] | None = None
+    #: Whose answer it was (the person a system acted for, else the principal).
     responder: str = "anonymous"
     by_timeout: bool = False
     #: Requests of the same node still unanswered (a batch resumes when this reaches 0).
@@ -126,7 +151,9 @@ class ThreadTimedOut(Contract):
 
 class ThreadCancelled(Contract):
     reason: str
+    #: The principal that cancelled it (and the person it acted for, if any).
     requested_by: str
+    on_behalf_of: str | None = None
 
 
 class CommandRefused(Contract):
@@ -183,6 +210,9 @@ class FallbackTaken(Contract):
 class InteractionRequested(InteractionSpec):
     created_at: datetime
     deadline: datetime | None = None
+    #: What an answer carries back (``ResumeThread.shown``): version 1 and the digest of the
+    #: prompt, context and options (:func:`shown_token`).
+    shown: str = ""
 
 
 class ResponseAccepted(Contract):
@@ -196,10 +226,18 @@ class ResponseAccepted(Contract):
     value: Any = None
     route: Literal["success", "failure"]
     timestamp: datetime
+    #: Whose answer it is: the person a system acted for, else the principal.
     responder: str
     idempotency_key: str
     #: True when the answer was taken by a timeout policy rather than a person.
     by_timeout: bool = False
+    #: The authenticated principal that sent it, and the person it acted for (if any).
+    principal: str | None = None
+    on_behalf_of: str | None = None
+    #: The ``shown`` the answer was given to.
+    shown: str | None = None
+    #: A quorum's votes, in the order cast (``{"voter", "action"}``), when it decided.
+    votes: list[dict[str, Any]] | None = None
 
 
 class ResponseRejected(Contract):
@@ -210,6 +248,70 @@ class ResponseRejected(Contract):
     idempotency_key: str
     code: str
     reason: str
+    timestamp: datetime
+    principal: str | None = None
+    on_behalf_of: str | None = None
+
+
+class InteractionClaimed(Contract):
+    """The request was claimed: only ``claimed_by`` may answer it until it is released."""
+
+    request_id: str
+    node_name: str
+    claimed_by: str
+    principal: str
+    timestamp: datetime
+
+
+class InteractionReleased(Contract):
+    """The claim was given up (by the claimant, or an operator): anyone assigned may answer."""
+
+    request_id: str
+    node_name: str
+    released_by: str
+    principal: str
+    timestamp: datetime
+
+
+class InteractionDelegated(Contract):
+    """The request was handed to ``to``, who becomes its claimant; it is shown anew."""
+
+    request_id: str
+    node_name: str
+    from_person: str
+    to: str
+    principal: str
+    timestamp: datetime
+    shown: str
+
+
+class InteractionReassigned(Contract):
+    """An operator changed who the request is assigned to; its claim is dropped and it is
+    shown anew."""
+
+    request_id: str
+    node_name: str
+    from_assignees: tuple[str, ...] = ()
+    assignees: tuple[str, ...] = ()
+    candidate_groups: tuple[str, ...] = ()
+    principal: str
+    timestamp: datetime
+    shown: str
+
+
+class VoteCast(Contract):
+    """One vote of a quorum request (N of M approvals); ``approvals`` and ``rejections``
+    count the votes so far. The vote that decides is followed by ResponseAccepted."""
+
+    request_id: str
+    node_name: str
+    voter: str
+    principal: str
+    on_behalf_of: str | None = None
+    action: str
+    data_keys: tuple[str, ...] = ()
+    approvals: int
+    rejections: int
     timestamp: datetime
 
 
@@ -252,6 +354,11 @@ PAYLOADS: dict[str, type[BaseModel]] = {
         InteractionRequested,
         ResponseAccepted,
         ResponseRejected,
+        InteractionClaimed,
+        InteractionReleased,
+        InteractionDelegated,
+        InteractionReassigned,
+        VoteCast,
         InteractionTimedOut,
         InteractionCancelled,
         InteractionReminded,

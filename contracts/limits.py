@@ -35,6 +35,10 @@ MAX_NAME: Final = 200
 MAX_REQUEST_ID: Final = 64
 #: A cancel reason.
 MAX_REASON: Final = 2_000
+#: Names in one list: groups of a person, assignees or candidate groups of a request, voters.
+MAX_GROUPS: Final = 100
+#: A ``shown`` token (a request's version and digest).
+MAX_SHOWN: Final = 100
 
 # ---- payloads (bytes of compact JSON) -------------------------------------------------------
 #: An answer's ``data`` (or, when it was not JSON, the text as typed).
@@ -143,6 +147,9 @@ LIMITS: Final[dict[str, tuple[int, str, str]]] = {
     "name": (MAX_NAME, "characters", "a responder's, starter's or canceller's name"),
     "request_id": (MAX_REQUEST_ID, "characters", "a request id"),
     "reason": (MAX_REASON, "characters", "a cancel reason"),
+    "groups": (MAX_GROUPS, "names", "groups of a person; assignees, candidate groups or voters "
+                                    "of a request"),
+    "shown": (MAX_SHOWN, "characters", "a shown token (a request's version and digest)"),
     "answer": (MAX_ANSWER_BYTES, "bytes", "an answer's data as JSON (or its text as typed)"),
     "state": (MAX_STATE_BYTES, "bytes", "a thread's initial state as JSON"),
     "output": (MAX_OUTPUT_BYTES, "bytes", "one node's output (and details) as JSON"),

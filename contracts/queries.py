@@ -37,7 +37,8 @@ VIEW_NAMES: tuple[str, ...] = ("thread_status", "audit_trail", "analytics")
 THREAD_STATUSES: tuple[str, ...] = ("running", "paused", "completed", "failed", "timed_out",
                                     "cancelled")
 AUDIT_EVENTS: tuple[str, ...] = ("requested", "accepted", "rejected", "timed_out", "cancelled",
-                                 "reminded", "escalated", "decided", "fallback", "refused")
+                                 "reminded", "escalated", "decided", "fallback", "refused",
+                                 "claimed", "released", "delegated", "reassigned", "voted")
 
 
 class QueryError(Contract):
@@ -110,6 +111,26 @@ class PendingInteraction(Contract):
     created_at: datetime
     batch_index: int = 0
     batch_size: int = 1
+    #: What an answer carries back as ``shown`` (this version of the request).
+    shown: str = ""
+    candidate_groups: list[str] = Field(default_factory=list)
+    #: Who claimed it (only they may answer until it is released), if anyone has.
+    claimed_by: str | None = None
+    quorum: dict[str, Any] | None = None
+    #: A quorum's votes so far (``{"voter", "action"}``).
+    votes: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class MineQuery(Contract):
+    """Open requests the asker may answer now (``hitl.q.mine.<principal>``): claimed by them,
+    or unclaimed and assigned to them, to one of their groups or to anyone."""
+
+    #: Whom the gateway authenticated, and their groups (from the gateway's user only; others
+    #: are who their subject names, with the groups the directory gives them).
+    principal: str | None = None
+    groups: list[str] | None = None
+    limit: int = Field(default=100, ge=1, le=MAX_PAGE_ITEMS)
+    after: PendingCursor | None = None
 
 
 class ThreadView(Contract):
@@ -189,7 +210,8 @@ class AuditQuery(Contract):
     #: requested, accepted, rejected, timed_out, cancelled, reminded, escalated, decided,
     #: fallback.
     event: Literal["requested", "accepted", "rejected", "timed_out", "cancelled", "reminded",
-                   "escalated", "decided", "fallback", "refused"] | None = None
+                   "escalated", "decided", "fallback", "refused", "claimed", "released",
+                   "delegated", "reassigned", "voted"] | None = None
     #: Entries at or after ``since`` and before ``until``.
     since: datetime | None = None
     until: datetime | None = None
@@ -217,7 +239,13 @@ class AuditEntry(Contract):
     node_name: str | None = None
     interaction_type: str | None = None
     action: str | None = None
+    #: Whose answer (or act) it was: the person a system acted for, else the principal.
     responder: str | None = None
+    #: The authenticated principal that sent it, and the person it acted for (if any).
+    principal: str | None = None
+    on_behalf_of: str | None = None
+    #: The version of the request an answer was given to (ResumeThread.shown).
+    shown: str | None = None
     #: Keys of the response data (never the values).
     data_keys: list[str] = Field(default_factory=list)
     by_timeout: bool = False

@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterable
 from typing import Final
 
-from contracts.limits import MAX_THREAD_ID
+from contracts.limits import MAX_NAME, MAX_THREAD_ID
 
 COMMANDS_STREAM: Final = "HITL_COMMANDS"
 EVENTS_STREAM: Final = "HITL_EVENTS"
@@ -44,19 +44,73 @@ def check_thread_id(thread_id: str) -> str:
     return thread_id
 
 
-def start_subject(thread_id: str) -> str:
-    return f"hitl.cmd.start.{check_thread_id(thread_id)}"
+class InvalidPrincipalError(ValueError):
+    """A principal that cannot be named in a subject."""
 
 
-def resume_subject(thread_id: str) -> str:
-    return f"hitl.cmd.resume.{check_thread_id(thread_id)}"
+#: Characters a subject token cannot hold, and how a principal's name carries them.
+_ESCAPES: Final = {"%": "%25", ".": "%2E", "*": "%2A", ">": "%3E", " ": "%20", "\t": "%09"}
 
 
-def cancel_subject(thread_id: str) -> str:
-    return f"hitl.cmd.cancel.{check_thread_id(thread_id)}"
+def check_principal(name: str) -> str:
+    """Return ``name`` if it can name a principal: 1-200 printable characters."""
+    if (not isinstance(name, str) or not name or len(name) > MAX_NAME
+            or any(ch < " " or ch == "\x7f" for ch in name)):
+        raise InvalidPrincipalError(f"invalid principal name {str(name)[:60]!r}: expected "
+                                    f"1-{MAX_NAME} printable characters")
+    return name
+
+
+def principal_token(name: str) -> str:
+    """The subject token naming principal ``name`` (``.``, ``*``, ``>``, blanks and ``%``
+    written as ``%2E``, ``%2A``, ``%3E``, ``%20``/``%09`` and ``%25``)."""
+    return "".join(_ESCAPES.get(ch, ch) for ch in check_principal(name))
+
+
+def principal_of_token(token: str) -> str:
+    """The principal a subject token names; raises unless the token is written as
+    :func:`principal_token` writes it."""
+    name = token
+    for plain, escaped in _ESCAPES.items():
+        if plain != "%":
+            name = name.replace(escaped, plain)
+    name = name.replace("%25", "%")
+    try:
+        if principal_token(name) == token:
+            return name
+    except InvalidPrincipalError:
+        pass
+    raise InvalidPrincipalError(
+        f"subject token {token[:60]!r} names no principal: expected a name of 1-{MAX_NAME} "
+        "printable characters with '.', '*', '>', blanks and '%' written as %2E, %2A, %3E, "
+        "%20/%09 and %25")
+
+
+def command_subject(verb: str, principal: str, thread_id: str) -> str:
+    """``hitl.cmd.<verb>.<principal>.<thread_id>``: who sends the command, and for which
+    thread (each NATS user may publish only under its own name)."""
+    return f"hitl.cmd.{verb}.{principal_token(principal)}.{check_thread_id(thread_id)}"
+
+
+def start_subject(principal: str, thread_id: str) -> str:
+    return command_subject("start", principal, thread_id)
+
+
+def resume_subject(principal: str, thread_id: str) -> str:
+    return command_subject("resume", principal, thread_id)
+
+
+def cancel_subject(principal: str, thread_id: str) -> str:
+    return command_subject("cancel", principal, thread_id)
+
+
+def task_subject(principal: str, thread_id: str) -> str:
+    """Claim, release, delegate or reassign a request."""
+    return command_subject("task", principal, thread_id)
 
 
 def timeout_subject(thread_id: str) -> str:
+    """Sent by the timeout service only (no principal: its NATS user alone may publish it)."""
     return f"hitl.cmd.timeout.{check_thread_id(thread_id)}"
 
 
@@ -82,6 +136,7 @@ def events_of(service: str, event_types: Iterable[str]) -> tuple[str, ...]:
 START_ALL: Final = "hitl.cmd.start.>"
 RESUME_ALL: Final = "hitl.cmd.resume.>"
 CANCEL_ALL: Final = "hitl.cmd.cancel.>"
+TASK_ALL: Final = "hitl.cmd.task.>"
 TIMEOUT_ALL: Final = "hitl.cmd.timeout.>"
 WORKFLOW_EVENTS: Final = "hitl.evt.workflow.>"
 INTERACTION_EVENTS: Final = "hitl.evt.interaction.>"
@@ -93,6 +148,7 @@ Q_THREAD: Final = "hitl.q.thread"
 Q_THREADS: Final = "hitl.q.threads"
 Q_PENDING: Final = "hitl.q.pending"
 Q_TIMELINE: Final = "hitl.q.timeline"
+Q_MINE: Final = "hitl.q.mine"
 
 
 def thread_query_subject(thread_id: str) -> str:
@@ -103,6 +159,11 @@ def thread_query_subject(thread_id: str) -> str:
 def timeline_query_subject(thread_id: str) -> str:
     """``hitl.q.timeline.<thread_id>``: one thread's events."""
     return f"{Q_TIMELINE}.{check_thread_id(thread_id)}"
+
+
+def mine_query_subject(principal: str) -> str:
+    """``hitl.q.mine.<principal>``: the open requests that principal may answer."""
+    return f"{Q_MINE}.{principal_token(principal)}"
 
 
 def pending_query_subject(thread_id: str | None = None) -> str:

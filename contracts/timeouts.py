@@ -254,7 +254,8 @@ class InteractionReminded(Contract):
 
 
 class InteractionEscalated(Contract):
-    """The request was re-assigned (escalate policy), with a new deadline."""
+    """The request was re-assigned (escalate policy), with a new deadline: its claim is
+    dropped and it is shown anew (``shown``: answers to the earlier version are stale)."""
 
     request_id: str
     node_name: str
@@ -263,6 +264,7 @@ class InteractionEscalated(Contract):
     assignees: tuple[str, ...]
     timestamp: datetime
     deadline: datetime
+    shown: str = ""
 
 
 # ---- event payloads: timeout service ----------------------------------------------------------

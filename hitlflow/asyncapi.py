@@ -53,6 +53,10 @@ PARAMETERS: dict[str, dict[str, Any]] = {
     "event_type": {"description": "The event's type (past tense).",
                    "enum": sorted(PAYLOADS)},
     "request_id": {"description": "The interaction request the timer belongs to."},
+    "principal": {"description": "Who sends the command: the principal's name as one subject "
+                                 "token ('.', '*', '>', spaces and '%' written %2E, %2A, %3E, "
+                                 "%20, %25). Each NATS user may publish only under its own "
+                                 "name.", "examples": ["erp"]},
     "source": {"description": "Who gave up on the message: a consumer's durable name, or "
                               "relay-<service>."},
 }

@@ -25,12 +25,13 @@ from pydantic import ValidationError
 
 from contracts.limits import MAX_ANSWER_BYTES, MAX_STATE_BYTES, TooLargeError, check_bytes
 from contracts.subjects import InvalidThreadIdError, check_thread_id
-from hitlflow import cli_demo, cli_doctor, cli_projections, display
+from hitlflow import cli_demo, cli_doctor, cli_identity, cli_projections, display
 from hitlflow.cli_common import (
     EXIT_BAD_INPUT,
     EXIT_NO_STACK,
     EXIT_REFUSED,
     OPTION_NAMES,
+    ForPerson,
     JsonOut,
     NatsUrl,
     client_for,
@@ -92,7 +93,10 @@ def _report(outcome: Outcome, as_json: bool) -> None:
     if as_json:
         out.print_json(json.dumps(data, default=str))
     elif outcome.ok:
-        if outcome.reply.command == "resume":
+        if outcome.reply.command == "resume" and not outcome.reply.decided:
+            out.print(f"[green]vote recorded[/]: {outcome.reply.action} on request "
+                      f"{outcome.reply.interaction_id} (the quorum has not decided yet)")
+        elif outcome.reply.command == "resume":
             out.print(f"[green]accepted[/]: {outcome.reply.action} on request "
                       f"{outcome.reply.interaction_id}")
         display.show_outcome(out, data)
@@ -118,7 +122,7 @@ def run(
     state_file: Annotated[Path | None, typer.Option("--state-file")] = None,
     thread_id: Annotated[str | None, typer.Option("--thread-id",
                                                   help="Your own id for the thread.")] = None,
-    started_by: Annotated[str, typer.Option("--by", help="Who starts it.")] = "cli",
+    for_person: ForPerson = None,
     nats_url: NatsUrl = None,
     as_json: JsonOut = False,
 ) -> None:
@@ -136,7 +140,7 @@ def run(
     async def go() -> Outcome:
         async with client_for(settings) as client:
             return await client.start(workflow, initial, thread_id=thread_id,
-                                      started_by=started_by)
+                                      on_behalf_of=for_person)
 
     _report(_run(go()), as_json)
 
@@ -153,11 +157,15 @@ def resume(
     = None,
     key: Annotated[str | None, typer.Option("--key", help="Idempotency key: sending the same "
                                             "key again repeats the first outcome.")] = None,
-    responder: Annotated[str, typer.Option("--as", help="Who answers.")] = "",
+    shown: Annotated[str | None, typer.Option(
+        "--shown", help="The version of the request you answer (from 'pending --json'); "
+        "refused as stale_view if it was re-sent since. Default: the one open now.")] = None,
+    for_person: ForPerson = None,
     nats_url: NatsUrl = None,
     as_json: JsonOut = False,
 ) -> None:
-    """Answer a paused thread (the guide's resume commands)."""
+    """Answer a paused thread (the guide's resume commands), as the principal your NATS
+    credentials name (a system user may answer --for a person)."""
     _thread_id(thread_id)
     if data is not None and data_file is not None:
         fail("give either --data or --data-file, not both", EXIT_BAD_INPUT)
@@ -170,13 +178,12 @@ def resume(
         except json.JSONDecodeError:
             raw = text  # sent as typed: the service refuses it and keeps it in the audit
     settings = _settings(nats_url)
-    who = responder or os.environ.get("USER") or "cli"
 
     async def go() -> Outcome:
         async with client_for(settings) as client:
             return await client.resume(thread_id, action, parsed, raw_data=raw,
                                        request_id=request_id, idempotency_key=key,
-                                       responder=who)
+                                       shown=shown, on_behalf_of=for_person)
 
     _report(_run(go()), as_json)
 
@@ -185,6 +192,7 @@ def resume(
 def cancel(
     thread_id: str,
     reason: Annotated[str, typer.Option("--reason")] = "",
+    for_person: ForPerson = None,
     nats_url: NatsUrl = None,
     as_json: JsonOut = False,
 ) -> None:
@@ -194,7 +202,7 @@ def cancel(
 
     async def go() -> Outcome:
         async with client_for(settings) as client:
-            return await client.cancel(thread_id, reason)
+            return await client.cancel(thread_id, reason, on_behalf_of=for_person)
 
     _report(_run(go()), as_json)
 
@@ -224,6 +232,9 @@ def status(thread_id: str, nats_url: NatsUrl = None, as_json: JsonOut = False) -
 def pending(
     thread_id: Annotated[str | None, typer.Argument()] = None,
     limit: Annotated[int, typer.Option("--limit")] = 100,
+    mine: Annotated[bool, typer.Option(
+        "--mine", help="Only the requests you may answer now (yours, your groups', anyone's; "
+                       "not those someone else claimed).")] = False,
     nats_url: NatsUrl = None,
     as_json: JsonOut = False,
 ) -> None:
@@ -231,6 +242,9 @@ def pending(
     if thread_id:
         _thread_id(thread_id)
     settings = _settings(nats_url)
+    if mine:
+        cli_identity.mine(settings, limit, as_json)
+        return
 
     async def go() -> Any:
         async with client_for(settings) as client:
@@ -391,7 +405,7 @@ def _write_stack_file(settings: Settings, stack: Any, started_at: str) -> None:
     from hitlflow.stack import process_identity
 
     info = {"pid": os.getpid(), "pid_start": process_identity(os.getpid()),
-            "nats_url": stack.nats_url, "home": str(settings.home),
+            "nats_url": stack.nats_url, "nats_pid": stack.nats_pid, "home": str(settings.home),
             "started_at": started_at, "mode": stack.mode, "services": stack.service_pids(),
             "metrics": stack.metrics_urls()}
     partial = settings.stack_file.with_name(settings.stack_file.name + ".tmp")
@@ -608,6 +622,7 @@ def contract(
 
 app.add_typer(timeouts_app, name="timeouts")
 cli_projections.register(app)  # threads, show, audit, analytics, projections rebuild
+cli_identity.register(app)  # users, token, claim, release, delegate, reassign
 app.command("demo")(cli_demo.demo)  # the guide's five patterns, asked or scripted
 app.command("doctor")(cli_doctor.doctor)  # the stack's health and what was quarantined
 

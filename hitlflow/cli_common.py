@@ -27,6 +27,9 @@ NatsUrl = Annotated[str | None, typer.Option("--nats-url", envvar="HITLFLOW_NATS
                                              help="NATS of a running stack (default: the "
                                                   "embedded stack's).")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+ForPerson = Annotated[str | None, typer.Option(
+    "--for", "--as", help="Act for this person (a system user acting for someone; the audit "
+    "keeps both names). Others are refused: they act as themselves.")]
 
 
 def say_error(message: str) -> None:
@@ -41,9 +44,8 @@ def fail(message: str, code: int) -> NoReturn:
 
 
 #: A command's fields as the CLI's options name them.
-OPTION_NAMES = {"action": "the action", "idempotency_key": "--key", "responder": "--as",
-                "request_id": "--request-id", "reason": "--reason", "requested_by": "--as",
-                "started_by": "--by"}
+OPTION_NAMES = {"action": "the action", "idempotency_key": "--key", "on_behalf_of": "--for",
+                "request_id": "--request-id", "reason": "--reason", "shown": "--shown"}
 
 
 def describe_input_error(error: ValidationError, names: dict[str, str] | None = None) -> str:
@@ -59,5 +61,4 @@ def describe_input_error(error: ValidationError, names: dict[str, str] | None = 
 
 def client_for(settings: Settings) -> HitlClient:
     return HitlClient(settings.resolved_nats_url(), reply_timeout=settings.reply_timeout,
-                      auth={"user": settings.nats_user, "password": settings.nats_password,
-                            "token": settings.nats_token})
+                      auth=settings.nats_auth(), principal=settings.principal)

@@ -140,7 +140,8 @@ class _Runner:
             self.console.print(Text("Starting an embedded stack for the demo …", style="dim"))
             stack = Stack(settings, port=free_port(), agents=registry)
             with BackgroundStack(stack) as running:
-                client = HitlClient(running.nats_url, reply_timeout=20.0)
+                client = HitlClient(running.nats_url, reply_timeout=20.0,
+                                    auth=stack.settings_for("operator").nats_auth())
                 running.call(client.connect())
                 try:
                     for number, pattern in enumerate(patterns, 1):
@@ -152,7 +153,10 @@ class _Runner:
         import asyncio
 
         loop = asyncio.new_event_loop()
-        client = HitlClient(nats_url, reply_timeout=20.0)
+        from hitlflow.cli_common import client_for
+        from hitlflow.settings import load_settings
+
+        client = client_for(load_settings(nats_url=nats_url))
         try:
             try:
                 loop.run_until_complete(client.connect())
@@ -210,7 +214,7 @@ class _Runner:
             self.step(shlex.join(command))
             outcome: Outcome = call(client.resume(thread, action, data,
                                                   request_id=request["id"],
-                                                  responder="demo"))
+                                                  shown=request.get("shown")))
             if outcome.ok:
                 self.console.print(Text(f"accepted: {action}", style="green"))
                 return outcome

@@ -112,8 +112,7 @@ async def _connect(settings: Settings) -> Any:
     url = settings.resolved_nats_url()
     try:
         return await connect(url, name="hitlflow-doctor", reconnect_attempts=1,
-                             user=settings.nats_user, password=settings.nats_password,
-                             token=settings.nats_token)
+                             **settings.nats_auth())
     except Exception as error:
         raise NoStackError(
             f"cannot reach NATS at {url} ({error.__class__.__name__}); start the embedded "

@@ -46,8 +46,7 @@ async def _request(settings: Settings, subject: str, body: BaseModel, timeout: f
     url = settings.resolved_nats_url()
     try:
         nc = await connect(url, name="hitlflow-cli", reconnect_attempts=3,
-                           user=settings.nats_user, password=settings.nats_password,
-                           token=settings.nats_token)
+                           **settings.nats_auth())
     except Exception as error:
         raise NoTimeoutServiceError(
             f"cannot reach NATS at {url} ({error.__class__.__name__}); start the embedded "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -22,7 +23,13 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from pydantic import ValidationError
 
 from contracts import subjects
-from contracts.commands import CancelThread, CommandReply, ResumeThread, StartThread
+from contracts.commands import (
+    CancelThread,
+    CommandReply,
+    ResumeThread,
+    StartThread,
+    TaskCommand,
+)
 from contracts.events import EventEnvelope
 from contracts.limits import (
     MAX_ANSWER_BYTES,
@@ -41,6 +48,7 @@ from contracts.queries import (
     AuditEntry,
     AuditQuery,
     AuditReply,
+    MineQuery,
     PendingCursor,
     PendingInteraction,
     PendingQuery,
@@ -58,7 +66,7 @@ from contracts.queries import (
     TimelineReply,
 )
 from contracts.workflow import WorkflowSpec
-from services.common.messaging import connect
+from services.common.messaging import NatsAuth, connect
 
 ENDINGS = {"ThreadCompleted": "completed", "ThreadFailed": "failed",
            "ThreadTimedOut": "timed_out", "ThreadCancelled": "cancelled"}
@@ -107,6 +115,7 @@ class Outcome:
             "interaction_id": self.reply.interaction_id,
             "action": self.reply.action,
             "duplicate": self.reply.duplicate,
+            "decided": self.reply.decided,
             "status": self.status,
             "node": self.node,
             "output": self.output,
@@ -124,6 +133,20 @@ class _ThreadWatch:
     async def on_msg(self, msg: Msg) -> None:
         with contextlib.suppress(ValueError):
             self.queue.put_nowait(EventEnvelope.model_validate_json(msg.data))
+
+    async def seen(self, event_type: str, request_id: str | None, timeout: float) -> bool:
+        """Wait until an event of ``event_type`` about ``request_id`` arrives."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while (remaining := deadline - loop.time()) > 0:
+            try:
+                env = await asyncio.wait_for(self.queue.get(), remaining)
+            except TimeoutError:
+                return False
+            self.events.append(env)
+            if env.event_type == event_type and env.payload.get("request_id") == request_id:
+                return True
+        return False
 
     async def settle(self, outcome: Outcome, timeout: float,
                      after_interaction: str | None = None) -> bool:
@@ -178,12 +201,23 @@ class _ThreadWatch:
                 return True
 
 
+#: The events that show a command took effect when it moves no thread: a task operation, or a
+#: vote that did not decide its quorum.
+REQUEST_EFFECTS = {"claim": "InteractionClaimed", "release": "InteractionReleased",
+                   "delegate": "InteractionDelegated", "reassign": "InteractionReassigned",
+                   "vote": "VoteCast"}
+
+
 class HitlClient:
     def __init__(self, nats_url: str, *, reply_timeout: float = 15.0,
-                 auth: dict[str, str | None] | None = None) -> None:
+                 auth: NatsAuth | None = None, principal: str | None = None) -> None:
         self.nats_url = nats_url
         self.reply_timeout = reply_timeout
-        self._auth = auth or {}
+        self._auth: NatsAuth = auth or {"user": None, "password": None, "token": None}
+        #: Who this client sends commands as: its NATS user when it has one (the server lets
+        #: it publish only under that name), else ``principal``.
+        self.principal = (self._auth.get("user") or principal or os.environ.get("USER")
+                          or "anonymous")
         self._nc: Client | None = None
 
     async def __aenter__(self) -> HitlClient:
@@ -217,32 +251,71 @@ class HitlClient:
     # -- commands ---------------------------------------------------------------------------
 
     async def start(self, workflow: WorkflowSpec, state: dict[str, Any] | None = None, *,
-                    thread_id: str | None = None, started_by: str = "cli",
-                    wait: bool = True) -> Outcome:
+                    thread_id: str | None = None, on_behalf_of: str | None = None,
+                    principal: str | None = None, wait: bool = True) -> Outcome:
+        """Start a thread. ``on_behalf_of``: the person a system acts for; ``principal``: whom
+        the gateway authenticated (only the gateway's user may name one)."""
         check_size("the initial state", state or {}, MAX_STATE_BYTES)
         command = StartThread(thread_id=thread_id or f"thread_{uuid.uuid4().hex[:12]}",
-                              workflow=workflow, state=state or {}, started_by=started_by)
-        return await self._send(subjects.start_subject(command.thread_id), command,
-                                command.thread_id, wait=wait)
+                              workflow=workflow, state=state or {}, principal=principal,
+                              on_behalf_of=on_behalf_of)
+        return await self._send(subjects.start_subject(self.principal, command.thread_id),
+                                command, command.thread_id, wait=wait)
 
     async def resume(self, thread_id: str, action: str, data: Any = None, *,
                      raw_data: str | None = None, request_id: str | None = None,
-                     idempotency_key: str | None = None, responder: str = "cli",
-                     wait: bool = True) -> Outcome:
+                     idempotency_key: str | None = None, shown: str | None = None,
+                     on_behalf_of: str | None = None, groups: list[str] | None = None,
+                     principal: str | None = None, wait: bool = True) -> Outcome:
+        """Answer a request. ``shown`` is the version of the request the answer was given to
+        (from its pending entry, notification or InteractionRequested); without it, the
+        version open now is looked up and answered."""
         if raw_data is not None:
             check_bytes("the answer's data", len(raw_data.encode()), MAX_ANSWER_BYTES)
         else:
             check_size("the answer's data", data, MAX_ANSWER_BYTES)
+        if shown is None:
+            shown = await self._shown(thread_id, request_id)
         command = ResumeThread(thread_id=thread_id, action=action, data=data, raw_data=raw_data,
                                request_id=request_id,
                                idempotency_key=idempotency_key or uuid.uuid4().hex,
-                               responder=responder)
-        return await self._send(subjects.resume_subject(thread_id), command, thread_id,
-                                wait=wait)
+                               shown=shown, on_behalf_of=on_behalf_of, groups=groups,
+                               principal=principal)
+        return await self._send(subjects.resume_subject(self.principal, thread_id), command,
+                                thread_id, wait=wait)
 
-    async def cancel(self, thread_id: str, reason: str = "", requested_by: str = "cli") -> Outcome:
-        command = CancelThread(thread_id=thread_id, reason=reason, requested_by=requested_by)
-        return await self._send(subjects.cancel_subject(thread_id), command, thread_id)
+    async def task(self, thread_id: str, op: str, *, request_id: str | None = None,
+                   to: list[str] | None = None, candidate_groups: list[str] | None = None,
+                   idempotency_key: str | None = None, on_behalf_of: str | None = None,
+                   groups: list[str] | None = None, principal: str | None = None) -> Outcome:
+        """Claim, release, delegate (``to``: one person) or reassign (``to``,
+        ``candidate_groups``) a request of the thread."""
+        command = TaskCommand.model_validate({
+            "thread_id": thread_id, "op": op, "request_id": request_id, "to": to or [],
+            "candidate_groups": candidate_groups or [],
+            "idempotency_key": idempotency_key or uuid.uuid4().hex,
+            "on_behalf_of": on_behalf_of, "groups": groups, "principal": principal})
+        return await self._send(subjects.task_subject(self.principal, thread_id), command,
+                                thread_id)
+
+    async def cancel(self, thread_id: str, reason: str = "", *, on_behalf_of: str | None = None,
+                     principal: str | None = None) -> Outcome:
+        command = CancelThread(thread_id=thread_id, reason=reason, on_behalf_of=on_behalf_of,
+                               principal=principal)
+        return await self._send(subjects.cancel_subject(self.principal, thread_id), command,
+                                thread_id)
+
+    async def _shown(self, thread_id: str, request_id: str | None) -> str:
+        """The ``shown`` of the open request an answer goes to (``-`` when none is open: the
+        service then says why, as for any answer to a thread that does not wait)."""
+        try:
+            pending = await self.pending(thread_id, limit=MAX_PAGE_ITEMS)
+        except (StackUnavailableError, QueryRefusedError):
+            pending = []
+        for item in pending:
+            if request_id in (None, item.id):
+                return item.shown or "-"
+        return "-"
 
     async def publish_raw(self, subject: str, payload: bytes) -> CommandReply:
         """Send bytes as a command (for systems that build their own JSON); returns the reply."""
@@ -283,7 +356,12 @@ class HitlClient:
                 ) from error
             reply = CommandReply.model_validate_json(msg.data)
             outcome = Outcome(reply=reply, correlation_id=correlation_id)
-            if reply.ok and wait and not reply.duplicate:
+            if reply.ok and not reply.duplicate and not reply.decided:
+                effect = REQUEST_EFFECTS["vote" if reply.command == "resume" else
+                                         reply.action or ""]
+                if not await watch.seen(effect, reply.interaction_id, self.reply_timeout):
+                    raise NoOutcomeError(_not_carried_out(reply, self.reply_timeout))
+            elif reply.ok and wait and not reply.duplicate:
                 settled = await watch.settle(outcome, self.reply_timeout,
                                              after_interaction=reply.interaction_id
                                              if reply.command == "resume" else None)
@@ -372,6 +450,25 @@ class HitlClient:
         subject = subjects.pending_query_subject(thread_id)
         while len(found) < limit:
             query = PendingQuery(limit=min(limit - len(found), MAX_PAGE_ITEMS), after=after)
+            reply = PendingReply.model_validate(
+                await self._query(subject, query.model_dump(mode="json")))
+            _raise_for(reply.error)
+            found += reply.pending
+            if reply.next is None:
+                break
+            after = reply.next
+        return found
+
+    async def mine(self, limit: int = 100, *, principal: str | None = None,
+                   groups: list[str] | None = None) -> list[PendingInteraction]:
+        """Up to ``limit`` open requests this client's principal may answer now, oldest first
+        (``principal``/``groups``: whom the gateway authenticated, from its user only)."""
+        found: list[PendingInteraction] = []
+        after: PendingCursor | None = None
+        subject = subjects.mine_query_subject(self.principal)
+        while len(found) < limit:
+            query = MineQuery(principal=principal, groups=groups,
+                              limit=min(limit - len(found), MAX_PAGE_ITEMS), after=after)
             reply = PendingReply.model_validate(
                 await self._query(subject, query.model_dump(mode="json")))
             _raise_for(reply.error)

@@ -21,12 +21,19 @@ from contracts.catalog import (
     Example,
     event_types,
 )
-from contracts.commands import CancelThread, CommandReply, ResumeThread, StartThread
+from contracts.commands import (
+    CancelThread,
+    CommandReply,
+    ResumeThread,
+    StartThread,
+    TaskCommand,
+)
 from contracts.events import PAYLOADS, EventEnvelope
 from contracts.limits import LIMITS, MAX_THREAD_ID
 from contracts.notifications import Notification
 from contracts.queries import (
     AuditQuery,
+    MineQuery,
     PendingQuery,
     ThreadQuery,
     ThreadsQuery,
@@ -163,10 +170,11 @@ def render() -> str:
     models = "\n\n".join(f"### `{m.__name__}`\n\n{inspect.cleandoc(m.__doc__ or '')}\n\n"
                          f"{fields_table(m)}"
                          for m in (StartThread, WorkflowSpec, NodeSpec, ResumeThread,
-                                   CancelThread, TimeoutInteraction, CommandReply))
+                                   TaskCommand, CancelThread, TimeoutInteraction,
+                                   CommandReply))
     queries = "\n\n".join(f"### `{m.__name__}`\n\n{fields_table(m)}"
-                          for m in (ThreadQuery, ThreadsQuery, PendingQuery, TimelineQuery,
-                                    AuditQuery))
+                          for m in (ThreadQuery, ThreadsQuery, PendingQuery, MineQuery,
+                                    TimelineQuery, AuditQuery))
     examples = "\n\n".join(_example(i, e) for i, e in enumerate(EXAMPLES, 1))
     return f"""# The NATS contract
 
@@ -182,10 +190,20 @@ models in `contracts/` (`schema_version: 1`; unknown fields are refused).
 
 - **Thread ids** are 1-{MAX_THREAD_ID} letters, digits, `_` or `-`, starting with a letter or
   digit: they are subject tokens.
-- **The subject names the thread.** Every command subject ends with the thread id, and so does
-  every query about one thread. A body that names another thread is refused
+- **The subject names the sender and the thread.** A command is sent to
+  `hitl.cmd.<verb>.<principal>.<thread_id>`: the principal is who sends it (on a stack with
+  users, each NATS user may publish only under its own name, so the audit records who really
+  sent it), and the thread id is the last part. A principal's name is written with `.`, `*`,
+  `>`, blanks and `%` as `%2E`, `%2A`, `%3E`, `%20`/`%09` and `%25`. Every query about one
+  thread ends with the thread id too. A body that names another thread is refused
   (`invalid_command` for a command, `invalid_query` for a query) and the attempt is kept in
   the audit of the thread the subject names.
+- **Who may answer** a request is the request's: its `assignees`, `candidate_groups` or
+  `quorum`, and its claimant once someone claimed it (`forbidden` otherwise). A system user
+  may act for a person (`on_behalf_of`, with the person's `groups`); the audit keeps both.
+- **Answers are bound to what was shown:** an answer carries the request's `shown` (from its
+  `InteractionRequested` event, its notification or its pending entry); an answer to an earlier
+  version (the request was escalated, reassigned or delegated since) is refused `stale_view`.
 - **Commands are JetStream publishes** to the `HITL_COMMANDS` stream: once the publish is
   acknowledged the command is stored and will be decided, even if no service is running yet.
   To get its outcome, put an inbox subject of yours in the `{REPLY_TO_HEADER}` header and

@@ -101,14 +101,12 @@ class StartBody(BaseModel):
     graph: str | None = Field(default=None, description="Graph name when the CSV holds several.")
     state: dict[str, Any] = Field(default_factory=dict)
     thread_id: str | None = None
-    started_by: str = "http"
 
 
 class CancelBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: str = ""
-    requested_by: str = "http"
 
 
 def _outcome_response(outcome: Outcome, ok_status: int = 200) -> JSONResponse:
@@ -189,9 +187,8 @@ def create_app(settings: Settings, client: HitlClient | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         hitl = client or HitlClient(settings.resolved_nats_url(),
                                     reply_timeout=settings.reply_timeout,
-                                    auth={"user": settings.nats_user,
-                                          "password": settings.nats_password,
-                                          "token": settings.nats_token})
+                                    auth=settings.nats_auth(),
+                                    principal=settings.principal)
         await hitl.connect()
         holder["client"] = hitl
         try:
@@ -221,8 +218,7 @@ def create_app(settings: Settings, client: HitlClient | None = None) -> FastAPI:
                                       "problems": [str(p) for p in error.problems]}) from error
         if body.thread_id is not None:
             _thread_id(body.thread_id)
-        outcome = await hitl().start(workflow, body.state, thread_id=body.thread_id,
-                                     started_by=body.started_by)
+        outcome = await hitl().start(workflow, body.state, thread_id=body.thread_id)
         return _outcome_response(outcome, 201)
 
     @app.post("/threads/{thread_id}/resume")
@@ -232,8 +228,10 @@ def create_app(settings: Settings, client: HitlClient | None = None) -> FastAPI:
         idempotency_key: str | None = Header(default=None),
     ) -> JSONResponse:
         """Answer a request: ``{"action": "approve", "data": {...}, "request_id": "...",
-        "responder": "..."}``. An ``Idempotency-Key`` header (or body field) makes it safe to
-        send again. A body that is not JSON is refused and kept in the audit."""
+        "shown": "..."}`` (``shown``: the version of the request answered, from its pending
+        entry; without it, the one open now). An ``Idempotency-Key`` header (or body field)
+        makes it safe to send again. A body that is not JSON is refused and kept in the
+        audit."""
         _thread_id(thread_id)
         raw = (await request.body()).decode("utf-8", errors="replace")
         try:
@@ -243,24 +241,22 @@ def create_app(settings: Settings, client: HitlClient | None = None) -> FastAPI:
         if not isinstance(body, dict) or not isinstance(body.get("action"), str):
             if body is None:
                 outcome = await hitl().resume(thread_id, "(unparsed)", raw_data=raw,
-                                              idempotency_key=idempotency_key,
-                                              responder=request.headers.get("x-responder",
-                                                                            "http"))
+                                              idempotency_key=idempotency_key)
                 return _outcome_response(outcome)
             raise HTTPException(422, "expected a JSON object with 'action' (a string) and "
-                                     "optional 'data' (an object), 'request_id', 'responder'")
+                                     "optional 'data' (an object), 'request_id', 'shown'")
         outcome = await hitl().resume(
             thread_id, body["action"], body.get("data"),
             request_id=body.get("request_id"),
             idempotency_key=body.get("idempotency_key") or idempotency_key,
-            responder=str(body.get("responder") or request.headers.get("x-responder", "http")),
+            shown=body.get("shown"),
         )
         return _outcome_response(outcome)
 
     @app.post("/threads/{thread_id}/cancel")
     async def cancel(thread_id: str, body: CancelBody) -> JSONResponse:
         _thread_id(thread_id)
-        return _outcome_response(await hitl().cancel(thread_id, body.reason, body.requested_by))
+        return _outcome_response(await hitl().cancel(thread_id, body.reason))
 
     @app.get("/threads/{thread_id}")
     async def thread(thread_id: str) -> dict[str, Any]:

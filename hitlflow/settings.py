@@ -11,6 +11,8 @@ from urllib.parse import unquote, urlparse
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.common.messaging import NatsAuth
+
 #: The embedded nats-server's own default port: not 4222, which machines often already use.
 EMBEDDED_NATS_PORT = 4322
 
@@ -25,6 +27,29 @@ class Settings(BaseSettings):
     nats_user: str | None = None
     nats_password: str | None = None
     nats_token: str | None = None
+    #: A credentials file (``{"user": ..., "password": ...}``, as ``hitlflow users add``
+    #: writes): who this process is on NATS. Unset, the embedded stack's own operator
+    #: (``HOME/auth/operator.creds``) when there is one.
+    nats_creds: Path | None = None
+    #: The directory of principals (users.json: roles and groups). Set: authorization is on
+    #: (the NATS server authenticates everyone; services trust only what each role may
+    #: assert). Unset: off, and names are taken as sent. ``hitlflow up`` sets it.
+    identity_file: Path | None = None
+    #: Who commands are sent as when NATS has no users (authorization off).
+    principal: str | None = None
+    #: HTTP gateway tokens (JWT): who issues them and for whom, the claim naming the principal
+    #: and the one listing its groups. Signed by an identity provider whose keys are at
+    #: ``auth_jwks_url``, else (HS256) with ``auth_jwt_secret`` or ``HOME/auth/jwt.secret``
+    #: (what ``hitlflow token`` signs with).
+    auth_issuer: str = "hitlflow"
+    auth_audience: str = "hitlflow"
+    auth_principal_claim: str = "sub"
+    auth_groups_claim: str = "groups"
+    auth_jwks_url: str | None = None
+    auth_jwt_secret: str | None = None
+    #: The embedded stack's NATS server has users (made on the first ``hitlflow up`` under
+    #: ``HOME/auth``), each allowed only what its role needs; false: no users, names as sent.
+    auth: bool = True
     embedded_port: int = EMBEDDED_NATS_PORT
     #: Event store backend of the services.
     persistence: Literal["sqlite", "postgres"] = "sqlite"
@@ -112,6 +137,24 @@ class Settings(BaseSettings):
     @property
     def stack_file(self) -> Path:
         return self.home / "stack.json"
+
+    def nats_auth(self) -> NatsAuth:
+        """Who this process is on NATS: the user and password given, else those of the
+        credentials file (``nats_creds``, else the embedded stack's operator, when there is
+        one), else a token; nothing when NATS has no users."""
+        if self.nats_user:
+            return {"user": self.nats_user, "password": self.nats_password, "token": None}
+        creds = self.nats_creds or (self.home / "auth" / "operator.creds")
+        if self.nats_creds is not None or creds.exists():
+            try:
+                found = json.loads(creds.read_text())
+                return {"user": str(found["user"]), "password": str(found["password"]),
+                        "token": None}
+            except (OSError, ValueError, KeyError, TypeError) as error:
+                raise SettingsError(f"cannot read NATS credentials {creds}: {error}; expected "
+                                    'a JSON file {"user": ..., "password": ...} as '
+                                    "'hitlflow users add' writes") from None
+        return {"user": None, "password": None, "token": self.nats_token}
 
     def agent_modules(self) -> list[str]:
         return [m.strip() for m in self.agents.split(",") if m.strip()]

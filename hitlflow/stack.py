@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from contracts.limits import NATS_MAX_PAYLOAD
+from hitlflow.auth import OPERATOR_USER, AuthFiles, auth_files, nats_authorization, write_private
+from hitlflow.auth import ensure as ensure_auth
 from hitlflow.settings import Settings
 from services.common.health import HealthServer, serve_health
 from services.common.logging import get_logger
@@ -156,25 +158,56 @@ def _child_setup(nice: int = 0) -> Callable[[], None] | None:
     return functools.partial(_in_child, os.getpid() if linux else None, nice)
 
 
-def server_config() -> str:
+def reload_users(home: Path, nats_pid: int | None) -> bool:
+    """After ``hitlflow users`` changed the users: write the embedded server's configuration
+    again and have it read it (SIGHUP). False when no server of this home is running."""
+    config = home / "nats" / "nats.conf"
+    if nats_pid is None or not config.exists():
+        return False
+    write_private(config, server_config(auth_files(home)))
+    try:
+        os.kill(nats_pid, signal.SIGHUP)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def server_config(auth: AuthFiles | None = None) -> str:
     """The settings every hitlflow NATS server needs beyond the command line's (the deployment
-    files carry the same): messages as large as the contract's largest (contracts.limits)."""
-    return (f"# written by hitlflow: the contract's largest message fits (contracts/limits.py)\n"
+    files carry the same): messages as large as the contract's largest (contracts.limits), and,
+    with ``auth``, its users and what each may publish and subscribe to (:mod:`hitlflow.auth`)."""
+    text = (f"# written by hitlflow: the contract's largest message fits (contracts/limits.py)\n"
             f"max_payload: {NATS_MAX_PAYLOAD}\n")
+    if auth is not None:
+        text += "# the stack's users (hitlflow/auth.py; 'hitlflow users' changes them)\n"
+        text += nats_authorization(auth)
+    return text
 
 
 class EmbeddedNats:
     """A nats-server child process with JetStream and its data directory on disk."""
 
     def __init__(self, data_dir: Path, port: int, host: str = "127.0.0.1", *,
-                 name: str | None = None, extra_args: tuple[str, ...] = ()) -> None:
+                 auth: AuthFiles | None = None, name: str | None = None,
+                 extra_args: tuple[str, ...] = ()) -> None:
         self.data_dir = data_dir
         self.port = port
         self.host = host
+        self.auth = auth
         self.name = name or f"hitlflow-{port}"
         #: More command-line options (e.g. a cluster's: hitlflow.cluster).
         self.extra_args = extra_args
         self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def config_file(self) -> Path:
+        return self.data_dir / "nats.conf"
+
+    def reload(self) -> None:
+        """Write the configuration again (users changed) and have the server read it."""
+        write_private(self.config_file, server_config(self.auth))
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGHUP)
 
     @property
     def url(self) -> str:
@@ -189,8 +222,8 @@ class EmbeddedNats:
             )
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log_file = self.data_dir / "nats-server.log"
-        config = self.data_dir / "nats.conf"
-        config.write_text(server_config())
+        config = self.config_file
+        write_private(config, server_config(self.auth))
         self.process = subprocess.Popen(
             [nats_server_binary(), "-c", str(config), "-a", self.host, "-p", str(self.port),
              "-js", "-sd", str(self.data_dir / "jetstream"), "-n", self.name,
@@ -243,6 +276,17 @@ class _StackBase:
         self.port = port or settings.embedded_port
         self.service_names = services
         self.nats: EmbeddedNats | None = None
+        #: The embedded server's users (None: a NATS of one's own, or authorization off).
+        self.auth = auth_files(self.data_dir) if settings.auth and nats_url is None else None
+
+    def settings_for(self, user: str) -> Settings:
+        """The settings a service (or the operator) of this stack runs with: its own NATS
+        credentials and the stack's directory, when the stack has users."""
+        if self.auth is None:
+            return self.settings
+        return self.settings.model_copy(update={"nats_creds": self.auth.creds(user),
+                                                "identity_file": self.auth.users,
+                                                "nats_user": None, "nats_password": None})
 
     @property
     def nats_url(self) -> str:
@@ -253,7 +297,9 @@ class _StackBase:
 
     def start_nats(self) -> None:
         if self.external_url is None and self.nats is None:
-            self.nats = EmbeddedNats(self.data_dir / "nats", self.port)
+            if self.auth is not None:
+                ensure_auth(self.auth)
+            self.nats = EmbeddedNats(self.data_dir / "nats", self.port, auth=self.auth)
             self.nats.start()
 
     async def stop_nats(self) -> None:
@@ -267,6 +313,12 @@ class _StackBase:
     def metrics_urls(self) -> dict[str, str]:
         """Where each service's /metrics is (its /healthz and /readyz beside it)."""
         raise NotImplementedError
+
+    @property
+    def nats_pid(self) -> int | None:
+        """The embedded nats-server's pid (None: a NATS of one's own)."""
+        process = self.nats.process if self.nats is not None else None
+        return process.pid if process is not None else None
 
 
 class Stack(_StackBase):
@@ -311,17 +363,17 @@ class Stack(_StackBase):
         for name in self.service_names:
             runtime: Any
             if name == "workflow":
-                runtime = workflow_main.build(self.settings, nats_url=self.nats_url,
+                runtime = workflow_main.build(self.settings_for(name), nats_url=self.nats_url,
                                               data_dir=stores, clock=self.clock,
                                               agents=self.agents)
             elif name == "interaction":
-                runtime = interaction_main.build(self.settings, nats_url=self.nats_url,
+                runtime = interaction_main.build(self.settings_for(name), nats_url=self.nats_url,
                                                  data_dir=stores, clock=self.clock)
             elif name == "timeout":
-                runtime = timeout_main.build(self.settings, nats_url=self.nats_url,
+                runtime = timeout_main.build(self.settings_for(name), nats_url=self.nats_url,
                                              data_dir=stores, clock=self.clock)
             elif name == "projections":
-                runtime = projections_main.build(self.settings, nats_url=self.nats_url,
+                runtime = projections_main.build(self.settings_for(name), nats_url=self.nats_url,
                                                  data_dir=stores, clock=self.clock)
             else:
                 raise ValueError(f"unknown service {name!r}")
@@ -503,7 +555,8 @@ class ProcessStack(_StackBase):
         nice = self.settings.background_nice
         self.metrics_ports = self._assign_metrics_ports()
         self.children = {name: ServiceProcess(
-            name, self.nats_url, {**env, "HITLFLOW_METRICS_PORT": str(self.metrics_ports[name])},
+            name, self.nats_url,
+            {**env, **self._auth_env(name), "HITLFLOW_METRICS_PORT": str(self.metrics_ports[name])},
             nice if name in BACKGROUND else 0) for name in self.service_names}
         starting: list[asyncio.Task[None]] = []
         try:
@@ -519,10 +572,16 @@ class ProcessStack(_StackBase):
                                                  name=f"supervise-{child.name}")
                              for child in self.children.values()]
 
+    def _auth_env(self, name: str) -> dict[str, str]:
+        if self.auth is None:
+            return {}
+        return {"HITLFLOW_NATS_CREDS": str(self.auth.creds(name)),
+                "HITLFLOW_IDENTITY_FILE": str(self.auth.users)}
+
     async def _create_streams(self) -> None:
         """Once, here, so that the service processes find them and never race to add them."""
-        nc = await connect(self.nats_url, name="hitlflow-up", user=self.settings.nats_user,
-                           password=self.settings.nats_password, token=self.settings.nats_token)
+        nc = await connect(self.nats_url, name="hitlflow-up",
+                           **self.settings_for(OPERATOR_USER).nats_auth())
         try:
             check_server(nc, self.nats_url)
             await ensure_streams(nc.jetstream(), self.settings.stream_replicas)

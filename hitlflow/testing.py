@@ -90,7 +90,9 @@ class HitlTestStack:
 
     def __enter__(self) -> HitlTestStack:
         self._bg = BackgroundStack(self._stack).__enter__()
-        self._client = HitlClient(self._bg.nats_url, reply_timeout=20.0)
+        # the stack's operator when its NATS has users (HOME/auth), else anyone
+        self._client = HitlClient(self._bg.nats_url, reply_timeout=20.0,
+                                  auth=self._stack.settings_for("operator").nats_auth())
         self.call(self._client.connect())
         self.call(self._client.nc.subscribe(subjects.NOTIFY_ALL, cb=self._on_notification))
         return self
@@ -132,7 +134,8 @@ class HitlTestStack:
         return self.call(self.client.start(spec, state or {}, thread_id=thread_id))  # type: ignore[no-any-return]
 
     def resume(self, thread_id: str, action: str, data: Any = None, **options: Any) -> Outcome:
-        """Answer (``request_id=``, ``responder=``, ``idempotency_key=`` as in the client)."""
+        """Answer (``request_id=``, ``shown=``, ``on_behalf_of=``, ``idempotency_key=`` as in
+        the client)."""
         return self.call(self.client.resume(thread_id, action, data, **options))  # type: ignore[no-any-return]
 
     respond = resume
@@ -158,8 +161,10 @@ class HitlTestStack:
                     f"{outcome.status} ({_summary(outcome)})")
             if request_id is None and len(outcome.pending) > 1:
                 request_id = outcome.pending[0]["id"]
+            shown = next((p.get("shown") for p in outcome.pending
+                          if request_id in (None, p["id"])), None)
             outcome = self.resume(outcome.reply.thread_id, action, data, request_id=request_id,
-                                  responder="drive")
+                                  shown=shown)
             if not outcome.ok:
                 raise AssertionError(f"answer {number} ({action} {data}) was refused: "
                                      f"{outcome.reply.code}: {outcome.reply.error}")

@@ -13,18 +13,17 @@ The digest is ``sha256`` of the canonical JSON (keys sorted, no spaces, UTF-8) o
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable
 from typing import Any
 
-from contracts.events import EventEnvelope
+from contracts.events import EventEnvelope, shown_digest
 from contracts.limits import MAX_PAGE_BYTES
 from contracts.queries import AuditEntry, AuditQuery, Cursor
 from projections.db import Row, Tx, ViewDatabase, dumps, epoch, fill_page, when
 
 NAME = "audit_trail"
-VERSION = 1
+VERSION = 2
 TABLES = ("audit_trail", "audit_requests")
 
 DDL = (
@@ -41,6 +40,9 @@ DDL = (
         interaction_type TEXT,
         action TEXT,
         responder TEXT,
+        principal TEXT,
+        on_behalf_of TEXT,
+        shown TEXT,
         data_keys TEXT NOT NULL,
         by_timeout INTEGER NOT NULL,
         code TEXT,
@@ -62,6 +64,7 @@ INDEXES = (
     "CREATE INDEX IF NOT EXISTS audit_trail_by_time ON audit_trail (at_ts, service, position)",
     "CREATE INDEX IF NOT EXISTS audit_trail_by_thread ON audit_trail (thread_id, at_ts)",
     "CREATE INDEX IF NOT EXISTS audit_trail_by_responder ON audit_trail (responder, at_ts)",
+    "CREATE INDEX IF NOT EXISTS audit_trail_by_principal ON audit_trail (principal, at_ts)",
     "CREATE INDEX IF NOT EXISTS audit_trail_by_node ON audit_trail (node_name, at_ts)",
 )
 
@@ -77,29 +80,28 @@ EVENTS = {
     "NodeDecided": "decided",
     "FallbackTaken": "fallback",
     "CommandRefused": "refused",
+    "InteractionClaimed": "claimed",
+    "InteractionReleased": "released",
+    "InteractionDelegated": "delegated",
+    "InteractionReassigned": "reassigned",
+    "VoteCast": "voted",
 }
 
 COLUMNS = ("at", "event", "thread_id", "request_id", "node_name", "interaction_type", "action",
-           "responder", "data_keys", "by_timeout", "code", "reason", "digest", "service",
-           "position", "event_type", "idempotency_key", "detail")
+           "responder", "principal", "on_behalf_of", "data_keys", "by_timeout", "code", "reason",
+           "digest", "shown", "service", "position", "event_type", "idempotency_key", "detail")
 
 _INSERT = (
     "INSERT INTO audit_trail (service, position, at_ts, at, event, event_type, thread_id,"
-    " request_id, node_name, interaction_type, action, responder, data_keys, by_timeout, code,"
-    " reason, idempotency_key, digest, detail) VALUES (?,?,?,?,?,?,?,?,"
+    " request_id, node_name, interaction_type, action, responder, principal, on_behalf_of,"
+    " shown, data_keys, by_timeout, code, reason, idempotency_key, digest, detail)"
+    " VALUES (?,?,?,?,?,?,?,?,"
     " COALESCE(?, (SELECT node_name FROM audit_requests WHERE request_id = ?)),"
     " COALESCE(?, (SELECT interaction_type FROM audit_requests WHERE request_id = ?)),"
-    " ?,?,?,?,?,?,?,"
+    " ?,?,?,?,?,?,?,?,?,?,"
     " COALESCE(?, (SELECT digest FROM audit_requests WHERE request_id = ?)),"
     " ?) ON CONFLICT DO NOTHING"
 )
-
-
-def shown_digest(prompt: str, context: dict[str, Any], options: Sequence[str]) -> str:
-    """sha256 (hex) of what a request showed: its prompt, context and options."""
-    canonical = json.dumps({"context": context, "options": list(options), "prompt": prompt},
-                           sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def _keys(data: Any) -> list[str]:
@@ -110,68 +112,90 @@ def _pick(p: dict[str, Any], *names: str) -> dict[str, Any]:
     return {n: p[n] for n in names if p.get(n) is not None}
 
 
+def _requested(p: dict[str, Any]) -> dict[str, Any]:
+    detail = _pick(p, "assignees", "candidate_groups", "quorum", "timeout_seconds", "deadline",
+                   "on_timeout")
+    if p.get("batch_size", 1) != 1:
+        detail.update(batch_index=p.get("batch_index", 0), batch_size=p["batch_size"])
+    return {"request_id": p["id"], "moment": p.get("created_at"), "detail": detail,
+            "digest": shown_digest(p.get("prompt", ""), p.get("context") or {},
+                                   p.get("options") or ())}
+
+
+def _task(p: dict[str, Any]) -> dict[str, Any]:
+    return {"responder": p.get("claimed_by") or p.get("released_by") or p.get("from_person"),
+            "detail": _pick(p, "to", "from_assignees", "assignees", "candidate_groups")}
+
+
+def _in_place(p: dict[str, Any]) -> dict[str, Any]:
+    return {"node": p.get("node"), "data_keys": _keys(p.get("data")), "reason": p.get("error"),
+            "detail": _pick(p, "expression", "result", "reason", "route", "next_node")}
+
+
+#: What each kind of audit row takes from its event, beyond what every row takes.
+_FACTS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "requested": _requested,
+    "accepted": lambda p: {"data_keys": _keys(p.get("data")),
+                           "by_timeout": bool(p.get("by_timeout")),
+                           "key": p.get("idempotency_key"), "detail": _pick(p, "route", "votes")},
+    "rejected": lambda p: {"data_keys": [str(k) for k in p.get("data_keys") or ()],
+                           "code": p.get("code"), "reason": p.get("reason"),
+                           "key": p.get("idempotency_key")},
+    "timed_out": lambda p: {"by_timeout": True, "reason": p.get("detail"),
+                            "detail": _pick(p, "policy", "step", "deadline")},
+    "cancelled": lambda p: {"reason": p.get("reason")},
+    "reminded": lambda p: {"detail": _pick(p, "step", "reminder", "of", "assignees",
+                                           "deadline")},
+    "escalated": lambda p: {"detail": _pick(p, "step", "from_assignees", "assignees",
+                                            "deadline")},
+    # a command refused before it could act (CommandRefused)
+    "refused": lambda p: {"code": p.get("code"), "reason": p.get("reason"),
+                          "action": p.get("command")},
+    "claimed": lambda p: {**_task(p), "action": "claim"},
+    "released": lambda p: {**_task(p), "action": "release"},
+    "delegated": lambda p: {**_task(p), "action": "delegate"},
+    "reassigned": lambda p: {**_task(p), "action": "reassign"},
+    "voted": lambda p: {"responder": p.get("voter"),
+                        "data_keys": [str(k) for k in p.get("data_keys") or ()],
+                        "detail": _pick(p, "approvals", "rejections")},
+    # decided / fallback: a node of the workflow answered in a person's place
+    "decided": _in_place,
+    "fallback": _in_place,
+}
+
+
 def apply(tx: Tx, env: EventEnvelope) -> None:
     event = EVENTS.get(env.event_type)
     if event is None:
         return
     p = env.payload
-    request_id = p.get("request_id")
-    node = p.get("node_name")
-    kind = p.get("interaction_type")
-    action = p.get("action")
-    responder = p.get("responder")
-    data_keys: list[str] = []
-    digest = None
-    code = reason = key = None
-    by_timeout = False
-    detail: dict[str, Any] = {}
-    moment = p.get("timestamp") or env.occurred_at
+    row: dict[str, Any] = {
+        "request_id": p.get("request_id"), "node": p.get("node_name"),
+        "kind": p.get("interaction_type"), "action": p.get("action"),
+        "responder": p.get("responder"), "principal": p.get("principal"),
+        "on_behalf_of": p.get("on_behalf_of"), "shown": p.get("shown") or None,
+        "data_keys": [], "digest": None, "code": None, "reason": None, "key": None,
+        "by_timeout": False, "detail": {}, "moment": p.get("timestamp"),
+    }
+    row.update(_FACTS[event](p))
     if event == "requested":
-        request_id = p["id"]
-        moment = p.get("created_at") or env.occurred_at
-        digest = shown_digest(p.get("prompt", ""), p.get("context") or {}, p.get("options") or ())
-        detail = _pick(p, "assignees", "timeout_seconds", "deadline", "on_timeout")
-        if p.get("batch_size", 1) != 1:
-            detail.update(batch_index=p.get("batch_index", 0), batch_size=p["batch_size"])
         tx.execute("INSERT INTO audit_requests (request_id, node_name, interaction_type, digest)"
-                   " VALUES (?,?,?,?) ON CONFLICT DO NOTHING", (request_id, node, kind, digest))
-    elif event == "accepted":
-        data_keys = _keys(p.get("data"))
-        by_timeout = bool(p.get("by_timeout"))
-        key = p.get("idempotency_key")
-        detail = _pick(p, "route")
-    elif event == "rejected":
-        data_keys = [str(k) for k in p.get("data_keys") or ()]
-        code, reason, key = p.get("code"), p.get("reason"), p.get("idempotency_key")
-    elif event == "timed_out":
-        by_timeout = True
-        reason = p.get("detail")
-        detail = _pick(p, "policy", "step", "deadline")
-    elif event == "cancelled":
-        reason = p.get("reason")
-    elif event == "reminded":
-        detail = _pick(p, "step", "reminder", "of", "assignees", "deadline")
-    elif event == "escalated":
-        detail = _pick(p, "step", "from_assignees", "assignees", "deadline")
-    elif event == "refused":  # a command refused before it could act (CommandRefused)
-        code, reason, action = p.get("code"), p.get("reason"), p.get("command")
-    else:  # decided / fallback: a node of the workflow answered in a person's place
-        node = p.get("node")
-        data_keys = _keys(p.get("data"))
-        reason = p.get("error")
-        detail = _pick(p, "expression", "result", "reason", "route", "next_node")
-    at, at_ts = when(moment)
+                   " VALUES (?,?,?,?) ON CONFLICT DO NOTHING",
+                   (row["request_id"], row["node"], row["kind"], row["digest"]))
+    at, at_ts = when(row["moment"] or env.occurred_at)
+    request_id = row["request_id"]
     tx.execute(_INSERT, (
         env.service, env.position, at_ts, at, event, env.event_type, env.thread_id,
-        request_id, node, request_id, kind, request_id, action, responder, dumps(data_keys),
-        1 if by_timeout else 0, code, reason, key, digest, request_id, dumps(detail),
+        request_id, row["node"], request_id, row["kind"], request_id, row["action"],
+        row["responder"], row["principal"], row["on_behalf_of"], row["shown"],
+        dumps(row["data_keys"]), 1 if row["by_timeout"] else 0, row["code"], row["reason"],
+        row["key"], row["digest"], request_id, dumps(row["detail"]),
     ))
 
 
 # -- queries ------------------------------------------------------------------------------------
 
-_FILTERS = ("thread_id", "node_name", "responder", "action", "interaction_type", "request_id",
-            "event")
+_FILTERS = ("thread_id", "node_name", "action", "interaction_type", "request_id", "event")
 
 
 def _entry(row: Row) -> AuditEntry:
@@ -179,7 +203,8 @@ def _entry(row: Row) -> AuditEntry:
         at=row["at"], event=row["event"], event_type=row["event_type"], service=row["service"],
         position=row["position"], thread_id=row["thread_id"], request_id=row["request_id"],
         node_name=row["node_name"], interaction_type=row["interaction_type"],
-        action=row["action"], responder=row["responder"],
+        action=row["action"], responder=row["responder"], principal=row["principal"],
+        on_behalf_of=row["on_behalf_of"], shown=row["shown"],
         data_keys=json.loads(row["data_keys"]), by_timeout=bool(row["by_timeout"]),
         code=row["code"], reason=row["reason"], idempotency_key=row["idempotency_key"],
         digest=row["digest"], detail=json.loads(row["detail"]),
@@ -196,6 +221,9 @@ def entries(db: ViewDatabase, query: AuditQuery,
         if value is not None:
             clauses.append(f"{name} = ?")
             params.append(value)
+    if query.responder is not None:  # who sent it, or the person it was sent for
+        clauses.append("(principal = ? OR responder = ?)")
+        params += [query.responder, query.responder]
     if query.since is not None:
         clauses.append("at_ts >= ?")
         params.append(epoch(query.since))

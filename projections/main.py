@@ -43,6 +43,7 @@ from contracts.queries import (
     AnalyticsReply,
     AuditQuery,
     AuditReply,
+    MineQuery,
     PendingQuery,
     PendingReply,
     QueryError,
@@ -55,7 +56,12 @@ from contracts.queries import (
     TimelineQuery,
     TimelineReply,
 )
-from contracts.subjects import InvalidThreadIdError, check_thread_id
+from contracts.subjects import (
+    InvalidPrincipalError,
+    InvalidThreadIdError,
+    check_thread_id,
+    principal_of_token,
+)
 from hitlflow.settings import Settings
 from projections import analytics, audit_trail, thread_status
 from projections.db import ViewDatabase, epoch, open_view_database
@@ -72,10 +78,12 @@ from services.common.consumer import (
     decode_envelope,
 )
 from services.common.health import Health, Monitor, register, unregister
+from services.common.identity import Directory, IdentityError
 from services.common.logging import get_logger
 from services.common.messaging import check_server, ensure_streams, make_broker
 from services.common.quarantine import QuarantineError, describe, quarantine
 from services.common.runtime import cancel_and_wait, consumer_gauges, nats_connected
+from services.common.store import postgres_ddl_lock
 
 log = get_logger(__name__)
 
@@ -146,10 +154,15 @@ class ProjectionsRuntime:
         self.batch_size = batch_size
         #: Called after each committed batch with its events and the commit time (epoch s).
         self.on_applied = on_applied
-        self.db: ViewDatabase = open_view_database(settings, data_dir)
-        self.projector = Projector(self.db)
-        #: Any number of replicas answer queries; the one holding the lease applies events.
-        self.lease = Lease(self.db, settings.projections_lease_ttl)
+        with contextlib.ExitStack() as ddl:
+            if settings.persistence == "postgres" and settings.postgres_dsn:
+                ddl.enter_context(postgres_ddl_lock(settings.postgres_dsn))
+            self.db: ViewDatabase = open_view_database(settings, data_dir)
+            self.projector = Projector(self.db)
+            #: Any number of replicas answer queries; the one holding the lease applies events.
+            self.lease = Lease(self.db, settings.projections_lease_ttl)
+        #: Who the principals are (for "my requests"); without one, authorization is off.
+        self.directory = Directory(settings.identity_file)
         self.broker: NatsBroker | None = None
         self._task: asyncio.Task[None] | None = None
         self._leader: asyncio.Task[None] | None = None
@@ -172,8 +185,7 @@ class ProjectionsRuntime:
             log.info("views_schema_changed", views=stale)
             await self.rebuild(stale)
         broker = make_broker(self.nats_url, name="hitlflow-projections",
-                             user=self.settings.nats_user, password=self.settings.nats_password,
-                             token=self.settings.nats_token,
+                             **self.settings.nats_auth(),
                              middlewares=(ExceptionMiddleware(
                                  publish_handlers={Exception: _query_failed}),))
         self.broker = broker
@@ -496,6 +508,46 @@ class ProjectionsRuntime:
                     error=f"unknown thread {thread_id!r}")).model_dump(mode="json")
             return ThreadReply(thread=view).model_dump(mode="json")
 
+        @broker.subscriber(f"{subjects.Q_MINE}.*", queue=QUEUE)
+        async def on_mine(body: dict[str, Any], message: NatsMessage) -> dict[str, Any]:
+            try:
+                query = MineQuery.model_validate(body or {})
+                principal = principal_of_token(_subject_thread(message))
+                identity = self.directory.resolve(principal, asserted=query.principal,
+                                                  groups=query.groups)
+            except ValidationError as error:
+                return _invalid(PendingReply, error)
+            except (InvalidPrincipalError, IdentityError) as error:
+                return PendingReply(error=QueryError(
+                    error=f"invalid query: {error}", code="forbidden")).model_dump(mode="json")
+            items, following = await asyncio.to_thread(
+                thread_status.pending_page, db, None, query.limit, query.after,
+                person=identity.person, groups=identity.groups)
+            return PendingReply(pending=items, next=following).model_dump(mode="json")
+
+        @broker.subscriber(f"{subjects.Q_TIMELINE}.*", queue=QUEUE)
+        async def on_timeline(body: dict[str, Any], message: NatsMessage) -> dict[str, Any]:
+            thread_id = _subject_thread(message)
+            try:
+                query = TimelineQuery.model_validate(body)
+            except ValidationError as error:
+                return _invalid(TimelineReply, error)
+            refusal = _other_thread(TimelineReply, thread_id, query.thread_id)
+            if refusal is not None:
+                return refusal
+            await self.caught_up(query.after_positions)
+
+            def read() -> TimelineReply:
+                view = thread_status.thread(db, thread_id)
+                if view is None:
+                    return TimelineReply(error=QueryError(
+                        error=f"unknown thread {thread_id!r}"))
+                events, following = thread_status.timeline(db, thread_id, query.after,
+                                                           query.limit)
+                return TimelineReply(thread=view, events=events, next=following)
+
+            return (await asyncio.to_thread(read)).model_dump(mode="json")
+
         self._register_lists_and_reports(broker)
 
     def _register_lists_and_reports(self, broker: NatsBroker) -> None:
@@ -537,29 +589,6 @@ class ProjectionsRuntime:
             if refusal is not None:
                 return refusal
             return await pending(query.model_copy(update={"thread_id": thread_id}))
-
-        @broker.subscriber(f"{subjects.Q_TIMELINE}.*", queue=QUEUE)
-        async def on_timeline(body: dict[str, Any], message: NatsMessage) -> dict[str, Any]:
-            thread_id = _subject_thread(message)
-            try:
-                query = TimelineQuery.model_validate(body)
-            except ValidationError as error:
-                return _invalid(TimelineReply, error)
-            refusal = _other_thread(TimelineReply, thread_id, query.thread_id)
-            if refusal is not None:
-                return refusal
-            await self.caught_up(query.after_positions)
-
-            def read() -> TimelineReply:
-                view = thread_status.thread(db, thread_id)
-                if view is None:
-                    return TimelineReply(error=QueryError(
-                        error=f"unknown thread {thread_id!r}"))
-                events, following = thread_status.timeline(db, thread_id, query.after,
-                                                           query.limit)
-                return TimelineReply(thread=view, events=events, next=following)
-
-            return (await asyncio.to_thread(read)).model_dump(mode="json")
 
         @broker.subscriber(Q_AUDIT, queue=QUEUE)
         async def on_audit(body: dict[str, Any]) -> dict[str, Any]:

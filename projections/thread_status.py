@@ -24,8 +24,8 @@ from contracts.queries import (
 from projections.db import Row, Tx, ViewDatabase, fill_page, iso, when
 
 NAME = "thread_status"
-VERSION = 2
-TABLES = ("thread_status", "thread_requests", "thread_timeline")
+VERSION = 3
+TABLES = ("thread_status", "thread_requests", "thread_timeline", "thread_request_audience")
 
 DDL = (
     """CREATE TABLE IF NOT EXISTS thread_status (
@@ -59,7 +59,18 @@ DDL = (
         status TEXT NOT NULL,
         closed_at TEXT,
         action TEXT,
-        responder TEXT
+        responder TEXT,
+        shown TEXT NOT NULL DEFAULT '',
+        candidate_groups TEXT NOT NULL DEFAULT '[]',
+        claimed_by TEXT,
+        quorum TEXT,
+        votes TEXT NOT NULL DEFAULT '[]'
+    )""",
+    # who may answer each request: ('user', name), ('group', name), or ('any', '')
+    """CREATE TABLE IF NOT EXISTS thread_request_audience (
+        request_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL
     )""",
     """CREATE TABLE IF NOT EXISTS thread_timeline (
         thread_id TEXT NOT NULL,
@@ -78,6 +89,10 @@ INDEXES = (
     "CREATE INDEX IF NOT EXISTS thread_status_by_update ON thread_status (updated_at)",
     "CREATE INDEX IF NOT EXISTS thread_requests_open ON thread_requests"
     " (status, thread_id, created_at)",
+    "CREATE INDEX IF NOT EXISTS thread_request_audience_by_name ON thread_request_audience"
+    " (kind, name)",
+    "CREATE INDEX IF NOT EXISTS thread_request_audience_by_request ON thread_request_audience"
+    " (request_id)",
     "CREATE UNIQUE INDEX IF NOT EXISTS thread_timeline_event ON thread_timeline"
     " (service, position)",
     "CREATE INDEX IF NOT EXISTS thread_timeline_by_thread ON thread_timeline"
@@ -161,14 +176,30 @@ def _requested(tx: Tx, env: EventEnvelope, p: dict[str, Any], at: str) -> None:
     tx.execute(
         "INSERT INTO thread_requests (id, thread_id, node_name, interaction_type, prompt,"
         " context, options, assignees, timeout_seconds, deadline, created_at, batch_index,"
-        " batch_size, status) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?, 'pending')"
-        " ON CONFLICT DO NOTHING",
+        " batch_size, status, shown, candidate_groups, quorum)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?, 'pending',?,?,?) ON CONFLICT DO NOTHING",
         (p["id"], env.thread_id, p["node_name"], p["interaction_type"], p["prompt"],
          _json(p.get("context") or {}), _json(list(p.get("options") or ())),
          _json(list(p.get("assignees") or ())), p.get("timeout_seconds"),
          iso(p["deadline"]) if p.get("deadline") else None, iso(p["created_at"]),
-         p.get("batch_index", 0), p.get("batch_size", 1)),
+         p.get("batch_index", 0), p.get("batch_size", 1), p.get("shown") or "",
+         _json(list(p.get("candidate_groups") or ())),
+         _json(p["quorum"]) if p.get("quorum") else None),
     )
+    quorum = p.get("quorum") or {}
+    if quorum:
+        _set_audience(tx, p["id"], quorum.get("of") or (),
+                      [quorum["group"]] if quorum.get("group") else ())
+    else:
+        _set_audience(tx, p["id"], p.get("assignees") or (), p.get("candidate_groups") or ())
+
+
+def _set_audience(tx: Tx, request_id: str, users: Any, groups: Any) -> None:
+    tx.execute("DELETE FROM thread_request_audience WHERE request_id=?", (request_id,))
+    rows = [("user", u) for u in users] + [("group", g) for g in groups] or [("any", "")]
+    for kind, name in rows:
+        tx.execute("INSERT INTO thread_request_audience (request_id, kind, name)"
+                   " VALUES (?,?,?)", (request_id, kind, name))
 
 
 def _accepted(tx: Tx, env: EventEnvelope, p: dict[str, Any], at: str) -> None:
@@ -194,10 +225,43 @@ def _reminded(tx: Tx, env: EventEnvelope, p: dict[str, Any], at: str) -> None:
 
 
 def _escalated(tx: Tx, env: EventEnvelope, p: dict[str, Any], at: str) -> None:
-    tx.execute("UPDATE thread_requests SET assignees=?, deadline=COALESCE(?, deadline)"
-               " WHERE id=?", (_json(list(p.get("assignees") or ())),
+    tx.execute("UPDATE thread_requests SET assignees=?, candidate_groups='[]', claimed_by=NULL,"
+               " shown=COALESCE(NULLIF(?, ''), shown), deadline=COALESCE(?, deadline)"
+               " WHERE id=?", (_json(list(p.get("assignees") or ())), p.get("shown") or "",
                                iso(p["deadline"]) if p.get("deadline") else None,
                                p["request_id"]))
+    _set_audience(tx, p["request_id"], p.get("assignees") or (), ())
+
+
+def _claimed(tx: Tx, env: EventEnvelope, p: dict[str, Any], at: str) -> None:
+    tx.execute("UPDATE thread_requests SET claimed_by=? WHERE id=?",
+               (p["claimed_by"], p["request_id"]))
+
+
+def _released(tx: Tx, env: EventEnvelope, p: dict[str, Any], at: str) -> None:
+    tx.execute("UPDATE thread_requests SET claimed_by=NULL WHERE id=?", (p["request_id"],))
+
+
+def _delegated(tx: Tx, env: EventEnvelope, p: dict[str, Any], at: str) -> None:
+    tx.execute("UPDATE thread_requests SET claimed_by=?, shown=? WHERE id=?",
+               (p["to"], p["shown"], p["request_id"]))
+
+
+def _reassigned(tx: Tx, env: EventEnvelope, p: dict[str, Any], at: str) -> None:
+    tx.execute("UPDATE thread_requests SET assignees=?, candidate_groups=?, claimed_by=NULL,"
+               " shown=? WHERE id=?", (_json(list(p.get("assignees") or ())),
+                                       _json(list(p.get("candidate_groups") or ())),
+                                       p["shown"], p["request_id"]))
+    _set_audience(tx, p["request_id"], p.get("assignees") or (), p.get("candidate_groups") or ())
+
+
+def _voted(tx: Tx, env: EventEnvelope, p: dict[str, Any], at: str) -> None:
+    row = tx.one("SELECT votes FROM thread_requests WHERE id=?", (p["request_id"],))
+    if row is None:
+        return
+    votes = [v for v in json.loads(row["votes"]) if v.get("voter") != p["voter"]]
+    votes.append({"voter": p["voter"], "action": p["action"]})
+    tx.execute("UPDATE thread_requests SET votes=? WHERE id=?", (_json(votes), p["request_id"]))
 
 
 Handler = Callable[[Tx, EventEnvelope, dict[str, Any], str], None]
@@ -217,6 +281,11 @@ HANDLERS: dict[str, Handler] = {
     "InteractionCancelled": _cancelled,
     "InteractionReminded": _reminded,
     "InteractionEscalated": _escalated,
+    "InteractionClaimed": _claimed,
+    "InteractionReleased": _released,
+    "InteractionDelegated": _delegated,
+    "InteractionReassigned": _reassigned,
+    "VoteCast": _voted,
 }
 
 
@@ -245,6 +314,10 @@ def _pending(row: Row) -> PendingInteraction:
         assignees=json.loads(row["assignees"]), timeout_seconds=row["timeout_seconds"],
         deadline=row["deadline"], created_at=row["created_at"],
         batch_index=row["batch_index"], batch_size=row["batch_size"],
+        shown=row["shown"], candidate_groups=json.loads(row["candidate_groups"]),
+        claimed_by=row["claimed_by"],
+        quorum=json.loads(row["quorum"]) if row["quorum"] else None,
+        votes=json.loads(row["votes"]),
     )
 
 
@@ -256,14 +329,25 @@ def pending(db: ViewDatabase, thread_id: str) -> list[PendingInteraction]:
 
 
 def pending_page(db: ViewDatabase, thread_id: str | None = None, limit: int = 100,
-                 after: PendingCursor | None = None,
+                 after: PendingCursor | None = None, *, person: str | None = None,
+                 groups: tuple[str, ...] = (),
                  ) -> tuple[list[PendingInteraction], PendingCursor | None]:
-    """Open requests, oldest first: one page and the cursor of the next (None: no more)."""
+    """Open requests, oldest first: one page and the cursor of the next (None: no more).
+    With ``person``: only those that person may answer now (the request's rules, as the
+    interaction service applies them: claimed by them, or unclaimed and assigned to them, to
+    one of ``groups`` or to anyone; a quorum they have not voted on yet)."""
     clauses: list[str] = ["status='pending'"]
     params: list[Any] = []
     if thread_id:
         clauses.append("thread_id=?")
         params.append(thread_id)
+    if person is not None:
+        marks = ",".join("?" * len(groups))
+        clauses.append(
+            "(claimed_by=? OR (claimed_by IS NULL AND id IN (SELECT request_id FROM"
+            " thread_request_audience WHERE kind='any' OR (kind='user' AND name=?)"
+            + (f" OR (kind='group' AND name IN ({marks}))" if groups else "") + ")))")
+        params += [person, person, *groups]
     if after is not None:
         clauses.append("(created_at, batch_index, id) > (?, ?, ?)")
         params += [after.created_at, after.batch_index, after.id]
@@ -271,11 +355,12 @@ def pending_page(db: ViewDatabase, thread_id: str | None = None, limit: int = 10
                     " ORDER BY created_at, batch_index, id LIMIT ?", (*params, limit + 1))
     stamps = {r["id"]: str(r["created_at"]) for r in rows}
     items, more = fill_page([_pending(r) for r in rows], limit)
-    if not more:
-        return items, None
-    last = items[-1]
-    return items, PendingCursor(created_at=stamps[last.id], batch_index=last.batch_index,
-                                id=last.id)
+    following = (PendingCursor(created_at=stamps[items[-1].id],
+                               batch_index=items[-1].batch_index, id=items[-1].id)
+                 if more else None)
+    if person is not None:  # a quorum waits on each voter once
+        items = [i for i in items if not any(v.get("voter") == person for v in i.votes)]
+    return items, following
 
 
 def _thread(db: ViewDatabase, row: Row) -> ThreadView:

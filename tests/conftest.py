@@ -32,8 +32,9 @@ def make_settings(backend: str, home: Path) -> Settings:
         if not POSTGRES_DSN:
             pytest.skip("PostgreSQL backend: set HITLFLOW_TEST_POSTGRES_DSN to run it")
         return Settings(home=home, persistence="postgres", postgres_dsn=POSTGRES_DSN,
-                        postgres_schema=f"t_{uuid.uuid4().hex[:12]}")
-    return Settings(home=home)
+                        postgres_schema=f"t_{uuid.uuid4().hex[:12]}", auth=False)
+    # NATS without users: names as sent (the identity tests turn users on)
+    return Settings(home=home, auth=False)
 
 
 @pytest.fixture(params=BACKENDS)

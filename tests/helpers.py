@@ -21,8 +21,9 @@ def cli(nats_url: str, *args: str, env: dict[str, str] | None = None) -> Any:
                          env={"HITLFLOW_NATS_URL": nats_url, "COLUMNS": "200", **(env or {})})
 
 
-def cli_json(nats_url: str, *args: str) -> tuple[int, Any, str]:
-    result = cli(nats_url, *args, "--json")
+def cli_json(nats_url: str, *args: str,
+             env: dict[str, str] | None = None) -> tuple[int, Any, str]:
+    result = cli(nats_url, *args, "--json", env=env)
     data = json.loads(result.stdout) if result.stdout.strip() else None
     return result.exit_code, data, result.stderr
 

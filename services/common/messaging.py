@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from typing import Any
+from typing import Any, TypedDict
 
 import nats
 from nats.aio.client import Client
@@ -15,6 +15,7 @@ from nats.js.errors import BadRequestError, NotFoundError
 
 from contracts import subjects
 from contracts.limits import NATS_MAX_PAYLOAD, REQUIRED_NATS_PAYLOAD, describe
+from contracts.subjects import principal_token
 
 #: JetStream de-duplication window for re-sent events (seconds).
 DUPLICATE_WINDOW = 15 * 60
@@ -22,6 +23,14 @@ DUPLICATE_WINDOW = 15 * 60
 COMMAND_MAX_AGE = 7 * 24 * 3600
 #: How long a quarantined message is kept for operators to look at (seconds).
 DLQ_MAX_AGE = 30 * 24 * 3600
+
+
+class NatsAuth(TypedDict):
+    """Who a process is on NATS (what :func:`connect` takes)."""
+
+    user: str | None
+    password: str | None
+    token: str | None
 
 
 _FIELD = rb"[^ \t\r\n]+"
@@ -46,6 +55,12 @@ def read_any_subject() -> None:
                                 + _GAP + rb"(\d+)\r\n")
 
 
+def inbox_prefix(user: str) -> str:
+    """Where a NATS user's replies come: inboxes under its own name, which only it may
+    subscribe to (so nobody reads another's replies)."""
+    return f"_INBOX.{principal_token(user)}"
+
+
 def connect_options(
     url: str,
     *,
@@ -65,16 +80,19 @@ def connect_options(
     if user:
         options["user"] = user
         options["password"] = password or ""
+        options["inbox_prefix"] = inbox_prefix(user)
     if token:
         options["token"] = token
     return options
 
 
 async def connect(url: str, *, name: str, reconnect_attempts: int = -1,
-                  **auth: str | None) -> Client:
+                  user: str | None = None, password: str | None = None,
+                  token: str | None = None) -> Client:
     read_any_subject()
     return await nats.connect(**connect_options(url, name=name,
-                                                reconnect_attempts=reconnect_attempts, **auth))
+                                                reconnect_attempts=reconnect_attempts,
+                                                user=user, password=password, token=token))
 
 
 class ServerLimitError(RuntimeError):
@@ -161,8 +179,10 @@ def make_broker(url: str, *, name: str, user: str | None = None, password: str |
 
     read_any_subject()
     security: Any = None
+    prefix: dict[str, Any] = {}
     if user:
         security = NatsUserPassword(user, password or "")
+        prefix["inbox_prefix"] = inbox_prefix(user)
     elif token:
         security = NatsToken(token)
     return NatsBroker(
@@ -175,4 +195,5 @@ def make_broker(url: str, *, name: str, user: str | None = None, password: str |
         security=security,
         log_level=logging.DEBUG,
         middlewares=middlewares,
+        **prefix,
     )

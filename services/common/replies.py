@@ -13,7 +13,14 @@ from pydantic import BaseModel, ValidationError
 
 from contracts.commands import CommandReply
 from contracts.limits import MAX_COMMAND_BYTES, TooLargeError
-from contracts.subjects import REPLY_TO_HEADER, InvalidThreadIdError, check_thread_id
+from contracts.subjects import (
+    REPLY_TO_HEADER,
+    InvalidPrincipalError,
+    InvalidThreadIdError,
+    check_thread_id,
+    command_subject,
+    principal_of_token,
+)
 from services.common import metrics
 from services.common.consumer import PoisonMessageError, thread_of
 
@@ -58,28 +65,55 @@ class CommandRefusedError(PoisonMessageError):
 C = TypeVar("C", bound=BaseModel)
 
 
-def read_command(msg: Msg, model: type[C], subject_for: Callable[[str], str]) -> C:
-    """Decode a command message. The subject is the authority on the thread: a body naming
-    another thread than ``subject_for(thread_id)`` is refused, whatever else it says."""
+def _decode(msg: Msg, model: type[C]) -> C:
     size = len(msg.data)
     if size > MAX_COMMAND_BYTES:
         raise CommandRefusedError("too_large",
                                   str(TooLargeError("the command", size, MAX_COMMAND_BYTES)))
     try:
-        parsed = model.model_validate_json(msg.data)
+        return model.model_validate_json(msg.data)
     except ValidationError as error:
         raise CommandRefusedError("invalid_command", describe_validation_error(error)) from error
-    thread_id = str(getattr(parsed, "thread_id", ""))
+
+
+def _check_subject(msg: Msg, thread_id: str, expected: Callable[[str], str]) -> None:
     try:
-        expected = subject_for(thread_id)
-    except InvalidThreadIdError as error:
+        wanted = expected(thread_id)
+    except (InvalidThreadIdError, InvalidPrincipalError) as error:
         raise CommandRefusedError("invalid_command", f"invalid command: {error}") from error
-    if msg.subject != expected:
+    if msg.subject != wanted:
         raise CommandRefusedError(
             "invalid_command",
             f"invalid command: it names thread {thread_id!r} but was sent to {msg.subject!r}; "
-            f"a command acts on the thread its subject names (for this body: {expected!r})")
+            f"a command acts on the thread its subject names (for this body: {wanted!r})")
+
+
+def read_command(msg: Msg, model: type[C], subject_for: Callable[[str], str]) -> C:
+    """Decode a command the services send each other (``subject_for(thread_id)`` is its
+    subject). The subject is the authority on the thread: a body naming another thread than
+    the subject is refused, whatever else it says."""
+    parsed = _decode(msg, model)
+    _check_subject(msg, str(getattr(parsed, "thread_id", "")), subject_for)
     return parsed
+
+
+def read_principal_command(msg: Msg, model: type[C], verb: str) -> tuple[C, str]:
+    """Decode a command sent as ``hitl.cmd.<verb>.<principal>.<thread>`` and return it with
+    the principal its subject names (the sender: each NATS user may publish only under its
+    own name). A subject of another shape, or a body naming another thread, is refused."""
+    parts = msg.subject.split(".")
+    if len(parts) != 5 or parts[:3] != ["hitl", "cmd", verb]:
+        raise CommandRefusedError(
+            "invalid_command", f"invalid command: {msg.subject!r} is not "
+            f"hitl.cmd.{verb}.<principal>.<thread_id>")
+    try:
+        principal = principal_of_token(parts[3])
+    except InvalidPrincipalError as error:
+        raise CommandRefusedError("invalid_command", f"invalid command: {error}") from error
+    parsed = _decode(msg, model)
+    _check_subject(msg, str(getattr(parsed, "thread_id", "")),
+                   lambda thread_id: command_subject(verb, principal, thread_id))
+    return parsed, principal
 
 
 async def audit_refusal(msg: Msg, error: CommandRefusedError,
@@ -107,24 +141,24 @@ def command_handler(
     broker: Any,
     model: type[C],
     command: Any,
-    subject_for: Callable[[str], str],
-    decide: Callable[[C, int], CommandReply],
+    decide: Callable[[C, str, int], CommandReply],
     on_refused: Callable[[str, str, str, int], None] | None = None,
 ) -> Callable[[Msg], Awaitable[None]]:
-    """The thin handler of a command stream: decode ``model`` (:func:`read_command`), one
-    application call (given the command and its stream position), reply. A refused command
-    is given to ``on_refused(thread_id, code, reason, position)`` (to keep it in the audit of
-    the thread its subject names) before the sender is told."""
+    """The thin handler of a command stream: decode ``model`` from
+    ``hitl.cmd.<command>.<principal>.<thread>`` (:func:`read_principal_command`), one
+    application call (given the command, its principal and its stream position), reply. A
+    refused command is given to ``on_refused(thread_id, code, reason, position)`` (to keep it
+    in the audit of the thread its subject names) before the sender is told."""
 
     async def handle(msg: Msg) -> None:
         with structlog.contextvars.bound_contextvars(thread_id=thread_of(msg)):
             try:
-                parsed = read_command(msg, model, subject_for)
+                parsed, principal = read_principal_command(msg, model, command)
             except CommandRefusedError as error:
                 await audit_refusal(msg, error, on_refused)
                 await refuse(broker.connection, msg, command, error)
                 return
-            reply = await asyncio.to_thread(decide, parsed, stream_position(msg))
+            reply = await asyncio.to_thread(decide, parsed, principal, stream_position(msg))
             await send_reply(broker.connection, msg, reply)
 
     return handle

@@ -14,7 +14,7 @@ from services.common import metrics
 from services.common.consumer import PullConsumer, RetryPolicy, Subscription
 from services.common.health import Health, Monitor, register, unregister
 from services.common.logging import get_logger
-from services.common.messaging import check_server, ensure_streams, make_broker
+from services.common.messaging import NatsAuth, check_server, ensure_streams, make_broker
 from services.common.relay import Relay, ToEnvelope
 from services.common.store import ServiceApplication
 
@@ -32,7 +32,7 @@ class ServiceRuntime:
         nats_url: str,
         subscriptions: Callable[[Any, Any], list[Subscription]],
         to_envelope: ToEnvelope | None,
-        auth: dict[str, str | None] | None = None,
+        auth: NatsAuth | None = None,
         stream_replicas: int = 1,
         batch_size: int = 64,
         poison_attempts: int = 5,
@@ -48,7 +48,7 @@ class ServiceRuntime:
         self._nats_url = nats_url
         self._subscriptions = subscriptions
         self._to_envelope = to_envelope
-        self._auth = auth or {}
+        self._auth: NatsAuth = auth or {"user": None, "password": None, "token": None}
         self._replicas = stream_replicas
         self.broker: NatsBroker | None = None
         self.relay: Relay | None = None
@@ -61,8 +61,7 @@ class ServiceRuntime:
 
     async def start(self) -> None:
         broker = make_broker(self._nats_url, name=f"hitlflow-{self.name}",
-                             user=self._auth.get("user"), password=self._auth.get("password"),
-                             token=self._auth.get("token"))
+                             **self._auth)
         self.broker = broker
         await broker.connect()
         check_server(broker.connection, self._nats_url)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from uuid import UUID
@@ -35,6 +36,33 @@ CACHE_SIZE = 4096
 
 class ConflictError(RuntimeError):
     """An aggregate kept changing under a command: gave up after many retries."""
+
+
+#: PostgreSQL advisory lock taken while a process creates its schema and tables.
+DDL_LOCK = 0x6869746C
+
+
+@contextmanager
+def postgres_ddl_lock(conninfo: str | dict[str, Any]) -> Iterator[None]:
+    """Hold a database-wide advisory lock while creating schemas and tables: replicas that
+    start together would otherwise race on ``CREATE ... IF NOT EXISTS`` (PostgreSQL then fails
+    one with "tuple concurrently updated")."""
+    import psycopg
+
+    params = {"conninfo": conninfo} if isinstance(conninfo, str) else conninfo
+    with psycopg.connect(**params, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (DDL_LOCK,))
+        try:
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (DDL_LOCK,))
+
+
+def _conninfo(env: dict[str, str]) -> dict[str, Any]:
+    return {"host": env["POSTGRES_HOST"], "port": int(env.get("POSTGRES_PORT", "5432")),
+            "dbname": env["POSTGRES_DBNAME"], "user": env["POSTGRES_USER"],
+            "password": env.get("POSTGRES_PASSWORD") or None,
+            "connect_timeout": int(env.get("POSTGRES_CONNECT_TIMEOUT", "5"))}
 
 
 def ensure_postgres_schema(env: dict[str, str]) -> None:
@@ -200,8 +228,11 @@ class ServiceApplication(Application[UUID]):
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
         if env and env.get("PERSISTENCE_MODULE") == "eventsourcing.postgres":
-            ensure_postgres_schema(env)
-        super().__init__(env=env)
+            with postgres_ddl_lock(_conninfo(env)):
+                ensure_postgres_schema(env)
+                super().__init__(env=env)  # creates its tables
+        else:
+            super().__init__(env=env)
         self._listeners: list[Callable[[Saved], None]] = []
         self._listeners_lock = threading.Lock()
         self._local = threading.local()  # the batch and decision of this thread, if any

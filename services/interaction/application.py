@@ -9,15 +9,17 @@ from uuid import UUID
 
 from eventsourcing.persistence import Tracking
 
-from contracts.commands import CommandReply, ResumeThread
-from contracts.events import InteractionSpec
+from contracts.commands import CommandReply, ResumeThread, TaskCommand
+from contracts.events import InteractionSpec, shown_digest, shown_token
 from contracts.timeouts import TimeoutInteraction
 from services.common.clock import Clock, SystemClock
+from services.common.identity import Directory, Identity, IdentityError
 from services.common.logging import get_logger
 from services.common.responses import InteractionError, InvalidResponseError
 from services.common.store import Job, ServiceApplication
 from services.interaction.domain import (
     AnswerTooLargeError,
+    ForbiddenError,
     Inbox,
     Interaction,
     MalformedCommandError,
@@ -37,15 +39,18 @@ THREAD_EVENTS = frozenset({"ThreadStarted", "ThreadPaused", *ENDING})
 class InteractionService(ServiceApplication):
     name = "interaction"
 
-    def __init__(self, env: dict[str, str] | None = None, *, clock: Clock | None = None) -> None:
+    def __init__(self, env: dict[str, str] | None = None, *, clock: Clock | None = None,
+                 directory: Directory | None = None) -> None:
         super().__init__(env)
         self.clock = clock or SystemClock()
+        #: Who the principals are (roles, groups); without one, authorization is off.
+        self.directory = directory or Directory(None)
 
     # -- responses --------------------------------------------------------------------------
 
-    def respond_job(self, command: ResumeThread) -> Job:
-        """Decide one response; the job's result is the sender's reply. The same idempotency
-        key always gets the same outcome."""
+    def respond_job(self, command: ResumeThread, principal: str) -> Job:
+        """Decide one response sent under ``principal``; the job's result is the sender's
+        reply. The same idempotency key always gets the same outcome."""
         pinned: dict[str, str | None] = {"request_id": command.request_id}
         said: dict[str, Any] = {}
 
@@ -57,7 +62,9 @@ class InteractionService(ServiceApplication):
                 return [], self._reply(command, earlier, duplicate=True)
             now = self.clock.now()
             request_id: str | None = pinned["request_id"]
+            identity: Identity | None = None
             try:
+                identity = self._identity(principal, command)
                 check_answer_size(command.data, command.raw_data)
                 if command.raw_data is not None:
                     raise InvalidResponseError(
@@ -67,19 +74,24 @@ class InteractionService(ServiceApplication):
                 request_id = inbox.target(request_id)
                 pinned["request_id"] = request_id
                 interaction: Interaction = self.load(_uuid(request_id))
-                decision = interaction.respond(command.action, command.data, command.responder,
-                                               command.idempotency_key, now)
+                decision = interaction.respond(command.action, command.data, identity,
+                                               command.idempotency_key, now, command.shown)
             except InteractionError as error:
-                outcome = inbox.reject(request_id, command.action, command.data,
-                                       command.responder, command.idempotency_key, error, now)
+                outcome = inbox.reject(request_id, command.action, command.data, identity,
+                                       command.idempotency_key, error, now)
                 said.update(event="response_rejected", interaction_id=request_id,
                             code=error.code, reason=str(error))
                 return [inbox], self._reply(command, outcome)
             outcome = {"ok": True, "interaction_id": request_id, "action": command.action,
-                       "route": decision.route}
-            inbox.close_request(request_id, command.idempotency_key, outcome)
-            said.update(event="response_accepted", interaction_id=request_id,
-                        action=command.action)
+                       "decided": decision is not None}
+            if decision is None:  # a quorum's vote: the request waits for more
+                inbox.record_outcome(command.idempotency_key, outcome)
+                said.update(event="vote_cast", interaction_id=request_id, action=command.action,
+                            voter=identity.person)
+            else:
+                inbox.close_request(request_id, command.idempotency_key, outcome)
+                said.update(event="response_accepted", interaction_id=request_id,
+                            action=command.action, principal=identity.principal)
             return [interaction, inbox], self._reply(command, outcome)
 
         def settled(job: Job) -> None:  # what the saved decision was, logged once
@@ -87,6 +99,55 @@ class InteractionService(ServiceApplication):
                 log.info(**said)
 
         return Job(command.thread_id, decide, settled=settled)
+
+    def task_job(self, command: TaskCommand, principal: str) -> Job:
+        """Claim, release, delegate or reassign a request; refusals are kept in the audit."""
+        pinned: dict[str, str | None] = {"request_id": command.request_id}
+
+        def decide() -> tuple[list[Any], CommandReply]:
+            inbox = self._inbox(command.thread_id)
+            earlier = inbox.outcomes.get(command.idempotency_key)
+            if earlier is not None:
+                return [], self._reply(command, earlier, duplicate=True)
+            now = self.clock.now()
+            request_id: str | None = pinned["request_id"]
+            identity: Identity | None = None
+            try:
+                identity = self._identity(principal, command)
+                request_id = inbox.target(request_id)
+                pinned["request_id"] = request_id
+                interaction: Interaction = self.load(_uuid(request_id))
+                if command.op == "claim":
+                    interaction.claim(identity, now)
+                elif command.op == "release":
+                    interaction.release(identity, now)
+                elif command.op == "delegate":
+                    interaction.delegate(identity, list(command.to), now)
+                else:
+                    interaction.reassign(identity, list(command.to),
+                                         list(command.candidate_groups), now)
+            except InteractionError as error:
+                outcome = inbox.reject(request_id, command.op, None, identity,
+                                       command.idempotency_key, error, now)
+                return [inbox], self._reply(command, outcome)
+            outcome = {"ok": True, "interaction_id": request_id, "action": command.op,
+                       "decided": False}
+            inbox.record_outcome(command.idempotency_key, outcome)
+            if not interaction.pending_events:  # e.g. claimed again by its claimant
+                return [inbox], self._reply(command, outcome, duplicate=True)
+            log.info("task_operation", op=command.op, interaction_id=request_id,
+                     principal=identity.principal)
+            return [interaction, inbox], self._reply(command, outcome)
+
+        return Job(command.thread_id, decide)
+
+    def _identity(self, principal: str, command: Any) -> Identity:
+        try:
+            return self.directory.resolve(principal, asserted=command.principal,
+                                          on_behalf_of=command.on_behalf_of,
+                                          groups=command.groups)
+        except IdentityError as error:
+            raise ForbiddenError(str(error)) from error
 
     def record_refused(self, thread_id: str, code: str, reason: str, position: int) -> None:
         """Keep a resume command that was refused before it could be decided (too large, not
@@ -98,7 +159,7 @@ class InteractionService(ServiceApplication):
         def attempt() -> None:
             inbox = self._inbox(thread_id)
             if key not in inbox.outcomes:
-                inbox.reject(None, "", None, "unknown", key, error, self.clock.now())
+                inbox.reject(None, "", None, None, key, error, self.clock.now())
                 self.record([inbox])
 
         self.retry_on_conflict(attempt)
@@ -181,26 +242,29 @@ class InteractionService(ServiceApplication):
 
     def _open(self, spec: InteractionSpec) -> Interaction:
         created = self.clock.now()
+        context = json.loads(json.dumps(spec.context, default=str))
         deadline = (created + timedelta(seconds=spec.timeout_seconds)
                     if spec.timeout_seconds else None)
         return Interaction(
             request_id=spec.id, thread_id=spec.thread_id, node_name=spec.node_name,
-            interaction_type=spec.interaction_type, prompt=spec.prompt,
-            context=json.loads(json.dumps(spec.context, default=str)),
+            interaction_type=spec.interaction_type, prompt=spec.prompt, context=context,
             options=list(spec.options), timeout_seconds=spec.timeout_seconds,
             on_timeout=spec.on_timeout, assignees=list(spec.assignees),
             response_schema=spec.response_schema, batch_index=spec.batch_index,
             batch_size=spec.batch_size, created_at=created, deadline=deadline,
+            candidate_groups=list(spec.candidate_groups), quorum=spec.quorum,
+            shown=shown_token(1, shown_digest(spec.prompt, context, list(spec.options))),
         )
 
     @staticmethod
-    def _reply(command: ResumeThread, outcome: dict[str, Any], *,
+    def _reply(command: ResumeThread | TaskCommand, outcome: dict[str, Any], *,
                duplicate: bool = False) -> CommandReply:
         return CommandReply(
-            ok=bool(outcome.get("ok")), command="resume", thread_id=command.thread_id,
-            code=outcome.get("code"), error=outcome.get("error"),
+            ok=bool(outcome.get("ok")),
+            command="task" if isinstance(command, TaskCommand) else "resume",
+            thread_id=command.thread_id, code=outcome.get("code"), error=outcome.get("error"),
             interaction_id=outcome.get("interaction_id"), action=outcome.get("action"),
-            duplicate=duplicate,
+            duplicate=duplicate, decided=bool(outcome.get("decided", True)),
         )
 
 

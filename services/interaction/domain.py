@@ -14,8 +14,10 @@ from uuid import UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
+from contracts.events import shown_digest, shown_token
 from contracts.limits import MAX_ANSWER_BYTES, TooLargeError, json_size
 from contracts.timeouts import InvalidTimeoutPolicyError, TimeoutPolicy
+from services.common.identity import Identity
 from services.common.responses import (
     Decision,
     InteractionError,
@@ -106,6 +108,75 @@ class StaleTimeoutError(InteractionError):
     code = "stale"
 
 
+class ForbiddenError(InteractionError):
+    """The person may not do this to the request: not assigned, not its claimant, not an
+    operator, or a principal asserting what only a system or the gateway may."""
+
+    code = "forbidden"
+
+
+class StaleViewError(InteractionError):
+    """An answer given to an earlier version of the request than the one now open."""
+
+    code = "stale_view"
+
+
+class ClaimedError(InteractionError):
+    """A claim on a request someone else has claimed."""
+
+    code = "claimed"
+
+
+class NotClaimedError(InteractionError):
+    """A release of a request nobody has claimed."""
+
+    code = "not_claimed"
+
+
+class NotClaimableError(InteractionError):
+    """A claim or delegation of a quorum request (every voter answers it)."""
+
+    code = "not_claimable"
+
+
+class AlreadyVotedError(InteractionError):
+    """A second vote by the same person on a quorum request."""
+
+    code = "already_voted"
+
+
+@dataclass(frozen=True)
+class Quorum:
+    """N of M approvals: ``approvals`` needed, from the people ``of`` or the members of
+    ``group``; one reject decides (``veto``) unless ``reject`` is ``majority``."""
+
+    approvals: int
+    of: tuple[str, ...] = ()
+    group: str | None = None
+    reject: str = "veto"
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any]) -> Quorum:
+        return cls(approvals=int(raw["approvals"]), of=tuple(raw.get("of") or ()),
+                   group=raw.get("group"), reject=str(raw.get("reject", "veto")))
+
+    def may_vote(self, identity: Identity) -> bool:
+        return identity.person in self.of or (self.group is not None
+                                              and self.group in identity.groups)
+
+    def outcome(self, approvals: int, rejections: int) -> str | None:
+        """``approve``, ``reject``, or None while the votes cast decide nothing yet."""
+        if approvals >= self.approvals:
+            return "approve"
+        if self.reject != "majority":
+            return "reject" if rejections else None
+        if self.of:  # a known electorate: reject once the approvals cannot be reached
+            if len(self.of) - rejections < self.approvals:
+                return "reject"
+            return None
+        return "reject" if rejections >= self.approvals else None
+
+
 @dataclass(frozen=True)
 class TimeoutDecision:
     """What a timeout step did to a request."""
@@ -141,7 +212,19 @@ class Interaction(Aggregate):
         batch_size: int,
         created_at: datetime,
         deadline: datetime | None,
+        candidate_groups: list[str] | None = None,
+        quorum: dict[str, Any] | None = None,
+        shown: str = "",
     ) -> None:
+        self.candidate_groups = list(candidate_groups or ())
+        self.quorum = quorum
+        #: The person who claimed it (only they may answer), if anyone has.
+        self.claimed_by: str | None = None
+        #: Raised each time the request is re-sent (escalated, reassigned, delegated).
+        self.view_version = 1
+        self.digest = shown_digest(prompt, context, options)
+        #: A quorum's votes so far: ``{"voter", "action"}`` in the order cast.
+        self.votes: list[dict[str, Any]] = []
         self.request_id = request_id
         self.thread_id = thread_id
         self.node_name = node_name
@@ -176,6 +259,10 @@ class Interaction(Aggregate):
         responder: str,
         idempotency_key: str,
         by_timeout: bool = False,
+        principal: str | None = None,
+        on_behalf_of: str | None = None,
+        shown: str | None = None,
+        votes: list[dict[str, Any]] | None = None,
     ) -> None:
         self.status = "answered"
         self.answer = {"action": action, "responder": responder, "timestamp": timestamp,
@@ -194,10 +281,51 @@ class Interaction(Aggregate):
     @event("InteractionEscalated")
     def _escalated(self, request_id: str, node_name: str, step: int,
                    from_assignees: list[str], assignees: list[str], timestamp: datetime,
-                   deadline: datetime) -> None:
+                   deadline: datetime, shown: str = "") -> None:
         self.timeout_step = step + 1
-        self.assignees = list(assignees)
         self.deadline = deadline
+        self._assign(assignees, [])
+
+    @event("InteractionClaimed")
+    def _claimed(self, request_id: str, node_name: str, claimed_by: str, principal: str,
+                 timestamp: datetime) -> None:
+        self.claimed_by = claimed_by
+
+    @event("InteractionReleased")
+    def _released(self, request_id: str, node_name: str, released_by: str, principal: str,
+                  timestamp: datetime) -> None:
+        self.claimed_by = None
+
+    @event("InteractionDelegated")
+    def _delegated(self, request_id: str, node_name: str, from_person: str, to: str,
+                   principal: str, timestamp: datetime, shown: str) -> None:
+        self.claimed_by = to
+        self.view_version += 1
+
+    @event("InteractionReassigned")
+    def _reassigned(self, request_id: str, node_name: str, from_assignees: list[str],
+                    assignees: list[str], candidate_groups: list[str], principal: str,
+                    timestamp: datetime, shown: str) -> None:
+        self._assign(assignees, candidate_groups)
+
+    @event("VoteCast")
+    def _voted(self, request_id: str, node_name: str, voter: str, principal: str,
+               on_behalf_of: str | None, action: str, data_keys: list[str], approvals: int,
+               rejections: int, timestamp: datetime) -> None:
+        self.votes.append({"voter": voter, "action": action, "principal": principal,
+                           "on_behalf_of": on_behalf_of})
+
+    def _assign(self, assignees: list[str], candidate_groups: list[str]) -> None:
+        """Who it is assigned to changes: the claim is dropped, and it is shown anew."""
+        self.assignees = list(assignees)
+        self.candidate_groups = list(candidate_groups)
+        self.claimed_by = None
+        self.view_version += 1
+
+    @property
+    def shown(self) -> str:
+        """What an answer must carry back: this version of the request."""
+        return shown_token(self.view_version, self.digest)
 
     @event("InteractionTimedOut")
     def _timed_out(self, request_id: str, node_name: str, policy: str, timestamp: datetime,
@@ -232,7 +360,8 @@ class Interaction(Aggregate):
             return TimeoutDecision("remind", closing=False)
         if policy.policy == "escalate" and firing.wait:
             self._escalated(self.request_id, self.node_name, step, list(self.assignees),
-                            list(policy.to), now, now + timedelta(seconds=firing.wait))
+                            list(policy.to), now, now + timedelta(seconds=firing.wait),
+                            shown_token(self.view_version + 1, self.digest))
             return TimeoutDecision("escalate", closing=False)
         if policy.policy == "default" and policy.action:
             try:
@@ -244,7 +373,8 @@ class Interaction(Aggregate):
             else:
                 self._accepted(self.request_id, self.node_name, self.interaction_type,
                                policy.action, policy.data, decision.value, decision.route, now,
-                               TIMEOUT_RESPONDER, f"timeout:{self.request_id}:{step}", True)
+                               TIMEOUT_RESPONDER, f"timeout:{self.request_id}:{step}", True,
+                               TIMEOUT_RESPONDER, None, self.shown, None)
                 self._timed_out(self.request_id, self.node_name, "default", now, step,
                                 deadline, policy.action)
                 return TimeoutDecision("default", closing=True, action=policy.action)
@@ -264,9 +394,31 @@ class Interaction(Aggregate):
         return self.deadline if closing else None
 
     def respond(
-        self, action: str, data: Any, responder: str, idempotency_key: str, now: datetime
-    ) -> Decision:
-        """Accept an answer if the request is open and the answer fits its type."""
+        self, action: str, data: Any, identity: Identity, idempotency_key: str,
+        now: datetime, shown: str,
+    ) -> Decision | None:
+        """Accept an answer if the request is open, was shown as ``shown``, the person may
+        answer it, and the answer fits its type. A quorum's vote that decides nothing yet
+        returns None (the vote is recorded)."""
+        self._check_open(now)
+        if shown != self.shown:
+            raise StaleViewError(
+                f"the answer was given to version {shown.split(':', maxsplit=1)[0]!r} of request "
+                f"{self.request_id}, but it was re-sent since (now version {self.view_version}: "
+                f"escalated, reassigned or delegated); look at it again and answer with "
+                f"shown={self.shown!r}")
+        self._authorize(identity)
+        decision = decide(self.interaction_type, self.options, self.context, action, data)
+        if self.response_schema is not None:
+            check_response_schema(self.response_schema, data)
+        if self.quorum is not None:
+            return self._vote(action, data, identity, idempotency_key, now)
+        self._accepted(self.request_id, self.node_name, self.interaction_type, action, data,
+                       decision.value, decision.route, now, identity.person, idempotency_key,
+                       False, identity.principal, identity.on_behalf_of, shown, None)
+        return decision
+
+    def _check_open(self, now: datetime) -> None:
         if self.status == "timed_out":
             raise LateResponseError(
                 f"request {self.request_id} timed out (deadline "
@@ -279,12 +431,114 @@ class Interaction(Aggregate):
             raise LateResponseError(
                 f"request {self.request_id} closed at its deadline {closed_at.isoformat()}; "
                 f"the answer came at {now.isoformat()}, too late")
-        decision = decide(self.interaction_type, self.options, self.context, action, data)
-        if self.response_schema is not None:
-            check_response_schema(self.response_schema, data)
-        self._accepted(self.request_id, self.node_name, self.interaction_type, action, data,
-                       decision.value, decision.route, now, responder, idempotency_key)
+
+    def may_answer(self, identity: Identity) -> bool:
+        """Is the person one this request waits on (ignoring a claim)?"""
+        if self.quorum is not None:
+            return Quorum.parse(self.quorum).may_vote(identity)
+        if not self.assignees and not self.candidate_groups:
+            return True
+        return identity.person in self.assignees or bool(
+            set(identity.groups) & set(self.candidate_groups))
+
+    def _authorize(self, identity: Identity) -> None:
+        person = identity.person
+        if self.claimed_by is not None and person != self.claimed_by:
+            raise ForbiddenError(f"request {self.request_id} is claimed by "
+                                 f"{self.claimed_by!r}: only they may answer it until it is "
+                                 "released")
+        if self.claimed_by is None and not self.may_answer(identity):
+            raise ForbiddenError(f"{person!r} may not answer request {self.request_id}: it is "
+                                 f"for {self._audience()}")
+
+    def _audience(self) -> str:
+        if self.quorum is not None:
+            quorum = Quorum.parse(self.quorum)
+            return (f"a quorum of {quorum.approvals} of "
+                    + (", ".join(map(repr, quorum.of)) if quorum.of else
+                       f"group {quorum.group!r}"))
+        parts = []
+        if self.assignees:
+            parts.append("assignees " + ", ".join(map(repr, self.assignees)))
+        if self.candidate_groups:
+            parts.append("groups " + ", ".join(map(repr, self.candidate_groups)))
+        return " and ".join(parts) or "anyone"
+
+    def _vote(self, action: str, data: Any, identity: Identity, idempotency_key: str,
+              now: datetime) -> Decision | None:
+        person = identity.person
+        if any(vote["voter"] == person for vote in self.votes):
+            raise AlreadyVotedError(f"{person!r} has voted on request {self.request_id} "
+                                    "already; one vote each")
+        quorum = Quorum.parse(self.quorum or {})
+        approvals = sum(v["action"] == "approve" for v in self.votes) + (action == "approve")
+        rejections = len(self.votes) + 1 - approvals
+        keys = sorted(map(str, data))[:MAX_KEPT_KEYS] if isinstance(data, dict) else []
+        self._voted(self.request_id, self.node_name, person, identity.principal,
+                    identity.on_behalf_of, action, keys, approvals, rejections, now)
+        outcome = quorum.outcome(approvals, rejections)
+        if outcome is None:
+            return None
+        votes = [{"voter": v["voter"], "action": v["action"]} for v in self.votes]
+        decision = decide(self.interaction_type, self.options, self.context, outcome,
+                          {"votes": votes})
+        self._accepted(self.request_id, self.node_name, self.interaction_type, outcome,
+                       {"votes": votes}, decision.value, decision.route, now, person,
+                       idempotency_key, False, identity.principal, identity.on_behalf_of,
+                       self.shown, votes)
         return decision
+
+    # -- task operations ----------------------------------------------------------------------
+
+    def claim(self, identity: Identity, now: datetime) -> None:
+        """Only the claimant may answer until it is released (claiming it again: nothing)."""
+        self._check_open(now)
+        if self.quorum is not None:
+            raise NotClaimableError(f"request {self.request_id} is decided by a quorum: "
+                                    "every voter answers it, nobody claims it")
+        if self.claimed_by == identity.person:
+            return
+        if self.claimed_by is not None:
+            raise ClaimedError(f"request {self.request_id} is claimed by "
+                               f"{self.claimed_by!r} already")
+        self._authorize(identity)
+        self._claimed(self.request_id, self.node_name, identity.person, identity.principal,
+                      now)
+
+    def release(self, identity: Identity, now: datetime) -> None:
+        self._check_open(now)
+        if self.claimed_by is None:
+            raise NotClaimedError(f"request {self.request_id} is not claimed")
+        if identity.person != self.claimed_by and not identity.operator:
+            raise ForbiddenError(f"request {self.request_id} is claimed by "
+                                 f"{self.claimed_by!r}: only they or an operator may release it")
+        self._released(self.request_id, self.node_name, self.claimed_by, identity.principal,
+                       now)
+
+    def delegate(self, identity: Identity, to: list[str], now: datetime) -> None:
+        """Hand the request to one person, who becomes its claimant (it is shown anew)."""
+        self._check_open(now)
+        if self.quorum is not None:
+            raise NotClaimableError(f"request {self.request_id} is decided by a quorum: "
+                                    "a vote cannot be handed on")
+        if len(to) != 1:
+            raise InvalidResponseError("delegate needs exactly one person in 'to'")
+        self._authorize(identity)
+        self._delegated(self.request_id, self.node_name, identity.person, to[0],
+                        identity.principal, now, shown_token(self.view_version + 1, self.digest))
+
+    def reassign(self, identity: Identity, assignees: list[str], candidate_groups: list[str],
+                 now: datetime) -> None:
+        """An operator changes who the request is for (as an escalation does)."""
+        self._check_open(now)
+        if not identity.operator:
+            raise ForbiddenError(f"{identity.principal!r} may not reassign requests: operators "
+                                 "may")
+        if not assignees and not candidate_groups:
+            raise InvalidResponseError("reassign needs 'to' (people) or 'candidate_groups'")
+        self._reassigned(self.request_id, self.node_name, list(self.assignees), assignees,
+                         candidate_groups, identity.principal, now,
+                         shown_token(self.view_version + 1, self.digest))
 
     def cancel(self, reason: str) -> None:
         if self.status == "pending":
@@ -342,6 +596,11 @@ class Inbox(Aggregate):
         self.closed.append(request_id)
         self.expired.append(request_id)
 
+    @event("OutcomeRecorded")
+    def _outcome_recorded(self, idempotency_key: str, outcome: dict[str, Any]) -> None:
+        """An accepted command that closed no request (a vote, a claim): its key's outcome."""
+        self.outcomes[idempotency_key] = outcome
+
     @event("ResponseRejected")
     def _rejected(
         self,
@@ -353,6 +612,8 @@ class Inbox(Aggregate):
         code: str,
         reason: str,
         timestamp: datetime,
+        principal: str | None = None,
+        on_behalf_of: str | None = None,
     ) -> None:
         self.outcomes[idempotency_key] = {
             "ok": False, "code": code, "error": reason, "interaction_id": request_id,
@@ -425,11 +686,20 @@ class Inbox(Aggregate):
             )
         return self.open[0]
 
+    def record_outcome(self, idempotency_key: str, outcome: dict[str, Any]) -> None:
+        self._outcome_recorded(idempotency_key, outcome)
+
     def reject(
-        self, request_id: str | None, action: str, data: Any, responder: str,
+        self, request_id: str | None, action: str, data: Any, identity: Identity | None,
         idempotency_key: str, error: InteractionError, now: datetime,
     ) -> dict[str, Any]:
+        """Keep a refused attempt (who sent it, what, why); its key's outcome is the refusal.
+        ``identity`` is None when the sender could not be established (an unknown principal,
+        a message that broke its contract)."""
         keys = sorted(map(str, data))[:MAX_KEPT_KEYS] if isinstance(data, dict) else []
-        self._rejected(request_id, action, keys, responder, idempotency_key, error.code,
-                       str(error)[:MAX_KEPT_REASON], now)
+        person = identity.person if identity is not None else "unknown"
+        self._rejected(request_id, action, keys, person, idempotency_key, error.code,
+                       str(error)[:MAX_KEPT_REASON], now,
+                       identity.principal if identity is not None else None,
+                       identity.on_behalf_of if identity is not None else None)
         return self.outcomes[idempotency_key]

@@ -9,7 +9,7 @@ import structlog
 from nats.aio.msg import Msg
 
 from contracts import subjects
-from contracts.commands import ResumeThread
+from contracts.commands import ResumeThread, TaskCommand
 from contracts.events import InteractionRequested
 from contracts.timeouts import TimeoutInteraction
 from services.common.consumer import (
@@ -23,6 +23,7 @@ from services.common.replies import (
     CommandRefusedError,
     audit_refusal,
     read_command,
+    read_principal_command,
     refuse,
     send_reply,
 )
@@ -34,7 +35,7 @@ from services.interaction.notifications import Notifier, notification_from
 def subscriptions(broker: Any, app: InteractionService) -> list[Subscription]:
     async def resume(msg: Msg) -> Work | None:
         try:
-            command = read_command(msg, ResumeThread, subjects.resume_subject)
+            command, principal = read_principal_command(msg, ResumeThread, "resume")
         except CommandRefusedError as error:
             # kept as a refused attempt in the audit of the thread the subject names
             await audit_refusal(msg, error, app.record_refused)
@@ -44,7 +45,20 @@ def subscriptions(broker: Any, app: InteractionService) -> list[Subscription]:
         async def reply(job: Job) -> None:
             await send_reply(broker.connection, msg, job.result)
 
-        return Work(msg, app.respond_job(command), reply)
+        return Work(msg, app.respond_job(command, principal), reply)
+
+    async def task(msg: Msg) -> Work | None:
+        try:
+            command, principal = read_principal_command(msg, TaskCommand, "task")
+        except CommandRefusedError as error:
+            await audit_refusal(msg, error, app.record_refused)
+            await refuse(broker.connection, msg, "task", error)
+            return None
+
+        async def reply(job: Job) -> None:
+            await send_reply(broker.connection, msg, job.result)
+
+        return Work(msg, app.task_job(command, principal), reply)
 
     async def thread_event(msg: Msg) -> Work | None:
         envelope = decode_envelope(msg.data)
@@ -68,6 +82,8 @@ def subscriptions(broker: Any, app: InteractionService) -> list[Subscription]:
     return [
         Subscription(subjects.RESUME_ALL, subjects.COMMANDS_STREAM, "interaction-resume",
                      prepare=resume, app=app),
+        Subscription(subjects.TASK_ALL, subjects.COMMANDS_STREAM, "interaction-task",
+                     prepare=task, app=app),
         Subscription(subjects.events_of("workflow", THREAD_EVENTS), subjects.EVENTS_STREAM,
                      "interaction-threads", prepare=thread_event, app=app),
         Subscription(subjects.TIMEOUT_ALL, subjects.COMMANDS_STREAM, "interaction-timeout",

@@ -8,6 +8,7 @@ from typing import Any
 from hitlflow.settings import Settings
 from services.common.clock import Clock
 from services.common.consumer import Subscription
+from services.common.identity import Directory
 from services.common.integration import envelope_factory
 from services.common.runtime import ServiceRuntime
 from services.interaction import handlers
@@ -17,6 +18,8 @@ from services.interaction.notifications import Notifier, sinks_from_settings
 PUBLISHED = {
     "InteractionRequested", "ResponseAccepted", "ResponseRejected", "InteractionTimedOut",
     "InteractionCancelled", "InteractionReminded", "InteractionEscalated",
+    "InteractionClaimed", "InteractionReleased", "InteractionDelegated",
+    "InteractionReassigned", "VoteCast",
 }
 #: Payload fields named differently on the domain events (the relay and a rebuild use both).
 ENVELOPE_ALIASES = {"InteractionRequested": {"id": "request_id"}}
@@ -29,7 +32,8 @@ def build(
     data_dir: Path | None = None,
     clock: Clock | None = None,
 ) -> ServiceRuntime:
-    app = InteractionService(settings.store_env("interaction", data_dir), clock=clock)
+    app = InteractionService(settings.store_env("interaction", data_dir), clock=clock,
+                             directory=Directory(settings.identity_file))
 
     def subscriptions(broker: Any, service: InteractionService) -> list[Subscription]:
         notifier = Notifier(sinks_from_settings(settings, broker.connection))
@@ -41,8 +45,7 @@ def build(
         nats_url=nats_url or settings.resolved_nats_url(),
         subscriptions=subscriptions,
         to_envelope=envelope_factory(app, "interaction", PUBLISHED, ENVELOPE_ALIASES),
-        auth={"user": settings.nats_user, "password": settings.nats_password,
-              "token": settings.nats_token},
+        auth=settings.nats_auth(),
         stream_replicas=settings.stream_replicas,
         batch_size=settings.consumer_batch,
         poison_attempts=settings.poison_attempts,

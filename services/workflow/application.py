@@ -13,6 +13,7 @@ from contracts.limits import MAX_STATE_BYTES, TooLargeError, check_size
 from contracts.timeouts import policy_problem
 from contracts.workflow import WorkflowSpec
 from services.common.clock import Clock, SystemClock
+from services.common.identity import Directory, Identity, IdentityError
 from services.common.logging import get_logger
 from services.common.store import Job, ServiceApplication
 from services.workflow.agents import AgentRegistry
@@ -49,8 +50,11 @@ class WorkflowService(ServiceApplication):
         agents: AgentRegistry | None = None,
         clock: Clock | None = None,
         request_defaults: Mapping[str, Any] | None = None,
+        directory: Directory | None = None,
     ) -> None:
         super().__init__(env)
+        #: Who the principals are; without one, authorization is off.
+        self.directory = directory or Directory(None)
         self.agents = agents or AgentRegistry()
         self.clock = clock or SystemClock()
         self.request_defaults = dict(request_defaults or {})
@@ -68,14 +72,17 @@ class WorkflowService(ServiceApplication):
 
     # -- commands ---------------------------------------------------------------------------
 
-    def start_thread(self, command: StartThread, position: int) -> CommandReply:
-        return self.start_reply(command, self.run_job(self.start_job(command, position)))
+    def start_thread(self, command: StartThread, principal: str, position: int) -> CommandReply:
+        return self.start_reply(command, self.run_job(self.start_job(command, principal,
+                                                                     position)))
 
-    def start_job(self, command: StartThread, position: int) -> Job:
-        """Start the thread and run it to its first pause or its end (see :meth:`start_reply`)."""
+    def start_job(self, command: StartThread, principal: str, position: int) -> Job:
+        """Start the thread (sent under ``principal``) and run it to its first pause or its
+        end (see :meth:`start_reply`)."""
         digest = command.workflow.digest
 
         def decide() -> tuple[list[Any], None]:
+            identity = self._identity(principal, command)
             if self.get_or_none(thread_uuid(command.thread_id)) is not None:
                 raise StartRefusedError(
                     "thread_exists",
@@ -92,8 +99,8 @@ class WorkflowService(ServiceApplication):
                 )
             thread = Thread(
                 thread_id=command.thread_id, graph_name=spec.graph_name,
-                workflow_digest=digest, inputs=command.state, started_by=command.started_by,
-                start_node=spec.start,
+                workflow_digest=digest, inputs=command.state, started_by=identity.principal,
+                start_node=spec.start, on_behalf_of=identity.on_behalf_of,
             )
             thread.advance(self._graph(digest, spec), self.agents, self.clock.now,
                            self.request_defaults)
@@ -113,13 +120,15 @@ class WorkflowService(ServiceApplication):
         return CommandReply(ok=True, command="start", thread_id=command.thread_id,
                             duplicate=job.duplicate)
 
-    def cancel_thread(self, command: CancelThread, position: int) -> CommandReply:
+    def cancel_thread(self, command: CancelThread, principal: str,
+                      position: int) -> CommandReply:
         def decide() -> list[Any]:
+            identity = self._identity(principal, command)
             thread = self.get_or_none(thread_uuid(command.thread_id))
             if thread is None:
                 raise StartRefusedError("unknown_thread", f"unknown thread {command.thread_id!r}")
             try:
-                thread.cancel(command.reason, command.requested_by)
+                thread.cancel(command.reason, identity.principal, identity.on_behalf_of)
             except ThreadError as error:
                 raise StartRefusedError(error.code, str(error)) from error
             return [thread]
@@ -200,6 +209,13 @@ class WorkflowService(ServiceApplication):
         return thread
 
     # -- helpers ----------------------------------------------------------------------------
+
+    def _identity(self, principal: str, command: StartThread | CancelThread) -> Identity:
+        try:
+            return self.directory.resolve(principal, asserted=command.principal,
+                                          on_behalf_of=command.on_behalf_of)
+        except IdentityError as error:
+            raise StartRefusedError(error.code, str(error)) from error
 
     def _check_runnable(self, spec: WorkflowSpec, state: dict[str, Any]) -> None:
         try:

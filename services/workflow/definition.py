@@ -449,6 +449,8 @@ def _interaction_problems(file: str, node: NodeSpec) -> list[Problem]:
         elif not all(isinstance(o, str) and o for o in options):
             problems.append(Problem(file, node.row, "context",
                 "every choice option must be a non-empty string"))
+    problems += [Problem(file, node.row, "context", message)
+                 for message in _audience_problems(node, kind)]
     timeout = node.context.get("timeout_seconds")
     if timeout is not None and (
         isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
@@ -468,6 +470,53 @@ def _interaction_problems(file: str, node: NodeSpec) -> list[Problem]:
         *_fallback_problems(node, kind),
     ]
     return [Problem(file, node.row, "context", m) for m in messages]
+
+
+def _names_problem(value: Any, what: str) -> str | None:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        return f"{what} must be a list of names (non-empty strings), got {json.dumps(value)}"
+    return None
+
+
+def _audience_problems(node: NodeSpec, kind: str) -> list[str]:
+    """Who may answer: ``assignees`` (people), ``candidate_groups``, or a ``quorum``."""
+    context = node.context
+    problems = [problem for key in ("assignees", "candidate_groups") if key in context
+                if (problem := _names_problem(context[key], key))]
+    raw = context.get("quorum")
+    if raw is None:
+        return problems
+    example = ('{"approvals": 2, "of": ["alice", "bob", "carol"]} or '
+               '{"approvals": 2, "group": "finance"}')
+    if kind != "approval":
+        return [*problems, f"a quorum decides approvals only, not a {kind} interaction"]
+    if not isinstance(raw, dict):
+        return [*problems, f"quorum must be an object, e.g. {example}"]
+    unknown = sorted(set(raw) - {"approvals", "of", "group", "reject"})
+    approvals = raw.get("approvals")
+    if unknown:
+        problems.append(f"quorum has unknown keys {', '.join(map(repr, unknown))}; "
+                        f"expected {example}")
+    elif isinstance(approvals, bool) or not isinstance(approvals, int) or approvals < 1:
+        problems.append(f"quorum \"approvals\" must be a whole number of at least 1, got "
+                        f"{approvals!r}")
+    elif ("of" in raw) == ("group" in raw):
+        problems.append(f"quorum needs exactly one of \"of\" (people) or \"group\": {example}")
+    elif "of" in raw:
+        problem = _names_problem(raw["of"], "quorum \"of\"")
+        if problem:
+            problems.append(problem)
+        elif len(set(raw["of"])) < approvals:
+            problems.append(f"quorum asks for {approvals} approvals of "
+                            f"{len(set(raw['of']))} voter(s): more than its electorate")
+    elif not isinstance(raw["group"], str) or not raw["group"]:
+        problems.append("quorum \"group\" must name a group")
+    if raw.get("reject", "veto") not in ("veto", "majority"):
+        problems.append(f"quorum \"reject\" must be \"veto\" (one reject decides) or "
+                        f"\"majority\", got {raw.get('reject')!r}")
+    if "assignees" in context or "candidate_groups" in context:
+        problems.append("a quorum names its voters; it takes no assignees or candidate_groups")
+    return problems
 
 
 def _schema_problems(node: NodeSpec) -> list[str]:

@@ -54,7 +54,8 @@ MAX_DECIDED_INPUT_BYTES = 4_096
 #: Context keys that steer an interaction rather than being shown to the responder.
 CONTROL_KEYS = frozenset({
     "interaction_type", "options", "timeout_seconds", "on_timeout", "assignees",
-    "response_schema", "condition", "batch", "fallback", "urgency", "otherwise",
+    "candidate_groups", "quorum", "response_schema", "condition", "batch", "fallback",
+    "urgency", "otherwise", "sensitive",
 })
 
 
@@ -136,6 +137,7 @@ class Thread(Aggregate):
         inputs: dict[str, Any],
         started_by: str,
         start_node: str,
+        on_behalf_of: str | None = None,
     ) -> None:
         self.thread_id = thread_id
         self.graph_name = graph_name
@@ -243,7 +245,7 @@ class Thread(Aggregate):
         self.pending = {}
 
     @event("ThreadCancelled")
-    def _cancelled(self, reason: str, requested_by: str) -> None:
+    def _cancelled(self, reason: str, requested_by: str, on_behalf_of: str | None = None) -> None:
         self.status = "cancelled"
         self.pending = {}
 
@@ -287,10 +289,10 @@ class Thread(Aggregate):
         """Keep a command for this thread that was refused before it could act."""
         self._command_refused(command, code, reason[:MAX_ERROR_CHARS])
 
-    def cancel(self, reason: str, requested_by: str) -> None:
+    def cancel(self, reason: str, requested_by: str, on_behalf_of: str | None = None) -> None:
         if self.ended:
             raise ThreadFinishedError(f"thread {self.thread_id!r} is already {self.status}")
-        self._cancelled(reason, requested_by)
+        self._cancelled(reason, requested_by, on_behalf_of)
 
     def advance(
         self,
@@ -508,6 +510,8 @@ class Thread(Aggregate):
             "timeout_seconds": timeout,
             "on_timeout": node.context.get("on_timeout"),
             "assignees": list(node.context.get("assignees") or []),
+            "candidate_groups": list(node.context.get("candidate_groups") or []),
+            "quorum": node.context.get("quorum"),
             "response_schema": node.context.get("response_schema"),
             "batch_index": 0,
             "batch_size": 1,

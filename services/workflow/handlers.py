@@ -19,7 +19,7 @@ from services.common.replies import (
     CommandRefusedError,
     audit_refusal,
     command_handler,
-    read_command,
+    read_principal_command,
     refuse,
     send_reply,
     stream_position,
@@ -33,12 +33,12 @@ def subscriptions(broker: Any, app: WorkflowService) -> list[Subscription]:
         return lambda thread_id, code, reason, position: app.record_refused(
             thread_id, command, code, reason, position)
 
-    on_cancel = command_handler(broker, CancelThread, "cancel", subjects.cancel_subject,
-                                app.cancel_thread, refused("cancel"))
+    on_cancel = command_handler(broker, CancelThread, "cancel", app.cancel_thread,
+                                refused("cancel"))
 
     async def start(msg: Msg) -> Work | None:
         try:
-            command = read_command(msg, StartThread, subjects.start_subject)
+            command, principal = read_principal_command(msg, StartThread, "start")
         except CommandRefusedError as error:
             await audit_refusal(msg, error, refused("start"))
             await refuse(broker.connection, msg, "start", error)
@@ -47,7 +47,7 @@ def subscriptions(broker: Any, app: WorkflowService) -> list[Subscription]:
         async def reply(job: Job) -> None:
             await send_reply(broker.connection, msg, app.start_reply(command, job))
 
-        return Work(msg, app.start_job(command, stream_position(msg)), reply)
+        return Work(msg, app.start_job(command, principal, stream_position(msg)), reply)
 
     async def answer(msg: Msg) -> Work:
         envelope = decode_envelope(msg.data)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from hitlflow.settings import Settings
 from services.common.clock import Clock
+from services.common.identity import Directory
 from services.common.integration import envelope_factory
 from services.common.runtime import ServiceRuntime
 from services.workflow import handlers
@@ -32,6 +33,7 @@ def build(
         agents=agents or AgentRegistry.load(settings.agent_modules()),
         clock=clock,
         request_defaults=settings.request_timeouts(),
+        directory=Directory(settings.identity_file),
     )
 
     return ServiceRuntime(
@@ -39,8 +41,7 @@ def build(
         nats_url=nats_url or settings.resolved_nats_url(),
         subscriptions=handlers.subscriptions,
         to_envelope=envelope_factory(app, "workflow", PUBLISHED),
-        auth={"user": settings.nats_user, "password": settings.nats_password,
-              "token": settings.nats_token},
+        auth=settings.nats_auth(),
         stream_replicas=settings.stream_replicas,
         batch_size=settings.consumer_batch,
         poison_attempts=settings.poison_attempts,

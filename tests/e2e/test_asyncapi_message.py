@@ -49,23 +49,41 @@ def test_a_message_built_from_the_document_alone_resumes_a_thread(hitl: HitlTest
         doc = http.get("/asyncapi").json()
         assert "ResumeThread" in http.get("/asyncapi.html").text
 
-    # the operation that takes a ResumeThread, its channel, and how to reach it
-    [(name, operation)] = [
-        (name, op) for name, op in doc["operations"].items()
-        if any(message_of(doc, m["$ref"])["name"] == "ResumeThread" for m in op["messages"])]
-    channel = message_of(doc, operation["channel"]["$ref"])
-    assert operation["action"] == "receive"  # hitlflow receives it: we send it
-    subject = channel["address"]
-    for parameter in channel["parameters"]:
-        subject = subject.replace("{" + parameter + "}", thread)
+    def operation_taking(model: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        [operation] = [op for op in doc["operations"].values()
+                       if any(message_of(doc, m["$ref"])["name"] == model
+                              for m in op["messages"])]
+        assert operation["action"] == "receive"  # hitlflow receives it: we send it
+        return operation, message_of(doc, operation["channel"]["$ref"])
+
+    def address(channel: dict[str, Any]) -> str:
+        values = {"thread_id": thread, "principal": "doc-reader"}
+        subject = channel["address"]
+        for parameter in channel.get("parameters", {}):
+            subject = subject.replace("{" + parameter + "}", values[parameter])
+        return str(subject)
+
+    # what the thread waits for (the answer names the version of the request it saw): the
+    # request/reply channel that takes a ThreadQuery
+    query_op, query_channel = operation_taking("ThreadQuery")
+    assert query_channel["x-hitlflow-transport"] == "request"
+    view = hitl.call(hitl.client.nc.request(address(query_channel), b"{}", timeout=10))
+    seen = json.loads(view.data)
+    query_reply = message_of(doc, query_op["reply"]["messages"][0]["$ref"])
+    jsonschema.validate(seen, schema_of(doc, query_reply["payload"]["$ref"]))
+    [waiting] = seen["thread"]["pending"]
+
+    # the answer: the operation that takes a ResumeThread, its channel, and how to reach it
+    operation, channel = operation_taking("ResumeThread")
+    subject = address(channel)
     message = message_of(doc, operation["messages"][0]["$ref"])
     body_schema = schema_of(doc, message["payload"]["$ref"])
     properties = doc["components"]["schemas"]["ResumeThread"]["properties"]
     required = doc["components"]["schemas"]["ResumeThread"]["required"]
-    wanted = {"thread_id": thread, "action": "approve",
-              "idempotency_key": uuid.uuid4().hex, "responder": "doc-reader"}
+    wanted = {"thread_id": thread, "action": "approve", "request_id": waiting["id"],
+              "shown": waiting["shown"], "idempotency_key": uuid.uuid4().hex}
     body = {key: example_value(key, properties[key], wanted)
-            for key in [*required, "responder"]}
+            for key in dict.fromkeys([*required, *wanted]) if key in properties}
     jsonschema.validate(body, body_schema)
     reply_header = operation["reply"]["address"]["location"].split("#/", 1)[1]
     assert reply_header in message["headers"]["properties"]
@@ -87,4 +105,3 @@ def test_a_message_built_from_the_document_alone_resumes_a_thread(hitl: HitlTest
     assert reply["ok"] is True and reply["action"] == "approve", reply
     wait_for(lambda: (view := hitl.status(thread)) is not None and view.status == "completed",
              what="the thread to complete")
-    del name

@@ -64,7 +64,8 @@ def test_event_saved_before_a_crash_is_published_after_restart(tmp_path: Path,
     spec = load_workflow(f"{TYPES}::Approve")
     service = WorkflowService(settings.store_env("workflow", tmp_path / "stores"))
     reply = service.start_thread(StartThread(thread_id="t-crash", workflow=spec,
-                                             state={"request": "saved, never sent"}), 1)
+                                             state={"request": "saved, never sent"}),
+                                 "test", 1)
     assert reply.ok
     service.close()
     with HitlTestStack(tmp_path, agents=[EXAMPLE_AGENTS], settings=settings, port=port) as hitl:
@@ -104,9 +105,10 @@ def test_malformed_command_from_another_system_is_answered_and_kept(
 ) -> None:
     async def send() -> tuple:
         async with HitlClient(hitl.nats_url) as client:
-            garbage = await client.publish_raw(subjects.resume_subject("t-raw"), b"not json")
+            garbage = await client.publish_raw(subjects.resume_subject("erp", "t-raw"),
+                                               b"not json")
             missing_key = await client.publish_raw(
-                subjects.resume_subject("t-raw"),
+                subjects.resume_subject("erp", "t-raw"),
                 json.dumps({"thread_id": "t-raw", "action": "approve"}).encode())
             return garbage, missing_key
 

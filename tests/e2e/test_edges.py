@@ -42,6 +42,12 @@ async def raw_command(hitl: HitlTestStack, subject: str, body: bytes) -> dict[st
     return reply
 
 
+def shown(hitl: HitlTestStack, thread_id: str) -> str:
+    """What an answer to the thread's open request carries back."""
+    [request] = hitl.pending(thread_id)
+    return request.shown
+
+
 def rejections(hitl: HitlTestStack, thread_id: str) -> list[dict[str, Any]]:
     code, rows, stderr = cli_json(hitl.nats_url, "audit", "--thread", thread_id,
                                   "--event", "rejected")
@@ -70,15 +76,15 @@ def test_an_answer_too_large_is_refused_where_it_enters_and_nothing_stalls(
 
     # Another system's own JSON over NATS: refused by the service as too_large, audited.
     body = {"thread_id": "big-1", "action": "reject", "data": {"reason": "w" * 300_000},
-            "idempotency_key": "raw-big-1", "responder": "erp"}
-    reply = hitl.call(raw_command(hitl, subjects.resume_subject("big-1"),
+            "idempotency_key": "raw-big-1", "shown": shown(hitl, "big-1")}
+    reply = hitl.call(raw_command(hitl, subjects.resume_subject("erp", "big-1"),
                                   json.dumps(body).encode()))
     assert (reply["ok"], reply["code"]) == (False, "too_large")
     assert LIMIT_TEXT in reply["error"]
     # a message larger than any command may be: refused before it is read
     body["data"] = {"reason": "v" * 1_200_000}
     body["idempotency_key"] = "raw-big-2"
-    reply = hitl.call(raw_command(hitl, subjects.resume_subject("big-1"),
+    reply = hitl.call(raw_command(hitl, subjects.resume_subject("erp", "big-1"),
                                   json.dumps(body).encode()))
     assert (reply["ok"], reply["code"]) == (False, "too_large")
     refused = wait_for(lambda: [r for r in rejections(hitl, "big-1")
@@ -129,8 +135,8 @@ def test_http_refuses_large_bodies_with_413(hitl: HitlTestStack) -> None:
                          headers={"content-type": "application/json"})
         assert body.status_code == 413 and "request body" in body.json()["error"]
         too_long = http.post("/threads/http-big/resume",
-                             json={"action": "approve", "responder": "r" * 500})
-        assert too_long.status_code == 422 and "responder" in too_long.json()["error"]
+                             json={"action": "approve", "shown": "s" * 500})
+        assert too_long.status_code == 422 and "shown" in too_long.json()["error"]
         assert http.post("/threads/http-big/resume",
                          json={"action": "approve"}).json()["status"] == "completed"
 
@@ -143,19 +149,22 @@ def test_the_subject_names_the_thread_of_every_command(hitl: HitlTestStack) -> N
         return hitl.call(raw_command(hitl, subject, json.dumps(body).encode()))
 
     refusals = [
-        send("hitl.cmd.cancel.victim", {"thread_id": "a_b", "reason": "no"}),
-        send("hitl.cmd.resume.victim", {"thread_id": "a_b", "action": "approve",
-                                        "idempotency_key": "k1"}),
-        send("hitl.cmd.resume.ab.x", {"thread_id": "ab", "action": "approve",
-                                      "idempotency_key": "k2"}),
-        send("hitl.cmd.resume.ab.x", {"thread_id": "x", "action": "approve",
-                                      "idempotency_key": "k3"}),
-        send("hitl.cmd.start.victim", {"thread_id": "fresh", "workflow": hitl.workflow(
+        send("hitl.cmd.cancel.erp.victim", {"thread_id": "a_b", "reason": "no"}),
+        send("hitl.cmd.resume.erp.victim", {"thread_id": "a_b", "action": "approve",
+                                            "idempotency_key": "k1", "shown": "1:x"}),
+        send("hitl.cmd.resume.erp.ab.x", {"thread_id": "ab", "action": "approve",
+                                          "idempotency_key": "k2", "shown": "1:x"}),
+        send("hitl.cmd.resume.erp.ab.x", {"thread_id": "x", "action": "approve",
+                                          "idempotency_key": "k3", "shown": "1:x"}),
+        send("hitl.cmd.resume.victim", {"thread_id": "victim", "action": "approve",
+                                        "idempotency_key": "k4", "shown": "1:x"}),
+        send("hitl.cmd.start.erp.victim", {"thread_id": "fresh", "workflow": hitl.workflow(
             f"{TYPES}::Approve").model_dump(mode="json"), "state": {"request": "r"}}),
     ]
     for reply in refusals:
         assert (reply["ok"], reply["code"]) == (False, "invalid_command"), reply
-        assert "the thread its subject names" in reply["error"]
+        assert ("the thread its subject names" in reply["error"]
+                or "is not hitl.cmd.resume.<principal>.<thread_id>" in reply["error"])
     for thread in ("victim", "a_b", "ab", "x"):
         view = hitl.status(thread)
         assert view is not None and view.status == "paused", thread
@@ -183,8 +192,9 @@ def test_a_subject_with_control_characters_is_refused_not_stuck(hitl: HitlTestSt
     was delivered. It is refused like any other invalid thread id, and the stack goes on."""
     paused(hitl, "after-ff")
     for token in ("0\x0c\x82", "a\x0bb"):
-        body = json.dumps({"thread_id": token, "action": "approve", "idempotency_key": "k"})
-        reply = hitl.call(raw_command(hitl, f"hitl.cmd.resume.{token}", body.encode()))
+        body = json.dumps({"thread_id": token, "action": "approve", "idempotency_key": "k",
+                           "shown": "1:x"})
+        reply = hitl.call(raw_command(hitl, f"hitl.cmd.resume.erp.{token}", body.encode()))
         assert (reply["ok"], reply["code"]) == (False, "invalid_command")
         answer = hitl.call(hitl.client._query(f"hitl.q.thread.{token}", {}, timeout=5))
         assert answer["error"]["code"] == "invalid_query"

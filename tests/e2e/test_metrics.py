@@ -82,7 +82,8 @@ def test_the_figures_move_with_real_work(observed: tuple[HitlTestStack, str]) ->
     wait_for(lambda: (v := hitl.status(late)) is not None and v.status == "timed_out",
              timeout=30, what="the deadline to fire")
     # a message no retry can help
-    hitl.call(hitl.client.nc.jetstream().publish(subjects.cancel_subject(late), b"not json"))
+    poison = subjects.cancel_subject(hitl.client.principal, late)
+    hitl.call(hitl.client.nc.jetstream().publish(poison, b"not json"))
 
     def moved() -> dict[Any, float] | None:
         now = scrape(base)

@@ -143,11 +143,13 @@ def resume_bodies(draw: st.DrawFn) -> tuple[str, bytes]:
     body: dict[str, Any] = {
         "thread_id": subject_thread, "action": draw(actions), "data": draw(answer_data),
         "idempotency_key": draw(st.one_of(st.uuids().map(str), st.text(max_size=220))),
-        "responder": draw(st.one_of(st.just("fuzz"), st.text(max_size=220))),
+        "shown": draw(st.one_of(st.just("1:x"), st.text(max_size=120))),
+        "on_behalf_of": draw(st.one_of(st.none(), st.just("fuzz"), st.text(max_size=220))),
     }
     if shape == "fields":
         for key in draw(st.lists(st.sampled_from([*body, "request_id", "raw_data", "extra",
-                                                  "schema_version"]), max_size=3)):
+                                                  "schema_version", "groups", "principal"]),
+                                 max_size=3)):
             if key in body and draw(st.booleans()):
                 del body[key]
             else:
@@ -167,7 +169,7 @@ def resume_bodies(draw: st.DrawFn) -> tuple[str, bytes]:
 def test_fuzzed_answers_get_a_clear_reply(stack: HitlTestStack,
                                          message: tuple[str, bytes]) -> None:
     thread, body = message
-    assert_clear(send(stack, subjects.resume_subject(thread), body), "resume")
+    assert_clear(send(stack, subjects.resume_subject("erp", thread), body), "resume")
 
 
 @st.composite
@@ -207,7 +209,7 @@ WORKFLOW = load_workflow(f"{TYPES}::Approve").model_dump_json()
 def test_fuzzed_starts_get_a_clear_reply(stack: HitlTestStack,
                                          message: tuple[str, bytes]) -> None:
     thread, body = message
-    assert_clear(send(stack, subjects.start_subject(thread), body), "start")
+    assert_clear(send(stack, subjects.start_subject("erp", thread), body), "start")
 
 
 @FUZZ
@@ -219,7 +221,7 @@ def test_fuzzed_cancels_get_a_clear_reply(stack: HitlTestStack, thread: str,
                                           body: dict[str, Any], same_thread: bool) -> None:
     if same_thread:
         body["thread_id"] = thread
-    assert_clear(send(stack, subjects.cancel_subject(thread), json.dumps(body).encode()),
+    assert_clear(send(stack, subjects.cancel_subject("erp", thread), json.dumps(body).encode()),
                  "cancel")
 
 
@@ -230,8 +232,9 @@ def test_fuzzed_cancels_get_a_clear_reply(stack: HitlTestStack, thread: str,
 def test_any_subject_token_is_answered(stack: HitlTestStack, token: str) -> None:
     """Thread ids come from the subject: whatever a publisher puts there is refused or used,
     never a crash, for commands and for queries."""
-    body = json.dumps({"thread_id": token, "action": "approve", "idempotency_key": "k"})
-    assert_clear(send(stack, f"hitl.cmd.resume.{token}", body.encode()), "resume")
+    body = json.dumps({"thread_id": token, "action": "approve", "idempotency_key": "k",
+                       "shown": "1:x"})
+    assert_clear(send(stack, f"hitl.cmd.resume.erp.{token}", body.encode()), "resume")
     reply = stack.call(stack.client._query(f"hitl.q.thread.{token}", {}, timeout=5))
     assert reply.get("thread") is not None or reply["error"]["code"] in REFUSAL_CODES
 

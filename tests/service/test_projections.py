@@ -15,6 +15,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pytest
 
@@ -141,7 +142,7 @@ def test_thread_status_through_every_ending(hitl: HitlTestStack) -> None:
     assert view is not None
     assert (view.status, view.current_node, view.graph_name) == ("paused", "gate", "Approve")
     assert [p.id for p in view.pending] == [paused.pending[0]["id"]]
-    assert view.completed_at is None and view.started_by == "cli"
+    assert view.completed_at is None and view.started_by == hitl.client.principal
     assert hitl.resume("life-done", "approve").status == "completed"
     done = hitl.status("life-done")  # read-your-writes: right after resume returned
     assert done is not None and (done.status, done.current_node, done.pending) == (
@@ -175,7 +176,7 @@ def test_thread_status_through_every_ending(hitl: HitlTestStack) -> None:
 def test_show_prints_the_status_and_the_whole_timeline(hitl: HitlTestStack) -> None:
     hitl.start(f"{TYPES}::Approve", {"request": "laptops"}, thread_id="shown")
     hitl.resume("shown", "maybe")
-    hitl.resume("shown", "reject", {"reason": "too dear"}, responder="carol")
+    hitl.resume("shown", "reject", {"reason": "too dear"}, on_behalf_of="carol")
     quiesce(hitl)
     code, data, stderr = cli_json(hitl.nats_url, "show", "shown")
     assert code == 0, stderr
@@ -205,9 +206,9 @@ def audit(hitl: HitlTestStack, *args: str) -> list[dict[str, Any]]:
 def test_audit_command_filters_and_formats(hitl: HitlTestStack) -> None:
     hitl.start(f"{TYPES}::Approve", {"request": "a"}, thread_id="au-1")
     hitl.start(f"{TYPES}::Choice", {"app": "b"}, thread_id="au-2")
-    hitl.resume("au-1", "choose", {"choice": 1}, responder="bob")  # wrong action: refused
-    hitl.resume("au-1", "approve", {"reason": "ok"}, responder="alice")
-    hitl.resume("au-2", "choose", {"choice": 2, "justification": "safer"}, responder="bob")
+    hitl.resume("au-1", "choose", {"choice": 1}, on_behalf_of="bob")  # wrong action: refused
+    hitl.resume("au-1", "approve", {"reason": "ok"}, on_behalf_of="alice")
+    hitl.resume("au-2", "choose", {"choice": 2, "justification": "safer"}, on_behalf_of="bob")
     quiesce(hitl)
     rows = audit(hitl)
     assert [(r["thread_id"], r["event"]) for r in rows] == [
@@ -417,13 +418,14 @@ def test_a_crash_in_the_middle_of_a_batch_loses_and_doubles_nothing(
     interaction = hitl.stack.runtimes["interaction"].app
     for n in range(1, 9):  # events pile up while the projections are down
         thread = f"crash-{n}"
-        hitl.call(send(subjects.start_subject(thread),
+        hitl.call(send(subjects.start_subject("erp", thread),
                        StartThread(thread_id=thread, workflow=spec, state={"request": n})))
-        wait_for(lambda t=thread: (inbox := interaction.inbox(t)) is not None and inbox.open,
-                 what=f"the request of {thread}")
-        hitl.call(send(subjects.resume_subject(thread),
+        inbox = wait_for(lambda t=thread: (box := interaction.inbox(t)) is not None
+                         and box.open and box, what=f"the request of {thread}")
+        shown = interaction.load(UUID(inbox.open[0])).shown
+        hitl.call(send(subjects.resume_subject("ann", thread),
                        ResumeThread(thread_id=thread, action="approve" if n % 2 else "reject",
-                                    idempotency_key=f"k-{n}", responder="ann")))
+                                    idempotency_key=f"k-{n}", shown=shown)))
     quiesce(hitl, besides="projections")
 
     async def stream_size() -> int:

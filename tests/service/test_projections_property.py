@@ -98,7 +98,7 @@ def run(hitl: HitlTestStack, clock: FakeClock, ops: list[tuple[Any, ...]]) -> No
                 action, data = choices[op[3] % len(choices)]
             else:  # refused: an action no type has (or no request open)
                 action, data = "shrug", {"why": "because"}
-            hitl.resume(thread, action, data, responder=("ann", "bob", "cy")[op[3]])
+            hitl.resume(thread, action, data, on_behalf_of=("ann", "bob", "cy")[op[3]])
         elif op[0] == "cancel" and threads:
             hitl.cancel(threads[op[1] % len(threads)], "not needed")
         elif op[0] == "wait":

@@ -135,7 +135,7 @@ def test_ten_concurrent_resumes_exactly_one_wins(hitl: HitlTestStack) -> None:
         async with HitlClient(hitl.nats_url) as client:
             return await asyncio.gather(*(
                 client.resume("t-race", "approve" if i % 2 else "reject",
-                              {"reason": f"responder {i}"}, responder=f"user-{i}")
+                              {"reason": f"responder {i}"}, on_behalf_of=f"user-{i}")
                 for i in range(10)
             ))
 

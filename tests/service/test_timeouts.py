@@ -280,7 +280,7 @@ def test_escalation_gives_new_assignees_a_new_deadline(faked: HitlTestStack,
 
     assert wait_for(moved_on, what="the escalated deadline") == [(1, "fail", "pending")]
     clock.advance(300)  # past the first deadline, well before the escalated one
-    done = faked.resume("to-escalate", "approve", responder="lead@example.com")
+    done = faked.resume("to-escalate", "approve", on_behalf_of="lead@example.com")
     assert done.ok and done.status == "completed"
     cleared(faked, "to-escalate")
     clock.advance(600)

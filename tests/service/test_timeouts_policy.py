@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from contracts.timeouts import InvalidTimeoutPolicyError, TimeoutPolicy, policy_problem
+from services.common.identity import Identity
 from services.interaction.domain import (
     AlreadyAnsweredError,
     Interaction,
@@ -79,11 +80,13 @@ def interaction(on_timeout: object = None, timeout: float = 60) -> Interaction:
 
 def test_an_answer_at_the_deadline_is_late_and_before_it_is_not() -> None:
     early = interaction()
-    early.respond("approve", None, "ann", "k1", T0 + timedelta(seconds=59.999))
+    early.respond("approve", None, Identity("ann"), "k1", T0 + timedelta(seconds=59.999),
+                  early.shown)
     assert early.status == "answered"
     late = interaction()
     with pytest.raises(LateResponseError, match="closed at its deadline"):
-        late.respond("approve", None, "ann", "k1", T0 + timedelta(seconds=60))
+        late.respond("approve", None, Identity("ann"), "k1", T0 + timedelta(seconds=60),
+                     late.shown)
     assert late.status == "pending"
 
 
@@ -97,7 +100,8 @@ def test_a_timeout_step_is_taken_once_and_only_when_due() -> None:
     with pytest.raises(StaleTimeoutError):
         request.time_out(0, T0 + timedelta(seconds=200))
     # after a reminder the request is still open: an answer past the old deadline counts
-    request.respond("approve", None, "ann", "k1", T0 + timedelta(seconds=90))
+    request.respond("approve", None, Identity("ann"), "k1", T0 + timedelta(seconds=90),
+                    request.shown)
     with pytest.raises(StaleTimeoutError):
         request.time_out(1, T0 + timedelta(seconds=200))
 
@@ -116,7 +120,8 @@ def test_the_chain_runs_to_a_default_answer_recorded_as_a_timeout() -> None:
     assert names == ["InteractionRequested", "InteractionReminded", "InteractionReminded",
                      "InteractionEscalated", "ResponseAccepted", "InteractionTimedOut"]
     with pytest.raises(LateResponseError):
-        request.respond("approve", None, "ann", "k2", now)
+        request.respond("approve", None, Identity("ann"), "k2", now,
+                        request.shown)
 
 
 def test_a_default_answer_that_does_not_fit_fails_the_request_and_says_why() -> None:
@@ -130,11 +135,13 @@ def test_a_default_answer_that_does_not_fit_fails_the_request_and_says_why() -> 
 
 def test_an_answered_request_refuses_its_timeout() -> None:
     request = interaction()
-    request.respond("reject", {"reason": "no"}, "ann", "k1", T0)
+    request.respond("reject", {"reason": "no"}, Identity("ann"), "k1", T0,
+                    request.shown)
     with pytest.raises(StaleTimeoutError):
         request.time_out(0, T0 + timedelta(seconds=60))
     with pytest.raises(AlreadyAnsweredError):
-        request.respond("approve", None, "bob", "k2", T0 + timedelta(seconds=1))
+        request.respond("approve", None, Identity("bob"), "k2", T0 + timedelta(seconds=1),
+                        request.shown)
 
 
 def test_a_deadline_fires_once_per_step() -> None:

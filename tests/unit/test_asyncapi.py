@@ -18,6 +18,7 @@ from faststream.nats import NatsBroker
 
 from contracts import subjects
 from contracts.catalog import CHANNELS, EVENT_SERVICES, Channel
+from contracts.commands import ResumeThread
 from hitlflow.asyncapi import channel_id, nats_pattern, render_document, render_html
 from hitlflow.settings import Settings
 from projections.main import ProjectionsRuntime
@@ -41,6 +42,11 @@ def overlaps(a: str, b: str) -> bool:
         if x != y and "*" not in (x, y):
             return False
     return len(left) == len(right)
+
+
+def resume_channel() -> str:
+    """The id of the channel that takes ResumeThread (its subject comes from the table)."""
+    return channel_id(next(c for c in CHANNELS if c.message is ResumeThread))
 
 
 def received(channel: Channel) -> bool:
@@ -104,6 +110,7 @@ def test_every_channel_a_service_receives_on_is_subscribed(tmp_path: Path) -> No
 
 def test_every_subject_the_services_send_on_is_a_channel() -> None:
     sent = [subjects.event_subject("workflow", "ThreadStarted", "t-1"),
+            subjects.resume_subject("erp", "t-1"),
             subjects.notify_subject("t-1"), subjects.dlq_subject("workflow-start"),
             subjects.schedule_subject("r-1", "t-1"), subjects.schedule_fire_subject("t-1"),
             subjects.timeout_subject("t-1")]
@@ -119,12 +126,13 @@ def test_the_document_has_every_channel_with_its_models() -> None:
         if channel.message is not None and channel.kind != "event":
             assert channel.message.__name__ in entry["messages"]
             assert channel.message.__name__ in doc["components"]["schemas"]
-    resume = doc["operations"]["receive-hitl-cmd-resume-thread_id"]
+    resume = doc["operations"][f"receive-{resume_channel()}"]
     assert resume["reply"]["address"]["location"] == "$message.header#/Hitl-Reply-To"
     assert "ThreadStarted" in doc["channels"]["hitl-evt-service-event_type-thread_id"][
         "messages"]
     page = render_html()
-    assert "hitl.cmd.resume.{thread_id}" in page and "<script" not in page
+    resume_address = next(c.subject for c in CHANNELS if c.message is ResumeThread)
+    assert resume_address in page and "<script" not in page
 
 
 def test_the_document_is_valid_asyncapi(tmp_path: Path) -> None:
@@ -140,7 +148,7 @@ def test_the_document_is_valid_asyncapi(tmp_path: Path) -> None:
     assert done.returncode == 0 and report["parsed"] and not errors, done.stdout + done.stderr
 
     broken = render_document()
-    broken["operations"]["receive-hitl-cmd-resume-thread_id"]["action"] = "publish"
+    broken["operations"][f"receive-{resume_channel()}"]["action"] = "publish"
     path.write_text(json.dumps(broken))
     refused = subprocess.run(["node", str(ROOT / "tests" / "asyncapi" / "validate.mjs"),
                               str(path)], capture_output=True, text=True, timeout=60,

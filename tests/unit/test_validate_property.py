@@ -162,7 +162,7 @@ def test_whatever_validate_accepts_starts_and_runs_without_a_crash(
     spec = load_workflow(path, registry=REGISTRY)  # accepted by validate → loads
     app = _app(tmp_path)
     thread_id = f"p{next(_ids)}"
-    reply = app.start_thread(StartThread(thread_id=thread_id, workflow=spec, state=state),
+    reply = app.start_thread(StartThread(thread_id=thread_id, workflow=spec, state=state), "t",
                              next(_positions))
     if not reply.ok:  # a refusal with a reason is fine (e.g. state lacks a start input)
         assert reply.code == "missing_input" and reply.error
@@ -211,7 +211,7 @@ def test_a_loop_that_feeds_a_node_its_own_growing_output_fails_the_thread(
     spec = parse_workflow(csv_text, "Grow", registry)
     app = WorkflowService(Settings(home=tmp_path).store_env("workflow"), agents=registry)
     reply = app.start_thread(StartThread(thread_id="grow-1", workflow=spec,
-                                         state={"text": "ab"}), 1)
+                                         state={"text": "ab"}), "t", 1)
     assert reply.ok, reply.error
     thread: Thread = app.repository.get(thread_uuid("grow-1"))
     assert thread.status == "failed"
