@@ -32,6 +32,7 @@ from hitlflow.client import (
     StackUnavailableError,
 )
 from hitlflow.settings import Settings
+from projections.time_travel import TimeTravelError
 from services.common.metrics import REGISTRY
 from services.workflow.definition import WorkflowError, parse_workflow
 
@@ -180,6 +181,17 @@ def _serve_contract(app: FastAPI) -> None:
         return HTMLResponse(asyncapi.render_html())
 
 
+async def _thread_at(hitl: HitlClient, thread_id: str, at: str) -> dict[str, Any]:
+    """``GET /threads/T?at=N``: the thread after event N (or at a moment), from its events."""
+    try:
+        then = await hitl.thread_at(thread_id, at)
+    except TimeTravelError as error:
+        raise HTTPException(400, str(error)) from error
+    if then is None:
+        raise HTTPException(404, f"unknown thread {thread_id!r}")
+    return then.model_dump(mode="json", exclude={"schema_version"})
+
+
 def create_app(settings: Settings, client: HitlClient | None = None) -> FastAPI:
     holder: dict[str, HitlClient] = {}
 
@@ -259,8 +271,12 @@ def create_app(settings: Settings, client: HitlClient | None = None) -> FastAPI:
         return _outcome_response(await hitl().cancel(thread_id, body.reason))
 
     @app.get("/threads/{thread_id}")
-    async def thread(thread_id: str) -> dict[str, Any]:
+    async def thread(thread_id: str, at: str | None = Query(
+            default=None, description="The thread as it stood after this event: its number "
+            "in the timeline (1 = the first) or a moment (ISO 8601).")) -> dict[str, Any]:
         _thread_id(thread_id)
+        if at is not None:
+            return await _thread_at(hitl(), thread_id, at)
         view = await hitl().thread(thread_id)
         if view is None:
             raise HTTPException(404, f"unknown thread {thread_id!r}")

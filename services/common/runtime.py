@@ -12,6 +12,7 @@ from nats.js.errors import NotFoundError
 
 from services.common import metrics
 from services.common.consumer import PullConsumer, RetryPolicy, Subscription
+from services.common.erasure import subscribe_erase
 from services.common.health import Health, Monitor, register, unregister
 from services.common.logging import get_logger
 from services.common.messaging import NatsAuth, check_server, ensure_streams, make_broker
@@ -75,6 +76,7 @@ class ServiceRuntime:
             self._consumers.append(asyncio.create_task(consumer.run(),
                                                        name=subscription.durable))
         self._tasks.extend(self._consumers)
+        await subscribe_erase(broker.connection, self.name, self.app)
         if self._to_envelope is not None:
             self.relay = Relay(self.app, js, self._to_envelope)
             self._tasks.append(asyncio.create_task(self.relay.run(), name=f"{self.name}-relay"))
