@@ -59,6 +59,8 @@ PARAMETERS: dict[str, dict[str, Any]] = {
                                  "name.", "examples": ["erp"]},
     "source": {"description": "Who gave up on the message: a consumer's durable name, or "
                               "relay-<service>."},
+    "store": {"description": "The service whose store is meant.",
+              "enum": ["workflow", "interaction", "timeout", "projections"]},
 }
 
 _REPLY_TO = {"type": "string", "description": "An inbox subject of yours (subscribe to it "
