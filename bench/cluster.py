@@ -46,6 +46,7 @@ from contracts.commands import ResumeThread, StartThread
 from contracts.workflow import NodeSpec, WorkflowSpec
 from hitlflow.cluster import NatsCluster, ServiceReplicas, unique_schema
 from hitlflow.settings import Settings
+from services.common.keyring import new_key
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 SERVICES = ("workflow", "interaction", "timeout", "projections")
@@ -305,9 +306,10 @@ async def trial(plan: Plan, root: Path, dsn: str) -> Result:
     """Start the cluster and the replicas, run the load (with the faults), check, stop."""
     result = Result(plan=asdict(plan))
     schema = unique_schema(plan.prefix)
+    store_key = new_key()  # one key ring for every replica (they read each other's events)
     settings = Settings(home=root / "check", persistence="postgres", postgres_dsn=dsn,
                         postgres_schema=schema, stream_replicas=3, postgres_pool_size=1,
-                        postgres_max_overflow=1)
+                        postgres_max_overflow=1, cipher_keys=store_key)
     cluster = NatsCluster(root)
     cluster.start()
     env = {k: v for k, v in os.environ.items() if not k.startswith("HITLFLOW_")}
@@ -321,6 +323,7 @@ async def trial(plan: Plan, root: Path, dsn: str) -> Result:
         "HITLFLOW_NOTIFY_LOG": "false", "HITLFLOW_REDELIVERY_DELAY": "0.5",
         # PostgreSQL's 100 connections are shared: 8 service processes and the checks fit
         "HITLFLOW_POSTGRES_POOL_SIZE": "2", "HITLFLOW_POSTGRES_MAX_OVERFLOW": "2",
+        "HITLFLOW_CIPHER_KEYS": store_key,
     })
     replicas = ServiceReplicas(root, cluster.url, env, replicas=plan.replicas)
     load = Load(plan, cluster.url, dsn, schema)
