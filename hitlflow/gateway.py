@@ -15,12 +15,14 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Header, HTTPException, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from contracts.catalog import REFUSAL_CODES
 from contracts.limits import MAX_COMMAND_BYTES, TooLargeError
 from contracts.subjects import InvalidThreadIdError, check_thread_id
+from hitlflow import asyncapi
 from hitlflow.cli_common import describe_input_error
 from hitlflow.client import (
     HitlClient,
@@ -31,6 +33,7 @@ from hitlflow.client import (
 )
 from hitlflow.settings import Settings
 from projections.time_travel import TimeTravelError
+from services.common.metrics import REGISTRY
 from services.workflow.definition import WorkflowError, parse_workflow
 
 #: Most items one list request returns (fetched from the projections a page at a time).
@@ -146,6 +149,38 @@ def _answer_errors(app: FastAPI) -> None:
         return JSONResponse({"error": str(error)}, status_code=504)
 
 
+def _serve_health(app: FastAPI, holder: dict[str, HitlClient]) -> None:
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        """Ready when connected to NATS (the gateway reads and writes nothing else)."""
+        connected = "client" in holder and holder["client"].nc.is_connected
+        return JSONResponse({"status": "ready" if connected else "not ready",
+                             "checks": {"nats": {"ok": connected}}},
+                            status_code=200 if connected else 503)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        """This process's Prometheus metrics."""
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+def _serve_contract(app: FastAPI) -> None:
+    @app.get("/asyncapi")
+    async def asyncapi_document() -> JSONResponse:
+        """The NATS contract as an AsyncAPI 3 document (``hitlflow contract --format
+        asyncapi``)."""
+        return JSONResponse(asyncapi.render_document())
+
+    @app.get("/asyncapi.html", response_class=HTMLResponse)
+    async def asyncapi_page() -> HTMLResponse:
+        """The same document as one HTML page."""
+        return HTMLResponse(asyncapi.render_html())
+
+
 async def _thread_at(hitl: HitlClient, thread_id: str, at: str) -> dict[str, Any]:
     """``GET /threads/T?at=N``: the thread after event N (or at a moment), from its events."""
     try:
@@ -182,9 +217,8 @@ def create_app(settings: Settings, client: HitlClient | None = None) -> FastAPI:
     def hitl() -> HitlClient:
         return holder["client"]
 
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    _serve_health(app, holder)
+    _serve_contract(app)
 
     @app.post("/threads", status_code=201)
     async def start(body: StartBody) -> JSONResponse:
