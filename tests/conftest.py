@@ -16,6 +16,9 @@ from hitlflow.stack import EmbeddedNats, free_port
 from hitlflow.testing import HitlTestStack
 from services.common.clock import FakeClock
 
+# The CLI's consoles take their width when first imported: the tests read wide output.
+os.environ["COLUMNS"] = "200"
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 EXAMPLE_AGENTS = str(EXAMPLES / "agents.py")
