@@ -18,8 +18,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import islice
+from typing import get_args
 
-from contracts.events import EventEnvelope
+from contracts.events import EventEnvelope, Service
 from projections import analytics, audit_trail, chain, thread_status
 from projections.db import Tx, ViewDatabase
 from projections.event import Event
@@ -185,18 +186,20 @@ class Projector:
     def _apply_live(self, tx: Tx, envelopes: Sequence[EventEnvelope],
                     upto: dict[tuple[str, str], int], *, careful: bool) -> int:
         applied = 0
+        anchoring = chain.Anchoring(tx)
         for env in envelopes:
             if not tx.execute("INSERT INTO applied_events (service, position) VALUES (?, ?)"
                               " ON CONFLICT DO NOTHING", (env.service, env.position)):
                 continue  # applied before: a redelivery or a re-published event
             applied += 1
-            chain.extend(tx, env)
+            anchoring.extend(env)
             targets = [v for v in self.views if env.position > upto.get((v.name, env.service), 0)]
             if careful:
                 self._apply_careful(tx, env, targets)
             else:
                 for view in targets:
                     view.apply(tx, env)
+        anchoring.write()
         return applied
 
     def _apply_careful(self, tx: Tx, env: Event, views: Sequence[View]) -> None:
@@ -223,10 +226,13 @@ class Projector:
         applies = [view.apply for view in views]
         anchored = {str(row["service"]): int(row["upto"]) for row in tx.all(
             "SELECT service, MAX(position) AS upto FROM audit_chain GROUP BY service")}
+        anchoring = chain.Anchoring(tx, fresh=frozenset(
+            service for service in get_args(Service) if not anchored.get(service)))
         while chunk := list(islice(stream, REPLAY_CHUNK)):
             for env in chunk:  # links for events the live path never anchored
                 if env.position > anchored.get(env.service, 0):
-                    chain.extend(tx, env)
+                    anchoring.extend(env)
+            anchoring.write()
             try:
                 with tx.savepoint("view_chunk"):
                     with tx.batched():
