@@ -239,3 +239,34 @@ def authorization_block(users: dict[str, dict[str, Any]]) -> str:
         lines.append("    }")
     lines += ["  ]", "}"]
     return "\n".join(lines) + "\n"
+
+
+#: What each role is for, as docs/security.md and ``hitlflow users roles`` say it.
+ROLE_PURPOSES = {
+    "responder": "a person: answers, claims, delegates, cancels, as themselves",
+    "system": "another system: starts threads, answers, acts for a person (on_behalf_of)",
+    "operator": "runs the stack: everything a system does as itself, plus the JetStream API, "
+                "rebuilds, timeout control; reassigns requests",
+    "gateway": "the HTTP gateway: publishes under its own name and asserts whom it "
+               "authenticated (principal, groups, on_behalf_of)",
+}
+
+
+def permissions_markdown() -> str:
+    """The roles and what each may publish and subscribe to, as a Markdown table (the one in
+    docs/security.md): ``<name>`` stands for the user's own name."""
+
+    def cell(subjects: list[str]) -> str:
+        return "<br>".join(f"`{s.replace('NAME', '<name>')}`" for s in subjects) or "—"
+
+    rows = ["| user | role | may publish | may subscribe |", "|---|---|---|---|"]
+    for name in SERVICE_USERS:
+        allowed = permissions(name, "service")
+        rows.append(f"| `{name}` | service | {cell(allowed['publish'])} | "
+                    f"{cell(allowed['subscribe'])} |")
+    for role, purpose in ROLE_PURPOSES.items():
+        name = GATEWAY_USER if role == "gateway" else "<name>"
+        allowed = permissions(GATEWAY_USER if role == "gateway" else "NAME", role)
+        rows.append(f"| `{name}` | {role}: {purpose} | {cell(allowed['publish'])} | "
+                    f"{cell(allowed['subscribe'])} |")
+    return "\n".join(rows) + "\n"

@@ -112,6 +112,13 @@ def users_init() -> None:
               soft_wrap=True)
 
 
+@users_app.command("roles")
+def users_roles() -> None:
+    """Print each role and what it may publish and subscribe to on NATS (a Markdown table,
+    the one in docs/security.md)."""
+    sys.stdout.write(auth.permissions_markdown())
+
+
 @users_app.command("nats-config")
 def users_nats_config(
     users: Annotated[Path | None, typer.Option(

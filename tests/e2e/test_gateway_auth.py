@@ -25,6 +25,7 @@ from jwt.algorithms import RSAAlgorithm
 from hitlflow import auth
 from hitlflow.gateway import create_app
 from hitlflow.settings import Settings, SettingsError
+from hitlflow.stack import free_port
 from hitlflow.testing import HitlTestStack
 from tests.conftest import EXAMPLE_AGENTS, ROOT
 from tests.helpers import cli, cli_json
@@ -273,6 +274,17 @@ def test_an_identity_providers_rs256_tokens(stack: HitlTestStack,
         assert done.json()["status"] == "completed", done.text
     [accepted] = [r for r in audit(stack, thread_id) if r["event"] == "accepted"]
     assert accepted["principal"] == "carol"
+
+
+def test_an_identity_provider_out_of_reach_is_503_not_401(stack: HitlTestStack) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    nowhere = f"http://127.0.0.1:{free_port()}/jwks.json"
+    rs256 = jwt.encode(claims("carol"), key, algorithm="RS256", headers={"kid": "idp-1"})
+    with gateway(stack, auth_jwks_url=nowhere) as http:
+        response = http.get("/pending", headers=bearer(rs256))
+    assert response.status_code == 503, response.text
+    assert "cannot fetch the identity provider's keys" in response.json()["error"]
+    assert "Traceback" not in response.text
 
 
 # -- API keys ---------------------------------------------------------------------------------
