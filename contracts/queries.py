@@ -330,6 +330,11 @@ class AnalyticsReply(Contract):
     overall: Metrics = Field(default_factory=Metrics)
     per_type: dict[str, Metrics] = Field(default_factory=dict)
     per_node: dict[str, Metrics] = Field(default_factory=dict)
+    #: By identity: per responder (people's own answers), per candidate group, and the
+    #: requests open at ``until`` per person they wait on (the claimant, else each assignee).
+    per_responder: dict[str, Metrics] = Field(default_factory=dict)
+    per_group: dict[str, Metrics] = Field(default_factory=dict)
+    workload: dict[str, int] = Field(default_factory=dict)
     bottlenecks: list[Bottleneck] = Field(default_factory=list)
     error: QueryError | None = None
 

@@ -408,6 +408,13 @@ def show_analytics(console: Console, report: AnalyticsReply) -> None:
         console.print(_metrics_table("per type", report.per_type))
     if report.per_node:
         console.print(_metrics_table("per node", report.per_node))
+    if report.per_responder:
+        console.print(_metrics_table("per responder", report.per_responder))
+    if report.per_group:
+        console.print(_metrics_table("per candidate group", report.per_group))
+    if report.workload:
+        console.print("  open requests per person: " + ", ".join(
+            f"{person} {count}" for person, count in report.workload.items()))
 
 
 def analytics(
@@ -422,8 +429,9 @@ def analytics(
 ) -> None:
     """Interaction metrics over a window: volume, response times, timeout and approval rates.
 
-    Overall, per interaction type and per node, for the requests created in the window (default:
-    the last 30 days); bottleneck nodes; the pending backlog and its oldest request.
+    Overall, per interaction type, per node, per responder and per candidate group, for the
+    requests created in the window (default: the last 30 days); bottleneck nodes; the pending
+    backlog and its oldest request; the open requests per person they wait on.
     """
     window = _window(since, until, days)
     query = AnalyticsQuery(since=window["since"], until=window["until"], days=window["days"],

@@ -13,7 +13,11 @@ Definitions (``[since, until)`` is the window; every count is "as it stood at ``
   person;
 - bottlenecks: nodes with more requests in the window than the threshold (the guide's 10);
 - pending backlog: requests open at ``until``, created at any time before it, and the age of the
-  oldest one at ``until``.
+  oldest one at ``until``;
+- by identity: the same metrics per responder (the person whose answer it was; requests
+  answered by people only) and per candidate group (requests offered to that group), and the
+  workload: requests open at ``until`` per person they wait on (assignees, a quorum's voters,
+  or the claimant once claimed).
 """
 
 from __future__ import annotations
@@ -27,8 +31,8 @@ from contracts.queries import AnalyticsQuery, AnalyticsReply, Bottleneck, Metric
 from projections.db import Tx, ViewDatabase, epoch
 
 NAME = "analytics"
-VERSION = 1
-TABLES = ("analytics_requests",)
+VERSION = 2
+TABLES = ("analytics_requests", "analytics_request_audience")
 DEFAULT_DAYS = 30
 
 DDL = (
@@ -47,7 +51,14 @@ DDL = (
         closed_ts DOUBLE PRECISION,
         rejected_attempts INTEGER NOT NULL DEFAULT 0,
         reminders INTEGER NOT NULL DEFAULT 0,
-        escalations INTEGER NOT NULL DEFAULT 0
+        escalations INTEGER NOT NULL DEFAULT 0,
+        claimed_by TEXT
+    )""",
+    # who each request is offered to: ('user', name) or ('group', name)
+    """CREATE TABLE IF NOT EXISTS analytics_request_audience (
+        request_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL
     )""",
 )
 #: Created after the rows during a rebuild.
@@ -56,7 +67,16 @@ INDEXES = (
     " (created_ts)",
     "CREATE INDEX IF NOT EXISTS analytics_requests_open ON analytics_requests"
     " (closed_ts, created_ts)",
+    "CREATE INDEX IF NOT EXISTS analytics_request_audience_by_request ON"
+    " analytics_request_audience (request_id)",
 )
+
+
+def _audience(tx: Tx, request_id: str, users: Any, groups: Any) -> None:
+    tx.execute("DELETE FROM analytics_request_audience WHERE request_id=?", (request_id,))
+    for kind, name in [("user", u) for u in users or ()] + [("group", g) for g in groups or ()]:
+        tx.execute("INSERT INTO analytics_request_audience (request_id, kind, name)"
+                   " VALUES (?,?,?)", (request_id, kind, name))
 
 
 def apply(tx: Tx, env: EventEnvelope) -> None:
@@ -69,6 +89,20 @@ def apply(tx: Tx, env: EventEnvelope) -> None:
             (p["id"], env.thread_id, p["node_name"], p["interaction_type"],
              epoch(p["created_at"])),
         )
+        quorum = p.get("quorum") or {}
+        if quorum:
+            _audience(tx, p["id"], quorum.get("of"), [quorum["group"]] if quorum.get("group")
+                      else ())
+        else:
+            _audience(tx, p["id"], p.get("assignees"), p.get("candidate_groups"))
+    elif kind in ("InteractionEscalated", "InteractionReassigned"):
+        _audience(tx, p["request_id"], p.get("assignees"), p.get("candidate_groups"))
+        tx.execute("UPDATE analytics_requests SET claimed_by=NULL, escalations=escalations+?"
+                   " WHERE request_id=?", (1 if kind == "InteractionEscalated" else 0,
+                                          p["request_id"]))
+    elif kind in ("InteractionClaimed", "InteractionReleased", "InteractionDelegated"):
+        tx.execute("UPDATE analytics_requests SET claimed_by=? WHERE request_id=?",
+                   (p.get("claimed_by") or p.get("to"), p["request_id"]))
     elif kind == "ResponseAccepted":
         at = epoch(p["timestamp"])
         by_timeout = 1 if p.get("by_timeout") else 0
@@ -94,15 +128,21 @@ def apply(tx: Tx, env: EventEnvelope) -> None:
     elif kind == "InteractionReminded":
         tx.execute("UPDATE analytics_requests SET reminders=reminders+1 WHERE request_id=?",
                    (p["request_id"],))
-    elif kind == "InteractionEscalated":
-        tx.execute("UPDATE analytics_requests SET escalations=escalations+1 WHERE request_id=?",
-                   (p["request_id"],))
 
 
 # -- queries ------------------------------------------------------------------------------------
 
-#: group name → the SQL expression rows are grouped by.
-_GROUPS = {"overall": "'*'", "type": "interaction_type", "node": "node_name"}
+#: group name → the SQL expression rows are grouped by, and where they are read from.
+_REQUESTS = "analytics_requests"
+_GROUPS: dict[str, tuple[str, str]] = {
+    "overall": ("'*'", _REQUESTS),
+    "type": ("interaction_type", _REQUESTS),
+    "node": ("node_name", _REQUESTS),
+    # a person's own answers (a timeout policy's are no one's)
+    "responder": ("CASE WHEN by_timeout = 0 THEN responder END", _REQUESTS),
+    "group": ("g.name", "analytics_requests JOIN analytics_request_audience g ON"
+                        " g.request_id = analytics_requests.request_id AND g.kind = 'group'"),
+}
 
 
 def window(query: AnalyticsQuery, now: datetime) -> tuple[datetime, datetime]:
@@ -121,7 +161,7 @@ def _ratio(part: int, whole: int) -> float | None:
 
 
 def _grouped(db: ViewDatabase, group: str, since: float, until: float) -> dict[str, Metrics]:
-    key = _GROUPS[group]
+    key, source = _GROUPS[group]
     person = "answered_ts < ? AND by_timeout = 0"
     by = "" if group == "overall" else f" GROUP BY {key}"
     rows = db.query(
@@ -136,13 +176,13 @@ def _grouped(db: ViewDatabase, group: str, since: float, until: float) -> dict[s
         " THEN 1 ELSE 0 END) AS approved,"
         f" SUM(CASE WHEN {person} AND interaction_type = 'approval'"
         " AND action IN ('approve', 'reject') THEN 1 ELSE 0 END) AS decided"
-        " FROM analytics_requests WHERE created_ts >= ? AND created_ts < ?" + by,
+        f" FROM {source} WHERE created_ts >= ? AND created_ts < ?" + by,
         (until, until, until, until, until, until, since, until),
     )
     metrics: dict[str, dict[str, Any]] = {}
     for row in rows:
         total = int(row["total"] or 0)
-        if not total:
+        if not total or row["grp"] is None:
             continue
         timed_out = int(row["timed_out"] or 0)
         metrics[str(row["grp"])] = {
@@ -155,13 +195,13 @@ def _grouped(db: ViewDatabase, group: str, since: float, until: float) -> dict[s
             "timeout_rate": _ratio(timed_out, total),
             "approval_rate": _ratio(int(row["approved"] or 0), int(row["decided"] or 0)),
         }
-    _percentiles(db, key, metrics, since, until)
+    _percentiles(db, key, source, metrics, since, until)
     for row in db.query(
         f"SELECT {key} AS grp, COUNT(*) AS pending, MIN(created_ts) AS oldest"  # noqa: S608
-        " FROM analytics_requests WHERE created_ts < ? AND (closed_ts IS NULL OR closed_ts >= ?)"
+        f" FROM {source} WHERE created_ts < ? AND (closed_ts IS NULL OR closed_ts >= ?)"
         + by, (until, until),
     ):
-        if not row["pending"]:
+        if not row["pending"] or row["grp"] is None:
             continue
         entry = metrics.setdefault(str(row["grp"]), {})
         entry["pending"] = int(row["pending"])
@@ -169,8 +209,8 @@ def _grouped(db: ViewDatabase, group: str, since: float, until: float) -> dict[s
     return {name: Metrics(**values) for name, values in sorted(metrics.items())}
 
 
-def _percentiles(db: ViewDatabase, key: str, metrics: dict[str, dict[str, Any]], since: float,
-                 until: float) -> None:
+def _percentiles(db: ViewDatabase, key: str, source: str, metrics: dict[str, dict[str, Any]],
+                 since: float, until: float) -> None:
     """p50/p95 of each group, reading the sorted response times once (constant memory)."""
     wanted: dict[str, dict[int, list[str]]] = {}
     for name, values in metrics.items():
@@ -184,7 +224,7 @@ def _percentiles(db: ViewDatabase, key: str, metrics: dict[str, dict[str, Any]],
     current, seen = None, 0
     for row in db.stream(
         f"SELECT {key} AS grp, answered_ts - created_ts AS rt"  # noqa: S608 - key from _GROUPS
-        " FROM analytics_requests WHERE created_ts >= ? AND created_ts < ?"
+        f" FROM {source} WHERE created_ts >= ? AND created_ts < ?"
         " AND answered_ts < ? AND by_timeout = 0 ORDER BY grp, rt",
         (since, until, until),
     ):
@@ -194,6 +234,19 @@ def _percentiles(db: ViewDatabase, key: str, metrics: dict[str, dict[str, Any]],
         seen += 1
         for field in wanted.get(group, {}).get(seen, ()):
             metrics[group][field] = float(row["rt"])
+
+
+def workload(db: ViewDatabase, until: float) -> dict[str, int]:
+    """Requests open at ``until`` per person they wait on: the claimant once claimed, else
+    each assignee (or quorum voter) named."""
+    rows = db.query(
+        "SELECT COALESCE(r.claimed_by, a.name) AS person, COUNT(DISTINCT r.request_id) AS n"
+        " FROM analytics_requests r LEFT JOIN analytics_request_audience a"
+        " ON a.request_id = r.request_id AND a.kind = 'user' AND r.claimed_by IS NULL"
+        " WHERE r.created_ts < ? AND (r.closed_ts IS NULL OR r.closed_ts >= ?)"
+        " GROUP BY COALESCE(r.claimed_by, a.name)", (until, until))
+    return {str(row["person"]): int(row["n"]) for row in sorted(
+        rows, key=lambda r: (-int(r["n"]), str(r["person"]))) if row["person"] is not None}
 
 
 def report(db: ViewDatabase, query: AnalyticsQuery, now: datetime) -> AnalyticsReply:
@@ -208,6 +261,8 @@ def report(db: ViewDatabase, query: AnalyticsQuery, now: datetime) -> AnalyticsR
         key=lambda b: (-b.interaction_count, b.node),
     )
     return AnalyticsReply(
+        per_responder=_grouped(db, "responder", start, end),
+        per_group=_grouped(db, "group", start, end), workload=workload(db, end),
         since=since, until=until, total_interactions=overall.total,
         by_type={name: m.total for name, m in per_type.items() if m.total},
         avg_response_time=overall.avg_response_time_s, timeout_rate=overall.timeout_rate,

@@ -302,3 +302,20 @@ def test_ten_voters_at_once_decide_exactly_once(stack: HitlTestStack) -> None:
     rows = audit(stack, "q-crowd")
     assert [r["event"] for r in rows].count("voted") == 6
     assert [r["event"] for r in rows].count("accepted") == 1
+
+
+def test_analytics_by_responder_group_and_workload(stack: HitlTestStack) -> None:
+    start(stack, "Assigned", "an-1")
+    start(stack, "Assigned", "an-2")
+    start(stack, "Open", "an-3")
+    assert answer(stack, "carol", "an-1").ok
+    assert as_user(stack, "alice", lambda c: c.task("an-2", "claim")).ok
+    code, report, stderr = cli_json(stack.nats_url, "analytics",
+                                    env={"HITLFLOW_NATS_CREDS": str(
+                                        auth.auth_files(stack.data_dir).creds("operator"))})
+    assert code == 0, stderr
+    assert report["per_responder"]["carol"]["answered"] == 1
+    assert report["per_responder"]["carol"]["approval_rate"] == 1.0
+    assert report["per_group"]["finance"]["total"] == 2
+    assert report["per_group"]["finance"]["answered"] == 1
+    assert report["workload"] == {"alice": 1}  # an-2, claimed; an-3 waits on anyone

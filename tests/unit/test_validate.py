@@ -56,6 +56,15 @@ EXPECTED: dict[str, list[tuple[str, int, str, str]]] = {
         ("warning", 4, "node_name", "node 'ask2' is unreachable")],
     "duplicate_node.csv": [
         ("error", 4, "node_name", "duplicate node 'done' (first defined on row 3)")],
+    "bad_people.csv": [
+        ("error", 3, "context", 'assignees must be a list of names (non-empty strings), got '
+                                '"alice"'),
+        ("error", 4, "context", "candidate_groups must be a list of names"),
+        ("error", 5, "context", "quorum asks for 3 approvals of 2 voter(s): more than its "
+                                "electorate"),
+        ("error", 6, "context", "a quorum decides approvals only, not a choice interaction"),
+        ("error", 7, "context", 'quorum "reject" must be "veto" (one reject decides) or '
+                                '"majority"')],
     "conditional_choice_without_otherwise.csv": [
         ("error", 3, "context", "a conditional choice interaction needs \"otherwise\"")],
 }
