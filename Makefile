@@ -24,7 +24,7 @@ test: $(STAMP)
 # `make fuzz`: the edge fuzzing of `make test`, much longer (FUZZ_EXAMPLES per property).
 FUZZ_EXAMPLES ?= 20000
 fuzz: $(STAMP)
-	HITLFLOW_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q -p no:cacheprovider \
+	HITLFLOW_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q -p no:cacheprovider --timeout=0 \
 		--hypothesis-show-statistics tests/fuzz
 
 lint: $(STAMP)

@@ -85,6 +85,9 @@ class InteractionSpec(Contract):
     #: name}``, and ``"reject": "veto"`` (default: one reject decides) or ``"majority"``.
     quorum: dict[str, Any] | None = None
     response_schema: dict[str, Any] | None = None
+    #: Context fields the node marks sensitive (``"sensitive": [...]``): the audit keeps their
+    #: keys and digests, never their values.
+    sensitive: tuple[str, ...] = ()
     #: Position of this request within a batch raised by one node (0-based).
     batch_index: int = 0
     batch_size: int = 1
@@ -105,6 +108,8 @@ class ThreadStarted(Contract):
 class NodeCompleted(Contract):
     node: str
     output: Any = None
+    #: The state field the output was written to (none: the node writes no field).
+    output_field: str | None = None
     route: Literal["success", "failure"] | None = None
     next_node: str | None = None
     duration_ms: float = 0.0

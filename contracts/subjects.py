@@ -207,3 +207,13 @@ DLQ_SIZE_HEADER: Final = "Hitl-Size"
 def dlq_subject(source: str) -> str:
     """``hitl.dlq.<source>``: where a message that no retry can help is quarantined."""
     return f"hitl.dlq.{source}"
+
+
+#: Erase one thread's personal data (``hitlflow erase``): request/reply, the body names the
+#: thread; every replica of each service takes it (no queue group).
+ADMIN_ERASE: Final = "hitl.admin.erase"
+
+
+def erase_subject(service: str) -> str:
+    """``hitl.admin.erase.<service>``: where a service erases a thread's data key."""
+    return f"{ADMIN_ERASE}.{service}"

@@ -49,10 +49,12 @@ QUERIES = ("hitl.q.thread.*", "hitl.q.timeline.*", "hitl.q.pending", "hitl.q.pen
 #: What each service publishes and subscribes to beyond its inbox (JetStream's API included:
 #: its consumers, acknowledgements and, for the relay, the stored events).
 SERVICE_PERMISSIONS: dict[str, dict[str, list[str]]] = {
-    "workflow": {"publish": ["hitl.evt.workflow.>"], "subscribe": []},
-    "interaction": {"publish": ["hitl.evt.interaction.>", "hitl.notify.>"], "subscribe": []},
+    # (hitl.admin.erase.<service>: 'hitlflow erase' destroys a thread's data key there)
+    "workflow": {"publish": ["hitl.evt.workflow.>"], "subscribe": ["hitl.admin.erase.workflow"]},
+    "interaction": {"publish": ["hitl.evt.interaction.>", "hitl.notify.>"],
+                    "subscribe": ["hitl.admin.erase.interaction"]},
     "timeout": {"publish": ["hitl.evt.timeout.>", "hitl.cmd.timeout.>", "hitl.sched.>"],
-                "subscribe": ["hitl.ctl.timeouts.>"]},
+                "subscribe": ["hitl.ctl.timeouts.>", "hitl.admin.erase.timeout"]},
     "projections": {"publish": [], "subscribe": ["hitl.q.>", "hitl.admin.>"]},
 }
 

@@ -44,6 +44,7 @@ from hitlflow.cli_common import (
 from hitlflow.cli_timeouts import app as timeouts_app
 from hitlflow.client import NoOutcomeError, Outcome, StackUnavailableError
 from hitlflow.settings import Settings, SettingsError, load_settings
+from services.common.keyring import KeyRingError
 from services.common.logging import configure_logging, get_logger
 from services.common.messaging import ServerLimitError
 from services.workflow.definition import WorkflowError, load_workflow
@@ -610,5 +611,8 @@ def main() -> None:
     try:
         app()
     except SettingsError as error:  # read by any command: said once, here
+        say_error(str(error))
+        sys.exit(EXIT_BAD_INPUT)
+    except KeyRingError as error:  # keys that cannot open a store: the service does not start
         say_error(str(error))
         sys.exit(EXIT_BAD_INPUT)

@@ -53,6 +53,7 @@ from hitlflow.cli_common import (
 )
 from hitlflow.client import HitlClient, NoOutcomeError, QueryRefusedError, StackUnavailableError
 from hitlflow.settings import load_settings
+from projections.time_travel import TimeTravelError, diff, fold, resolve
 
 T = TypeVar("T")
 
@@ -198,17 +199,29 @@ def summarize(event: TimelineEvent) -> str:
 
 def show(
     thread_id: Annotated[str, typer.Argument(help="The thread.")],
+    at: Annotated[str | None, typer.Option(
+        "--at", help="The thread as it stood after this event: its number in the timeline "
+                     "(1 = the first) or a moment (ISO 8601).")] = None,
+    between: Annotated[tuple[str, str] | None, typer.Option(
+        "--diff", help="What changed between two points (event numbers or moments).")] = None,
     nats_url: NatsUrl = None,
     as_json: JsonOut = False,
 ) -> None:
-    """A thread's status and its full event timeline, from every service."""
+    """A thread's status and its full event timeline, from every service; with --at, the thread
+    as it stood at one event (status, state values, open requests as shown, answers); with
+    --diff A B, what changed between two points. Computed from the events alone."""
     try:
         check_thread_id(thread_id)
     except InvalidThreadIdError as error:
         fail(str(error), EXIT_BAD_INPUT)
+    if at is not None and between is not None:
+        fail("give either --at or --diff, not both", EXIT_BAD_INPUT)
     view, events = _ask(nats_url, lambda c: c.timeline(thread_id))
     if view is None:
         fail(f"unknown thread {thread_id!r}", EXIT_REFUSED)
+    if at is not None or between is not None:
+        _travel(thread_id, events, at, between, as_json)
+        return
     data = view.model_dump(mode="json")
     if as_json:
         out.print_json(json.dumps({"thread": data,
@@ -230,6 +243,31 @@ def show(
         table.add_row(f"{event.at:%Y-%m-%d %H:%M:%S.%f}"[:23], event.service, event.event_type,
                       summarize(event))
     out.print(table)
+
+
+def _travel(thread_id: str, events: list[TimelineEvent], at: str | None,
+            between: tuple[str, str] | None, as_json: bool) -> None:
+    """``show --at`` and ``show --diff``."""
+    try:
+        if between is not None:
+            first, second = (fold(thread_id, events, resolve(events, point, thread_id))
+                             for point in between)
+            if first.event_number > second.event_number:
+                first, second = second, first
+            changes = diff(first, second)
+            if as_json:
+                out.print_json(json.dumps(changes, default=str))
+            else:
+                display.show_diff(out, thread_id, changes, events)
+            return
+        assert at is not None
+        then = fold(thread_id, events, resolve(events, at, thread_id))
+    except TimeTravelError as error:
+        fail(str(error), EXIT_BAD_INPUT)
+    if as_json:
+        out.print_json(then.model_dump_json(exclude={"schema_version"}))
+    else:
+        display.show_thread_at(out, then)
 
 
 # -- audit --------------------------------------------------------------------------------------
@@ -302,6 +340,7 @@ class AuditWriter:
 
 
 def audit(
+    ctx: typer.Context,
     thread_id: Annotated[str | None, typer.Option("--thread", help="One thread.")] = None,
     node: Annotated[str | None, typer.Option("--node", help="One node name.")] = None,
     responder: Annotated[str | None, typer.Option("--responder", help="Who answered.")] = None,
@@ -327,7 +366,10 @@ def audit(
 
     Every request, accepted answer, refused attempt, timeout, reminder and escalation, oldest
     first; --format csv or json for other tools (streamed, in constant memory).
+    'hitlflow audit verify' checks the history against its hash chains.
     """
+    if ctx.invoked_subcommand is not None:
+        return
     window = _window(since, until, days)
     if window["days"] is not None:
         window["since"] = datetime.now(UTC) - timedelta(days=window["days"])
@@ -487,6 +529,11 @@ def register(main: typer.Typer) -> None:
     """Add these commands to the ``hitlflow`` command."""
     main.command("threads")(threads)
     main.command("show")(show)
-    main.command("audit")(audit)
+    audit_app = typer.Typer(add_completion=False)
+    audit_app.callback(invoke_without_command=True)(audit)
+    from hitlflow import cli_security
+
+    cli_security.register(main, audit_app)
+    main.add_typer(audit_app, name="audit")
     main.command("analytics")(analytics)
     main.add_typer(app, name="projections")

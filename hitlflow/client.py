@@ -66,6 +66,7 @@ from contracts.queries import (
     TimelineReply,
 )
 from contracts.workflow import WorkflowSpec
+from projections.time_travel import ThreadAt, fold, resolve
 from services.common.messaging import NatsAuth, connect
 
 ENDINGS = {"ThreadCompleted": "completed", "ThreadFailed": "failed",
@@ -491,6 +492,15 @@ class HitlClient:
             if reply.next is None:
                 return reply.thread, events
             query = query.model_copy(update={"after": reply.next, "after_positions": {}})
+
+    async def thread_at(self, thread_id: str, at: str | int) -> ThreadAt | None:
+        """The thread as it stood after event ``at`` (an event number, 1 = the first, or a
+        moment), computed from its events; None when the thread is unknown. An ``at`` that
+        names no event raises :class:`~projections.time_travel.TimeTravelError`."""
+        view, events = await self.timeline(thread_id)
+        if view is None:
+            return None
+        return fold(thread_id, events, resolve(events, at, thread_id))
 
     async def audit(self, query: AuditQuery | None = None) -> AsyncIterator[AuditEntry]:
         """Every matching audit entry, oldest first, fetched a page at a time."""

@@ -122,3 +122,85 @@ def threads_table(threads: list[dict[str, Any]]) -> Table:
         table.add_row(t["thread_id"], t["graph_name"], t["status"], t.get("current_node") or "",
                       str(t["started_at"])[:19], str(t["updated_at"])[:19])
     return table
+
+
+def show_thread_at(console: Console, then: Any) -> None:
+    """``hitlflow show T --at N``: the thread after event N, from its events."""
+    console.print(Text.assemble(
+        ("thread ", "dim"), (then.thread_id, "bold"),
+        (f"  after event {then.event_number} of {then.events_total}", "dim"),
+        (f"  ({then.service} {then.event_type} at {then.at:%Y-%m-%d %H:%M:%S.%f}"[:-3] + ")",
+         "dim")))
+    show_outcome(console, {"thread_id": then.thread_id, "status": then.status,
+                           "node": then.current_node, "output": then.output,
+                           "error": then.error if isinstance(then.error, str) else None})
+    if then.state:
+        table = Table(title="state", title_justify="left")
+        table.add_column("field", style="cyan")
+        table.add_column("value", overflow="fold")
+        for key, value in then.state.items():
+            table.add_row(key, _value(value))
+        console.print(table)
+    for request in then.pending:
+        body: list[Any] = [Text(_value(request.prompt), style="bold")]
+        if isinstance(request.context, dict) and request.context:
+            grid = Table.grid(padding=(0, 2))
+            grid.add_column(style="cyan", no_wrap=True)
+            grid.add_column()
+            for key, value in request.context.items():
+                grid.add_row(key, _value(value))
+            body += [Text(""), Text("Context", style="underline"), grid]
+        if request.options:
+            body += [Text(""), Text("Options", style="underline")]
+            body += [Text(f"  {i}. {option}") for i, option in enumerate(request.options, 1)]
+        body += [Text(""), Text(f"shown digest {request.digest}", style="dim")]
+        console.print(Panel(Group(*body), title=f"open then: {request.node_name} "
+                            f"({request.interaction_type}) {request.id}", title_align="left",
+                            border_style="magenta"))
+    if then.answers or then.rejected:
+        table = Table(title="answers so far", title_justify="left")
+        for column in ("at", "request", "action", "by", "data", "outcome"):
+            table.add_column(column, overflow="fold")
+        for answer in then.answers:
+            table.add_row(answer.at[:23], answer.request_id[:8], answer.action,
+                          "timeout policy" if answer.by_timeout else str(answer.responder),
+                          _value(answer.data) if answer.data is not None else "", "accepted")
+        for attempt in then.rejected:
+            table.add_row(attempt.at[:23], (attempt.request_id or "-")[:8], attempt.action,
+                          str(attempt.responder), "", f"refused: {attempt.code}")
+        console.print(table)
+
+
+def show_diff(console: Console, thread_id: str, changes: dict[str, Any],
+              events: list[Any]) -> None:
+    """``hitlflow show T --diff A B``: what changed between two points."""
+    first, last = changes["from"], changes["to"]
+    console.print(Text.assemble(("thread ", "dim"), (thread_id, "bold"),
+                                (f"  from event {first} to event {last}", "dim")))
+    table = Table(title_justify="left")
+    for column in ("what", "before", "after"):
+        table.add_column(column, overflow="fold")
+    for name in ("status", "current_node", "output", "error"):
+        if name in changes:
+            table.add_row(name, _value(changes[name]["from"]), _value(changes[name]["to"]))
+    for key, change in changes.get("state", {}).items():
+        table.add_row(f"state.{key}", _value(change.get("from", change.get("removed", ""))),
+                      _value(change.get("to", change.get("added", ""))))
+    for request in changes.get("opened", []):
+        table.add_row(f"opened {request['id'][:8]}", "", f"{request['node_name']} "
+                      f"({request['interaction_type']}): {_value(request['prompt'])}")
+    for request in changes.get("closed", []):
+        table.add_row(f"closed {request['id'][:8]}", "open", request["status"])
+    for answer in changes.get("answers", []):
+        table.add_row("answer", "", f"{answer['action']} by {answer['responder']}")
+    for attempt in changes.get("rejected", []):
+        table.add_row("refused", "", f"{attempt['action']} by {attempt['responder']}: "
+                                     f"{attempt['code']}")
+    console.print(table)
+    steps = Table(title=f"{last - first} events in between", title_justify="left")
+    for column in ("#", "time (UTC)", "service", "event"):
+        steps.add_column(column)
+    for number, event in enumerate(events[first:last], first + 1):
+        steps.add_row(str(number), f"{event.at:%Y-%m-%d %H:%M:%S.%f}"[:23], event.service,
+                      event.event_type)
+    console.print(steps)

@@ -43,6 +43,7 @@ from hitlflow.gateway_auth import (
     gateway_settings,
 )
 from hitlflow.settings import Settings
+from projections.time_travel import TimeTravelError
 from services.common.identity import Directory
 from services.common.logging import get_logger
 from services.workflow.definition import WorkflowError, parse_workflow
@@ -314,6 +315,17 @@ Who = Annotated[Caller, Depends(caller_of)]
 Hitl = Annotated[HitlClient, Depends(_client)]
 
 
+async def _thread_at(hitl: HitlClient, thread_id: str, at: str) -> dict[str, Any]:
+    """``GET /threads/T?at=N``: the thread after event N (or at a moment), from its events."""
+    try:
+        then = await hitl.thread_at(thread_id, at)
+    except TimeTravelError as error:
+        raise HTTPException(400, str(error)) from error
+    if then is None:
+        raise HTTPException(404, f"unknown thread {thread_id!r}")
+    return then.model_dump(mode="json", exclude={"schema_version"})
+
+
 def create_app(settings: Settings, client: HitlClient | None = None) -> FastAPI:
     """The gateway's app; raises :class:`~hitlflow.settings.SettingsError` when it could not
     check credentials (no key for tokens, not on NATS as the gateway user)."""
@@ -452,8 +464,12 @@ def _task_routes(app: FastAPI) -> None:
 
 def _query_routes(app: FastAPI) -> None:
     @app.get("/threads/{thread_id}", responses=AUTH_RESPONSES)
-    async def thread(thread_id: str, caller: Who, hitl: Hitl) -> dict[str, Any]:
+    async def thread(thread_id: str, caller: Who, hitl: Hitl, at: str | None = Query(
+            default=None, description="The thread as it stood after this event: its number "
+            "in the timeline (1 = the first) or a moment (ISO 8601).")) -> dict[str, Any]:
         _thread_id(thread_id)
+        if at is not None:
+            return await _thread_at(hitl, thread_id, at)
         view = await hitl.thread(thread_id)
         if view is None:
             raise HTTPException(404, f"unknown thread {thread_id!r}")

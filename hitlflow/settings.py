@@ -94,6 +94,12 @@ class Settings(BaseSettings):
     #: First retry delay in seconds; doubles with each retry.
     notify_webhook_backoff: float = 0.5
     notify_webhook_timeout: float = 5.0
+    #: Encrypt the event state in every service store (AES-GCM). Off only to measure its cost.
+    encryption: bool = True
+    #: Store keys, base64, comma separated, the current one first (instead of the key file).
+    cipher_keys: str | None = None
+    #: The key file (default ``<home>/keys.json``), created with a new key when missing.
+    key_file: Path | None = None
     #: Timeout of a request, per interaction type, when its node sets no ``timeout_seconds``
     #: (seconds; empty or "none" = no timeout): the guide's 24 h approvals, 2 h edits, 30 min
     #: choices, none for conversations.
@@ -125,6 +131,19 @@ class Settings(BaseSettings):
     def stack_file(self) -> Path:
         return self.home / "stack.json"
 
+    @property
+    def key_path(self) -> Path:
+        return self.key_file or self.home / "keys.json"
+
+    def store_keys(self) -> list[str]:
+        """The store keys, the current one first: ``cipher_keys``, else the key file (created
+        with one new key when there is none)."""
+        from services.common.keyring import ensure_key_file, read_key_file
+
+        if self.cipher_keys:
+            return [k.strip() for k in self.cipher_keys.split(",") if k.strip()]
+        ensure_key_file(self.key_path)
+        return read_key_file(self.key_path)
     def nats_auth(self) -> NatsAuth:
         """Who this process is on NATS: the user and password given, else those of the
         credentials file (``nats_creds``, else the embedded stack's operator, when there is
@@ -177,6 +196,10 @@ class Settings(BaseSettings):
     def store_env(self, service: str, data_dir: Path | None = None) -> dict[str, str]:
         """eventsourcing environment for one service's event store."""
         env = {"SINGLE_ROW_TRACKING": "f", "ORIGINATOR_ID_TYPE": "uuid"}
+        if self.encryption:
+            from services.common.keyring import cipher_env
+
+            env.update(cipher_env(self.store_keys()))
         if self.persistence == "sqlite":
             directory = data_dir or self.home / "stores"
             directory.mkdir(parents=True, exist_ok=True)

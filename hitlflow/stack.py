@@ -290,6 +290,11 @@ class _StackBase:
         assert self.nats is not None, "stack not started"
         return self.nats.url
 
+    def ensure_keys(self) -> None:
+        """The store key file exists before any service opens a store (the first ``up``)."""
+        if self.settings.encryption:
+            self.settings.store_keys()
+
     def start_nats(self) -> None:
         if self.external_url is None and self.nats is None:
             if self.auth is not None:
@@ -340,6 +345,7 @@ class Stack(_StackBase):
         from services.timeout import main as timeout_main
         from services.workflow import main as workflow_main
 
+        self.ensure_keys()
         # Started from the loop's own thread (not a worker thread): the child is tied to the
         # life of the thread that started it (see _stop_with_parent).
         self.start_nats()
@@ -505,6 +511,7 @@ class ProcessStack(_StackBase):
 
     async def start(self) -> None:
         """NATS, its streams, then every service process; returns once all are ready."""
+        self.ensure_keys()
         self.start_nats()  # from the loop's thread, as the service processes (_stop_with_parent)
         env = {**os.environ, "HITLFLOW_HOME": str(self.settings.home)}
         nice = self.settings.background_nice

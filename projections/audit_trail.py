@@ -20,6 +20,7 @@ from typing import Any
 from contracts.events import EventEnvelope, shown_digest
 from contracts.limits import MAX_PAGE_BYTES
 from contracts.queries import AuditEntry, AuditQuery, Cursor
+from projections.chain import digest
 from projections.db import Row, Tx, ViewDatabase, dumps, epoch, fill_page, when
 
 NAME = "audit_trail"
@@ -112,14 +113,35 @@ def _pick(p: dict[str, Any], *names: str) -> dict[str, Any]:
     return {n: p[n] for n in names if p.get(n) is not None}
 
 
+#: What a free-text reason of an erased thread reads as.
+ERASED = "(erased)"
+
+
+def _erased(value: Any) -> bool:
+    return isinstance(value, dict) and value.get("erased") is True
+
+
+def _sensitive(context: Any, names: Any) -> dict[str, Any]:
+    """The fields a node marks ``"sensitive": [...]``, as the audit keeps them: each key with
+    the sha256 of its value's canonical JSON as shown (never the value)."""
+    if not names or not isinstance(context, dict):
+        return {}
+    return {"sensitive": {str(key): digest(context.get(str(key))) for key in names}}
+
+
 def _requested(p: dict[str, Any]) -> dict[str, Any]:
     detail = _pick(p, "assignees", "candidate_groups", "quorum", "timeout_seconds", "deadline",
                    "on_timeout")
+    detail.update(_sensitive(p.get("context"), p.get("sensitive")))
     if p.get("batch_size", 1) != 1:
         detail.update(batch_index=p.get("batch_index", 0), batch_size=p["batch_size"])
+    prompt, context, options = p.get("prompt", ""), p.get("context") or {}, p.get("options")
+    if any(_erased(v) for v in (prompt, context, options)):  # the digest it carried
+        shown = str(p.get("shown") or "")
+        return {"request_id": p["id"], "moment": p.get("created_at"), "detail": detail,
+                "digest": shown.rsplit(":", 1)[-1] if shown else None}
     return {"request_id": p["id"], "moment": p.get("created_at"), "detail": detail,
-            "digest": shown_digest(p.get("prompt", ""), p.get("context") or {},
-                                   p.get("options") or ())}
+            "digest": shown_digest(prompt, context, options or ())}
 
 
 def _task(p: dict[str, Any]) -> dict[str, Any]:
@@ -188,7 +210,8 @@ def apply(tx: Tx, env: EventEnvelope) -> None:
         env.service, env.position, at_ts, at, event, env.event_type, env.thread_id,
         request_id, row["node"], request_id, row["kind"], request_id, row["action"],
         row["responder"], row["principal"], row["on_behalf_of"], row["shown"],
-        dumps(row["data_keys"]), 1 if row["by_timeout"] else 0, row["code"], row["reason"],
+        dumps(row["data_keys"]), 1 if row["by_timeout"] else 0, row["code"],
+        ERASED if _erased(row["reason"]) else row["reason"],
         row["key"], row["digest"], request_id, dumps(row["detail"]),
     ))
 

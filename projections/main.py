@@ -65,6 +65,7 @@ from contracts.subjects import (
 from hitlflow.settings import Settings
 from projections import analytics, audit_trail, thread_status
 from projections.db import ViewDatabase, open_view_database
+from projections.erasure import redact_thread
 from projections.projector import Projector, UnknownViewError, select_views
 from projections.rebuild import RebuildResult, rebuild_from_stores
 from services.common.clock import Clock, SystemClock
@@ -335,6 +336,18 @@ class ProjectionsRuntime:
 
     def _register(self, broker: NatsBroker) -> None:
         db = self.db
+
+        @broker.subscriber(subjects.erase_subject("projections"))
+        async def on_erase(body: dict[str, Any]) -> dict[str, Any]:
+            """Erase a thread's personal values from the views (``hitlflow erase``)."""
+            try:
+                thread_id = check_thread_id(str((body or {}).get("thread_id")))
+            except InvalidThreadIdError as error:
+                return {"ok": False, "error": f"invalid erase request: {error}"}
+            async with self._apply_lock:  # no live batch folds the thread meanwhile
+                events = await asyncio.to_thread(redact_thread, db, thread_id)
+            log.info("thread_erased", thread_id=thread_id, service="projections", events=events)
+            return {"ok": True, "service": "projections", "events": events}
 
         @broker.subscriber(f"{subjects.Q_THREAD}.*", queue=QUEUE)
         async def on_thread(body: dict[str, Any], message: NatsMessage) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from itertools import islice
 
 from contracts.events import EventEnvelope
-from projections import analytics, audit_trail, thread_status
+from projections import analytics, audit_trail, chain, thread_status
 from projections.db import Tx, ViewDatabase
 from services.common.logging import get_logger
 
@@ -81,6 +81,7 @@ class Projector:
         self.views = list(views or VIEWS.values())
         self._stale: list[str] = []
         with db.transaction() as tx:
+            chain.create(tx)  # the anchors: not a view, never dropped by a rebuild
             for view in self.views:
                 row = tx.one("SELECT version FROM view_meta WHERE view = ?", (view.name,))
                 if row is None:
@@ -147,6 +148,7 @@ class Projector:
                               " ON CONFLICT DO NOTHING", (env.service, env.position)):
                 continue  # applied before: a redelivery or a re-published event
             applied += 1
+            chain.extend(tx, env)
             targets = [v for v in self.views if env.position > upto.get((v.name, env.service), 0)]
             if careful:
                 self._apply_careful(tx, env, targets)
@@ -172,7 +174,12 @@ class Projector:
         """Apply replayed events to ``views`` (no tracking); returns how many were applied."""
         count = 0
         stream = iter(envelopes)
+        anchored = {str(row["service"]): int(row["upto"]) for row in tx.all(
+            "SELECT service, MAX(position) AS upto FROM audit_chain GROUP BY service")}
         while chunk := list(islice(stream, REPLAY_CHUNK)):
+            for env in chunk:  # links for events the live path never anchored
+                if env.position > anchored.get(env.service, 0):
+                    chain.extend(tx, env)
             try:
                 with tx.savepoint("view_chunk"), tx.batched():
                     for env in chunk:

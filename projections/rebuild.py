@@ -30,6 +30,7 @@ from typing import IO, Any, Protocol
 from contracts.events import EventEnvelope, Service
 from projections.db import ViewDatabase, open_view_database
 from projections.projector import Projector, View, select_views
+from projections.retention import forget_archived
 from services.common.integration import envelope_factory
 from services.common.logging import get_logger
 
@@ -251,6 +252,7 @@ def rebuild(db: ViewDatabase, projector: Projector, views: Sequence[View],
             tx.execute("INSERT INTO view_meta (view, version) VALUES (?, ?) ON CONFLICT (view)"
                        " DO UPDATE SET version = excluded.version", (view.name, view.version))
         result.events = projector.replay(tx, merged(sources), views)
+        forget_archived(tx)  # archived threads stay out of the thread views
         replayed = time.perf_counter()
         for view in views:
             view.index(tx)

@@ -114,6 +114,11 @@ def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
+def _text(value: Any) -> Any:
+    """A text column's value: an erased value (``{"erased": true, ...}``) as its JSON."""
+    return _json(value) if isinstance(value, dict) else value
+
+
 # -- folding events -----------------------------------------------------------------------------
 
 
@@ -167,7 +172,7 @@ def _ended(tx: Tx, env: EventEnvelope, p: dict[str, Any], at: str) -> None:
         "UPDATE thread_status SET status=?, current_node=COALESCE(?, current_node),"
         " updated_at=?, completed_at=?, error=?, output=COALESCE(?, output), version=?"
         " WHERE thread_id=?",
-        (ENDINGS[env.event_type], node, at, at, error,
+        (ENDINGS[env.event_type], node, at, at, _text(error),
          _json(p["output"]) if "output" in p else None, env.aggregate_version, env.thread_id),
     )
 
@@ -178,8 +183,8 @@ def _requested(tx: Tx, env: EventEnvelope, p: dict[str, Any], at: str) -> None:
         " context, options, assignees, timeout_seconds, deadline, created_at, batch_index,"
         " batch_size, status, shown, candidate_groups, quorum)"
         " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?, 'pending',?,?,?) ON CONFLICT DO NOTHING",
-        (p["id"], env.thread_id, p["node_name"], p["interaction_type"], p["prompt"],
-         _json(p.get("context") or {}), _json(list(p.get("options") or ())),
+        (p["id"], env.thread_id, p["node_name"], p["interaction_type"], _text(p["prompt"]),
+         _json(p.get("context") or {}), _json(p.get("options") or []),
          _json(list(p.get("assignees") or ())), p.get("timeout_seconds"),
          iso(p["deadline"]) if p.get("deadline") else None, iso(p["created_at"]),
          p.get("batch_index", 0), p.get("batch_size", 1), p.get("shown") or "",

@@ -45,6 +45,33 @@ class ThreadIdResolver:
         cache[aggregate_id] = thread_id
 
 
+def _erased(value: Any) -> bool:
+    return isinstance(value, dict) and value.get("erased") is True
+
+
+def _holds_erased(fields: dict[str, Any]) -> bool:
+    return any(_erased(v) or (isinstance(v, list | tuple) and any(
+        isinstance(i, dict) and any(_erased(x) for x in i.values()) for i in v))
+        for v in fields.values())
+
+
+def payload_of(model: type[BaseModel], fields: dict[str, Any]) -> dict[str, Any]:
+    """The wire payload of an event's fields. An erased thread's event (values read back as
+    ``{"erased": true, "sha256": ...}``: services/common/sealing.py) is not validated, only
+    shaped as a valid one would be (defaults filled, nested contracts versioned), so that its
+    audit record, and so its hash chain, is the one it had before the erasure."""
+    if not _holds_erased(fields):
+        return model.model_validate(fields).model_dump(mode="json", exclude={"schema_version"})
+    payload = model.model_construct(**fields).model_dump(mode="json",
+                                                         exclude={"schema_version"})
+    for name, value in payload.items():
+        annotation = str(model.model_fields[name].annotation) if name in model.model_fields else ""
+        if isinstance(value, list) and "InteractionSpec" in annotation:
+            payload[name] = [{"schema_version": 1, **item} if isinstance(item, dict) else item
+                             for item in value]
+    return payload
+
+
 def envelope_factory(
     app: ServiceApplication,
     service: Service,
@@ -69,7 +96,7 @@ def envelope_factory(
             for k in model.model_fields
             if hasattr(event, renamed.get(k, k))
         }
-        payload = model.model_validate(fields).model_dump(mode="json", exclude={"schema_version"})
+        payload = payload_of(model, fields)
         return EventEnvelope(
             event_type=name,
             service=service,

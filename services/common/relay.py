@@ -338,9 +338,10 @@ class Relay:
         return _Outgoing(position, envelope.msg_id, subject, data, envelope.thread_id)
 
     def _stored(self, event: Any) -> bytes:
-        """The event as its store keeps it (what an operator looks at when it cannot go out)."""
+        """The event's fields as JSON (what an operator looks at when it cannot go out; its
+        store keeps them encrypted)."""
         try:
-            return bytes(self._app.mapper.to_stored_event(event).state)
+            return json.dumps(vars(event), default=str, ensure_ascii=False).encode()
         except Exception:
             return b""
 

@@ -10,6 +10,7 @@ from typing import Any
 from faststream.nats import NatsBroker
 
 from services.common.consumer import PullConsumer, RetryPolicy, Subscription
+from services.common.erasure import subscribe_erase
 from services.common.logging import get_logger
 from services.common.messaging import NatsAuth, check_server, ensure_streams, make_broker
 from services.common.relay import Relay, ToEnvelope
@@ -61,6 +62,7 @@ class ServiceRuntime:
             consumer = PullConsumer(js, subscription, batch_size=self._batch_size,
                                     policy=self._policy)
             self._tasks.append(asyncio.create_task(consumer.run(), name=subscription.durable))
+        await subscribe_erase(broker.connection, self.name, self.app)
         if self._to_envelope is not None:
             self.relay = Relay(self.app, js, self._to_envelope)
             self._tasks.append(asyncio.create_task(self.relay.run(), name=f"{self.name}-relay"))

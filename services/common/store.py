@@ -18,7 +18,16 @@ from uuid import UUID
 import structlog
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import IntegrityError, ProcessRecorder, StoredEvent, Tracking
+from eventsourcing.persistence import (
+    IntegrityError,
+    Mapper,
+    ProcessRecorder,
+    StoredEvent,
+    Tracking,
+)
+
+from services.common.keyring import check_readable
+from services.common.sealing import SealingMapper, ThreadKeys
 
 T = TypeVar("T")
 
@@ -198,6 +207,13 @@ class ServiceApplication(Application[UUID]):
         if env and env.get("PERSISTENCE_MODULE") == "eventsourcing.postgres":
             ensure_postgres_schema(env)
         super().__init__(env=env)
+        #: Per-thread data keys (crypto-shredding: services/common/sealing.py).
+        self.thread_keys = ThreadKeys(self)
+        if self.env.get("CREATE_TABLE", "true").lower() != "false":
+            self.thread_keys.create_table()
+        self.sealing.keys = self.thread_keys
+        if self.env.get("CHECK_READABLE", "true").lower() != "false":
+            check_readable(self, str(self.name))  # a wrong or missing key: refuse at once
         self._listeners: list[Callable[[Saved], None]] = []
         self._listeners_lock = threading.Lock()
         self._local = threading.local()  # the batch and decision of this thread, if any
@@ -211,6 +227,26 @@ class ServiceApplication(Application[UUID]):
 
     def construct_recorder(self) -> ProcessRecorder:
         return self.factory.process_recorder()
+
+    def construct_mapper(self) -> Mapper[UUID]:
+        return self.factory.mapper(transcoder=self.construct_transcoder(),
+                                   mapper_class=SealingMapper)
+
+    @property
+    def sealing(self) -> SealingMapper:
+        mapper = self.mapper
+        assert isinstance(mapper, SealingMapper)
+        return mapper
+
+    def erase_thread(self, thread_id: str) -> bool:
+        """Destroy the thread's data key in this store (its personal values become
+        unreadable) and forget what this process holds of it; False if erased before."""
+        erased = self.thread_keys.erase(thread_id)
+        with self._cache_lock:
+            for aggregate_id in [i for i, a in self._cache.items()
+                                 if getattr(a, "thread_id", None) == thread_id]:
+                del self._cache[aggregate_id]
+        return erased
 
     @property
     def decides_in_loop(self) -> bool:
@@ -248,6 +284,7 @@ class ServiceApplication(Application[UUID]):
         for aggregate in aggregates:  # what collect_events() does, without its protocol checks
             processing_event.events.extend(aggregate.collect_events())
             processing_event.aggregates[aggregate.id] = aggregate
+        self.sealing.note_threads(processing_event.aggregates.values())
         if not processing_event.events and tracking is None:
             return
         ids: Sequence[int] = ()
@@ -440,6 +477,7 @@ class ServiceApplication(Application[UUID]):
                 if tracking is not None and job.refused is None:
                     trackings.append(tracking)
             if events or trackings:
+                self.sealing.note_threads(batch.changed.values())
                 ids = self._group.write([self.mapper.to_stored_event(e) for e in events],
                                         trackings)
         except BaseException:  # what the batch changed may be stale: read it again next time

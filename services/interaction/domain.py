@@ -215,7 +215,9 @@ class Interaction(Aggregate):
         candidate_groups: list[str] | None = None,
         quorum: dict[str, Any] | None = None,
         shown: str = "",
+        sensitive: list[str] | None = None,
     ) -> None:
+        self.sensitive = list(sensitive or ())
         self.candidate_groups = list(candidate_groups or ())
         self.quorum = quorum
         #: The person who claimed it (only they may answer), if anyone has.

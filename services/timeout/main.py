@@ -11,6 +11,7 @@ from uuid import UUID, uuid5
 from contracts.events import PAYLOADS, EventEnvelope
 from hitlflow.settings import Settings
 from services.common.clock import Clock, SystemClock
+from services.common.integration import payload_of
 from services.common.logging import get_logger
 from services.common.runtime import ServiceRuntime, cancel_and_wait
 from services.timeout import handlers
@@ -33,9 +34,8 @@ def to_envelope(event: Any, position: int) -> EventEnvelope | None:
     if name is None:
         return None
     model = PAYLOADS[name]
-    payload = model.model_validate(
-        {k: getattr(event, k) for k in model.model_fields if hasattr(event, k)}
-    ).model_dump(mode="json", exclude={"schema_version"})
+    payload = payload_of(model, {k: getattr(event, k) for k in model.model_fields
+                                 if hasattr(event, k)})
     return EventEnvelope(
         event_type=name, service="timeout", thread_id=event.thread_id,
         event_id=str(uuid5(_EVENT_NS, f"{event.originator_id}:{event.originator_version}")),

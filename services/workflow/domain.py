@@ -515,6 +515,8 @@ class Thread(Aggregate):
             "response_schema": node.context.get("response_schema"),
             "batch_index": 0,
             "batch_size": 1,
+            # fields of the context whose values the audit keeps as digests only
+            "sensitive": [str(k) for k in node.context.get("sensitive") or []],
         }
         specs = self._batch_specs(node, spec) if "batch" in node.context else [spec]
         if not specs:  # an empty batch: nothing to review

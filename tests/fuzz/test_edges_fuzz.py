@@ -41,13 +41,15 @@ FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=False,
 TARGETS = {"fz-approve": "Approve", "fz-edit": "Edit", "fz-choice": "Choice",
            "fz-text": "Text", "fz-talk": "Talk"}
 ANCHOR = "fz-anchor"
-REPLY_WAIT = 4.0
+REPLY_WAIT = 20.0
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HitlTestStack]:
     home = tmp_path_factory.mktemp("fuzz")
-    with HitlTestStack(home, agents=[EXAMPLE_AGENTS], settings=Settings(home=home)) as hitl:
+    # no users on this NATS: the fuzzing sends as any principal
+    with HitlTestStack(home, agents=[EXAMPLE_AGENTS],
+                       settings=Settings(home=home, auth=False)) as hitl:
         states = {"Approve": {"request": "r"}, "Edit": {"draft": "d"}, "Choice": {"app": "a"},
                   "Text": {"feature": "f"}, "Talk": {"topic": "t"}}
         for thread, graph in {**TARGETS, ANCHOR: "Approve"}.items():

@@ -1,0 +1,121 @@
+"""Tamper evidence: a hash chain over each thread's events, per service.
+
+Every published event of a thread is an *audit record*: the canonical JSON (keys sorted, no
+spaces, UTF-8) of its service, position in that service's log, thread, aggregate and version,
+type, time, and payload, in which every value that may be personal data (prompts, contexts,
+options, inputs, outputs, answer data, free-text reasons and errors: everything not in
+:data:`PLAIN`) is replaced by its digest ``{"sha256": …}``. Link ``n`` of the chain of
+``(thread, service)`` is ``sha256(link n-1 ‖ record n)`` (link 0 is the empty string), the
+records taken in log order.
+
+The digests keep the record the same once the personal values are erased (their digest is
+kept with them), so an erased thread's chain still verifies.
+
+The links are *anchored* in ``audit_chain`` (the views database), written by the projections
+as the events arrive over NATS, and never rewritten: a rebuild only appends links for events
+not anchored yet. ``hitlflow audit verify`` recomputes the chains from the stores and compares
+them with the anchors (:mod:`projections.verify`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from contracts.events import EventEnvelope
+from projections.db import Tx, iso
+
+NAME = "audit_chain"
+
+DDL = (
+    """CREATE TABLE IF NOT EXISTS audit_chain (
+        thread_id TEXT NOT NULL,
+        service TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        position BIGINT NOT NULL,
+        event_type TEXT NOT NULL,
+        aggregate_version BIGINT NOT NULL,
+        at TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        PRIMARY KEY (thread_id, service, seq)
+    )""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS audit_chain_event ON audit_chain (service, position)",
+)
+
+#: Payload fields kept as they are in an audit record: who, when, what kind, which action, ids,
+#: routes, codes, steps. Every other value is kept as its digest.
+PLAIN = frozenset({
+    "action", "approvals", "assignees", "batch_index", "batch_size", "by_timeout",
+    "candidate_groups", "claimed_by", "code", "command", "created_at", "data_keys", "deadline",
+    "due_at", "duration_ms", "fired_at", "from_assignees", "from_person", "graph_name", "id",
+    "idempotency_key", "interaction_id", "interaction_type", "next_node", "node", "node_name",
+    "of", "on_behalf_of", "on_timeout", "output_field", "policy", "principal", "quorum",
+    "rejections", "released_by", "reminder", "request_id", "requested_by", "responder",
+    "result", "route", "schema_version", "sensitive", "shown", "started_by", "step", "thread_id",
+    "timeout_seconds", "timestamp", "to", "via", "voter", "waiting_on", "workflow_digest",
+})
+#: Payload fields holding a list of requests, each kept by the same rule.
+NESTED = frozenset({"interactions"})
+
+
+def canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      default=str)
+
+
+def digest(value: Any) -> str:
+    """sha256 (hex) of a value's canonical JSON; an erased value's kept digest."""
+    if isinstance(value, dict) and value.get("erased") is True and "sha256" in value:
+        return str(value["sha256"])
+    return hashlib.sha256(canonical(value).encode()).hexdigest()
+
+
+def digested(payload: dict[str, Any]) -> dict[str, Any]:
+    """A payload with every value that is not :data:`PLAIN` replaced by its digest."""
+    kept: dict[str, Any] = {}
+    for key, value in payload.items():
+        if key in PLAIN:
+            kept[key] = value
+        elif key in NESTED and isinstance(value, list):
+            kept[key] = [digested(item) if isinstance(item, dict) else {"sha256": digest(item)}
+                         for item in value]
+        else:
+            kept[key] = {"sha256": digest(value)}
+    return kept
+
+
+def record(env: EventEnvelope) -> str:
+    """The audit record of an event (canonical JSON)."""
+    return canonical({
+        "service": env.service, "position": env.position, "thread_id": env.thread_id,
+        "aggregate_id": env.aggregate_id, "aggregate_version": env.aggregate_version,
+        "event_type": env.event_type, "at": iso(env.occurred_at),
+        "payload": digested(env.payload),
+    })
+
+
+def link(previous: str, env: EventEnvelope) -> str:
+    return hashlib.sha256((previous + record(env)).encode()).hexdigest()
+
+
+def create(tx: Tx) -> None:
+    for statement in DDL:
+        tx.execute(statement)
+
+
+def extend(tx: Tx, env: EventEnvelope) -> bool:
+    """Anchor ``env`` as the next link of its thread's chain for its service; an event at or
+    before the last anchored position changes nothing (anchors are never rewritten)."""
+    last = tx.one("SELECT seq, position, hash FROM audit_chain WHERE thread_id = ? AND"
+                  " service = ? ORDER BY seq DESC LIMIT 1", (env.thread_id, env.service))
+    if last is not None and int(last["position"]) >= env.position:
+        return False
+    seq = int(last["seq"]) + 1 if last else 1
+    tx.execute("INSERT INTO audit_chain (thread_id, service, seq, position, event_type,"
+               " aggregate_version, at, hash) VALUES (?,?,?,?,?,?,?,?)"
+               " ON CONFLICT DO NOTHING",
+               (env.thread_id, env.service, seq, env.position, env.event_type,
+                env.aggregate_version, iso(env.occurred_at),
+                link(str(last["hash"]) if last else "", env)))
+    return True

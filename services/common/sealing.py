@@ -1,0 +1,245 @@
+"""Crypto-shredding: a thread's personal data sealed under a key of its own, in every store.
+
+When a service stores an event of a thread, every value of it that may be personal data
+(what :data:`projections.chain.PLAIN` does not name: prompts, contexts, options, inputs,
+outputs, answer data and values, free-text reasons and errors; inside a paused thread's
+requests likewise) is taken out and sealed, all of them together, with AES-GCM under the
+thread's data key; the event keeps a marker in each place and the sealed values' digests.
+(The whole event is then encrypted with the store key as any other.)
+
+Reading an event back puts the values back. Once the thread is erased (its data key destroyed
+in every service store: :meth:`ThreadKeys.erase`), each place holds ``{"erased": true,
+"sha256": …}`` instead: who, when, which action, ids and digests stay readable, and the
+thread's hash chains still verify (their records hold the same digests).
+
+The data keys are kept in each store's own table ``hitlflow_thread_keys``, each encrypted
+with the store key; erasing overwrites the key with NULL (SQLite with ``secure_delete`` on, so
+the old bytes are zeroed in the file; PostgreSQL vacuums the table afterwards).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from base64 import b64decode, b64encode
+from collections import OrderedDict
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from eventsourcing.persistence import Mapper, StoredEvent
+
+from projections.chain import NESTED, PLAIN, digest
+
+SEAL = "_seal_"
+MARK = "_sealed_"
+TABLE = "hitlflow_thread_keys"
+#: Data keys held in memory, at most (the oldest go first).
+CACHE_SIZE = 10_000
+#: Aggregate id → thread id remembered for sealing, at most.
+MAX_THREADS = 100_000
+
+
+def erased(digest_hex: str) -> dict[str, Any]:
+    return {"erased": True, "sha256": digest_hex}
+
+
+class ThreadErasedError(RuntimeError):
+    """A change to a thread whose personal data was erased."""
+
+
+class ThreadKeys:
+    """Per-thread data keys in one service store (its own table, same database)."""
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[str, bytes | None] = OrderedDict()
+        recorder = app.recorder
+        self._datastore = recorder.datastore
+        self._sqlite = type(recorder).__module__.endswith("sqlite")
+        self._mark = "?" if self._sqlite else "%s"
+        schema = getattr(self._datastore, "schema", None) or "public"
+        self._table = TABLE if self._sqlite else f'"{schema}"."{TABLE}"'
+
+    def create_table(self) -> None:
+        with self._datastore.transaction(commit=True) as cursor:
+            cursor.execute(f"CREATE TABLE IF NOT EXISTS {self._table} (thread_id TEXT PRIMARY"
+                           " KEY, wrapped TEXT, erased_at TEXT)")
+
+    # -- keys -------------------------------------------------------------------------------
+
+    def _wrap(self, key: bytes) -> str:
+        cipher = self._app.mapper.cipher
+        return b64encode(cipher.encrypt(key) if cipher else key).decode()
+
+    def _unwrap(self, text: str) -> bytes:
+        cipher = self._app.mapper.cipher
+        raw = b64decode(text)
+        return bytes(cipher.decrypt(raw)) if cipher else raw
+
+    def key(self, thread_id: str, *, create: bool) -> bytes | None:
+        """The thread's data key (made when ``create`` and there is none); None once erased
+        (or when there is none and ``create`` is false)."""
+        with self._lock:
+            if thread_id in self._cache:
+                self._cache.move_to_end(thread_id)
+                return self._cache[thread_id]
+        key = self._read(thread_id)
+        if key is None and create and not self._erased(thread_id):
+            m = self._mark
+            with self._datastore.transaction(commit=True) as cursor:
+                cursor.execute(f"INSERT INTO {self._table} (thread_id, wrapped) VALUES ({m}, {m})"  # noqa: S608 - table name is ours
+                               " ON CONFLICT (thread_id) DO NOTHING",
+                               (thread_id, self._wrap(AESGCM.generate_key(256))))
+            key = self._read(thread_id)  # the one stored first, if two writers raced
+        if key is None and not self._erased(thread_id):
+            return None  # no key yet: not cached, a later write makes one
+        self._remember(thread_id, key)
+        return key
+
+    def _rows(self, thread_id: str) -> list[Any]:
+        with self._datastore.transaction(commit=False) as cursor:
+            cursor.execute(f"SELECT wrapped, erased_at FROM {self._table} WHERE thread_id ="  # noqa: S608
+                           f" {self._mark}", (thread_id,))
+            return [tuple(r.values()) if isinstance(r, dict) else tuple(r)
+                    for r in cursor.fetchall()]
+
+    def _read(self, thread_id: str) -> bytes | None:
+        rows = self._rows(thread_id)
+        return self._unwrap(rows[0][0]) if rows and rows[0][0] else None
+
+    def _erased(self, thread_id: str) -> bool:
+        rows = self._rows(thread_id)
+        return bool(rows and rows[0][1])
+
+    def _remember(self, thread_id: str, key: bytes | None) -> None:
+        with self._lock:
+            self._cache[thread_id] = key
+            self._cache.move_to_end(thread_id)
+            while len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
+
+    def erase(self, thread_id: str) -> bool:
+        """Destroy the thread's data key (a tombstone stays); False when it was erased before."""
+        m = self._mark
+        now = datetime.now(UTC).isoformat()
+        already = self._erased(thread_id)
+        with self._datastore.transaction(commit=True) as cursor:
+            if self._sqlite:
+                cursor.execute("PRAGMA secure_delete = ON")  # the old bytes are zeroed
+            cursor.execute(f"INSERT INTO {self._table} (thread_id, wrapped, erased_at)"  # noqa: S608
+                           f" VALUES ({m}, NULL, {m}) ON CONFLICT (thread_id) DO UPDATE SET"
+                           " wrapped = NULL, erased_at = COALESCE("
+                           f"{TABLE}.erased_at, excluded.erased_at)", (thread_id, now))
+        if not self._sqlite:
+            self._vacuum()
+        self._remember(thread_id, None)
+        return not already
+
+    def _vacuum(self) -> None:
+        """PostgreSQL keeps an updated row's old version until it is vacuumed."""
+        with self._datastore.pool.connection() as conn:
+            conn.autocommit = True
+            try:
+                conn.execute(f"VACUUM {self._table}")
+            finally:
+                conn.autocommit = False
+
+
+class SealingMapper(Mapper[Any]):
+    """eventsourcing's mapper, sealing each thread's personal values under its data key."""
+
+    keys: ThreadKeys | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._threads: OrderedDict[Any, str] = OrderedDict()
+        self._threads_lock = threading.Lock()
+
+    def note_threads(self, aggregates: Any) -> None:
+        """Remember which thread each of these aggregates belongs to."""
+        with self._threads_lock:
+            for aggregate in aggregates:
+                thread_id = getattr(aggregate, "thread_id", None)
+                if isinstance(thread_id, str):
+                    self._threads[aggregate.id] = thread_id
+            while len(self._threads) > MAX_THREADS:
+                self._threads.popitem(last=False)
+
+    def _thread_of(self, event: Any) -> str | None:
+        thread_id = getattr(event, "thread_id", None)
+        if isinstance(thread_id, str):
+            return thread_id
+        with self._threads_lock:
+            return self._threads.get(event.originator_id)
+
+    def to_stored_event(self, domain_event: Any) -> StoredEvent:
+        thread_id = self._thread_of(domain_event) if self.keys is not None else None
+        if thread_id is None:
+            return super().to_stored_event(domain_event)
+        state = dict(vars(domain_event))
+        values: list[Any] = []
+        sealed = _take(state, values)
+        if not values:
+            return super().to_stored_event(domain_event)
+        assert self.keys is not None
+        key = self.keys.key(thread_id, create=True)
+        digests = [digest(v) for v in values]
+        if key is None:  # erased: nothing of it is written
+            body = None
+        else:
+            nonce = os.urandom(12)
+            body = b64encode(nonce + AESGCM(key).encrypt(
+                nonce, json.dumps(values, default=str).encode(), thread_id.encode())).decode()
+        sealed[SEAL] = {"t": thread_id, "c": body, "d": digests}
+        event = object.__new__(type(domain_event))
+        object.__setattr__(event, "__dict__", sealed)
+        return super().to_stored_event(event)
+
+    def to_domain_event(self, stored_event: StoredEvent) -> Any:
+        event = super().to_domain_event(stored_event)
+        seal = event.__dict__.pop(SEAL, None)
+        if seal is None:
+            return event
+        digests: list[str] = list(seal["d"])
+        values: list[Any] | None = None
+        key = self.keys.key(str(seal["t"]), create=False) if self.keys and seal["c"] else None
+        if key is not None:
+            raw = b64decode(seal["c"])
+            values = json.loads(AESGCM(key).decrypt(raw[:12], raw[12:], str(seal["t"]).encode()))
+        filled = [values[i] if values is not None else erased(d) for i, d in enumerate(digests)]
+        for name, value in list(event.__dict__.items()):
+            event.__dict__[name] = _put(name, value, filled)
+        return event
+
+
+def _is_mark(value: Any) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and MARK in value
+
+
+def _take(state: dict[str, Any], values: list[Any]) -> dict[str, Any]:
+    """``state`` with its personal values replaced by markers, the values added to
+    ``values`` (ids, version and time are never taken)."""
+    kept: dict[str, Any] = {}
+    for name, value in state.items():
+        if name in PLAIN or name.startswith("originator_") or name == "timestamp" or (
+                value is None):
+            kept[name] = value
+        elif name in NESTED and isinstance(value, list):
+            kept[name] = [_take(item, values) if isinstance(item, dict) else item
+                          for item in value]
+        else:
+            kept[name] = {MARK: len(values)}
+            values.append(value)
+    return kept
+
+
+def _put(name: str, value: Any, filled: list[Any]) -> Any:
+    if _is_mark(value):
+        return filled[int(value[MARK])]
+    if name in NESTED and isinstance(value, list):
+        return [{k: _put(k, v, filled) for k, v in item.items()} if isinstance(item, dict)
+                else item for item in value]
+    return value
