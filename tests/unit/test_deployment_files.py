@@ -10,6 +10,7 @@ import yaml
 
 from contracts.limits import NATS_MAX_PAYLOAD, REQUIRED_NATS_PAYLOAD
 from hitlflow.auth import auth_files
+from hitlflow.settings import Settings
 from hitlflow.stack import server_config
 from tests.conftest import ROOT
 
@@ -85,6 +86,9 @@ def test_compose_gives_each_service_its_own_nats_user_and_the_directory() -> Non
             assert mounted[key.name] == Path(".") / auth_files(Path("deploy")).jwt_secret
         else:
             assert "jwt.secret" not in mounted, name  # only the gateway checks tokens
+            # one key ring for every replica of every service that opens a store
+            ring = Path(env["HITLFLOW_KEY_FILE"])
+            assert mounted[ring.name] == Settings(home=Path("deploy")).key_path
     assert not any(path.name in ("users.json", "operator.creds") for path in secrets.values())
 
 
@@ -111,6 +115,10 @@ def test_k8s_gives_each_service_its_own_nats_user_and_the_directory() -> None:
             assert key.parent == creds.parent and items[key.name] == "jwt.secret"
         else:
             assert "jwt.secret" not in items.values()
+            ring = Path(config["data"]["HITLFLOW_KEY_FILE"])
+            assert ring.parent == creds.parent and items[ring.name] == "keys.json"
+    setup = (ROOT / "k8s" / "config.yaml").read_text()
+    assert "--from-file=deploy/keys.json" in setup
 
 
 def test_every_nats_server_has_the_stacks_users() -> None:
