@@ -108,15 +108,16 @@ class Caller:
 
 
 def gateway_settings(settings: Settings) -> Settings:
-    """The settings the gateway runs with: as given, or, when nothing says who it is on NATS
-    and this home has the embedded stack's users, the stack's ``gateway`` user and its
-    directory (authorization on)."""
+    """The settings the gateway runs with: as given, and, when this home has the embedded
+    stack's users, its directory (authorization on) and, unless other credentials are given,
+    the stack's ``gateway`` user."""
     files = auth_files(settings.home)
-    if (settings.auth and settings.identity_file is None and settings.nats_creds is None
-            and settings.nats_user is None and files.exists()):
-        return settings.model_copy(update={"identity_file": files.users,
-                                           "nats_creds": files.creds(GATEWAY_USER)})
-    return settings
+    if not settings.auth or settings.identity_file is not None or not files.exists():
+        return settings
+    update: dict[str, Any] = {"identity_file": files.users}
+    if settings.nats_creds is None and settings.nats_user is None:
+        update["nats_creds"] = files.creds(GATEWAY_USER)
+    return settings.model_copy(update=update)
 
 
 class Authenticator:

@@ -18,7 +18,7 @@ from hitlflow.gateway_auth import (
     _groups_claim,
     gateway_settings,
 )
-from hitlflow.settings import Settings
+from hitlflow.settings import Settings, SettingsError
 from services.common.identity import Directory
 
 
@@ -73,8 +73,10 @@ def test_the_gateway_finds_the_embedded_stacks_files_by_itself(tmp_path: Path) -
     found = gateway_settings(Settings(home=tmp_path))
     assert (found.identity_file, found.nats_creds) == (files.users, files.creds("gateway"))
     assert found.nats_auth()["user"] == "gateway"
-    given = Settings(home=tmp_path, nats_creds=files.creds("operator"))
-    assert gateway_settings(given) == given  # what is given is used as given
+    given = gateway_settings(Settings(home=tmp_path, nats_creds=files.creds("operator")))
+    assert (given.identity_file, given.nats_creds) == (files.users, files.creds("operator"))
+    with pytest.raises(SettingsError, match="'operator', which is not a gateway user"):
+        Authenticator(given, Directory(files.users))  # said at start, not as 403s later
     assert gateway_settings(Settings(home=tmp_path, auth=False)).identity_file is None
 
 
