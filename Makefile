@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench fuzz clean
+.PHONY: demo test lint typecheck bench fuzz clean npm-tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,20 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo.sh
 
-test: $(STAMP)
+# The AsyncAPI parser (npm) that validates `hitlflow contract --format asyncapi` in the tests;
+# without npm the test that needs it is skipped and says why.
+NPM_TOOLS := .npm-tools
+NPM_STAMP := $(NPM_TOOLS)/.installed
+
+$(NPM_STAMP): tests/asyncapi/package.json
+	@if command -v npm >/dev/null 2>&1; then \
+		mkdir -p $(NPM_TOOLS) && cp tests/asyncapi/package.json $(NPM_TOOLS)/ && \
+		npm install --silent --no-audit --no-fund --prefix $(NPM_TOOLS) && touch $(NPM_STAMP); \
+	else echo "npm not found: the AsyncAPI validation test will be skipped"; fi
+
+npm-tools: $(NPM_STAMP)
+
+test: $(STAMP) npm-tools
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
@@ -48,4 +61,4 @@ bench: $(BENCH_STAMP)
 	$(BENCH_VENV)/bin/python -m bench.run $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(NPM_TOOLS) .pytest_cache .mypy_cache .ruff_cache

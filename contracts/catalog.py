@@ -136,6 +136,10 @@ CHANNELS: tuple[Channel, ...] = (
     Channel(subjects.TIMEOUTS_LIST, "control", "request",
             "Pending deadlines and what each will do.", "", DeadlinesQuery, DeadlinesReply,
             None, "timeout"),
+    Channel(f"{subjects.ADMIN_ERASE}.{{store}}", "control", "request",
+            "Erase a thread's personal data in one service's store (`hitlflow erase`): "
+            '`{"thread_id": ...}`; every replica answers `{"ok", "service", "erased_now"}`.',
+            "", None, None, None, "workflow, interaction, timeout, projections"),
     Channel("hitl.sched.at.{request_id}.{thread_id}", "internal", "jetstream",
             "A held timer (NATS message schedule) of one request's deadline.", BY_LAST_PART,
             TimeoutInteraction, None, subjects.SCHEDULES_STREAM, "timeout"),

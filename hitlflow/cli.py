@@ -407,7 +407,8 @@ def _write_stack_file(settings: Settings, stack: Any, started_at: str) -> None:
 
     info = {"pid": os.getpid(), "pid_start": process_identity(os.getpid()),
             "nats_url": stack.nats_url, "nats_pid": stack.nats_pid, "home": str(settings.home),
-            "started_at": started_at, "mode": stack.mode, "services": stack.service_pids()}
+            "started_at": started_at, "mode": stack.mode, "services": stack.service_pids(),
+            "metrics": stack.metrics_urls()}
     partial = settings.stack_file.with_name(settings.stack_file.name + ".tmp")
     partial.write_text(json.dumps(info))
     partial.replace(settings.stack_file)
@@ -460,8 +461,11 @@ def up(
     started_at = datetime.now(UTC).isoformat()
     stack: Stack | ProcessStack
     if one_process:
+        from hitlflow.stack import free_port
         from services.workflow.agents import AgentRegistry
 
+        if not settings.metrics_port:  # `up` always serves them: on a free port unless set
+            settings = settings.model_copy(update={"metrics_port": free_port()})
         stack = Stack(settings, nats_url=nats_url, port=port,
                       agents=AgentRegistry.load(settings.agent_modules()))
     else:
@@ -472,6 +476,11 @@ def up(
         _write_stack_file(settings, stack, started_at)
         err.print(f"hitlflow stack up: NATS {stack.nats_url}, data in {settings.home} "
                   "(Ctrl-C or 'hitlflow down' to stop)")
+        urls = stack.metrics_urls()
+        if urls:
+            err.print("metrics (with /healthz and /readyz beside each): " + ", ".join(
+                f"{name} {url}" for name, url in urls.items()), markup=False,
+                soft_wrap=True)
 
     async def stop() -> None:
         with contextlib.suppress(OSError):
@@ -559,7 +568,7 @@ def serve(
 
     settings = _settings(nats_url)
     configure_logging(settings.log_level, settings.log_format)
-    if service == "gateway":
+    if service == "gateway":  # its /metrics, /healthz and /readyz are on its own port
         import uvicorn
 
         from hitlflow.gateway import create_app
@@ -574,6 +583,13 @@ def serve(
         fail(f"unknown service {service!r}; expected one of: {', '.join(builders)}",
              EXIT_BAD_INPUT)
     runtime: Any = builders[service](settings)
+    from services.common.health import serve_health
+
+    try:
+        serve_health(settings.metrics_host, settings.metrics_port)
+    except OSError as error:
+        fail(f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: "
+             f"{error.strerror or error} (HITLFLOW_METRICS_PORT)", EXIT_BAD_INPUT)
 
     def ready() -> None:
         if ready_fd is not None:
@@ -589,15 +605,20 @@ def serve(
 
 @app.command()
 def contract(
-    fmt: Annotated[str, typer.Option("--format", help="markdown")] = "markdown",
+    fmt: Annotated[str, typer.Option("--format", help="markdown | asyncapi | html")]
+    = "markdown",
 ) -> None:
     """Print the NATS contract (subjects, messages, limits, events, examples) as generated
-    from the code; docs/contract.md is its output."""
+    from the code: markdown (docs/contract.md is its output), the AsyncAPI 3 document (JSON),
+    or that document as one HTML page."""
+    from hitlflow import asyncapi
     from hitlflow.contract_doc import render
 
-    if fmt != "markdown":
-        fail(f"unknown format {fmt!r}; expected: markdown", EXIT_BAD_INPUT)
-    sys.stdout.write(render())
+    renderers = {"markdown": render, "asyncapi": asyncapi.render_json,
+                 "html": asyncapi.render_html}
+    if fmt not in renderers:
+        fail(f"unknown format {fmt!r}; expected one of: {', '.join(renderers)}", EXIT_BAD_INPUT)
+    sys.stdout.write(renderers[fmt]())
 
 
 app.add_typer(timeouts_app, name="timeouts")

@@ -100,6 +100,8 @@ class Outcome:
     output: Any = None
     error: str | None = None
     events: list[EventEnvelope] = field(default_factory=list)
+    #: The ``Hitl-Correlation-Id`` the command was sent with (find it in the services' logs).
+    correlation_id: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -243,6 +245,11 @@ class HitlClient:
             self._nc = None
 
     @property
+    def connected(self) -> bool:
+        """Connected to NATS now (False before connect, after close, while reconnecting)."""
+        return self._nc is not None and self._nc.is_connected
+
+    @property
     def nc(self) -> Client:
         assert self._nc is not None, "client not connected"
         return self._nc
@@ -336,6 +343,7 @@ class HitlClient:
                     wait: bool = True) -> Outcome:
         payload = command.model_dump_json().encode()
         check_bytes("the command", len(payload), MAX_COMMAND_BYTES)
+        correlation_id = uuid.uuid4().hex  # in every event the command causes, and the logs
         nc = self.nc
         watch = _ThreadWatch()
         events = await nc.subscribe(subjects.thread_events_subject(thread_id), cb=watch.on_msg)
@@ -343,7 +351,8 @@ class HitlClient:
         replies = await nc.subscribe(inbox, max_msgs=1)
         try:
             await nc.jetstream().publish(subject, payload,
-                                         headers={subjects.REPLY_TO_HEADER: inbox})
+                                         headers={subjects.REPLY_TO_HEADER: inbox,
+                                                  subjects.CORRELATION_HEADER: correlation_id})
             try:
                 msg = await replies.next_msg(self.reply_timeout)
             except NatsTimeoutError as error:
@@ -352,7 +361,7 @@ class HitlClient:
                     f"{self.reply_timeout:g}s; is the stack running ('hitlflow up')?"
                 ) from error
             reply = CommandReply.model_validate_json(msg.data)
-            outcome = Outcome(reply=reply)
+            outcome = Outcome(reply=reply, correlation_id=correlation_id)
             if reply.ok and not reply.duplicate and not reply.decided:
                 effect = REQUEST_EFFECTS["vote" if reply.command == "resume" else
                                          reply.action or ""]

@@ -208,7 +208,8 @@ models in `contracts/` (`schema_version: 1`; unknown fields are refused).
   acknowledged the command is stored and will be decided, even if no service is running yet.
   To get its outcome, put an inbox subject of yours in the `{REPLY_TO_HEADER}` header and
   subscribe to it before publishing: the service that decides the command publishes a
-  `CommandReply` there. `{CORRELATION_HEADER}` (optional) is carried into the logs.
+  `CommandReply` there. `{CORRELATION_HEADER}` (optional) is carried into every event the
+  command causes (same header) and every log line about it.
 - **Queries are NATS requests** (request/reply, answered by the projections service). Lists
   come in pages: at most `limit` items and 1 MiB; pass the reply's `next` back as `after`.
 - **Events** are published to the `HITL_EVENTS` stream once saved (durable; read them with a

@@ -18,13 +18,15 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Security
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from contracts.catalog import REFUSAL_CODES
 from contracts.limits import MAX_COMMAND_BYTES, TooLargeError
 from contracts.subjects import InvalidThreadIdError, check_thread_id
+from hitlflow import asyncapi
 from hitlflow.cli_common import describe_input_error
 from hitlflow.client import (
     HitlClient,
@@ -46,6 +48,7 @@ from hitlflow.settings import Settings
 from projections.time_travel import TimeTravelError
 from services.common.identity import Directory
 from services.common.logging import get_logger
+from services.common.metrics import REGISTRY
 from services.workflow.definition import WorkflowError, parse_workflow
 
 log = get_logger(__name__)
@@ -163,7 +166,8 @@ class ErrorBody(BaseModel):
     error: str = Field(description="What was wrong, and what was expected.")
 
 
-#: Every route but /healthz answers these when the credentials do not do.
+#: Every route but the probes, /metrics and the documents answers these when the
+#: credentials do not do.
 AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "No valid credentials: none, malformed, forged, "
           "expired, unsigned, or for another issuer or audience (`code`: `unauthenticated`; "
@@ -182,7 +186,8 @@ COMMAND_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 DESCRIPTION = """Start threads, answer their requests, claim and hand them on, read their status.
 
-**Authentication.** Every route but `/healthz` needs one of:
+**Authentication.** Every route but the probes (`/healthz`, `/readyz`), `/metrics` and
+the documents needs one of:
 
 - `Authorization: Bearer <JWT>` for a person: signed (HS256) with the stack's own key
   (`hitlflow token NAME --group G` makes one), or by your identity provider (RS256/ES256…,
@@ -303,7 +308,8 @@ async def caller_of(
         alias="X-On-Behalf-Groups", description="With X-On-Behalf-Of: the person's groups, "
                                                 "comma separated.")] = None,
 ) -> Caller:
-    """Whom the request is from (every route but /healthz depends on it)."""
+    """Whom the request is from (every route but the probes, /metrics and the documents
+    depends on it)."""
     authenticator: Authenticator = request.app.state.authenticator
     return await authenticator.caller(
         authorization=request.headers.get("authorization"),
@@ -313,6 +319,43 @@ async def caller_of(
 
 Who = Annotated[Caller, Depends(caller_of)]
 Hitl = Annotated[HitlClient, Depends(_client)]
+
+
+def _serve_health(app: FastAPI) -> None:
+    """Probes and metrics: no credentials (they show no thread's content)."""
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz(request: Request) -> JSONResponse:
+        """Ready when connected to NATS (the gateway reads and writes nothing else)."""
+        hitl: HitlClient | None = getattr(request.app.state, "hitl", None)
+        connected = hitl is not None and hitl.connected
+        return JSONResponse({"status": "ready" if connected else "not ready",
+                             "checks": {"nats": {"ok": connected}}},
+                            status_code=200 if connected else 503)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        """This process's Prometheus metrics."""
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+def _serve_contract(app: FastAPI) -> None:
+    """The NATS contract, public like the OpenAPI document at /docs."""
+
+    @app.get("/asyncapi")
+    async def asyncapi_document() -> JSONResponse:
+        """The NATS contract as an AsyncAPI 3 document (``hitlflow contract --format
+        asyncapi``)."""
+        return JSONResponse(asyncapi.render_document())
+
+    @app.get("/asyncapi.html", response_class=HTMLResponse)
+    async def asyncapi_page() -> HTMLResponse:
+        """The same document as one HTML page."""
+        return HTMLResponse(asyncapi.render_html())
 
 
 async def _thread_at(hitl: HitlClient, thread_id: str, at: str) -> dict[str, Any]:
@@ -353,9 +396,8 @@ def create_app(settings: Settings, client: HitlClient | None = None) -> FastAPI:
     app.add_middleware(LimitBody)
     _answer_errors(app)
 
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    _serve_health(app)
+    _serve_contract(app)
 
     _command_routes(app)
     _task_routes(app)

@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     postgres_dsn: str | None = None
     #: PostgreSQL schema for the stores and views (created if missing).
     postgres_schema: str | None = None
+    #: Connections each service's event store keeps open, and may open beyond that at busy
+    #: times (mind the server's max_connections: replicas times services times their sum).
+    postgres_pool_size: int = Field(default=5, ge=1)
+    postgres_max_overflow: int = Field(default=10, ge=0)
     #: Python modules whose import registers user agents (comma separated).
     agents: str = ""
     #: How long a command waits for its outcome before reporting that none came.
@@ -112,6 +116,23 @@ class Settings(BaseSettings):
     timeout_sweep_interval: float = Field(default=30.0, gt=0)
     #: The periodic sweep leaves a due deadline to its NATS timer for this many seconds.
     timeout_sweep_grace: float = Field(default=2.0, ge=0)
+    #: Seconds a consumer's server waits for a delivered message to be acknowledged before it
+    #: delivers it again (to any replica): how long the messages a crashed replica held wait.
+    ack_wait: float = Field(default=60.0, gt=0)
+    #: Port of a service process's /metrics, /healthz and /readyz (0: not served). Under
+    #: ``hitlflow up`` each service process gets a free port of its own (printed, and kept in
+    #: stack.json).
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    #: Address that endpoint listens on (0.0.0.0 in a container).
+    metrics_host: str = "127.0.0.1"
+    #: Seconds between two health checks of a service (store reachable, consumer lag, ...).
+    health_interval: float = Field(default=5.0, gt=0)
+    #: Seconds the projections replica holding the single-writer lease has to renew it; past
+    #: that, a standby replica takes over (docs/projections.md).
+    projections_lease_ttl: float = Field(default=10.0, gt=0)
+    #: Rows of applied_events (the views' tracking) older than this many seconds of live
+    #: work are compacted into each view's position.
+    projections_compact_after: float = Field(default=1800.0, gt=0)
 
     @field_validator("timeout_approval", "timeout_edit", "timeout_choice", "timeout_text_input",
                      "timeout_conversation", mode="before")
@@ -215,6 +236,8 @@ class Settings(BaseSettings):
                 "e.g. postgresql://postgres@127.0.0.1:5432/postgres"
             )
         env.update(PERSISTENCE_MODULE="eventsourcing.postgres", **postgres_env(self.postgres_dsn))
+        env.update(POSTGRES_POOL_SIZE=str(self.postgres_pool_size),
+                   POSTGRES_MAX_OVERFLOW=str(self.postgres_max_overflow))
         if self.postgres_schema:
             env["POSTGRES_SCHEMA"] = self.postgres_schema
         return env

@@ -25,6 +25,7 @@ from contracts.limits import NATS_MAX_PAYLOAD
 from hitlflow.auth import OPERATOR_USER, AuthFiles, auth_files, nats_authorization, write_private
 from hitlflow.auth import ensure as ensure_auth
 from hitlflow.settings import Settings
+from services.common.health import HealthServer, serve_health
 from services.common.logging import get_logger
 from services.common.messaging import check_server, connect, ensure_streams
 from services.common.runtime import cancel_and_wait
@@ -187,11 +188,15 @@ class EmbeddedNats:
     """A nats-server child process with JetStream and its data directory on disk."""
 
     def __init__(self, data_dir: Path, port: int, host: str = "127.0.0.1", *,
-                 auth: AuthFiles | None = None) -> None:
+                 auth: AuthFiles | None = None, name: str | None = None,
+                 extra_args: tuple[str, ...] = ()) -> None:
         self.data_dir = data_dir
         self.port = port
         self.host = host
         self.auth = auth
+        self.name = name or f"hitlflow-{port}"
+        #: More command-line options (e.g. a cluster's: hitlflow.cluster).
+        self.extra_args = extra_args
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -221,8 +226,8 @@ class EmbeddedNats:
         write_private(config, server_config(self.auth))
         self.process = subprocess.Popen(
             [nats_server_binary(), "-c", str(config), "-a", self.host, "-p", str(self.port),
-             "-js", "-sd", str(self.data_dir / "jetstream"), "-n", f"hitlflow-{self.port}",
-             "-l", str(log_file)],
+             "-js", "-sd", str(self.data_dir / "jetstream"), "-n", self.name,
+             "-l", str(log_file), *self.extra_args],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             # its own process group: a Ctrl-C reaches the stack, which stops its services first
             process_group=0, preexec_fn=_child_setup(),  # noqa: PLW1509
@@ -310,6 +315,10 @@ class _StackBase:
     def service_pids(self) -> dict[str, int]:
         raise NotImplementedError
 
+    def metrics_urls(self) -> dict[str, str]:
+        """Where each service's /metrics is (its /healthz and /readyz beside it)."""
+        raise NotImplementedError
+
     @property
     def nats_pid(self) -> int | None:
         """The embedded nats-server's pid (None: a NATS of one's own)."""
@@ -338,6 +347,9 @@ class Stack(_StackBase):
         self.clock = clock
         self.agents = agents
         self.runtimes: dict[str, Any] = {}
+        #: /metrics, /healthz, /readyz of every service of this process (settings'
+        #: metrics_port; 0: none).
+        self.health_server: HealthServer | None = None
 
     async def start(self) -> None:
         from projections import main as projections_main
@@ -349,6 +361,9 @@ class Stack(_StackBase):
         # Started from the loop's own thread (not a worker thread): the child is tied to the
         # life of the thread that started it (see _stop_with_parent).
         self.start_nats()
+        if self.health_server is None:
+            self.health_server = serve_health(self.settings.metrics_host,
+                                              self.settings.metrics_port)
         # the stores of `hitlflow serve` too (Settings.store_env): keep the two the same
         stores = self.data_dir / "stores"
         for name in self.service_names:
@@ -374,6 +389,11 @@ class Stack(_StackBase):
     def service_pids(self) -> dict[str, int]:
         return dict.fromkeys(self.runtimes, os.getpid())
 
+    def metrics_urls(self) -> dict[str, str]:
+        if self.health_server is None:
+            return {}
+        return dict.fromkeys(self.service_names, f"{self.health_server.url}/metrics")
+
     async def stop_services(self) -> None:
         for name in reversed(list(self.runtimes)):
             with contextlib.suppress(Exception):
@@ -382,6 +402,9 @@ class Stack(_StackBase):
 
     async def stop(self) -> None:
         await self.stop_services()
+        if self.health_server is not None:
+            await asyncio.to_thread(self.health_server.stop)
+            self.health_server = None
         await self.stop_nats()
 
 
@@ -415,11 +438,14 @@ class ServiceProcess:
     """One ``hitlflow serve NAME`` child process. It writes a line on a pipe (``--ready-fd``)
     once its service is started: connected to NATS, consumers and relay running."""
 
-    def __init__(self, name: str, nats_url: str, env: dict[str, str], nice: int = 0) -> None:
+    def __init__(self, name: str, nats_url: str, env: dict[str, str], nice: int = 0,
+                 log: Path | None = None) -> None:
         self.name = name
         self.nats_url = nats_url
         self.env = env
         self.nice = nice
+        #: Where its output goes (appended); None: this process's own stdout and stderr.
+        self.log = log
         self.process: asyncio.subprocess.Process | None = None
 
     @property
@@ -429,11 +455,13 @@ class ServiceProcess:
     async def start(self, timeout: float = READY_TIMEOUT) -> None:
         """Start the process; return once it is ready, else raise :class:`ServiceStartError`."""
         read_fd, write_fd = os.pipe()
+        output = self.log.open("ab") if self.log is not None else None
         try:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "hitlflow", "serve", self.name,
                 "--nats-url", self.nats_url, "--ready-fd", str(write_fd),
                 env=self.env, stdin=subprocess.DEVNULL, pass_fds=(write_fd,),
+                stdout=output, stderr=output,
                 # its own process group: a Ctrl-C reaches the supervisor, which stops it
                 process_group=0, preexec_fn=_child_setup(self.nice),
             )
@@ -442,6 +470,8 @@ class ServiceProcess:
             raise
         finally:
             os.close(write_fd)  # the child holds the only write end: EOF when it exits
+            if output is not None:
+                output.close()
         try:
             line = await asyncio.wait_for(_read_line(read_fd), timeout)
         except TimeoutError:
@@ -502,6 +532,7 @@ class ProcessStack(_StackBase):
         self.on_change = on_change
         self.ready_timeout = ready_timeout
         self.children: dict[str, ServiceProcess] = {}
+        self.metrics_ports: dict[str, int] = {}
         self._supervisors: list[asyncio.Task[None]] = []
         self._stopping = False
 
@@ -509,16 +540,31 @@ class ProcessStack(_StackBase):
         return {name: child.pid for name, child in self.children.items()
                 if child.pid is not None}
 
+    def metrics_urls(self) -> dict[str, str]:
+        host = self.settings.metrics_host
+        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104 - a comparison
+        return {name: f"http://{shown}:{port}/metrics"
+                for name, port in self.metrics_ports.items()}
+
+    def _assign_metrics_ports(self) -> dict[str, int]:
+        """A port per service process: ``metrics_port`` and the ones after it when set, else
+        free ones."""
+        base = self.settings.metrics_port
+        return {name: base + index if base else free_port(self.settings.metrics_host
+                                                         or "127.0.0.1")
+                for index, name in enumerate(self.service_names)}
+
     async def start(self) -> None:
         """NATS, its streams, then every service process; returns once all are ready."""
         self.ensure_keys()
         self.start_nats()  # from the loop's thread, as the service processes (_stop_with_parent)
         env = {**os.environ, "HITLFLOW_HOME": str(self.settings.home)}
         nice = self.settings.background_nice
-        self.children = {name: ServiceProcess(name, self.nats_url,
-                                              {**env, **self._auth_env(name)},
-                                              nice if name in BACKGROUND else 0)
-                         for name in self.service_names}
+        self.metrics_ports = self._assign_metrics_ports()
+        self.children = {name: ServiceProcess(
+            name, self.nats_url,
+            {**env, **self._auth_env(name), "HITLFLOW_METRICS_PORT": str(self.metrics_ports[name])},
+            nice if name in BACKGROUND else 0) for name in self.service_names}
         starting: list[asyncio.Task[None]] = []
         try:
             await self._create_streams()

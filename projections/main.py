@@ -64,10 +64,12 @@ from contracts.subjects import (
 )
 from hitlflow.settings import Settings
 from projections import analytics, audit_trail, thread_status
-from projections.db import ViewDatabase, open_view_database
+from projections.db import ViewDatabase, epoch, open_view_database
 from projections.erasure import redact_thread
+from projections.lease import Lease, LeaseLostError
 from projections.projector import Projector, UnknownViewError, select_views
 from projections.rebuild import RebuildResult, rebuild_from_stores
+from services.common import metrics
 from services.common.clock import Clock, SystemClock
 from services.common.consumer import (
     PoisonMessageError,
@@ -76,11 +78,13 @@ from services.common.consumer import (
     Subscription,
     decode_envelope,
 )
+from services.common.health import Health, Monitor, register, unregister
 from services.common.identity import Directory, IdentityError
 from services.common.logging import get_logger
 from services.common.messaging import check_server, ensure_streams, make_broker
 from services.common.quarantine import QuarantineError, describe, quarantine
-from services.common.runtime import cancel_and_wait
+from services.common.runtime import cancel_and_wait, consumer_gauges, nats_connected
+from services.common.store import postgres_ddl_lock
 
 log = get_logger(__name__)
 
@@ -151,14 +155,30 @@ class ProjectionsRuntime:
         self.batch_size = batch_size
         #: Called after each committed batch with its events and the commit time (epoch s).
         self.on_applied = on_applied
-        self.db: ViewDatabase = open_view_database(settings, data_dir)
-        self.projector = Projector(self.db)
+        with contextlib.ExitStack() as ddl:
+            if settings.persistence == "postgres" and settings.postgres_dsn:
+                ddl.enter_context(postgres_ddl_lock(settings.postgres_dsn))
+            self.db: ViewDatabase = open_view_database(settings, data_dir)
+            self.projector = Projector(self.db)
+            #: Any number of replicas answer queries; the one holding the lease applies events.
+            self.lease = Lease(self.db, settings.projections_lease_ttl)
         #: Who the principals are (for "my requests"); without one, authorization is off.
         self.directory = Directory(settings.identity_file)
         self.broker: NatsBroker | None = None
         self._task: asyncio.Task[None] | None = None
+        self._leader: asyncio.Task[None] | None = None
+        self._monitor: asyncio.Task[None] | None = None
+        self._lease_changed = asyncio.Event()
         self._applied = asyncio.Condition()
         self._apply_lock = asyncio.Lock()
+        #: (loop time, highest position applied per service): where compaction may go up to
+        #: once ``projections_compact_after`` seconds have passed.
+        self._marks: list[tuple[float, dict[str, int]]] = []
+        self._marked_at = -1e18
+        self.health = Health("projections",
+                             stale_after=max(60.0, settings.health_interval * 6))
+        self.monitor = Monitor(self.health, settings.health_interval,
+                               [self._check_views, self._check_consumer])
 
     async def start(self) -> None:
         stale = self.projector.stale()
@@ -176,14 +196,119 @@ class ProjectionsRuntime:
         js = broker.connection.jetstream()
         await ensure_streams(js, self.settings.stream_replicas)
         await broker.start()
-        self._task = asyncio.create_task(self._consume(js), name=DURABLE)
+        self._leader = asyncio.create_task(self._lead(js), name="projections-lease")
+        self.health.live("nats", lambda: nats_connected(broker))
+        self.health.live("consumers", self._consuming_state)
+        register(self.health)
+        self._monitor = asyncio.create_task(self.monitor.run(), name="projections-health")
         log.info("service_started", service="projections", nats_url=self.nats_url,
                  views_database=self.db.name)
 
+    @property
+    def leading(self) -> bool:
+        """Does this replica hold the lease and apply events to the views?"""
+        return self._task is not None and not self._task.done()
+
+    def _consuming_state(self) -> tuple[bool, str]:
+        if self.leading:
+            return True, "applying events (holds the lease)"
+        if self._task is None:
+            return True, "standby: another replica holds the lease; answering queries"
+        return False, "the events consumer stopped"
+
+    async def _lead(self, js: JetStreamContext) -> None:
+        """Hold the single-writer lease (projections/lease.py): consume while it is held,
+        stop at once when it is lost, take it over when it expires."""
+        loop = asyncio.get_running_loop()
+        renewed_at = -1e18
+        while True:
+            try:
+                held = await asyncio.to_thread(self.lease.acquire)
+                renewed_at = loop.time()
+            except Exception as error:  # the database unreachable: keep it while it lasts
+                held = self.leading and loop.time() - renewed_at < self.lease.ttl
+                log.warning("projections_lease_not_renewed", error=repr(error), held=held)
+            if held and not self.leading:
+                if self._task is not None:  # it ended on its own (e.g. NATS): start again
+                    if not self._task.cancelled() and self._task.exception() is not None:
+                        log.warning("projections_consumer_ended",
+                                    error=repr(self._task.exception()), detail="restarted")
+                    await cancel_and_wait([self._task])
+                log.info("projections_leading", epoch=self.lease.epoch,
+                         holder=self.lease.holder)
+                self._marks.clear()
+                self._task = asyncio.create_task(self._consume(js), name=DURABLE)
+            elif not held and self._task is not None:
+                log.warning("projections_lease_lost", holder=self.lease.holder,
+                            detail="another replica applies the events now")
+                await cancel_and_wait([self._task])
+                self._task = None
+            metrics.PROJECTIONS_LEADER.set(1 if self.leading else 0)
+            if held:
+                await self._compact_when_due()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.lease.ttl / 3):
+                    await self._lease_changed.wait()
+            self._lease_changed.clear()
+
+    async def _compact_when_due(self) -> None:
+        """Every so often, note how far each service's events are applied; fold the tracking
+        rows up to a note older than ``projections_compact_after`` (Projector.compact)."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        after = self.settings.projections_compact_after
+        if now - self._marked_at < min(after / 4, 60.0):
+            return
+        self._marked_at = now
+        try:
+            self._marks.append((now, await asyncio.to_thread(self.projector.max_applied)))
+            due = [mark for mark in self._marks if now - mark[0] >= after]
+            if not due or not due[-1][1]:
+                return
+            upto = due[-1][1]
+            self._marks = [mark for mark in self._marks if now - mark[0] < after]
+            async with self._apply_lock:
+                left = await asyncio.to_thread(self.projector.compact, upto, self.lease.check)
+        except LeaseLostError:
+            self._lease_changed.set()
+            return
+        except Exception as error:
+            log.warning("tracking_not_compacted", error=repr(error))
+            return
+        metrics.VIEW_TRACKING_ROWS.set(left)
+        log.info("tracking_compacted", upto=upto, rows_left=left)
+
+    async def _check_views(self) -> None:
+        """The views database answers; the backlog of open requests."""
+        try:
+            row = await asyncio.to_thread(
+                self.db.one, "SELECT COUNT(*) AS n, MIN(created_at) AS oldest"
+                " FROM thread_requests WHERE status = 'pending'")
+        except Exception as error:
+            self.health.set("store", False, repr(error)[:300])
+            raise
+        self.health.set("store", True)
+        if row is not None:
+            metrics.PENDING_REQUESTS.set(int(row["n"] or 0))
+            oldest = row["oldest"]
+            age = self.clock.now().timestamp() - epoch(oldest) if oldest else 0.0
+            metrics.OLDEST_PENDING_AGE.set(max(age, 0.0))
+
+    async def _check_consumer(self) -> None:
+        if self.broker is not None and self.leading:
+            await consumer_gauges(self.broker.connection.jetstream(),
+                                  [self.events_subscription()])
+
     async def stop(self) -> None:
+        unregister(self.health)
+        for task in (self._monitor, self._leader, self._task):
+            if task is not None:
+                await cancel_and_wait([task])
         if self._task is not None:
-            await cancel_and_wait([self._task])
-            self._task = None
+            with contextlib.suppress(Exception):  # a standby takes over at once
+                await asyncio.to_thread(self.lease.release)
+        self._task = self._leader = self._monitor = None
+        metrics.PROJECTIONS_LEADER.set(0)
         if self.broker is not None:
             with contextlib.suppress(Exception):
                 await self.broker.stop()
@@ -193,28 +318,43 @@ class ProjectionsRuntime:
 
     # -- consuming ----------------------------------------------------------------------------
 
+    @staticmethod
+    def events_subscription() -> Subscription:
+        """The durable consumer the views are fed from: every event."""
+        return Subscription(subjects.EVENTS_ALL, subjects.EVENTS_STREAM, DURABLE)
+
     async def _consume(self, js: JetStreamContext) -> None:
         applied_seq = await asyncio.to_thread(self.db.consumer_position, DURABLE)
+        events = self.events_subscription()
         config = ConsumerConfig(
-            durable_name=DURABLE, filter_subject=subjects.EVENTS_ALL,
+            durable_name=DURABLE, filter_subject=str(events.subject),
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE if applied_seq else DeliverPolicy.ALL,
             opt_start_seq=applied_seq + 1 if applied_seq else None,
-            ack_policy=AckPolicy.ALL, ack_wait=60, max_deliver=-1,
+            ack_policy=AckPolicy.ALL, ack_wait=self.settings.ack_wait, max_deliver=-1,
             max_ack_pending=max(1000, self.batch_size * 4),
         )
         # Start where the views are, whatever the consumer acknowledged before a crash.
         with contextlib.suppress(NotFoundError):
             await js.delete_consumer(subjects.EVENTS_STREAM, DURABLE)
         await js.add_consumer(subjects.EVENTS_STREAM, config=config)
-        consumer = PullConsumer(js, Subscription(subjects.EVENTS_ALL, subjects.EVENTS_STREAM,
-                                                 DURABLE),
+        consumer = PullConsumer(js, events,
                                 batch_size=self.batch_size, handle_messages=self.apply_batch,
                                 policy=RetryPolicy(self.poison_attempts,
-                                                   self.settings.redelivery_delay))
+                                                   self.settings.redelivery_delay),
+                                ack_wait=self.settings.ack_wait)
         await consumer.run()
 
     async def apply_batch(self, messages: list[Msg]) -> None:
-        """Apply a fetched batch, in stream order (see the module's docstring for failures)."""
+        """Apply a fetched batch, in stream order (see the module's docstring for failures).
+        A batch refused because this replica lost the lease is left unacknowledged: the
+        replica that holds it now resumes from what the views recorded."""
+        try:
+            await self._apply_batch(messages)
+        except LeaseLostError as error:
+            log.warning("projections_batch_refused", error=str(error))
+            self._lease_changed.set()
+
+    async def _apply_batch(self, messages: list[Msg]) -> None:
         if not messages:
             return
         async with self._apply_lock:
@@ -228,6 +368,8 @@ class ProjectionsRuntime:
             envelopes = [envelope for _, envelope in decoded]
             try:
                 await self._in_place(lambda: self._apply(envelopes, last_seq))
+            except LeaseLostError:
+                raise
             except Exception as error:  # not an outage: find the event the views cannot take
                 log.warning("projection_batch_failed", error=repr(error), events=len(envelopes),
                             detail="applying its events one at a time")
@@ -242,10 +384,10 @@ class ProjectionsRuntime:
 
     async def _apply(self, envelopes: Sequence[EventEnvelope], stream_seq: int) -> None:
         await asyncio.to_thread(self.projector.apply, envelopes, consumer=DURABLE,
-                                stream_seq=stream_seq, careful=False)
+                                stream_seq=stream_seq, careful=False, guard=self.lease.check)
 
     async def _skip(self, stream_seq: int) -> None:
-        await asyncio.to_thread(self.projector.skip, DURABLE, stream_seq)
+        await asyncio.to_thread(self.projector.skip, DURABLE, stream_seq, self.lease.check)
 
     async def _apply_one_by_one(self, decoded: Sequence[tuple[Msg, EventEnvelope]],
                                 last_seq: int) -> list[EventEnvelope]:
@@ -257,6 +399,8 @@ class ProjectionsRuntime:
             for attempt in range(1, self.poison_attempts + 1):
                 try:
                     await self._in_place(functools.partial(self._apply, [envelope], seq))
+                except LeaseLostError:
+                    raise
                 except Exception as error:
                     if attempt < self.poison_attempts:
                         log.warning("event_retry", thread_id=envelope.thread_id,
@@ -311,11 +455,22 @@ class ProjectionsRuntime:
 
         if not after:
             return True
+        if not self.leading:  # a standby: another replica applies; read what is there
+            return await self._polled(reached, timeout)
         async with self._applied:
             try:
                 await asyncio.wait_for(self._applied.wait_for(reached), timeout)
             except TimeoutError:
                 return False
+        return True
+
+    async def _polled(self, reached: Callable[[], bool], timeout: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not await asyncio.to_thread(reached):
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.02)
         return True
 
     # -- rebuilding ---------------------------------------------------------------------------

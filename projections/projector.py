@@ -104,12 +104,16 @@ class Projector:
     # -- live ---------------------------------------------------------------------------------
 
     def apply(self, envelopes: Sequence[EventEnvelope], *, consumer: str | None = None,
-              stream_seq: int | None = None, careful: bool = True) -> int:
+              stream_seq: int | None = None, careful: bool = True,
+              guard: Callable[[Tx], None] | None = None) -> int:
         """Apply a batch in one transaction, in order; returns how many events were new.
 
         ``careful``: an event a view cannot fold is logged and passed over; else any error
-        undoes the whole batch and is raised."""
+        undoes the whole batch and is raised. ``guard`` runs first in the transaction (the
+        single-writer lease's check) and may refuse it by raising."""
         with self.db.transaction() as tx:
+            if guard is not None:
+                guard(tx)
             upto = {(row["view"], row["service"]): int(row["upto"])
                     for row in tx.all("SELECT view, service, upto FROM view_positions")}
             if not careful:
@@ -126,11 +130,47 @@ class Projector:
                 self._record_consumer(tx, consumer, stream_seq)
         return applied
 
-    def skip(self, consumer: str, stream_seq: int) -> None:
+    def skip(self, consumer: str, stream_seq: int,
+             guard: Callable[[Tx], None] | None = None) -> None:
         """Record that ``consumer`` got past ``stream_seq`` without applying anything more: the
         event there was quarantined (the views go on without it)."""
         with self.db.transaction() as tx:
+            if guard is not None:
+                guard(tx)
             self._record_consumer(tx, consumer, stream_seq)
+
+    def max_applied(self) -> dict[str, int]:
+        """The highest position applied live, per service (where compaction may go up to)."""
+        rows = self.db.query("SELECT service, MAX(position) AS p FROM applied_events"
+                             " GROUP BY service")
+        return {str(row["service"]): int(row["p"]) for row in rows if row["p"] is not None}
+
+    def compact(self, upto: dict[str, int],
+                guard: Callable[[Tx], None] | None = None) -> int:
+        """Fold the tracking rows of each service up to ``upto[service]`` into every view's
+        position (``view_positions``: an event at or below it is skipped as applied), and
+        delete them. Returns the tracking rows left.
+
+        Safe because each service's events first reach the stream in the order of their
+        positions (one relay publishes in order; several relays publish the same events,
+        de-duplicated by the stream), so once the views have applied position P of a service,
+        an event of it at or below P that comes later is a re-publication. The caller passes
+        positions applied long enough ago (``HITLFLOW_PROJECTIONS_COMPACT_AFTER``) that a
+        publication retried after an outage has come by then."""
+        with self.db.transaction() as tx:
+            if guard is not None:
+                guard(tx)
+            for service, position in sorted(upto.items()):
+                for view in self.views:
+                    tx.execute(
+                        "INSERT INTO view_positions (view, service, upto) VALUES (?, ?, ?)"
+                        " ON CONFLICT (view, service) DO UPDATE SET upto = CASE WHEN"
+                        " view_positions.upto < excluded.upto THEN excluded.upto"
+                        " ELSE view_positions.upto END", (view.name, service, position))
+                tx.execute("DELETE FROM applied_events WHERE service = ? AND position <= ?",
+                           (service, position))
+            row = tx.one("SELECT COUNT(*) AS n FROM applied_events")
+        return int(row["n"]) if row else 0
 
     @staticmethod
     def _record_consumer(tx: Tx, consumer: str, stream_seq: int) -> None:

@@ -38,6 +38,8 @@ from pydantic import BaseModel, ValidationError
 from contracts.commands import CommandReply
 from contracts.events import EventEnvelope
 from contracts.subjects import REPLY_TO_HEADER
+from services.common import metrics
+from services.common.correlation import correlated, of_message
 from services.common.logging import get_logger
 from services.common.quarantine import QuarantineError, describe, is_transient, quarantine
 from services.common.store import Job, ServiceApplication
@@ -70,14 +72,14 @@ DEFAULT_POLICY = RetryPolicy()
 
 
 def consumer_config(durable: str, subject: str | tuple[str, ...], *,
-                    max_ack_pending: int = 1000) -> Any:
+                    max_ack_pending: int = 1000, ack_wait: float = 60.0) -> Any:
     return ConsumerConfig(
         durable_name=durable,
         filter_subject=subject if isinstance(subject, str) else None,
         filter_subjects=None if isinstance(subject, str) else list(subject),
         deliver_policy=DeliverPolicy.ALL,
         ack_policy=JsAckPolicy.EXPLICIT,
-        ack_wait=60,
+        ack_wait=ack_wait,
         max_deliver=-1,
         max_ack_pending=max_ack_pending,
     )
@@ -143,6 +145,7 @@ async def _tell_sender(msg: Msg, reason: str) -> None:
                      "'hitlflow doctor' shows it"})
     except ValidationError:  # not a command this version answers
         return
+    metrics.count_command(reply.command, "quarantined")
     with contextlib.suppress(Exception):  # best effort: the command itself is kept
         await msg._client.publish(reply_to, reply.model_dump_json().encode())
 
@@ -150,6 +153,7 @@ async def _tell_sender(msg: Msg, reason: str) -> None:
 async def _retry(msg: Msg, consumer: str, error: BaseException | str, policy: RetryPolicy,
                  **detail: Any) -> None:
     """A message that may succeed later: delivered again after a delay."""
+    metrics.REDELIVERIES.labels(consumer).inc()
     log.warning("message_retry", consumer=consumer, subject=msg.subject,
                 error=error if isinstance(error, str) else repr(error), **detail)
     with contextlib.suppress(Exception):  # NATS gone: redelivered after ack_wait anyway
@@ -193,7 +197,8 @@ async def handle_batch(
     async def run_group(group: list[Msg]) -> None:
         for index, msg in enumerate(group):
             try:
-                await handle(msg)
+                with correlated(of_message(msg)):
+                    await handle(msg)
             except Exception as error:
                 if await _failed(msg, consumer, error, policy):
                     continue
@@ -231,8 +236,10 @@ async def handle_jobs(messages: Sequence[Msg], prepare: Prepare, app: ServiceApp
         if thread_of(msg) in held:
             await _retry(msg, consumer, HELD_BACK, policy)
             continue
+        correlation_id = of_message(msg)
         try:
-            work = await prepare(msg)
+            with correlated(correlation_id):
+                work = await prepare(msg)
         except Exception as error:
             if not await _failed(msg, consumer, error, policy):
                 held.add(thread_of(msg))
@@ -240,6 +247,7 @@ async def handle_jobs(messages: Sequence[Msg], prepare: Prepare, app: ServiceApp
         if work is None:
             await msg.ack()
         else:
+            work.job.correlation_id = correlation_id
             works.append(work)
     if works:
         jobs = [work.job for work in works]
@@ -256,7 +264,8 @@ async def handle_jobs(messages: Sequence[Msg], prepare: Prepare, app: ServiceApp
         job = work.job
         if not job.failed and work.then is not None:
             try:
-                await work.then(job)
+                with correlated(job.correlation_id):
+                    await work.then(job)
             except Exception as error:  # delivered again: the job is then a duplicate
                 job.error = error
         if job.error is not None:
@@ -311,13 +320,15 @@ class PullConsumer:
     def __init__(self, js: JetStreamContext, subscription: Subscription, *,
                  batch_size: int = 64, idle_timeout: float = 5.0,
                  handle_messages: Callable[[list[Msg]], Awaitable[None]] | None = None,
-                 policy: RetryPolicy = DEFAULT_POLICY) -> None:
+                 policy: RetryPolicy = DEFAULT_POLICY, ack_wait: float = 60.0) -> None:
         self._js = js
+        self._ack_wait = ack_wait
         self._sub = subscription
         self._batch_size = batch_size
         self._idle_timeout = idle_timeout
         self._handle_messages = handle_messages
         self._policy = policy
+        self._delivered = metrics.DELIVERED.labels(subscription.durable)
 
     async def _ensure_consumer(self) -> None:
         spec = self._sub
@@ -329,12 +340,13 @@ class PullConsumer:
         else:
             config = info.config
             current = config.filter_subjects or [config.filter_subject]
-            if sorted(current) == sorted(wanted):
+            if sorted(current) == sorted(wanted) and config.ack_wait == self._ack_wait:
                 return
             # an older release filtered otherwise: the server changes the filter in place
             log.info("consumer_filter_changed", consumer=spec.durable, was=current, now=wanted)
         await self._js.add_consumer(spec.stream,
-                                    config=consumer_config(spec.durable, spec.subject))
+                                    config=consumer_config(spec.durable, spec.subject,
+                                                           ack_wait=self._ack_wait))
 
     async def run(self) -> None:
         spec = self._sub
@@ -394,6 +406,7 @@ class PullConsumer:
                       batch: list[Msg]) -> None:
         """Hand a batch over; a handler that raises (a defect: handlers settle each message
         themselves) does not stop the consumer: the batch is delivered again."""
+        self._delivered.inc(len(batch))
         try:
             await handle_messages(batch)
         except asyncio.CancelledError:
@@ -401,6 +414,7 @@ class PullConsumer:
         except Exception as error:
             log.error("batch_failed", consumer=self._sub.durable, messages=len(batch),
                       error=repr(error))
+            metrics.REDELIVERIES.labels(self._sub.durable).inc(len(batch))
             for msg in batch:
                 with contextlib.suppress(Exception):  # those settled already
                     await msg.nak(delay=self._policy.redelivery_delay)

@@ -8,6 +8,8 @@ from typing import Any
 
 import structlog
 
+from services.common.correlation import add_correlation_id
+
 _configured = False
 
 
@@ -24,6 +26,7 @@ def configure_logging(level: str = "INFO", fmt: str = "console") -> None:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            add_correlation_id,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,

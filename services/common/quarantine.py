@@ -26,6 +26,7 @@ from eventsourcing.persistence import IntegrityError, InterfaceError, Operationa
 
 from contracts import subjects
 from contracts.limits import HEADER_ALLOWANCE_BYTES
+from services.common import metrics
 from services.common.logging import get_logger
 from services.common.store import ConflictError
 
@@ -143,6 +144,7 @@ async def quarantine(
                     reason=why, error=repr(error), detail="the message is kept and tried again")
         raise QuarantineError(f"could not quarantine {subject} from {source}: {error!r}") \
             from error
+    metrics.QUARANTINED.labels(source).inc()
     log.error("message_quarantined", source=source, subject=subject, thread_id=thread_id,
               reason=why, stream_seq=stream_seq, ref=ref, dlq_seq=ack.seq,
               size=len(data), body_kept=bool(body) or not data)

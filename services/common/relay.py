@@ -22,7 +22,7 @@ import itertools
 import json
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from eventsourcing.persistence import IntegrityError, Tracking
@@ -30,6 +30,8 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from contracts.events import EventEnvelope
+from services.common import metrics
+from services.common.correlation import headers_of
 from services.common.logging import get_logger
 from services.common.quarantine import HEADER_ROOM, describe, is_transient, quarantine
 from services.common.store import Saved, ServiceApplication
@@ -54,6 +56,10 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:  # a worker thread
         return None
+
+
+#: A message to publish: subject, data, Nats-Msg-Id, other headers.
+Outgoing = tuple[str, bytes, str, dict[str, str]]
 
 
 class PublishError(RuntimeError):
@@ -91,24 +97,24 @@ class AckedPublisher:
         """The largest message (headers and body) the server takes, in bytes."""
         return int(self._nc.max_payload)
 
-    async def publish(self, messages: Sequence[tuple[str, bytes, str]]) -> dict[int, str]:
-        """Publish ``(subject, data, msg_id)`` in order; return once all are stored, with the
-        messages refused for good (index → reason)."""
+    async def publish(self, messages: Sequence[Outgoing]) -> dict[int, str]:
+        """Publish ``(subject, data, msg_id, headers)`` in order; return once all are stored,
+        with the messages refused for good (index → reason)."""
         if not messages:
             return {}
         async with self._lock:
             return await self._publish(messages)
 
-    async def _publish(self, messages: Sequence[tuple[str, bytes, str]]) -> dict[int, str]:
+    async def _publish(self, messages: Sequence[Outgoing]) -> dict[int, str]:
         if self._sub is None:
             self._prefix = self._nc.new_inbox()
             self._sub = await self._nc.subscribe(f"{self._prefix}.>", cb=self._on_ack)
         batch = self._batch = next(self._batches)
         self._expected, self._acked, self._errors, self._refused = len(messages), set(), [], {}
         done = self._done = asyncio.get_running_loop().create_future()
-        for index, (subject, data, msg_id) in enumerate(messages):
+        for index, (subject, data, msg_id, extra) in enumerate(messages):
             await self._nc.publish(subject, data, reply=f"{self._prefix}.{batch}.{index}",
-                                   headers={"Nats-Msg-Id": msg_id})
+                                   headers={"Nats-Msg-Id": msg_id, **extra})
         try:
             async with asyncio.timeout(self._timeout):
                 await done
@@ -160,6 +166,8 @@ class _Outgoing:
     data: bytes
     thread_id: str | None
     refusal: str | None = None
+    #: Headers beyond Nats-Msg-Id (the correlation id the event was saved with).
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 class Relay:
@@ -204,6 +212,7 @@ class Relay:
         self._recorded_at = 0.0
         self._recording: asyncio.Task[None] | None = None
         self.published = 0
+        self._published = metrics.RELAY_PUBLISHED.labels(self._service)
         #: Events saved here and not yet published, by notification id (filled by the
         #: writing threads), and whether the position was read from the log once.
         self._fresh: dict[int, Any] = {}
@@ -252,6 +261,14 @@ class Relay:
                     await self._wake.wait()
             self._wake.clear()
 
+    def lag(self) -> int:
+        """In a worker thread: events saved in the store and not yet published by this relay
+        (read from the store: for the health monitor, not the message path)."""
+        recorder = self._app.process_recorder
+        last = recorder.max_notification_id() or 0
+        recorded = recorder.max_tracking_id(RELAY_TRACKING_NAME) or 0
+        return max(last - max(recorded, self._position), 0)
+
     async def publish_pending(self) -> int:
         """Publish the next batch after the position recorded in the store; returns how many
         notifications were read."""
@@ -279,12 +296,15 @@ class Relay:
         for item in outgoing:  # before anything moves: an outage fails the batch here
             if item.refusal is not None:
                 await self._quarantine(item, item.refusal)
-        refused = await self._publisher.publish([(o.subject, o.data, o.msg_id)
+        refused = await self._publisher.publish([(o.subject, o.data, o.msg_id, o.headers)
                                                  for o in sendable])
         for index, reason in refused.items():
             await self._quarantine(sendable[index], reason)
         self._position = max(self._position, last)
-        self.published += len(sendable) - len(refused)
+        published = len(sendable) - len(refused)
+        self.published += published
+        if published:
+            self._published.inc(published)
         return read
 
     def _read_batch(self, from_recorded: bool) -> tuple[int, int, list[_Outgoing]]:
@@ -335,7 +355,8 @@ class Relay:
                              f"{limit:,} NATS takes (max_payload "
                              f"{self._publisher.max_payload:,} less {HEADER_ROOM:,} for "
                              "headers)")
-        return _Outgoing(position, envelope.msg_id, subject, data, envelope.thread_id)
+        return _Outgoing(position, envelope.msg_id, subject, data, envelope.thread_id,
+                         headers=headers_of(event))
 
     def _stored(self, event: Any) -> bytes:
         """The event's fields as JSON (what an operator looks at when it cannot go out; its

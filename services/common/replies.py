@@ -21,10 +21,20 @@ from contracts.subjects import (
     command_subject,
     principal_of_token,
 )
+from services.common import metrics
 from services.common.consumer import PoisonMessageError, thread_of
 
 
 async def send_reply(client: Client, msg: Msg, reply: CommandReply) -> None:
+    """Publish a command's outcome to its sender's ``Hitl-Reply-To`` (when it named one), and
+    count it (``hitlflow_commands``; a resume's latency too)."""
+    metrics.count_command(reply.command, "ok" if reply.ok else reply.code or "refused")
+    if reply.command == "resume":
+        try:
+            stored_at = msg.metadata.timestamp
+        except Exception:  # not a JetStream delivery
+            stored_at = None
+        metrics.observe_resume(stored_at)
     reply_to = (msg.headers or {}).get(REPLY_TO_HEADER)
     if reply_to:
         await client.publish(reply_to, reply.model_dump_json().encode())

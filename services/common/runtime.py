@@ -8,9 +8,12 @@ from collections.abc import Callable
 from typing import Any
 
 from faststream.nats import NatsBroker
+from nats.js.errors import NotFoundError
 
+from services.common import metrics
 from services.common.consumer import PullConsumer, RetryPolicy, Subscription
 from services.common.erasure import subscribe_erase
+from services.common.health import Health, Monitor, register, unregister
 from services.common.logging import get_logger
 from services.common.messaging import NatsAuth, check_server, ensure_streams, make_broker
 from services.common.relay import Relay, ToEnvelope
@@ -35,7 +38,10 @@ class ServiceRuntime:
         batch_size: int = 64,
         poison_attempts: int = 5,
         redelivery_delay: float = 1.0,
+        health_interval: float = 5.0,
+        ack_wait: float = 60.0,
     ) -> None:
+        self._ack_wait = ack_wait
         self._batch_size = batch_size
         self._policy = RetryPolicy(poison_attempts, redelivery_delay)
         self.name = name
@@ -48,6 +54,11 @@ class ServiceRuntime:
         self.broker: NatsBroker | None = None
         self.relay: Relay | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._consumers: list[asyncio.Task[None]] = []
+        self._subscribed: list[Subscription] = []
+        self.health = Health(name, stale_after=max(60.0, health_interval * 6))
+        self.monitor = Monitor(self.health, health_interval,
+                               [self._check_store, self._check_consumers])
 
     async def start(self) -> None:
         broker = make_broker(self._nats_url, name=f"hitlflow-{self.name}",
@@ -58,19 +69,46 @@ class ServiceRuntime:
         js = broker.connection.jetstream()
         await ensure_streams(js, self._replicas)
         await broker.start()
-        for subscription in self._subscriptions(broker, self.app):
+        self._subscribed = self._subscriptions(broker, self.app)
+        for subscription in self._subscribed:
             consumer = PullConsumer(js, subscription, batch_size=self._batch_size,
-                                    policy=self._policy)
-            self._tasks.append(asyncio.create_task(consumer.run(), name=subscription.durable))
+                                    policy=self._policy, ack_wait=self._ack_wait)
+            self._consumers.append(asyncio.create_task(consumer.run(),
+                                                       name=subscription.durable))
+        self._tasks.extend(self._consumers)
         await subscribe_erase(broker.connection, self.name, self.app)
         if self._to_envelope is not None:
             self.relay = Relay(self.app, js, self._to_envelope)
             self._tasks.append(asyncio.create_task(self.relay.run(), name=f"{self.name}-relay"))
+        self.health.live("nats", lambda: nats_connected(broker))
+        self.health.live("consumers", lambda: tasks_running(self._consumers))
+        register(self.health)
+        self._tasks.append(asyncio.create_task(self.monitor.run(), name=f"{self.name}-health"))
         log.info("service_started", service=self.name, nats_url=self._nats_url)
 
+    async def _check_store(self) -> None:
+        """The store answers (and how far the relay is behind it)."""
+        relay = self.relay
+        try:
+            if relay is not None:
+                metrics.RELAY_LAG.labels(self.name).set(await asyncio.to_thread(relay.lag))
+            else:
+                await asyncio.to_thread(self.app.process_recorder.max_notification_id)
+        except Exception as error:
+            self.health.set("store", False, repr(error)[:300])
+            raise
+        self.health.set("store", True)
+
+    async def _check_consumers(self) -> None:
+        """Each durable consumer's lag, as the server counts it."""
+        if self.broker is not None:
+            await consumer_gauges(self.broker.connection.jetstream(), self._subscribed)
+
     async def stop(self) -> None:
+        unregister(self.health)
         await cancel_and_wait(self._tasks)
         self._tasks.clear()
+        self._consumers.clear()
         if self.relay is not None:
             with contextlib.suppress(Exception):
                 await self.relay.close()
@@ -80,6 +118,33 @@ class ServiceRuntime:
             self.broker = None
         await asyncio.to_thread(self.app.close)
         log.info("service_stopped", service=self.name)
+
+
+def nats_connected(broker: Any) -> tuple[bool, str]:
+    try:
+        connected = bool(broker.connection.is_connected)
+    except Exception:  # not connected yet, or stopped
+        connected = False
+    return connected, "connected" if connected else "not connected to NATS"
+
+
+def tasks_running(tasks: list[asyncio.Task[None]]) -> tuple[bool, str]:
+    stopped = [t.get_name() for t in tasks if t.done()]
+    if not tasks:
+        return False, "no consumer started"
+    return (not stopped, "ok" if not stopped else f"stopped: {', '.join(stopped)}")
+
+
+async def consumer_gauges(js: Any, subscriptions: list[Subscription]) -> None:
+    """Lag, unacknowledged and redelivered messages of each durable consumer."""
+    for sub in subscriptions:
+        try:
+            info = await js.consumer_info(sub.stream, sub.durable)
+        except NotFoundError:  # being created (the service is starting)
+            continue
+        metrics.CONSUMER_PENDING.labels(sub.durable).set(info.num_pending or 0)
+        metrics.CONSUMER_ACK_PENDING.labels(sub.durable).set(info.num_ack_pending or 0)
+        metrics.CONSUMER_REDELIVERED.labels(sub.durable).set(info.num_redelivered or 0)
 
 
 async def cancel_and_wait(tasks: list[asyncio.Task[Any]], *, again_after: float = 1.0) -> None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from uuid import UUID
@@ -26,6 +27,7 @@ from eventsourcing.persistence import (
     Tracking,
 )
 
+from services.common.correlation import correlated, stamp
 from services.common.keyring import check_readable
 from services.common.sealing import SealingMapper, ThreadKeys
 
@@ -42,6 +44,33 @@ CACHE_SIZE = 4096
 
 class ConflictError(RuntimeError):
     """An aggregate kept changing under a command: gave up after many retries."""
+
+
+#: PostgreSQL advisory lock taken while a process creates its schema and tables.
+DDL_LOCK = 0x6869746C
+
+
+@contextmanager
+def postgres_ddl_lock(conninfo: str | dict[str, Any]) -> Iterator[None]:
+    """Hold a database-wide advisory lock while creating schemas and tables: replicas that
+    start together would otherwise race on ``CREATE ... IF NOT EXISTS`` (PostgreSQL then fails
+    one with "tuple concurrently updated")."""
+    import psycopg
+
+    params = {"conninfo": conninfo} if isinstance(conninfo, str) else conninfo
+    with psycopg.connect(**params, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (DDL_LOCK,))
+        try:
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (DDL_LOCK,))
+
+
+def _conninfo(env: dict[str, str]) -> dict[str, Any]:
+    return {"host": env["POSTGRES_HOST"], "port": int(env.get("POSTGRES_PORT", "5432")),
+            "dbname": env["POSTGRES_DBNAME"], "user": env["POSTGRES_USER"],
+            "password": env.get("POSTGRES_PASSWORD") or None,
+            "connect_timeout": int(env.get("POSTGRES_CONNECT_TIMEOUT", "5"))}
 
 
 def ensure_postgres_schema(env: dict[str, str]) -> None:
@@ -158,6 +187,8 @@ class Job:
     on_duplicate: Callable[[], Any] | None = None
     #: Called once the outcome is saved (e.g. to log it: ``decide`` may run more than once).
     settled: Callable[[Job], None] | None = None
+    #: The message's correlation id: bound to the job's log lines, kept on its events.
+    correlation_id: str | None = None
     result: Any = None
     duplicate: bool = False
     refused: Exception | None = None
@@ -205,8 +236,11 @@ class ServiceApplication(Application[UUID]):
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
         if env and env.get("PERSISTENCE_MODULE") == "eventsourcing.postgres":
-            ensure_postgres_schema(env)
-        super().__init__(env=env)
+            with postgres_ddl_lock(_conninfo(env)):
+                ensure_postgres_schema(env)
+                super().__init__(env=env)  # creates its tables
+        else:
+            super().__init__(env=env)
         #: Per-thread data keys (crypto-shredding: services/common/sealing.py).
         self.thread_keys = ThreadKeys(self)
         if self.env.get("CREATE_TABLE", "true").lower() != "false":
@@ -284,6 +318,7 @@ class ServiceApplication(Application[UUID]):
         for aggregate in aggregates:  # what collect_events() does, without its protocol checks
             processing_event.events.extend(aggregate.collect_events())
             processing_event.aggregates[aggregate.id] = aggregate
+        stamp(processing_event.events)  # the correlation id of the message being handled
         self.sealing.note_threads(processing_event.aggregates.values())
         if not processing_event.events and tracking is None:
             return
@@ -434,7 +469,8 @@ class ServiceApplication(Application[UUID]):
             self._run_one_by_one(jobs)
         for job in jobs:
             if job.settled is not None and not job.failed:
-                with structlog.contextvars.bound_contextvars(thread_id=job.key):
+                with structlog.contextvars.bound_contextvars(thread_id=job.key), \
+                        correlated(job.correlation_id):
                     job.settled(job)
 
     def run_job(self, job: Job) -> Job:
@@ -453,7 +489,8 @@ class ServiceApplication(Application[UUID]):
         try:
             for job in jobs:
                 tracking = job.tracking
-                with structlog.contextvars.bound_contextvars(thread_id=job.key):
+                with structlog.contextvars.bound_contextvars(thread_id=job.key), \
+                        correlated(job.correlation_id):
                     if tracking is not None and (
                             tracking.application_name, tracking.notification_id) in done:
                         job.duplicate = True
@@ -470,7 +507,9 @@ class ServiceApplication(Application[UUID]):
                     if not watch.trusts(aggregates):
                         raise _BatchAbandoned("a job relied on cached state it did not save")
                 for aggregate in aggregates:
-                    events.extend(aggregate.collect_events())
+                    collected = aggregate.collect_events()
+                    stamp(collected, job.correlation_id)
+                    events.extend(collected)
                     batch.changed[aggregate.id] = aggregate
                 if any(batch.changed[i].pending_events for i in batch.used):
                     raise _BatchAbandoned("a job left changes it did not return")
@@ -502,7 +541,8 @@ class ServiceApplication(Application[UUID]):
             def save(decide: Callable[[], Sequence[Aggregate]] = decide) -> None:
                 self.record(decide())
 
-            with structlog.contextvars.bound_contextvars(thread_id=job.key):
+            with structlog.contextvars.bound_contextvars(thread_id=job.key), \
+                    correlated(job.correlation_id):
                 try:
                     if job.tracking is None:
                         self.retry_on_conflict(save)

@@ -15,6 +15,7 @@ from typing import Any
 
 from eventsourcing.persistence import Tracking
 
+from services.common import metrics
 from services.common.clock import Clock, SystemClock
 from services.common.logging import get_logger
 from services.common.store import Job, ServiceApplication
@@ -116,6 +117,7 @@ class TimeoutService(ServiceApplication):
             fired_now = deadline.fire(step, self.clock.now(), via)
             if fired_now:
                 self.record([deadline])
+                metrics.DEADLINES_FIRED.labels(via).inc()
                 log.info("deadline_fired", thread_id=deadline.thread_id,
                          interaction_id=request_id, step=step, via=via,
                          policy=deadline.policy)

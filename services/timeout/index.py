@@ -168,6 +168,14 @@ class DeadlineIndex:
             ).fetchall()
         return [IndexedDeadline.of(r) for r in rows]
 
+    def count_due(self, now: datetime) -> int:
+        """Deadlines past due whose timer has not gone off (the sweep's work; near 0)."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT COUNT(*) FROM deadlines WHERE status='pending' AND due_at <= ?",
+                (stamp(now),)).fetchone()
+        return int(row[0])
+
     def count_pending(self) -> int:
         """Deadlines whose timer is still to go off."""
         with self._lock:

@@ -10,6 +10,7 @@ from uuid import UUID, uuid5
 
 from contracts.events import PAYLOADS, EventEnvelope
 from hitlflow.settings import Settings
+from services.common import metrics
 from services.common.clock import Clock, SystemClock
 from services.common.integration import payload_of
 from services.common.logging import get_logger
@@ -56,6 +57,15 @@ class TimeoutRuntime:
         self.reply_timeout = reply_timeout
         self._task: asyncio.Task[None] | None = None
         self._control: list[Any] = []
+        runtime.monitor.add(self._count_deadlines)
+
+    async def _count_deadlines(self) -> None:
+        """Deadlines still to fire, and those past due that have not (the sweep's work)."""
+        index = self.sweeper.index
+        await asyncio.to_thread(index.catch_up)
+        metrics.DEADLINES_PENDING.set(await asyncio.to_thread(index.count_pending))
+        metrics.DEADLINES_DUE.set(await asyncio.to_thread(index.count_due,
+                                                          self.sweeper.clock.now()))
 
     @property
     def app(self) -> TimeoutService:
@@ -119,6 +129,8 @@ def build(
         batch_size=settings.consumer_batch,
         poison_attempts=settings.poison_attempts,
         redelivery_delay=settings.redelivery_delay,
+        health_interval=settings.health_interval,
+        ack_wait=settings.ack_wait,
     )
     return TimeoutRuntime(runtime, Sweeper(app, index, clock),
                           sweep_interval=settings.timeout_sweep_interval,

@@ -26,6 +26,7 @@ from contracts import subjects
 from contracts.commands import CommandReply
 from contracts.timeouts import CheckedDeadline, TimeoutInteraction
 from services.common.clock import Clock
+from services.common.correlation import CURRENT
 from services.common.logging import get_logger
 from services.timeout.application import TimeoutService, Timer
 from services.timeout.domain import DeadlineNotDueError
@@ -77,6 +78,8 @@ class Timers:
                 "Nats-Schedule": at_header(timer.due_at),
                 "Nats-Schedule-Target": subjects.schedule_fire_subject(timer.thread_id),
                 "Nats-Schedule-TTL": FIRED_TTL,
+                # the timer's command carries on the thread's correlation id when it fires
+                **({subjects.CORRELATION_HEADER: cid} if (cid := CURRENT.get()) else {}),
             },
             stream=subjects.SCHEDULES_STREAM,
         )
@@ -87,6 +90,9 @@ async def send_timeout(js: JetStreamContext, command: TimeoutInteraction,
     """Publish the command to the interaction service; False when the stream already had it
     (a re-send within the duplicate window is dropped, and gets no reply)."""
     headers = {"Nats-Msg-Id": command.msg_id}
+    correlation_id = CURRENT.get()
+    if correlation_id:
+        headers[subjects.CORRELATION_HEADER] = correlation_id
     if reply_to:
         headers[subjects.REPLY_TO_HEADER] = reply_to
     ack = await js.publish(subjects.timeout_subject(command.thread_id),

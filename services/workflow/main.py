@@ -46,4 +46,6 @@ def build(
         batch_size=settings.consumer_batch,
         poison_attempts=settings.poison_attempts,
         redelivery_delay=settings.redelivery_delay,
+        health_interval=settings.health_interval,
+        ack_wait=settings.ack_wait,
     )

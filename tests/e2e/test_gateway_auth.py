@@ -185,7 +185,9 @@ def test_credentials_that_do_not_do_get_401_and_change_nothing(
     [request] = stack.pending(thread_id)
     assert request.shown == shown
     assert not [r for r in audit(stack, thread_id) if r["event"] != "requested"]
-    assert http.get("/healthz").status_code == 200  # the one route open to anyone
+    # open to anyone: the probes and metrics (the orchestrator has no token), the documents
+    for path in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/asyncapi"):
+        assert http.get(path).status_code == 200, path
 
 
 def test_a_token_that_names_no_groups_has_none(stack: HitlTestStack, http: TestClient) -> None:

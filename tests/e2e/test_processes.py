@@ -11,6 +11,8 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,16 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
 def hitlflow(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run([*HITLFLOW, *args], env=env, capture_output=True, text=True,
                           timeout=timeout, check=False)
+
+
+def http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+    except OSError:
+        return 0
 
 
 @pytest.fixture
@@ -204,6 +216,17 @@ def test_up_runs_each_service_in_its_own_process(env: dict[str, str]) -> None:
                             "projections": nice_of(parent)}
 
         run_to_completion(env, "procs-1")
+        # each service process serves its own /metrics, /healthz and /readyz (printed too)
+        assert set(info["metrics"]) == SERVICES
+        assert "metrics (with /healthz and /readyz beside each)" in (
+            Path(env["HITLFLOW_HOME"]) / "stack.log").read_text()
+        for name, url in info["metrics"].items():
+            base = url.removesuffix("/metrics")
+            wait_for(lambda base=base: http_status(f"{base}/readyz") == 200, timeout=30,
+                     what=f"{name} to be ready")
+            assert http_status(f"{base}/healthz") == 200
+            with urllib.request.urlopen(url, timeout=10) as response:
+                assert b"hitlflow_consumer_delivered_total" in response.read(), name
     finally:
         stopped = hitlflow(env, "down")
     assert stopped.returncode == 0, stopped.stderr

@@ -134,7 +134,7 @@ def test_the_batch_publisher_stores_in_order_and_the_stream_drops_resends(
     async def body(nc: Any, js: Any) -> None:
         publisher = AckedPublisher(js, timeout=2.0)
         batch = [(f"hitl.evt.workflow.NodeCompleted.t-{n % 3}", json.dumps({"n": n}).encode(),
-                  f"workflow:{n}") for n in range(1, 201)]
+                  f"workflow:{n}", {"Hitl-Correlation-Id": f"c-{n}"}) for n in range(1, 201)]
         await publisher.publish(batch)
         await publisher.publish(batch[150:])  # re-sent after a crash: dropped by de-dup
         info = await js.stream_info(subjects.EVENTS_STREAM)
@@ -142,10 +142,13 @@ def test_the_batch_publisher_stores_in_order_and_the_stream_drops_resends(
         stored = [json.loads((await js.get_msg(subjects.EVENTS_STREAM, seq)).data)["n"]
                   for seq in (1, 100, 200)]
         assert stored == [1, 100, 200]
+        kept = await js.get_msg(subjects.EVENTS_STREAM, 100)
+        assert kept.headers["Hitl-Correlation-Id"] == "c-100"
 
         with pytest.raises(PublishError, match="503"):  # no stream takes this subject
-            await publisher.publish([("nowhere.at.all", b"{}", "x:1")])
-        await publisher.publish([("hitl.evt.workflow.NodeCompleted.t-9", b"{}", "workflow:201")])
+            await publisher.publish([("nowhere.at.all", b"{}", "x:1", {})])
+        await publisher.publish([("hitl.evt.workflow.NodeCompleted.t-9", b"{}", "workflow:201",
+                                  {})])
         await publisher.close()
 
     on_nats(nats_server, body)

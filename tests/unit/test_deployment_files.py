@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
+import pytest
 import yaml
 
 from contracts.limits import NATS_MAX_PAYLOAD, REQUIRED_NATS_PAYLOAD
 from hitlflow.auth import auth_files
-from hitlflow.settings import Settings
 from hitlflow.stack import server_config
 from tests.conftest import ROOT
 
@@ -51,6 +53,114 @@ def test_every_nats_server_allows_the_contracts_largest_message() -> None:
     assert NATS_MAX_PAYLOAD >= REQUIRED_NATS_PAYLOAD
 
 
+# -- the same shape everywhere: validated offline ---------------------------------------------
+
+K8S_VERSION = "1.37.0"  # schemas bundled by the kubernetes-validate package (no network)
+
+
+def manifests() -> list[tuple[str, dict[str, Any]]]:
+    found = []
+    for path in sorted((ROOT / "k8s").glob("*.yaml")):
+        if path.name == "nats-values.yaml":
+            continue
+        found += [(path.name, doc) for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return found
+
+
+def test_every_manifest_is_valid_for_kubernetes() -> None:
+    assert manifests()
+    for name, doc in manifests():
+        try:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            raise AssertionError(f"{name}: {doc['kind']} {doc['metadata']['name']}: "
+                                 f"{error.message}") from None
+
+
+def test_the_validation_catches_a_misspelt_field() -> None:
+    [deployment] = [d for n, d in manifests() if n == "workflow.yaml" and d["kind"] ==
+                    "Deployment"]
+    broken = copy.deepcopy(deployment)
+    broken["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGett"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
+
+
+def test_each_service_has_probes_requests_replicas_and_a_disruption_budget() -> None:
+    docs = [doc for _, doc in manifests()]
+    budgets = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    for deployment in (d for d in docs if d["kind"] == "Deployment"):
+        name = deployment["metadata"]["name"]
+        spec = deployment["spec"]
+        assert spec["replicas"] >= 2, name
+        [container] = spec["template"]["spec"]["containers"]
+        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz", name
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz", name
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        for probe in ("livenessProbe", "readinessProbe"):
+            assert container[probe]["httpGet"]["port"] in ports, (name, probe)
+        assert {"cpu", "memory"} <= set(container["resources"]["requests"]), name
+        labels = spec["template"]["metadata"]["labels"]
+        covering = [b for b in budgets if b["spec"]["selector"]["matchLabels"].items()
+                    <= labels.items()]
+        assert len(covering) == 1 and covering[0]["spec"]["minAvailable"] == 1, name
+        if container["args"][1] != "gateway":  # the services' port comes from the settings
+            config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+            assert str(ports["metrics"]) == config["HITLFLOW_METRICS_PORT"], name
+            assert config["HITLFLOW_METRICS_HOST"] == "0.0.0.0"
+
+
+def chart_keys() -> tuple[set[str], set[str]]:
+    """The chart's value keys as recorded (k8s/nats-chart-keys.txt), and those under which it
+    takes any key."""
+    keys, open_maps = set(), set()
+    for line in (ROOT / "k8s" / "nats-chart-keys.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            path, _, marker = line.partition(" ")
+            keys.add(path)
+            if marker == "{}":
+                open_maps.add(path)
+    return keys, open_maps
+
+
+def value_paths(node: dict[str, Any], prefix: str = "") -> list[str]:
+    paths = []
+    for key, value in node.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        paths.append(path)
+        if isinstance(value, dict):
+            paths += value_paths(value, path)
+    return paths
+
+
+def test_the_nats_values_are_keys_of_the_official_chart() -> None:
+    keys, open_maps = chart_keys()
+    assert {"config.cluster.enabled", "config.jetstream.fileStore.pvc.size"} <= keys
+    values = yaml.safe_load((ROOT / "k8s" / "nats-values.yaml").read_text())
+    for path in value_paths(values):
+        under_open = any(path.startswith(f"{m}.") for m in open_maps)
+        assert path in keys or under_open, f"k8s/nats-values.yaml: {path} is not a key of " \
+                                           "the NATS chart (k8s/nats-chart-keys.txt)"
+    assert values["config"]["cluster"]["replicas"] == 3
+    assert values["podDisruptionBudget"]["enabled"] is True
+    assert {"cpu", "memory"} <= set(values["container"]["merge"]["resources"]["requests"])
+    assert "config.clustr" not in keys  # (the check can fail: a misspelt key is not there)
+
+
+def test_compose_has_healthchecks_and_two_replicas_of_each_service() -> None:
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    for name, service in compose["services"].items():
+        assert "healthcheck" in service, name
+        if service.get("command", [None])[0] == "serve" and service["command"][1] != "gateway":
+            assert service["deploy"]["replicas"] == 2, name
+            assert "/readyz" in " ".join(service["healthcheck"]["test"]), name
+            assert service["environment"]["HITLFLOW_METRICS_PORT"] == "9090"
+            assert all(dep["condition"] == "service_healthy"
+                       for dep in service["depends_on"].values()), name
+    for node in ("nats-1", "nats-2", "nats-3"):
+        assert "--http_port" in compose["services"][node]["command"], node
+
+
 # -- every service on NATS as its own user, with the directory ---------------------------------
 
 #: Where compose.yaml and k8s/config.yaml expect the files `hitlflow users init` makes
@@ -86,9 +196,6 @@ def test_compose_gives_each_service_its_own_nats_user_and_the_directory() -> Non
             assert mounted[key.name] == Path(".") / auth_files(Path("deploy")).jwt_secret
         else:
             assert "jwt.secret" not in mounted, name  # only the gateway checks tokens
-            # one key ring for every replica of every service that opens a store
-            ring = Path(env["HITLFLOW_KEY_FILE"])
-            assert mounted[ring.name] == Settings(home=Path("deploy")).key_path
     assert not any(path.name in ("users.json", "operator.creds") for path in secrets.values())
 
 
@@ -115,10 +222,6 @@ def test_k8s_gives_each_service_its_own_nats_user_and_the_directory() -> None:
             assert key.parent == creds.parent and items[key.name] == "jwt.secret"
         else:
             assert "jwt.secret" not in items.values()
-            ring = Path(config["data"]["HITLFLOW_KEY_FILE"])
-            assert ring.parent == creds.parent and items[ring.name] == "keys.json"
-    setup = (ROOT / "k8s" / "config.yaml").read_text()
-    assert "--from-file=deploy/keys.json" in setup
 
 
 def test_every_nats_server_has_the_stacks_users() -> None:
