@@ -32,7 +32,7 @@ npm-tools: $(NPM_STAMP)
 test: $(STAMP) npm-tools
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile $(PYTEST_ARGS)
 
 # `make fuzz`: the edge fuzzing of `make test`, much longer (FUZZ_EXAMPLES per property).
 FUZZ_EXAMPLES ?= 20000

@@ -44,11 +44,14 @@ def is_nats_server(process: psutil.Process) -> bool:
 class StackProcess:
     """``python -m hitlflow up`` with its own home directory and port."""
 
-    def __init__(self, home: Path, *, log_level: str = "INFO", one_process: bool = False) -> None:
+    def __init__(self, home: Path, *, log_level: str = "INFO", one_process: bool = False,
+                 env: dict[str, str] | None = None) -> None:
         self.home = home
         self.port = free_port()
         self.log_level = log_level
         self.one_process = one_process
+        #: Settings of the stack beside the bench's own (e.g. ``HITLFLOW_PERSISTENCE``).
+        self.env = dict(env or {})
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -63,7 +66,7 @@ class StackProcess:
     def start(self, timeout: float = 60.0) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "HITLFLOW_AGENTS": AGENTS, "HITLFLOW_HOME": str(self.home),
-               "HITLFLOW_LOG_LEVEL": self.log_level}
+               "HITLFLOW_LOG_LEVEL": self.log_level, **self.env}
         env.pop("HITLFLOW_NATS_URL", None)
         log = (self.home / "stack.log").open("ab")
         self.process = subprocess.Popen(

@@ -1,4 +1,5 @@
-"""The same approval workload on LangGraph: interrupt() + Command(resume=...), SQLite checkpointer.
+"""The same approval workload on LangGraph: interrupt() + Command(resume=...), with each of its
+checkpointers: SQLite, PostgreSQL (its production saver) and in memory (no durability).
 
 In process, as LangGraph is meant to be embedded. The nodes call the very agents hitlflow's
 example uses (examples/agents.py), so both engines run the same user code. LangGraph's own
@@ -8,12 +9,15 @@ defaults are kept (durability ``"async"``: a checkpoint is written while the nex
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import sqlite3
 import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, TypedDict
 
-from bench.workload import REQUEST, open_loop, prepare_paused, run_cycles
+from bench.workload import REQUEST, load_average, open_loop, prepare_paused, run_cycles
 from examples.agents import process_request, validate_request
 from hitlflow.agents import AgentContext, AgentResult
 
@@ -100,14 +104,74 @@ def _check_completed(result: Any, thread_id: str) -> None:
         raise RuntimeError(f"thread {thread_id} did not complete")
 
 
-def sync_cycles(db: Path, duration: float, warmup: float) -> dict[str, Any]:
-    """One thread in flight, the synchronous API and SqliteSaver."""
-    from langgraph.checkpoint.sqlite import SqliteSaver
+#: The checkpointers measured: LangGraph's SQLite saver, its production PostgreSQL saver, and
+#: its in-memory saver (the in-process ceiling: nothing is durable).
+SAVERS = ("sqlite", "postgres", "memory")
+#: Connections of the asynchronous PostgreSQL saver's pool (LangGraph's documented production
+#: set-up: ``AsyncPostgresSaver`` over a psycopg ``AsyncConnectionPool``).
+POOL_SIZE = 16
+DESCRIPTION = {
+    "sqlite": "SqliteSaver / AsyncSqliteSaver on a file",
+    "postgres": f"PostgresSaver / AsyncPostgresSaver (AsyncConnectionPool of {POOL_SIZE})",
+    "memory": "InMemorySaver (in process, not durable)",
+}
+_PG_KWARGS = {"autocommit": True, "prepare_threshold": 0}
+
+
+@contextlib.contextmanager
+def sync_saver(kind: str, workdir: Path, dsn: str | None) -> Iterator[Any]:
+    if kind == "sqlite":
+        from langgraph.checkpoint.sqlite import SqliteSaver
+
+        conn = sqlite3.connect(str(workdir / "lg-sync.sqlite"), check_same_thread=False)
+        try:
+            yield SqliteSaver(conn)
+        finally:
+            conn.close()
+    elif kind == "postgres":
+        from langgraph.checkpoint.postgres import PostgresSaver
+
+        assert dsn is not None
+        with PostgresSaver.from_conn_string(dsn) as saver:
+            saver.setup()
+            yield saver
+    else:
+        from langgraph.checkpoint.memory import InMemorySaver
+
+        yield InMemorySaver()
+
+
+@contextlib.asynccontextmanager
+async def async_saver(kind: str, workdir: Path, dsn: str | None) -> AsyncIterator[Any]:
+    if kind == "sqlite":
+        from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+        async with AsyncSqliteSaver.from_conn_string(str(workdir / "lg-async.sqlite")) as saver:
+            yield saver
+    elif kind == "postgres":
+        from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+        from psycopg.rows import dict_row
+        from psycopg_pool import AsyncConnectionPool
+
+        assert dsn is not None
+        async with AsyncConnectionPool(dsn, min_size=POOL_SIZE, max_size=POOL_SIZE, open=False,
+                                       kwargs={**_PG_KWARGS, "row_factory": dict_row}) as pool:
+            saver = AsyncPostgresSaver(pool)  # type: ignore[arg-type]
+            await saver.setup()
+            yield saver
+    else:
+        from langgraph.checkpoint.memory import InMemorySaver
+
+        yield InMemorySaver()
+
+
+def sync_cycles(kind: str, workdir: Path, dsn: str | None, duration: float,
+                warmup: float) -> dict[str, Any]:
+    """One thread in flight, the synchronous API."""
     from langgraph.types import Command
 
-    conn = sqlite3.connect(str(db), check_same_thread=False)
-    try:
-        graph = build_graph(SqliteSaver(conn))
+    with sync_saver(kind, workdir, dsn) as saver:
+        graph = build_graph(saver)
 
         async def cycle(thread_id: str) -> tuple[float, float]:
             config = _config(thread_id)
@@ -118,18 +182,16 @@ def sync_cycles(db: Path, duration: float, warmup: float) -> dict[str, Any]:
             return t1 - t0, time.perf_counter() - t1
 
         return asyncio.run(run_cycles(cycle, 1, duration, warmup, "lgs")).as_dict()
-    finally:
-        conn.close()
 
 
-async def async_phases(db: Path, in_flights: list[int], duration: float, warmup: float,
-                       rate: float, resumes: int) -> dict[str, Any]:
+async def async_phases(kind: str, workdir: Path, dsn: str | None, in_flights: list[int],
+                       duration: float, warmup: float, rate: float,
+                       resumes: int) -> dict[str, Any]:
     """Cycles at each in-flight count, then resume latency at a steady rate (async API)."""
-    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
     from langgraph.types import Command
 
     results: dict[str, Any] = {}
-    async with AsyncSqliteSaver.from_conn_string(str(db)) as saver:
+    async with async_saver(kind, workdir, dsn) as saver:
         graph = build_graph(saver)
 
         async def pause(thread_id: str) -> float:
@@ -147,20 +209,37 @@ async def async_phases(db: Path, in_flights: list[int], duration: float, warmup:
             return await pause(thread_id), await resume(thread_id)
 
         for n in in_flights:
-            result = await run_cycles(cycle, n, duration, warmup, f"lga{n}")
-            results[f"cycles_{n}"] = result.as_dict()
+            load = load_average()
+            cpu0 = _own_cpu()
+            result = (await run_cycles(cycle, n, duration, warmup, f"lga{n}")).as_dict()
+            result["cpu_ms_per_cycle"] = {"load_generator": round(
+                (_own_cpu() - cpu0) * 1000 / max(result["cycles_all"], 1), 3)}
+            result["load_average"] = load
+            results[f"cycles_{n}"] = result
         ids = [f"lgl-{i}" for i in range(resumes)]
         failed = await prepare_paused(pause, ids, 64)
-        results["latency"] = {**await open_loop(resume, ids, rate), "prepare_failed": failed}
+        load = load_average()
+        results["latency"] = {**await open_loop(resume, ids, rate), "prepare_failed": failed,
+                              "load_average": load}
     return results
 
 
-def run(workdir: Path, *, in_flights: list[int], duration: float, warmup: float, rate: float,
-        resumes: int) -> dict[str, Any]:
+def _own_cpu() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def run(kind: str, workdir: Path, *, dsn: str | None, in_flights: list[int], duration: float,
+        warmup: float, rate: float, resumes: int) -> dict[str, Any]:
+    """Every LangGraph phase with one checkpointer (``kind``: one of :data:`SAVERS`)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    out: dict[str, Any] = {"engine": "langgraph", "checkpointer": "SqliteSaver / AsyncSqliteSaver",
-                           "durability": "async (LangGraph's default)"}
-    out["sync_cycles_1"] = sync_cycles(workdir / "lg-sync.sqlite", duration, warmup)
-    out.update(asyncio.run(async_phases(workdir / "lg-async.sqlite", in_flights, duration,
-                                        warmup, rate, resumes)))
+    out: dict[str, Any] = {"engine": "langgraph", "saver": kind,
+                           "checkpointer": DESCRIPTION[kind],
+                           "durability": ("none (in memory)" if kind == "memory"
+                                          else "async (LangGraph's default)")}
+    load = load_average()
+    out["sync_cycles_1"] = {**sync_cycles(kind, workdir, dsn, duration, warmup),
+                            "load_average": load}
+    out.update(asyncio.run(async_phases(kind, workdir, dsn, in_flights, duration, warmup, rate,
+                                        resumes)))
     return out

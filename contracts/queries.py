@@ -16,6 +16,10 @@ back as ``after`` until it is null.
 | ``hitl.q.audit`` | :class:`AuditQuery` | :class:`AuditReply` |
 | ``hitl.q.analytics`` | :class:`AnalyticsQuery` | :class:`AnalyticsReply` |
 | ``hitl.admin.projections.rebuild`` | :class:`RebuildRequest` | :class:`RebuildReply` |
+
+A rebuild whose request names a ``progress_subject`` publishes :class:`RebuildProgress`
+messages there while it runs (a few per second, the last one with ``done == total``), before
+its reply.
 """
 
 from __future__ import annotations
@@ -346,6 +350,24 @@ class RebuildRequest(Contract):
     #: Views to rebuild (thread_status, audit_trail, analytics); empty: all of them.
     views: list[Literal["thread_status", "audit_trail", "analytics"]] = Field(
         default_factory=list)
+    #: A subject (no wildcards) that gets :class:`RebuildProgress` messages while the rebuild
+    #: runs; none: no progress messages.
+    progress_subject: str | None = Field(default=None, min_length=1, max_length=256,
+                                         pattern=r"^[^\s*>]+$")
+
+
+class RebuildProgress(Contract):
+    """How far a rebuild got: published to the request's ``progress_subject``."""
+
+    views: list[str]
+    #: Events replayed into the views so far.
+    done: int
+    #: What there is to replay: the notifications in the stores (internal events included, so
+    #: an upper bound); the last message has ``done == total``.
+    total: int
+    #: Events replayed per second so far, and seconds since the rebuild began.
+    rate: float
+    elapsed: float
 
 
 class RebuildReply(Contract):

@@ -15,6 +15,7 @@ import csv
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -24,6 +25,13 @@ from typing import IO, Annotated, Any, TypeVar
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
@@ -36,6 +44,7 @@ from contracts.queries import (
     AuditEntry,
     AuditQuery,
     Metrics,
+    RebuildProgress,
     TimelineEvent,
 )
 from contracts.subjects import InvalidThreadIdError, check_thread_id
@@ -488,6 +497,29 @@ def analytics(
 # -- rebuild ------------------------------------------------------------------------------------
 
 
+class RebuildBar:
+    """A progress bar on stderr for a rebuild: events replayed, of how many, rate and ETA."""
+
+    def __init__(self, console: Console) -> None:
+        self._progress = Progress(
+            TextColumn("rebuilding"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]:>9,.0f} events/s"), TimeElapsedColumn(),
+            TextColumn("ETA {task.fields[eta]}"), console=console, transient=True)
+        self._task = self._progress.add_task("rebuild", total=None, rate=0.0, eta="-")
+
+    def __enter__(self) -> RebuildBar:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def update(self, done: int, total: int, rate: float) -> None:
+        left = max(total - done, 0)
+        eta = display.span(left / rate) if rate > 0 and left else "0s" if not left else "-"
+        self._progress.update(self._task, completed=done, total=total, rate=rate, eta=eta)
+
+
 @app.command()
 def rebuild(
     views: Annotated[list[str] | None, typer.Argument(
@@ -500,29 +532,46 @@ def rebuild(
     nats_url: NatsUrl = None,
     as_json: JsonOut = False,
 ) -> None:
-    """Drop views and replay every service's event store into them from the start."""
+    """Drop views and replay every service's event store into them from the start.
+
+    Shows a progress bar (events replayed, rate, ETA) on a terminal; --json prints only the
+    result."""
     names = list(views or [])
     unknown = [n for n in names if n not in VIEW_NAMES]
     if unknown:
         fail(f"unknown view(s) {', '.join(map(repr, unknown))}; expected one of: "
               f"{', '.join(VIEW_NAMES)}", EXIT_BAD_INPUT)
-    if offline:
-        from projections.rebuild import rebuild_offline
+    bar = RebuildBar(err) if not as_json and err.is_terminal else None
+    with bar or contextlib.nullcontext():
+        if offline:
+            from projections.rebuild import rebuild_offline
 
-        result = rebuild_offline(load_settings(home=home), names)
-        data: dict[str, Any] = {
-            "ok": True, "views": result.views, "read": result.read, "events": result.events,
-            "seconds": round(result.seconds, 3), "events_per_second": round(result.rate, 1)}
-    else:
-        reply = _ask(nats_url, lambda c: c.rebuild(names))
-        data = reply.model_dump(mode="json", exclude={"schema_version", "error"})
+            started = time.monotonic()
+
+            def local(done: int, total: int) -> None:
+                if bar is not None:
+                    elapsed = time.monotonic() - started
+                    bar.update(done, total, done / elapsed if elapsed > 0 else 0.0)
+
+            result = rebuild_offline(load_settings(home=home), names, progress=local)
+            data: dict[str, Any] = {
+                "ok": True, "views": result.views, "read": result.read, "events": result.events,
+                "seconds": round(result.seconds, 3),
+                "events_per_second": round(result.rate, 1)}
+        else:
+            def remote(message: RebuildProgress) -> None:
+                if bar is not None:
+                    bar.update(message.done, message.total, message.rate)
+
+            reply = _ask(nats_url, lambda c: c.rebuild(names, on_progress=remote))
+            data = reply.model_dump(mode="json", exclude={"schema_version", "error"})
     if as_json:
         out.print_json(json.dumps(data))
         return
-    read = ", ".join(f"{service} {count}" for service, count in data["read"].items())
-    out.print(f"[green]rebuilt[/] {', '.join(data['views'])}: {data['events']} events replayed "
-              f"in {data['seconds']:.2f}s ({data['events_per_second']:.0f} events/s; "
-              f"notifications read: {read or 'none'})")
+    read = ", ".join(f"{service} {count:,}" for service, count in data["read"].items())
+    out.print(f"[green]rebuilt[/] {', '.join(data['views'])}: {data['events']:,} events "
+              f"replayed in {data['seconds']:.2f}s ({data['events_per_second']:,.0f} events/s;"
+              f" notifications read: {read or 'none'})")
 
 
 def register(main: typer.Typer) -> None:

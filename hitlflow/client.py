@@ -12,7 +12,7 @@ import contextlib
 import json
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +53,7 @@ from contracts.queries import (
     PendingInteraction,
     PendingQuery,
     PendingReply,
+    RebuildProgress,
     RebuildReply,
     RebuildRequest,
     ThreadQuery,
@@ -530,11 +531,30 @@ class HitlClient:
         _raise_for(reply.error)
         return reply
 
-    async def rebuild(self, views: list[str] | None = None, *,
-                      timeout: float = 3600.0) -> RebuildReply:
-        """Ask the projections service to rebuild views from the event stores (all: None)."""
-        body = RebuildRequest.model_validate({"views": views or []}).model_dump(mode="json")
-        reply = RebuildReply.model_validate(await self._query(ADMIN_REBUILD, body, timeout))
+    async def rebuild(self, views: list[str] | None = None, *, timeout: float = 3600.0,
+                      on_progress: Callable[[RebuildProgress], None] | None = None,
+                      ) -> RebuildReply:
+        """Ask the projections service to rebuild views from the event stores (all: None);
+        ``on_progress`` gets its progress messages while it runs."""
+        subscription: Any = None
+        progress_subject = None
+        if on_progress is not None:
+            progress_subject = self.nc.new_inbox()
+
+            async def on_message(msg: Msg) -> None:
+                with contextlib.suppress(ValidationError):
+                    on_progress(RebuildProgress.model_validate_json(msg.data))
+
+            subscription = await self.nc.subscribe(progress_subject, cb=on_message)
+        try:
+            body = RebuildRequest.model_validate(
+                {"views": views or [], "progress_subject": progress_subject}
+            ).model_dump(mode="json", exclude_none=True)
+            reply = RebuildReply.model_validate(await self._query(ADMIN_REBUILD, body, timeout))
+        finally:
+            if subscription is not None:  # the progress sent before the reply is still shown
+                with contextlib.suppress(Exception):
+                    await subscription.drain()
         _raise_for(reply.error)
         return reply
 

@@ -26,9 +26,9 @@ import math
 from datetime import datetime, timedelta
 from typing import Any
 
-from contracts.events import EventEnvelope
 from contracts.queries import AnalyticsQuery, AnalyticsReply, Bottleneck, Metrics
 from projections.db import Tx, ViewDatabase, epoch
+from projections.event import Event
 
 NAME = "analytics"
 VERSION = 2
@@ -79,7 +79,7 @@ def _audience(tx: Tx, request_id: str, users: Any, groups: Any) -> None:
                    " VALUES (?,?,?)", (request_id, kind, name))
 
 
-def apply(tx: Tx, env: EventEnvelope) -> None:
+def apply(tx: Tx, env: Event) -> None:
     kind = env.event_type
     p = env.payload
     if kind == "InteractionRequested":

@@ -17,11 +17,12 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from contracts.events import EventEnvelope, shown_digest
+from contracts.events import shown_digest
 from contracts.limits import MAX_PAGE_BYTES
 from contracts.queries import AuditEntry, AuditQuery, Cursor
 from projections.chain import digest
 from projections.db import Row, Tx, ViewDatabase, dumps, epoch, fill_page, when
+from projections.event import Event
 
 NAME = "audit_trail"
 VERSION = 2
@@ -186,7 +187,7 @@ _FACTS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 }
 
 
-def apply(tx: Tx, env: EventEnvelope) -> None:
+def apply(tx: Tx, env: Event) -> None:
     event = EVENTS.get(env.event_type)
     if event is None:
         return

@@ -23,8 +23,8 @@ import hashlib
 import json
 from typing import Any
 
-from contracts.events import EventEnvelope
 from projections.db import Tx, iso
+from projections.event import Event
 
 NAME = "audit_chain"
 
@@ -85,7 +85,7 @@ def digested(payload: dict[str, Any]) -> dict[str, Any]:
     return kept
 
 
-def record(env: EventEnvelope) -> str:
+def record(env: Event) -> str:
     """The audit record of an event (canonical JSON)."""
     return canonical({
         "service": env.service, "position": env.position, "thread_id": env.thread_id,
@@ -95,7 +95,7 @@ def record(env: EventEnvelope) -> str:
     })
 
 
-def link(previous: str, env: EventEnvelope) -> str:
+def link(previous: str, env: Event) -> str:
     return hashlib.sha256((previous + record(env)).encode()).hexdigest()
 
 
@@ -104,7 +104,7 @@ def create(tx: Tx) -> None:
         tx.execute(statement)
 
 
-def extend(tx: Tx, env: EventEnvelope) -> bool:
+def extend(tx: Tx, env: Event) -> bool:
     """Anchor ``env`` as the next link of its thread's chain for its service; an event at or
     before the last anchored position changes nothing (anchors are never rewritten)."""
     last = tx.one("SELECT seq, position, hash FROM audit_chain WHERE thread_id = ? AND"

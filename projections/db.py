@@ -23,6 +23,7 @@ rebuild has dropped make them wait, until it commits.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -61,6 +62,11 @@ BOOKKEEPING_DDL = (
 )
 
 Row = dict[str, Any]
+#: How long a SQLite writer waits for another process's write transaction.
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: An insert of plain values, which PostgreSQL can take as ``COPY`` in a rebuild.
+_COPYABLE = re.compile(r"INSERT INTO (\w+) \(([\w, ]+)\) VALUES \(\?(?:,\s*\?)*\)"
+                       r"(?: ON CONFLICT DO NOTHING)?$")
 
 
 P = TypeVar("P", bound=BaseModel)
@@ -119,7 +125,7 @@ class SqliteDialect:
 
     def connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None,
-                               timeout=30)
+                               timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
         conn.row_factory = _dict_row
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
@@ -181,7 +187,11 @@ class PostgresDialect:
 
 
 class Tx:
-    """An open write transaction: ``execute`` returns the row count, ``one``/``all`` rows."""
+    """An open write transaction: ``execute`` returns the row count, ``one``/``all`` rows.
+
+    In bulk mode (a rebuild, :meth:`bulk`), statements given to :meth:`defer` are collected
+    and sent with ``executemany`` at :meth:`flush`, and table names can be redirected (the
+    views' own SQL then fills new tables)."""
 
     def __init__(self, dialect: Dialect, conn: Any) -> None:
         self._dialect = dialect
@@ -189,8 +199,68 @@ class Tx:
         self._cursor = conn.cursor()
         self._sql = dialect.sql
         self._pipelined = False
+        self._deferred: dict[str, list[Sequence[Any]]] | None = None
         if dialect.name == "sqlite":
             self.execute = self._execute_plain  # type: ignore[method-assign]
+
+    def bulk(self, renames: dict[str, str] | None = None) -> None:
+        """Collect deferred statements from now on; write each table ``a`` of ``renames`` as
+        ``renames[a]`` (none: the tables' own names again)."""
+        if self._deferred is None:
+            self._deferred = {}
+        translate = self._dialect.sql
+        if not renames:
+            self._sql = translate
+            if self._dialect.name == "sqlite":
+                self.execute = self._execute_plain  # type: ignore[method-assign]
+            return
+        pattern = re.compile(r"\b(" + "|".join(map(re.escape, renames)) + r")\b")
+        cache: dict[str, str] = {}
+
+        def renamed(text: str) -> str:
+            done = cache.get(text)
+            if done is None:
+                done = cache[text] = translate(pattern.sub(lambda m: renames[m.group(1)], text))
+            return done
+
+        self._sql = renamed
+        self.execute = Tx.execute.__get__(self)  # type: ignore[method-assign]
+
+    def defer(self, sql: str, params: Sequence[Any]) -> None:
+        """A statement whose effect nothing reads before the transaction ends (a row only
+        inserted): run now, or, in bulk mode, with the others like it at :meth:`flush`."""
+        deferred = self._deferred
+        if deferred is None:
+            self.execute(sql, params)
+        else:
+            rows = deferred.get(sql)
+            if rows is None:
+                deferred[sql] = [params]
+            else:
+                rows.append(params)
+
+    def flush(self) -> None:
+        """Write what :meth:`defer` collected: with ``executemany``, or on PostgreSQL with
+        ``COPY`` for a plain ``INSERT … VALUES (?, …)`` (a bulk write of new tables, whose
+        unique indexes come after the rows, so no conflict can arise)."""
+        deferred = self._deferred
+        if not deferred:
+            return
+        for sql, rows in deferred.items():
+            copy = _COPYABLE.match(sql) if self._dialect.name == "postgres" else None
+            if copy is None:
+                self._cursor.executemany(self._sql(sql), rows)
+                continue
+            table, columns = self._sql(copy.group(1)), copy.group(2)
+            with self._cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as writer:
+                for row in rows:
+                    writer.write_row(row)
+        deferred.clear()
+
+    def discard(self) -> None:
+        """Forget what :meth:`defer` collected (its savepoint was rolled back)."""
+        if self._deferred:
+            self._deferred.clear()
 
     @property
     def dialect(self) -> str:
@@ -288,14 +358,28 @@ class ViewDatabase:
 
     # -- writing -----------------------------------------------------------------------------
 
+    @property
+    def local(self) -> bool:
+        """Is a write a short burst of local work (SQLite), fit to run on an event loop?"""
+        return self.dialect.name == "sqlite"
+
     @contextmanager
-    def transaction(self, *, turn: bool = True) -> Iterator[Tx]:
-        """A write transaction; writers of every process take turns (``view_writer``)."""
+    def transaction(self, *, turn: bool = True, wait: bool = True) -> Iterator[Tx]:
+        """A write transaction; writers of every process take turns (``view_writer``).
+        ``wait=False`` (SQLite): raise at once, with a transient error, when another process
+        is writing, instead of waiting for it."""
         with self._lock:
             if _broken(self._writer):  # e.g. the database server restarted: start afresh
                 self._writer = self.dialect.connect()
             conn = self._writer
-            self.dialect.begin(conn)
+            if wait or not self.local:
+                self.dialect.begin(conn)
+            else:
+                conn.execute("PRAGMA busy_timeout = 0")
+                try:
+                    self.dialect.begin(conn)
+                finally:
+                    conn.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
             try:
                 tx = Tx(self.dialect, conn)
                 if turn:

@@ -47,6 +47,7 @@ from contracts.queries import (
     PendingQuery,
     PendingReply,
     QueryError,
+    RebuildProgress,
     RebuildReply,
     RebuildRequest,
     ThreadQuery,
@@ -68,7 +69,7 @@ from projections.db import ViewDatabase, epoch, open_view_database
 from projections.erasure import redact_thread
 from projections.lease import Lease, LeaseLostError
 from projections.projector import Projector, UnknownViewError, select_views
-from projections.rebuild import RebuildResult, rebuild_from_stores
+from projections.rebuild import Progress, RebuildResult, rebuild_from_stores
 from services.common import metrics
 from services.common.clock import Clock, SystemClock
 from services.common.consumer import (
@@ -383,6 +384,16 @@ class ProjectionsRuntime:
             self._applied.notify_all()
 
     async def _apply(self, envelopes: Sequence[EventEnvelope], stream_seq: int) -> None:
+        # a local SQLite commit is applied on the loop (no thread hop per batch), unless
+        # another process (an offline rebuild) is writing: then in a thread, waiting
+        if self.db.local:
+            try:
+                self.projector.apply(envelopes, consumer=DURABLE, stream_seq=stream_seq,
+                                     careful=False, guard=self.lease.check, wait=False)
+                return
+            except Exception as error:
+                if not self.db.is_transient(error):
+                    raise
         await asyncio.to_thread(self.projector.apply, envelopes, consumer=DURABLE,
                                 stream_seq=stream_seq, careful=False, guard=self.lease.check)
 
@@ -475,17 +486,50 @@ class ProjectionsRuntime:
 
     # -- rebuilding ---------------------------------------------------------------------------
 
-    async def rebuild(self, names: Sequence[str] = ()) -> RebuildResult:
-        """Drop the views named (all when none) and replay every event store into them."""
-        select_views(names)  # unknown names are refused before anything waits
+    async def rebuild(self, names: Sequence[str] = (),
+                      progress_subject: str | None = None) -> RebuildResult:
+        """Drop the views named (all when none) and replay every event store into them;
+        :class:`RebuildProgress` messages go to ``progress_subject`` while it runs."""
+        views = [view.name for view in select_views(names)]  # unknown names: refused first
+        progress = self._progress_publisher(progress_subject, views)
         async with self._apply_lock:  # live batches wait; queries go on reading the old view
-            result = await asyncio.to_thread(self._rebuild, names)
+            result = await asyncio.to_thread(self._rebuild, names, progress)
         async with self._applied:
             self._applied.notify_all()
         return result
 
-    def _rebuild(self, names: Sequence[str]) -> RebuildResult:
-        return rebuild_from_stores(self.db, self.projector, self.settings, names, self.data_dir)
+    def _rebuild(self, names: Sequence[str], progress: Progress | None) -> RebuildResult:
+        return rebuild_from_stores(self.db, self.projector, self.settings, names, self.data_dir,
+                                   progress=progress)
+
+    def _progress_publisher(self, subject: str | None, views: list[str]) -> Progress | None:
+        """A progress callback (called in the rebuild's thread) that publishes to ``subject``
+        from the event loop, in order, without waiting for anything."""
+        if subject is None or self.broker is None:
+            return None
+        connection = self.broker.connection
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        sending: set[asyncio.Task[None]] = set()  # held until sent
+
+        def start(data: bytes) -> None:
+            task = loop.create_task(send(data))
+            sending.add(task)
+            task.add_done_callback(sending.discard)
+
+        async def send(data: bytes) -> None:
+            with contextlib.suppress(Exception):  # progress is a courtesy: never fail for it
+                await connection.publish(subject, data)
+
+        def progress(done: int, total: int) -> None:
+            elapsed = time.monotonic() - started
+            message = RebuildProgress(views=views, done=done, total=total,
+                                      rate=round(done / elapsed, 1) if elapsed > 0 else 0.0,
+                                      elapsed=round(elapsed, 3))
+            data = message.model_dump_json().encode()
+            loop.call_soon_threadsafe(start, data)
+
+        return progress
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -625,7 +669,7 @@ class ProjectionsRuntime:
         async def on_rebuild(body: dict[str, Any]) -> dict[str, Any]:
             try:
                 request = RebuildRequest.model_validate(body or {})
-                result = await self.rebuild(request.views)
+                result = await self.rebuild(request.views, request.progress_subject)
             except ValidationError as error:
                 return _invalid(RebuildReply, error, ok=False)
             except UnknownViewError as error:

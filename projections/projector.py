@@ -22,6 +22,7 @@ from itertools import islice
 from contracts.events import EventEnvelope
 from projections import analytics, audit_trail, chain, thread_status
 from projections.db import Tx, ViewDatabase
+from projections.event import Event
 from services.common.logging import get_logger
 
 log = get_logger(__name__)
@@ -37,7 +38,7 @@ class View:
     tables: tuple[str, ...]
     ddl: tuple[str, ...]
     indexes: tuple[str, ...]
-    apply: Callable[[Tx, EventEnvelope], None]
+    apply: Callable[[Tx, Event], None]
 
     def create(self, tx: Tx, *, indexes: bool = True) -> None:
         for statement in self.ddl:
@@ -105,13 +106,14 @@ class Projector:
 
     def apply(self, envelopes: Sequence[EventEnvelope], *, consumer: str | None = None,
               stream_seq: int | None = None, careful: bool = True,
-              guard: Callable[[Tx], None] | None = None) -> int:
+              guard: Callable[[Tx], None] | None = None, wait: bool = True) -> int:
         """Apply a batch in one transaction, in order; returns how many events were new.
 
         ``careful``: an event a view cannot fold is logged and passed over; else any error
         undoes the whole batch and is raised. ``guard`` runs first in the transaction (the
-        single-writer lease's check) and may refuse it by raising."""
-        with self.db.transaction() as tx:
+        single-writer lease's check) and may refuse it by raising. ``wait=False``: raise a
+        transient error at once if another process is writing."""
+        with self.db.transaction(wait=wait) as tx:
             if guard is not None:
                 guard(tx)
             upto = {(row["view"], row["service"]): int(row["upto"])
@@ -197,12 +199,14 @@ class Projector:
                     view.apply(tx, env)
         return applied
 
-    def _apply_careful(self, tx: Tx, env: EventEnvelope, views: Sequence[View]) -> None:
+    def _apply_careful(self, tx: Tx, env: Event, views: Sequence[View]) -> None:
         try:
             with tx.savepoint("view_event"):
                 for view in views:
                     view.apply(tx, env)
+                tx.flush()
         except Exception as error:
+            tx.discard()
             if self.db.is_transient(error):
                 raise
             log.error("event_not_projected", event_type=env.event_type, service=env.service,
@@ -210,10 +214,13 @@ class Projector:
 
     # -- rebuild ------------------------------------------------------------------------------
 
-    def replay(self, tx: Tx, envelopes: Iterable[EventEnvelope], views: Sequence[View]) -> int:
-        """Apply replayed events to ``views`` (no tracking); returns how many were applied."""
+    def replay(self, tx: Tx, envelopes: Iterable[Event], views: Sequence[View],
+               progress: Callable[[int], None] | None = None) -> int:
+        """Apply replayed events to ``views`` (no tracking); returns how many were applied.
+        ``progress`` is told how many so far after each chunk."""
         count = 0
         stream = iter(envelopes)
+        applies = [view.apply for view in views]
         anchored = {str(row["service"]): int(row["upto"]) for row in tx.all(
             "SELECT service, MAX(position) AS upto FROM audit_chain GROUP BY service")}
         while chunk := list(islice(stream, REPLAY_CHUNK)):
@@ -221,14 +228,19 @@ class Projector:
                 if env.position > anchored.get(env.service, 0):
                     chain.extend(tx, env)
             try:
-                with tx.savepoint("view_chunk"), tx.batched():
-                    for env in chunk:
-                        for view in views:
-                            view.apply(tx, env)
+                with tx.savepoint("view_chunk"):
+                    with tx.batched():
+                        for env in chunk:
+                            for apply in applies:
+                                apply(tx, env)
+                    tx.flush()
             except Exception as error:
+                tx.discard()
                 if self.db.is_transient(error):
                     raise
                 for env in chunk:
                     self._apply_careful(tx, env, views)
             count += len(chunk)
+            if progress is not None:
+                progress(count)
         return count

@@ -5,33 +5,44 @@ Each service's notification log is read straight from its store (eventsourcing
 publishes with (``envelope_factory`` with the ``PUBLISHED`` set of ``services/<name>/main.py``),
 so a replayed event is the event the live projector received. The logs are merged in the order
 the events happened (each log keeps its own order), and folded into freshly created tables in
-one transaction: readers see the old view until the new one is complete, and a rebuild that
-fails leaves the old view as it was. Secondary indexes are built once the rows are in.
+one transaction, into new tables (``<table>__rebuild``) that replace the old ones at its end:
+readers see the old view until the new one is complete, on PostgreSQL too, and a rebuild that
+fails leaves the old view as it was. Rows that nothing reads while events are folded (the
+timeline) are written in bulk, a chunk at a time; secondary indexes are built once the rows
+are in.
 
-Large stores are read by one worker process per store while this process folds the events
-into the views (the two halves of the work then run on two cores); the workers run the same
-reading code and send the envelopes as JSON lines over a pipe.
+Large stores are read by worker processes (a store by one or more, a range of its log each,
+so that every core has work) while this process folds the events into the views; the workers
+run the same reading code and send the events as lines over a pipe. The logs are merged by
+the time each event happened, which keeps each aggregate's events in their order.
 """
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import importlib
+import itertools
 import json
+import os
+import queue
+import re
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from contracts.events import EventEnvelope, Service
+from contracts.events import Service
 from projections.db import ViewDatabase, open_view_database
+from projections.event import Event, Replayed, payload_json
 from projections.projector import Projector, View, select_views
 from projections.retention import forget_archived
-from services.common.integration import envelope_factory
+from services.common.integration import EventParts, envelope_factory, event_parts
 from services.common.logging import get_logger
 
 log = get_logger(__name__)
@@ -45,11 +56,19 @@ SERVICES: tuple[tuple[Service, str, str], ...] = (
     ("timeout", "services.timeout.application", "TimeoutService"),
 )
 #: Notifications read from a store per query.
-PAGE = 1000
+PAGE = 5000
 #: Stores holding more notifications than this (together) are read by worker processes.
 PARALLEL_FROM = 20_000
-#: Envelopes per frame from a worker.
-WORKER_CHUNK = 500
+#: Events per frame from a worker, and frames taken off its pipe before they are folded.
+WORKER_CHUNK = 1000
+FRAMES_AHEAD = 16
+#: Suffix of the tables a rebuild fills before they replace the view's tables.
+NEW = "__rebuild"
+#: How often (seconds) a rebuild reports its progress, at most.
+PROGRESS_EVERY = 0.25
+
+#: Told (events replayed so far, notifications in the stores) while a rebuild runs.
+Progress = Callable[[int, int], None]
 
 
 class EventSource(Protocol):
@@ -58,25 +77,29 @@ class EventSource(Protocol):
     last: int
     read: int
 
-    def envelopes(self) -> Iterator[EventEnvelope]: ...
+    def size(self) -> int: ...
+
+    def envelopes(self) -> Iterator[Event]: ...
 
     def close(self) -> None: ...
 
 
 @dataclass
 class Source:
-    """One service's event store and the factory its relay converts events with."""
+    """One service's event store and the factory its relay converts events with (``parts``:
+    the same conversion, without what no view reads: the event and aggregate ids)."""
 
     service: str
     app: Any
     to_envelope: Any
+    parts: EventParts
     last: int = 0
     read: int = 0
 
     def size(self) -> int:
         return int(self.app.recorder.max_notification_id() or 0)
 
-    def envelopes(self) -> Iterator[EventEnvelope]:
+    def envelopes(self) -> Iterator[Event]:
         recorder = self.app.recorder
         mapper = self.app.mapper
         to_envelope = self.to_envelope
@@ -96,39 +119,59 @@ class Source:
 
 
 class WorkerSource:
-    """A :class:`Source` read by a worker process (``python -m projections.rebuild_worker``);
-    its envelopes arrive over the worker's stdout as frames of JSON lines, in the store's
-    order. The settings go over its stdin (credentials never appear in a process listing)."""
+    """A :class:`Source` read by a worker process (``python -m projections.rebuild_worker``):
+    the events of the notifications ``start`` to ``stop`` of its log (None: to the end), in
+    the store's order, as frames of lines over the worker's stdout. The settings go over its
+    stdin (credentials never appear in a process listing)."""
 
-    def __init__(self, settings: Any, data_dir: Path | None, service: str) -> None:
+    def __init__(self, settings: Any, data_dir: Path | None, service: str, *, start: int = 1,
+                 stop: int | None = None, size: int = 0) -> None:
         self.service = service
         self.last = 0
         self.read = 0
+        self._size = size
         self._process = subprocess.Popen(
             [sys.executable, "-m", "projections.rebuild_worker", service,
-             str(data_dir) if data_dir else ""],
+             str(data_dir) if data_dir else "", str(start), str(stop or "")],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         )
         assert self._process.stdin is not None and self._process.stdout is not None
         self._process.stdin.write(settings.model_dump_json().encode())
         self._process.stdin.close()
         self._stdout = self._process.stdout
+        # frames are taken off the pipe as they come (a thread, outside the GIL while it
+        # waits), so the worker never waits for the merge to want its events
+        self._frames: queue.Queue[tuple[bytes, bytes]] = queue.Queue(maxsize=FRAMES_AHEAD)
+        self._reader = threading.Thread(target=self._drain, daemon=True,
+                                        name=f"rebuild-{service}-{start}")
+        self._reader.start()
 
-    def _frame(self) -> tuple[bytes, bytes]:
-        head = self._stdout.read(5)
-        if len(head) < 5:
-            self._process.wait()
-            raise RuntimeError(f"the worker reading the {self.service} store stopped "
-                               f"(exit code {self._process.returncode})")
-        size = int.from_bytes(head[1:], "big")
-        return head[:1], self._stdout.read(size)
+    def size(self) -> int:
+        return self._size
 
-    def envelopes(self) -> Iterator[EventEnvelope]:
+    def _drain(self) -> None:
         while True:
-            kind, body = self._frame()
+            head = self._stdout.read(5)
+            if len(head) < 5:
+                self._process.wait()
+                self._frames.put((b"X", f"the worker reading the {self.service} store stopped "
+                                        f"(exit code {self._process.returncode})".encode()))
+                return
+            kind = head[:1]
+            self._frames.put((kind, self._stdout.read(int.from_bytes(head[1:], "big"))))
+            if kind != b"E":
+                return
+
+    def envelopes(self) -> Iterator[Event]:
+        loads, when, make = json.loads, datetime.fromisoformat, Replayed
+        while True:
+            kind, body = self._frames.get()
             if kind == b"E":
-                for line in body.split(b"\n"):
-                    yield _decode(line)
+                for line in body.decode().split("\n"):
+                    event_type, service, thread_id, aggregate_id, position, version, at, \
+                        text = line.split("\t", 7)
+                    yield make(event_type, service, thread_id, aggregate_id, int(position),
+                               int(version), when(at), loads(text), text)
             elif kind == b"S":
                 stats = json.loads(body)
                 self.last, self.read = int(stats["last"]), int(stats["read"])
@@ -138,42 +181,80 @@ class WorkerSource:
                                    f"{body.decode(errors='replace')}")
 
     def close(self) -> None:
-        self._stdout.close()
+        if self._process.poll() is None:  # stopped early (a failed rebuild): not read to the end
+            self._process.kill()
         try:
             self._process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()
+        while self._reader.is_alive():  # it may wait to hand over a frame nobody takes
+            with contextlib.suppress(queue.Empty):
+                self._frames.get(timeout=0.1)
+        self._stdout.close()
 
 
 def frame(kind: bytes, body: bytes) -> bytes:
-    """One message from a worker: its kind (E envelopes, S stats, X error), length, body."""
+    """One message from a worker: its kind (E events, S stats, X error), length, body."""
     return kind + len(body).to_bytes(4, "big") + body
 
 
-def _decode(line: bytes) -> EventEnvelope:
-    """An envelope a worker made and validated (so not validated a second time)."""
-    data = json.loads(line)
-    data["occurred_at"] = datetime.fromisoformat(data["occurred_at"])
-    return EventEnvelope.model_construct(**data)
+def _line(source: Source, notification: Any) -> bytes | None:
+    """A notification as a worker sends it, converted as the relay converts it: event type,
+    service, thread, aggregate, position, version, time and the payload's compact JSON,
+    separated by tabs (none of them holds one: thread ids are subject tokens, aggregate ids
+    UUIDs, JSON text escapes tabs)."""
+    event = source.app.mapper.to_domain_event(notification)
+    parts = source.parts(event)
+    if parts is None:
+        return None
+    event_type, thread_id, payload = parts
+    return (f"{event_type}\t{source.service}\t{thread_id}\t{event.originator_id}\t"
+            f"{notification.id}\t{event.originator_version}\t{event.timestamp.isoformat()}\t"
+            f"{payload_json(payload)}").encode()
 
 
-def read_in_worker(settings: Any, data_dir: Path | None, service: str, out: IO[bytes]) -> None:
-    """What a worker process does: read one store, write its envelopes, then how far it read."""
+def _parts_of(to_envelope: Any) -> EventParts:
+    """:data:`EventParts` from a whole envelope factory."""
+
+    def parts(event: Any) -> tuple[str, str, dict[str, Any]] | None:
+        envelope = to_envelope(event, 0)
+        return None if envelope is None else (envelope.event_type, envelope.thread_id,
+                                              envelope.payload)
+
+    return parts
+
+
+def read_in_worker(settings: Any, data_dir: Path | None, service: str, out: IO[bytes], *,
+                   start: int = 1, stop: int | None = None) -> None:
+    """What a worker process does: read one store's notifications from ``start`` to ``stop``
+    (inclusive; None: the end), write its events, then how far it read."""
     try:
         # the parent opened every store before starting the workers: no table to create, and
         # workers creating them at once collide on PostgreSQL ("tuple concurrently updated")
         for source in open_sources(settings, data_dir, only=(service,), parallel=False,
                                    create_tables=False):
+            assert isinstance(source, Source)
             try:
-                chunk: list[str] = []
-                for envelope in source.envelopes():
-                    chunk.append(envelope.model_dump_json())
-                    if len(chunk) == WORKER_CHUNK:
-                        out.write(frame(b"E", "\n".join(chunk).encode()))
-                        chunk = []
+                recorder = source.app.recorder
+                chunk: list[bytes] = []
+                source.last = start - 1
+                while True:
+                    batch = recorder.select_notifications(source.last + 1, PAGE, stop=stop)
+                    if not batch:
+                        break
+                    for notification in batch:
+                        line = _line(source, notification)
+                        if line is None:
+                            continue
+                        chunk.append(line)
+                        if len(chunk) == WORKER_CHUNK:
+                            out.write(frame(b"E", b"\n".join(chunk)))
+                            chunk = []
+                    source.last = batch[-1].id
+                    source.read += len(batch)
                 if chunk:
-                    out.write(frame(b"E", "\n".join(chunk).encode()))
+                    out.write(frame(b"E", b"\n".join(chunk)))
                 out.write(frame(b"S", json.dumps({"last": source.last,
                                                   "read": source.read}).encode()))
             finally:
@@ -181,6 +262,12 @@ def read_in_worker(settings: Any, data_dir: Path | None, service: str, out: IO[b
     except Exception as error:
         out.write(frame(b"X", repr(error).encode()))
     out.flush()
+
+
+def _readers() -> int:
+    """Worker processes that read the stores: one more than the cores, so that the cores stay
+    busy while this process folds."""
+    return (os.cpu_count() or 2) + 1
 
 
 def open_sources(settings: Any, data_dir: Path | None = None, *,
@@ -204,23 +291,43 @@ def open_sources(settings: Any, data_dir: Path | None = None, *,
         published = getattr(wiring, "PUBLISHED", None)
         if not published:
             continue
-        # the same payload renames the service's relay uses
-        aliases = getattr(wiring, "ENVELOPE_ALIASES", None)
         env = settings.store_env(service, data_dir)
         if not create_tables:
             env["CREATE_TABLE"] = "false"
         app = app_class(env)
-        sources.append(Source(service, app, envelope_factory(app, service, published, aliases)))
+        # the relay's own conversion: a service's ``to_envelope`` when its wiring has one
+        # (the timeout service's renames event types), else the shared factory with the same
+        # payload renames the service's relay uses
+        own = getattr(wiring, "to_envelope", None)
+        if callable(own):
+            sources.append(Source(service, app, own, _parts_of(own)))
+        else:
+            aliases = getattr(wiring, "ENVELOPE_ALIASES", None)
+            sources.append(Source(service, app,
+                                  envelope_factory(app, service, published, aliases),
+                                  event_parts(app, service, published, aliases)))
+    sizes = {source.service: source.size() for source in sources}
     if parallel is None:
-        parallel = sum(source.size() for source in sources) > PARALLEL_FROM
+        parallel = sum(sizes.values()) > PARALLEL_FROM
     if not parallel:
         return list(sources)
     for source in sources:
         source.close()
-    return [WorkerSource(settings, data_dir, source.service) for source in sources]
+    # a large store is read in ranges by several workers: merged by the time each event
+    # happened, an aggregate's events keep their order (they happened one after the other)
+    total = sum(sizes.values()) or 1
+    workers: list[EventSource] = []
+    for name, size in sizes.items():
+        parts = max(1, round(_readers() * size / total))
+        bounds = [size * part // parts for part in range(parts + 1)]
+        workers.extend(
+            WorkerSource(settings, data_dir, name, start=low + 1,
+                         stop=None if part == parts - 1 else high, size=high - low)
+            for part, (low, high) in enumerate(itertools.pairwise(bounds)))
+    return workers
 
 
-def merged(sources: Sequence[EventSource]) -> Iterator[EventEnvelope]:
+def merged(sources: Sequence[EventSource]) -> Iterator[Event]:
     """Every store's envelopes, in the order they happened; each store's own order kept."""
     return heapq.merge(*(source.envelopes() for source in sources),
                        key=lambda env: (env.occurred_at, env.service, env.position))
@@ -238,31 +345,79 @@ class RebuildResult:
         return self.events / self.seconds if self.seconds > 0 else 0.0
 
 
+class _Reporter:
+    """Calls ``progress`` at most every :data:`PROGRESS_EVERY` seconds, and at the end."""
+
+    def __init__(self, progress: Progress | None, total: int) -> None:
+        self._progress = progress
+        self.total = total
+        self._next = 0.0
+
+    def __call__(self, done: int) -> None:
+        now = time.monotonic()
+        if self._progress is not None and now >= self._next:
+            self._next = now + PROGRESS_EVERY
+            self._progress(done, max(self.total, done))
+
+    def finished(self, done: int) -> None:
+        if self._progress is not None:
+            self._progress(done, done)
+
+
+def _index_names(view: View) -> list[str]:
+    return [m.group(1) for statement in view.indexes
+            if (m := re.search(r"INDEX IF NOT EXISTS (\w+)", statement))]
+
+
 def rebuild(db: ViewDatabase, projector: Projector, views: Sequence[View],
-            sources: Sequence[EventSource]) -> RebuildResult:
-    """Drop ``views``, replay every source into them, record how far each source was read."""
+            sources: Sequence[EventSource], progress: Progress | None = None) -> RebuildResult:
+    """Replay every source into new tables of ``views``, which then replace the old ones;
+    record how far each source was read. ``progress`` is told how far it got as it goes."""
     started = time.perf_counter()
     result = RebuildResult(views=[v.name for v in views])
+    postgres = db.name == "postgres"
+    renames = {table: f"{table}{NEW}" for view in views for table in view.tables}
+    if postgres:  # PostgreSQL renames indexes: they are built before the swap
+        renames.update({name: f"{name}{NEW}" for view in views for name in _index_names(view)})
+    report = _Reporter(progress, sum(source.size() for source in sources))
+    upto: dict[str, int] = {}
     with db.transaction() as tx:
         tx.tune_for_bulk()
+        tx.bulk(renames)
+        for view in views:
+            view.drop(tx)  # what a rebuild that was interrupted left (its __rebuild tables)
+            view.create(tx, indexes=False)
+        report(0)
+        result.events = projector.replay(tx, merged(sources), views, report)
+        forget_archived(tx)  # archived threads stay out of the (new) thread views
+        replayed = time.perf_counter()
+        if postgres:
+            for view in views:
+                view.index(tx)
+        tx.bulk()  # the views' own tables again: swap
         for view in views:
             view.drop(tx)
-            view.create(tx, indexes=False)
+            for table in view.tables:
+                tx.execute(f"ALTER TABLE {table}{NEW} RENAME TO {table}")
+            if postgres:
+                for name in _index_names(view):
+                    tx.execute(f"ALTER INDEX {name}{NEW} RENAME TO {name}")
+            else:
+                view.index(tx)
             tx.execute("DELETE FROM view_positions WHERE view = ?", (view.name,))
             tx.execute("INSERT INTO view_meta (view, version) VALUES (?, ?) ON CONFLICT (view)"
                        " DO UPDATE SET version = excluded.version", (view.name, view.version))
-        result.events = projector.replay(tx, merged(sources), views)
-        forget_archived(tx)  # archived threads stay out of the thread views
-        replayed = time.perf_counter()
-        for view in views:
-            view.index(tx)
-            for source in sources:
+            for source in sources:  # a store read by several workers: how far they all got
+                upto[source.service] = max(upto.get(source.service, 0), source.last)
+            for service, last in upto.items():
                 tx.execute("INSERT INTO view_positions (view, service, upto) VALUES (?, ?, ?)",
-                           (view.name, source.service, source.last))
+                           (view.name, service, last))
         indexed = time.perf_counter()
     projector.rebuilt(result.views)
     result.seconds = time.perf_counter() - started
-    result.read = {source.service: source.read for source in sources}
+    for source in sources:  # a store read by several workers: what they read together
+        result.read[source.service] = result.read.get(source.service, 0) + source.read
+    report.finished(result.events)
     log.info("views_rebuilt", views=result.views, events=result.events, read=result.read,
              seconds=round(result.seconds, 3), events_per_second=round(result.rate),
              replay_seconds=round(replayed - started, 3),
@@ -273,23 +428,25 @@ def rebuild(db: ViewDatabase, projector: Projector, views: Sequence[View],
 
 def rebuild_from_stores(db: ViewDatabase, projector: Projector, settings: Any,
                         names: Sequence[str] = (), data_dir: Path | None = None,
-                        parallel: bool | None = None) -> RebuildResult:
+                        parallel: bool | None = None,
+                        progress: Progress | None = None) -> RebuildResult:
     """Open the stores ``settings`` name, rebuild the views named (all: none), close them."""
     views = select_views(names)
     sources = open_sources(settings, data_dir, parallel=parallel)
     try:
-        return rebuild(db, projector, views, sources)
+        return rebuild(db, projector, views, sources, progress)
     finally:
         for source in sources:
             source.close()
 
 
-def rebuild_offline(settings: Any, names: Sequence[str] = (),
-                    data_dir: Path | None = None) -> RebuildResult:
+def rebuild_offline(settings: Any, names: Sequence[str] = (), data_dir: Path | None = None,
+                    progress: Progress | None = None) -> RebuildResult:
     """Rebuild in this process, against the stores and views database ``settings`` name (safe
     beside a running projections service: writers of the views database take turns)."""
     db = open_view_database(settings, data_dir)
     try:
-        return rebuild_from_stores(db, Projector(db), settings, names, data_dir)
+        return rebuild_from_stores(db, Projector(db), settings, names, data_dir,
+                                   progress=progress)
     finally:
         db.close()

@@ -12,7 +12,6 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from contracts.events import EventEnvelope
 from contracts.queries import (
     Cursor,
     PendingCursor,
@@ -22,6 +21,7 @@ from contracts.queries import (
     TimelineEvent,
 )
 from projections.db import Row, Tx, ViewDatabase, fill_page, iso, when
+from projections.event import Event, payload_text
 
 NAME = "thread_status"
 VERSION = 3
@@ -122,7 +122,7 @@ def _text(value: Any) -> Any:
 # -- folding events -----------------------------------------------------------------------------
 
 
-def _started(tx: Tx, env: EventEnvelope, p: dict[str, Any], at: str) -> None:
+def _started(tx: Tx, env: Event, p: dict[str, Any], at: str) -> None:
     tx.execute(
         "INSERT INTO thread_status (thread_id, graph_name, workflow_digest, status, current_node,"
         " started_by, started_at, updated_at, version) VALUES (?,?,?,?,?,?,?,?,?)"
@@ -132,38 +132,38 @@ def _started(tx: Tx, env: EventEnvelope, p: dict[str, Any], at: str) -> None:
     )
 
 
-def _node_completed(tx: Tx, env: EventEnvelope, p: dict[str, Any], at: str) -> None:
+def _node_completed(tx: Tx, env: Event, p: dict[str, Any], at: str) -> None:
     tx.execute("UPDATE thread_status SET current_node=?, output=?, updated_at=?, version=?"
                " WHERE thread_id=?",
                (p.get("next_node"), _json(p.get("output")), at, env.aggregate_version,
                 env.thread_id))
 
 
-def _node_failed(tx: Tx, env: EventEnvelope, p: dict[str, Any], at: str) -> None:
+def _node_failed(tx: Tx, env: Event, p: dict[str, Any], at: str) -> None:
     tx.execute("UPDATE thread_status SET current_node=?, updated_at=?, version=?"
                " WHERE thread_id=?", (p.get("next_node"), at, env.aggregate_version,
                                      env.thread_id))
 
 
-def _touched(tx: Tx, env: EventEnvelope, p: dict[str, Any], at: str) -> None:
+def _touched(tx: Tx, env: Event, p: dict[str, Any], at: str) -> None:
     tx.execute("UPDATE thread_status SET updated_at=?, version=? WHERE thread_id=?",
                (at, env.aggregate_version, env.thread_id))
 
 
-def _paused(tx: Tx, env: EventEnvelope, p: dict[str, Any], at: str) -> None:
+def _paused(tx: Tx, env: Event, p: dict[str, Any], at: str) -> None:
     tx.execute("UPDATE thread_status SET status='paused', current_node=?, updated_at=?,"
                " version=? WHERE thread_id=?", (p["node"], at, env.aggregate_version,
                                                 env.thread_id))
 
 
-def _resumed(tx: Tx, env: EventEnvelope, p: dict[str, Any], at: str) -> None:
+def _resumed(tx: Tx, env: Event, p: dict[str, Any], at: str) -> None:
     # a batch stays paused until its last request is answered
     status = "paused" if int(p.get("waiting_on") or 0) > 0 else "running"
     tx.execute("UPDATE thread_status SET status=?, updated_at=?, version=? WHERE thread_id=?",
                (status, at, env.aggregate_version, env.thread_id))
 
 
-def _ended(tx: Tx, env: EventEnvelope, p: dict[str, Any], at: str) -> None:
+def _ended(tx: Tx, env: Event, p: dict[str, Any], at: str) -> None:
     node = None if env.event_type == "ThreadCompleted" else p.get("node")
     error = p.get("error")
     if env.event_type == "ThreadTimedOut":
@@ -177,7 +177,7 @@ def _ended(tx: Tx, env: EventEnvelope, p: dict[str, Any], at: str) -> None:
     )
 
 
-def _requested(tx: Tx, env: EventEnvelope, p: dict[str, Any], at: str) -> None:
+def _requested(tx: Tx, env: Event, p: dict[str, Any], at: str) -> None:
     tx.execute(
         "INSERT INTO thread_requests (id, thread_id, node_name, interaction_type, prompt,"
         " context, options, assignees, timeout_seconds, deadline, created_at, batch_index,"
@@ -207,29 +207,29 @@ def _set_audience(tx: Tx, request_id: str, users: Any, groups: Any) -> None:
                    " VALUES (?,?,?)", (request_id, kind, name))
 
 
-def _accepted(tx: Tx, env: EventEnvelope, p: dict[str, Any], at: str) -> None:
+def _accepted(tx: Tx, env: Event, p: dict[str, Any], at: str) -> None:
     tx.execute("UPDATE thread_requests SET status='answered', closed_at=?, action=?, responder=?"
                " WHERE id=?", (iso(p["timestamp"]), p["action"], p.get("responder"),
                                p["request_id"]))
 
 
-def _timed_out(tx: Tx, env: EventEnvelope, p: dict[str, Any], at: str) -> None:
+def _timed_out(tx: Tx, env: Event, p: dict[str, Any], at: str) -> None:
     tx.execute("UPDATE thread_requests SET status='timed_out', closed_at=? WHERE id=?"
                " AND status='pending'", (iso(p.get("timestamp") or at), p["request_id"]))
 
 
-def _cancelled(tx: Tx, env: EventEnvelope, p: dict[str, Any], at: str) -> None:
+def _cancelled(tx: Tx, env: Event, p: dict[str, Any], at: str) -> None:
     tx.execute("UPDATE thread_requests SET status='cancelled', closed_at=? WHERE id=?"
                " AND status='pending'", (at, p["request_id"]))
 
 
-def _reminded(tx: Tx, env: EventEnvelope, p: dict[str, Any], at: str) -> None:
+def _reminded(tx: Tx, env: Event, p: dict[str, Any], at: str) -> None:
     if p.get("deadline"):
         tx.execute("UPDATE thread_requests SET deadline=? WHERE id=?",
                    (iso(p["deadline"]), p["request_id"]))
 
 
-def _escalated(tx: Tx, env: EventEnvelope, p: dict[str, Any], at: str) -> None:
+def _escalated(tx: Tx, env: Event, p: dict[str, Any], at: str) -> None:
     tx.execute("UPDATE thread_requests SET assignees=?, candidate_groups='[]', claimed_by=NULL,"
                " shown=COALESCE(NULLIF(?, ''), shown), deadline=COALESCE(?, deadline)"
                " WHERE id=?", (_json(list(p.get("assignees") or ())), p.get("shown") or "",
@@ -238,21 +238,21 @@ def _escalated(tx: Tx, env: EventEnvelope, p: dict[str, Any], at: str) -> None:
     _set_audience(tx, p["request_id"], p.get("assignees") or (), ())
 
 
-def _claimed(tx: Tx, env: EventEnvelope, p: dict[str, Any], at: str) -> None:
+def _claimed(tx: Tx, env: Event, p: dict[str, Any], at: str) -> None:
     tx.execute("UPDATE thread_requests SET claimed_by=? WHERE id=?",
                (p["claimed_by"], p["request_id"]))
 
 
-def _released(tx: Tx, env: EventEnvelope, p: dict[str, Any], at: str) -> None:
+def _released(tx: Tx, env: Event, p: dict[str, Any], at: str) -> None:
     tx.execute("UPDATE thread_requests SET claimed_by=NULL WHERE id=?", (p["request_id"],))
 
 
-def _delegated(tx: Tx, env: EventEnvelope, p: dict[str, Any], at: str) -> None:
+def _delegated(tx: Tx, env: Event, p: dict[str, Any], at: str) -> None:
     tx.execute("UPDATE thread_requests SET claimed_by=?, shown=? WHERE id=?",
                (p["to"], p["shown"], p["request_id"]))
 
 
-def _reassigned(tx: Tx, env: EventEnvelope, p: dict[str, Any], at: str) -> None:
+def _reassigned(tx: Tx, env: Event, p: dict[str, Any], at: str) -> None:
     tx.execute("UPDATE thread_requests SET assignees=?, candidate_groups=?, claimed_by=NULL,"
                " shown=? WHERE id=?", (_json(list(p.get("assignees") or ())),
                                        _json(list(p.get("candidate_groups") or ())),
@@ -260,7 +260,7 @@ def _reassigned(tx: Tx, env: EventEnvelope, p: dict[str, Any], at: str) -> None:
     _set_audience(tx, p["request_id"], p.get("assignees") or (), p.get("candidate_groups") or ())
 
 
-def _voted(tx: Tx, env: EventEnvelope, p: dict[str, Any], at: str) -> None:
+def _voted(tx: Tx, env: Event, p: dict[str, Any], at: str) -> None:
     row = tx.one("SELECT votes FROM thread_requests WHERE id=?", (p["request_id"],))
     if row is None:
         return
@@ -269,7 +269,7 @@ def _voted(tx: Tx, env: EventEnvelope, p: dict[str, Any], at: str) -> None:
     tx.execute("UPDATE thread_requests SET votes=? WHERE id=?", (_json(votes), p["request_id"]))
 
 
-Handler = Callable[[Tx, EventEnvelope, dict[str, Any], str], None]
+Handler = Callable[[Tx, Event, dict[str, Any], str], None]
 
 HANDLERS: dict[str, Handler] = {
     "ThreadStarted": _started,
@@ -294,14 +294,15 @@ HANDLERS: dict[str, Handler] = {
 }
 
 
-def apply(tx: Tx, env: EventEnvelope) -> None:
+def apply(tx: Tx, env: Event) -> None:
     """Fold one event (of any type, known or not) into the view."""
     at, at_ts = when(env.occurred_at)
-    tx.execute(
+    # nothing reads the timeline while events are folded: a rebuild writes it in bulk
+    tx.defer(
         "INSERT INTO thread_timeline (thread_id, at_ts, service, position, at, event_type,"
         " aggregate_version, payload) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
         (env.thread_id, at_ts, env.service, env.position, at, env.event_type,
-         env.aggregate_version, _json(env.payload)),
+         env.aggregate_version, payload_text(env)),
     )
     handler = HANDLERS.get(env.event_type)
     if handler is not None:

@@ -16,6 +16,9 @@ from hitlflow.stack import EmbeddedNats, free_port
 from hitlflow.testing import HitlTestStack
 from services.common.clock import FakeClock
 
+# The CLI's consoles take their width when first imported: the tests read wide output.
+os.environ["COLUMNS"] = "200"
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 EXAMPLE_AGENTS = str(EXAMPLES / "agents.py")
@@ -31,8 +34,11 @@ def make_settings(backend: str, home: Path) -> Settings:
     if backend == "postgres":
         if not POSTGRES_DSN:
             pytest.skip("PostgreSQL backend: set HITLFLOW_TEST_POSTGRES_DSN to run it")
+        # small pools: two workers' stacks share the server's connections with whatever
+        # else runs on it
         return Settings(home=home, persistence="postgres", postgres_dsn=POSTGRES_DSN,
-                        postgres_schema=f"t_{uuid.uuid4().hex[:12]}", auth=False)
+                        postgres_schema=f"t_{uuid.uuid4().hex[:12]}", auth=False,
+                        postgres_pool_size=2, postgres_max_overflow=3)
     # NATS without users: names as sent (the identity tests turn users on)
     return Settings(home=home, auth=False)
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from hashlib import sha1
 from typing import Any
-from uuid import UUID, uuid5
+from uuid import UUID
 
 from pydantic import BaseModel
 
@@ -12,6 +13,18 @@ from contracts.events import PAYLOADS, EventEnvelope, Service
 from services.common.store import ServiceApplication
 
 _EVENT_NS = UUID("a3c2e1f0-7d41-4a55-9f8e-2b6c0d9e4f31")
+_EVENT_NS_BYTES = _EVENT_NS.bytes
+
+
+def event_id(aggregate_id: Any, version: int) -> str:
+    """``str(uuid5(_EVENT_NS, f"{aggregate_id}:{version}"))``, written out: the relay makes
+    one per event, and :func:`uuid.uuid5` builds two UUID objects for it."""
+    digest = bytearray(sha1(_EVENT_NS_BYTES + f"{aggregate_id}:{version}".encode(),
+                            usedforsecurity=False).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 class ThreadIdResolver:
@@ -72,20 +85,25 @@ def payload_of(model: type[BaseModel], fields: dict[str, Any]) -> dict[str, Any]
     return payload
 
 
-def envelope_factory(
+#: What an envelope carries beyond the event's own id, version, position and time: its type,
+#: its thread and its payload (None for an internal event).
+EventParts = Callable[[Any], tuple[str, str, dict[str, Any]] | None]
+
+
+def event_parts(
     app: ServiceApplication,
     service: Service,
     published: set[str],
     aliases: dict[str, dict[str, str]] | None = None,
-) -> Callable[[Any, int], EventEnvelope | None]:
-    """Envelopes for the domain events named in ``published``; None for internal ones.
+) -> EventParts:
+    """The type, thread and wire payload of the domain events named in ``published``.
 
     ``aliases`` maps, per event type, a payload field to the domain attribute it comes from.
     """
     resolve = ThreadIdResolver(app)
     aliases = aliases or {}
 
-    def to_envelope(event: Any, position: int) -> EventEnvelope | None:
+    def parts(event: Any) -> tuple[str, str, dict[str, Any]] | None:
         name = type(event).__name__
         if name not in published:
             return None
@@ -97,11 +115,31 @@ def envelope_factory(
             if hasattr(event, renamed.get(k, k))
         }
         payload = payload_of(model, fields)
+        return name, resolve(event), payload
+
+    return parts
+
+
+def envelope_factory(
+    app: ServiceApplication,
+    service: Service,
+    published: set[str],
+    aliases: dict[str, dict[str, str]] | None = None,
+) -> Callable[[Any, int], EventEnvelope | None]:
+    """Envelopes for the domain events named in ``published``; None for internal ones
+    (``aliases`` as for :func:`event_parts`)."""
+    parts_of = event_parts(app, service, published, aliases)
+
+    def to_envelope(event: Any, position: int) -> EventEnvelope | None:
+        parts = parts_of(event)
+        if parts is None:
+            return None
+        name, thread_id, payload = parts
         return EventEnvelope(
             event_type=name,
             service=service,
-            thread_id=resolve(event),
-            event_id=str(uuid5(_EVENT_NS, f"{event.originator_id}:{event.originator_version}")),
+            thread_id=thread_id,
+            event_id=event_id(event.originator_id, event.originator_version),
             aggregate_id=str(event.originator_id),
             aggregate_version=event.originator_version,
             position=position,

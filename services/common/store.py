@@ -167,6 +167,36 @@ class GroupCommit:
         self.writes += len(batch)
 
 
+class PostgresBatchWrite:
+    """The events and tracking rows of a batch of jobs in one PostgreSQL transaction: the
+    events table locked once, one commit (eventsourcing's ``insert_events``, for many
+    trackings). Any failure leaves nothing written."""
+
+    def __init__(self, recorder: Any) -> None:
+        self._recorder = recorder
+
+    def write(self, events: list[StoredEvent], trackings: list[Tracking]) -> Sequence[int]:
+        recorder = self._recorder
+        error: Exception | None = None
+        ids: Sequence[int] | None = None
+        with recorder.datastore.get_connection() as conn:
+            with conn.pipeline() as pipeline, conn.transaction():
+                with conn.cursor() as cursor:
+                    for tracking in trackings:
+                        recorder._insert_tracking(cursor, tracking)
+                if events:
+                    with conn.cursor() as cursor:
+                        try:
+                            recorder._insert_stored_events(cursor, events)
+                            pipeline.sync()  # a conflict is raised here, not at commit
+                            ids = recorder._fetch_ids_after_insert_events(cursor, events)
+                        except Exception as raised:  # re-raised once the pipeline is left
+                            error = raised
+            if error is not None:
+                raise error
+        return ids or ()
+
+
 @dataclass(eq=False)
 class Job:
     """One message's decision; the jobs of a batch are decided in order and saved together.
@@ -257,6 +287,11 @@ class ServiceApplication(Application[UUID]):
         self._group: GroupCommit | None = (
             GroupCommit(self.recorder) if type(self.recorder).__module__.endswith("sqlite")
             else None
+        )
+        #: Where a batch of jobs is saved in one transaction (:meth:`run_jobs`).
+        self._batch_write: GroupCommit | PostgresBatchWrite | None = self._group or (
+            PostgresBatchWrite(self.recorder)
+            if type(self.recorder).__module__.endswith("postgres") else None
         )
 
     def construct_recorder(self) -> ProcessRecorder:
@@ -451,13 +486,13 @@ class ServiceApplication(Application[UUID]):
     def run_jobs(self, jobs: Sequence[Job]) -> None:
         """Decide ``jobs`` in order and save them; each gets its outcome.
 
-        With SQLite, the whole batch is one transaction: one tracking read for all, one write
-        (every event and tracking row), one sync. If that cannot be (a version conflict with
+        The whole batch is one transaction (SQLite and PostgreSQL): one tracking read for all,
+        one write (every event and tracking row), one sync. If that cannot be (a conflict with
         another writer, an unexpected error, a refused job that left an aggregate half
         changed), nothing of it is kept and the jobs are decided again one by one, each in
         its own transaction, where a failure stops only the later jobs of its key.
         """
-        together = self._group is not None and len(jobs) > 1
+        together = self._batch_write is not None and len(jobs) > 1
         if together:
             try:
                 self._run_together(jobs)
@@ -481,7 +516,7 @@ class ServiceApplication(Application[UUID]):
         return job
 
     def _run_together(self, jobs: Sequence[Job]) -> None:
-        assert self._group is not None
+        assert self._batch_write is not None
         done = self._tracked([job.tracking for job in jobs if job.tracking is not None])
         batch = self._local.batch = _Batch()
         events: list[Any] = []
@@ -517,8 +552,8 @@ class ServiceApplication(Application[UUID]):
                     trackings.append(tracking)
             if events or trackings:
                 self.sealing.note_threads(batch.changed.values())
-                ids = self._group.write([self.mapper.to_stored_event(e) for e in events],
-                                        trackings)
+                ids = self._batch_write.write(
+                    [self.mapper.to_stored_event(e) for e in events], trackings)
         except BaseException:  # what the batch changed may be stale: read it again next time
             self._forget(batch.changed)
             raise

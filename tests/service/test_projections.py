@@ -22,6 +22,7 @@ import pytest
 from contracts import subjects
 from contracts.commands import ResumeThread, StartThread
 from contracts.events import EventEnvelope
+from contracts.queries import ADMIN_REBUILD, RebuildProgress
 from contracts.workflow import NodeSpec, WorkflowSpec
 from hitlflow.settings import Settings
 from hitlflow.testing import HitlTestStack
@@ -324,6 +325,48 @@ def test_rebuild_gives_back_the_live_views(hitl: HitlTestStack, settings: Settin
 
     result = cli(hitl.nats_url, "projections", "rebuild", "audit", "analytics")
     assert result.exit_code == 2 and "unknown view(s) 'audit'" in result.stderr
+
+
+def test_rebuild_reports_its_progress_while_it_runs(hitl: HitlTestStack,
+                                                   settings: Settings) -> None:
+    """Progress messages come over NATS to the subject the request names, the last one with
+    everything replayed, and then the reply; the rebuilt views are the live ones."""
+    for index in range(3):
+        hitl.start(f"{TYPES}::Approve", {"request": f"p{index}"}, thread_id=f"prog-{index}")
+    hitl.resume("prog-0", "approve")
+    quiesce(hitl)
+    live = dump(views_db(hitl))
+    seen: list[RebuildProgress] = []
+    reply = hitl.call(hitl.client.rebuild(on_progress=seen.append))
+    assert reply.ok and reply.events == len(live["thread_timeline"])
+    wait_for(lambda: seen and seen[-1].done == reply.events, timeout=10,
+             what="the last progress message")
+    assert all(m.views == ["thread_status", "audit_trail", "analytics"] for m in seen)
+    assert [m.done for m in seen] == sorted(m.done for m in seen)
+    assert seen[-1].total == reply.events and seen[0].total >= reply.events
+    assert dump(views_db(hitl)) == live
+
+    # a subject with a wildcard is refused, naming the field; nothing is rebuilt
+    raw = hitl.call(hitl.client._query(ADMIN_REBUILD, {"progress_subject": "hitl.>"}))
+    assert not raw["ok"] and "progress_subject" in raw["error"]["error"]
+
+
+def test_a_rebuild_replays_rescheduled_deadlines(hitl: HitlTestStack,
+                                               settings: Settings) -> None:
+    """A reminder reschedules the request's deadline (the timeout service's
+    DeadlineRescheduled, which its relay publishes as DeadlineScheduled): a rebuild reads the
+    timeout store as that relay publishes it, and gives back the live views."""
+    policy = {"policy": "remind", "after_seconds": 0.2, "times": 1}
+    hitl.start(gate_flow({"timeout_seconds": 0.2, "on_timeout": policy}), {"request": "desk"},
+               thread_id="rb-remind")
+    wait_status(hitl, "rb-remind", "timed_out")
+    quiesce(hitl)
+    live = dump(views_db(hitl))
+    scheduled = [row for row in map(json.loads, live["thread_timeline"])
+                 if row["thread_id"] == "rb-remind" and row["event_type"] == "DeadlineScheduled"]
+    assert len(scheduled) == 2  # the first deadline, and the one after the reminder
+    assert fresh_rebuild(hitl, settings) == live
+    assert fresh_rebuild(hitl, settings, parallel=True) == live
 
 
 def test_offline_rebuild_beside_the_running_service(hitl: HitlTestStack,

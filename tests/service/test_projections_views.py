@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -410,3 +412,28 @@ def test_any_arrival_order_gives_the_replayed_views(tmp_path: Path,
     finally:
         live.close()
         replayed.close()
+
+
+def test_a_batch_that_must_not_wait_gives_way_to_another_writer(tmp_path: Path) -> None:
+    """The service applies live batches on its event loop without waiting (``wait=False``):
+    while another process writes the SQLite views (an offline rebuild), such a batch fails at
+    once with an error worth a retry, and applies in full once that writer is done."""
+    db = open_db("sqlite", tmp_path)
+    projector = Projector(db)
+    log = Log()
+    log.thread("busy-1", "approval", "gate")
+    other = sqlite3.connect(str(db.dialect.path), isolation_level=None)  # type: ignore[attr-defined]
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        with pytest.raises(sqlite3.OperationalError) as refused:
+            projector.apply(log.envelopes, wait=False)
+        assert db.is_transient(refused.value)
+        assert time.monotonic() - started < 5  # at once, not after the 30 s busy timeout
+        other.execute("ROLLBACK")
+        assert projector.apply(log.envelopes) == len(log.envelopes)
+        assert db.one("SELECT status FROM thread_status WHERE thread_id = ?",
+                      ("busy-1",)) == {"status": "paused"}
+    finally:
+        other.close()
+        db.close()

@@ -1,5 +1,5 @@
 """A batch of jobs is decided in order and saved in one transaction; when it cannot be, the
-jobs are decided again one by one and each keeps its own outcome."""
+jobs are decided again one by one and each keeps its own outcome. On SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import pytest
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import Tracking
 
+from hitlflow.settings import Settings
 from services.common.store import Job
-from tests.unit.test_group_commit import Counter, CounterApp, make_app
+from tests.conftest import BACKENDS, make_settings
+from tests.unit.test_group_commit import Counter, CounterApp
 
 
 class Refused(Exception):
@@ -56,11 +58,18 @@ def bump_elsewhere(replica: CounterApp, counter_id: Any) -> None:
     replica.record([counter])
 
 
-@pytest.fixture
-def app(tmp_path: Path) -> Iterator[CounterApp]:
-    counters = make_app(tmp_path)
+@pytest.fixture(params=BACKENDS)
+def app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CounterApp]:
+    settings: Settings = make_settings(str(request.param), tmp_path)
+    counters = CounterApp(settings.store_env("counters", tmp_path))
     yield counters
     counters.close()
+    if settings.persistence == "postgres":
+        import psycopg
+
+        assert settings.postgres_dsn
+        with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {settings.postgres_schema} CASCADE")
 
 
 @pytest.fixture
@@ -71,13 +80,21 @@ def replica(app: CounterApp) -> Iterator[CounterApp]:
 
 def test_a_batch_is_one_transaction_and_later_jobs_see_earlier_changes(app: CounterApp) -> None:
     a, b = saved(app, "a", "b")
-    assert app._group is not None
-    commits = app._group.commits
+    batch_write = app._batch_write
+    assert batch_write is not None
+    writes: list[tuple[int, int]] = []
+    write = batch_write.write
+
+    def counted(events: Any, trackings: Any) -> Any:
+        writes.append((len(events), len(trackings)))
+        return write(events, trackings)
+
+    batch_write.write = counted  # type: ignore[method-assign]
     jobs = [increment(app, a.id, "a", 1), increment(app, b.id, "b", 2),
             increment(app, a.id, "a", 3), increment(app, a.id, "a", 4)]
     app.run_jobs(jobs)
     assert [job.result for job in jobs] == [1, 1, 2, 3]
-    assert app._group.commits == commits + 1
+    assert writes == [(4, 4)]  # one write: every event and tracking row of the batch
     assert saved_count(app, a.id) == 3 and saved_count(app, b.id) == 1
     assert all(app.is_tracked("upstream", n) for n in (1, 2, 3, 4))
 

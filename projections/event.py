@@ -1,0 +1,66 @@
+"""What the views fold: an event as the projections see it, live or replayed.
+
+Live, that is the :class:`~contracts.events.EventEnvelope` received from the stream. A rebuild
+folds :class:`Replayed` events instead: the same fields, made by the same envelope factory the
+relay publishes with, carried without the validation a wire message needs, and with the
+payload's compact JSON (what the timeline stores) already written by the process that read the
+store.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+
+class Event(Protocol):
+    @property
+    def event_type(self) -> str: ...
+
+    @property
+    def service(self) -> str: ...
+
+    @property
+    def thread_id(self) -> str: ...
+
+    @property
+    def aggregate_id(self) -> str: ...
+
+    @property
+    def position(self) -> int: ...
+
+    @property
+    def aggregate_version(self) -> int: ...
+
+    @property
+    def occurred_at(self) -> datetime: ...
+
+    @property
+    def payload(self) -> dict[str, Any]: ...
+
+
+@dataclass(slots=True)
+class Replayed:
+    """An event read back from a store for a rebuild (fields as in the envelope)."""
+
+    event_type: str
+    service: str
+    thread_id: str
+    aggregate_id: str
+    position: int
+    aggregate_version: int
+    occurred_at: datetime
+    payload: dict[str, Any]
+    #: ``payload_json(payload)``, written once where the store was read.
+    payload_text: str
+
+
+def payload_json(payload: Any) -> str:
+    """The compact JSON of a payload as the timeline keeps it."""
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def payload_text(env: Event) -> str:
+    return env.payload_text if isinstance(env, Replayed) else payload_json(env.payload)
