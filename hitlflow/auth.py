@@ -9,11 +9,15 @@ only under its own name) and what the services trust (:class:`services.common.id
 
 Files (all mode 0600 in a 0700 folder):
 
-- ``users.json``: ``{"users": {name: {"role", "groups", "password"}}}``;
+- ``users.json``: ``{"users": {name: {"role", "groups", "password"[, "api_key_sha256"]}}}``;
 - ``<name>.creds``: ``{"user", "password"}``, what a process connects with
   (``HITLFLOW_NATS_CREDS``);
 - ``jwt.secret``: the key the HTTP gateway checks its HS256 tokens with, when no identity
   provider is configured (``hitlflow token`` signs with it).
+
+A deployment (compose, k8s) takes from them the NATS servers' ``authorization`` block
+(``hitlflow users nats-config``), each service's credentials file and the directory the
+services and the gateway read, without the passwords (``hitlflow users directory``).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from contracts.subjects import check_principal, principal_token
-from services.common.identity import ROLES
+from services.common.identity import ROLES, api_key_digest
 from services.common.messaging import inbox_prefix
 
 #: The services' own users: their names are their roles' permission sets.
@@ -95,10 +99,19 @@ def write_private(path: Path, text: str) -> None:
 
 
 def load(files: AuthFiles) -> dict[str, dict[str, Any]]:
+    return load_users_file(files.users)
+
+
+def load_users_file(path: Path) -> dict[str, dict[str, Any]]:
+    """The users of a ``users.json``; :class:`AuthError` names what is wrong with it."""
     try:
-        data: dict[str, dict[str, Any]] = json.loads(files.users.read_text())["users"]
-    except (OSError, ValueError, KeyError) as error:
-        raise AuthError(f"cannot read {files.users}: {error}") from error
+        data: Any = json.loads(path.read_text())["users"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise AuthError(f"cannot read {path}: {error}") from error
+    if not isinstance(data, dict) or not all(
+            isinstance(entry, dict) and entry.get("role") in ROLES for entry in data.values()):
+        raise AuthError(f"{path}: expected {{\"users\": {{NAME: {{\"role\": one of "
+                        f"{', '.join(ROLES)}, ...}}}}}}")
     return data
 
 
@@ -142,10 +155,37 @@ def add_user(files: AuthFiles, name: str, role: str, groups: list[str]) -> Path:
         raise AuthError(f"{name!r} is one of the stack's own users")
     entry = users.get(name) or {"password": secrets.token_urlsafe(24)}
     entry.update(role=role, groups=sorted(set(groups)))
+    if role != "system":
+        entry.pop("api_key_sha256", None)  # API keys are for systems only
     users[name] = entry
     _save(files, users)
     _write_creds(files, name, entry["password"])
     return files.creds(name)
+
+
+def new_api_key(files: AuthFiles, name: str) -> str:
+    """Give system user ``name`` a new API key for the HTTP gateway (``X-API-Key``) and return
+    it: the directory keeps only its digest, so this is the one time it is seen. An earlier key
+    of the user stops working."""
+    users = load(files)
+    entry = users.get(name)
+    if entry is None:
+        raise AuthError(f"no user {name!r}")
+    if entry["role"] != "system":
+        raise AuthError(f"{name!r} is a {entry['role']}: API keys are for system users "
+                        "(--role system); people use tokens ('hitlflow token')")
+    key = f"hfk_{secrets.token_urlsafe(32)}"
+    entry["api_key_sha256"] = api_key_digest(key)
+    _save(files, users)
+    return key
+
+
+def public_directory(users: dict[str, dict[str, Any]]) -> str:
+    """The directory the services and the gateway read (``HITLFLOW_IDENTITY_FILE``): each
+    user's role, groups and API key digest, without the NATS passwords."""
+    kept = {name: {k: v for k, v in entry.items() if k != "password"}
+            for name, entry in users.items()}
+    return json.dumps({"users": kept}, indent=2, sort_keys=True) + "\n"
 
 
 def remove_user(files: AuthFiles, name: str) -> None:
@@ -180,8 +220,16 @@ def permissions(name: str, role: str) -> dict[str, list[str]]:
 
 def nats_authorization(files: AuthFiles) -> str:
     """The ``authorization`` block of the NATS server's configuration."""
+    return authorization_block(load(files))
+
+
+def authorization_block(users: dict[str, dict[str, Any]]) -> str:
+    """The ``authorization`` block for these users (each with its role's permissions)."""
     lines = ["authorization {", "  users = ["]
-    for name, entry in sorted(load(files).items()):
+    for name, entry in sorted(users.items()):
+        if not isinstance(entry.get("password"), str):
+            raise AuthError(f"user {name!r} has no password: expected the stack's own "
+                            "users.json (HITLFLOW_HOME/auth/users.json), not a directory")
         allowed = permissions(name, entry["role"])
         lines.append("    {")
         lines.append(f"      user: {json.dumps(name)}")
@@ -193,3 +241,34 @@ def nats_authorization(files: AuthFiles) -> str:
         lines.append("    }")
     lines += ["  ]", "}"]
     return "\n".join(lines) + "\n"
+
+
+#: What each role is for, as docs/security.md and ``hitlflow users roles`` say it.
+ROLE_PURPOSES = {
+    "responder": "a person: answers, claims, delegates, cancels, as themselves",
+    "system": "another system: starts threads, answers, acts for a person (on_behalf_of)",
+    "operator": "runs the stack: everything a system does as itself, plus the JetStream API, "
+                "rebuilds, timeout control; reassigns requests",
+    "gateway": "the HTTP gateway: publishes under its own name and asserts whom it "
+               "authenticated (principal, groups, on_behalf_of)",
+}
+
+
+def permissions_markdown() -> str:
+    """The roles and what each may publish and subscribe to, as a Markdown table (the one in
+    docs/security.md): ``<name>`` stands for the user's own name."""
+
+    def cell(subjects: list[str]) -> str:
+        return "<br>".join(f"`{s.replace('NAME', '<name>')}`" for s in subjects) or "—"
+
+    rows = ["| user | role | may publish | may subscribe |", "|---|---|---|---|"]
+    for name in SERVICE_USERS:
+        allowed = permissions(name, "service")
+        rows.append(f"| `{name}` | service | {cell(allowed['publish'])} | "
+                    f"{cell(allowed['subscribe'])} |")
+    for role, purpose in ROLE_PURPOSES.items():
+        name = GATEWAY_USER if role == "gateway" else "<name>"
+        allowed = permissions(GATEWAY_USER if role == "gateway" else "NAME", role)
+        rows.append(f"| `{name}` | {role}: {purpose} | {cell(allowed['publish'])} | "
+                    f"{cell(allowed['subscribe'])} |")
+    return "\n".join(rows) + "\n"

@@ -6,13 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from contracts.subjects import InvalidPrincipalError, InvalidThreadIdError, check_thread_id
+from contracts.subjects import (
+    InvalidPrincipalError,
+    InvalidThreadIdError,
+    check_principal,
+    check_thread_id,
+)
 from hitlflow import auth, display
 from hitlflow.cli_common import (
     EXIT_BAD_INPUT,
@@ -27,7 +34,7 @@ from hitlflow.cli_common import (
     out,
 )
 from hitlflow.client import NoOutcomeError, Outcome, StackUnavailableError
-from hitlflow.settings import Settings, load_settings
+from hitlflow.settings import Settings, SettingsError, load_settings
 
 users_app = typer.Typer(no_args_is_help=True, help="The stack's users: who may connect, as "
                                                    "which role, in which groups.")
@@ -67,18 +74,77 @@ def users_add(
         "--role", help="responder (answers as itself), system (may act for people), or "
                        "operator (also queries everything, rebuilds, reassigns)")] = "responder",
     group: Groups = None,
+    api_key: Annotated[bool, typer.Option(
+        "--api-key", help="system users: make a new API key for the HTTP gateway (X-API-Key) "
+                          "and print it, this once (the directory keeps only its digest; an "
+                          "earlier key stops working)")] = False,
 ) -> None:
     """Add a user (or change its role and groups) and write its credentials file."""
     settings = load_settings()
+    files = _files(settings)
+    if api_key and role != "system":
+        fail(f"--api-key is for system users (--role system), not {role}s: people use "
+             "tokens ('hitlflow token')", EXIT_BAD_INPUT)
     try:
-        creds = auth.add_user(_files(settings), name, role, group or [])
+        creds = auth.add_user(files, name, role, group or [])
+        key = auth.new_api_key(files, name) if api_key else None
     except (auth.AuthError, InvalidPrincipalError) as error:
         fail(str(error), EXIT_BAD_INPUT)
     out.print(f"{name} ({role}{', groups ' + ', '.join(group) if group else ''}): "
               f"credentials in {creds}")
     out.print(f"use them with: HITLFLOW_NATS_CREDS={creds} hitlflow pending --mine",
               markup=False, highlight=False, soft_wrap=True)
+    if key is not None:
+        out.print(f"API key (shown this once; send it as the X-API-Key header): {key}",
+                  markup=False, highlight=False, soft_wrap=True)
     _reload(settings)
+
+
+@users_app.command("init")
+def users_init() -> None:
+    """Make the stack's own users (services, gateway, operator) and the gateway's token key
+    under HITLFLOW_HOME/auth, as the first 'hitlflow up' does (for a deployment's files)."""
+    settings = load_settings()
+    files = auth.auth_files(settings.home)
+    made = auth.ensure(files)
+    out.print(f"{'made' if made else 'already there'}: the users of {files.folder} "
+              f"({', '.join(sorted(auth.load(files)))})", markup=False, highlight=False,
+              soft_wrap=True)
+
+
+@users_app.command("roles")
+def users_roles() -> None:
+    """Print each role and what it may publish and subscribe to on NATS (a Markdown table,
+    the one in docs/security.md)."""
+    sys.stdout.write(auth.permissions_markdown())
+
+
+@users_app.command("nats-config")
+def users_nats_config(
+    users: Annotated[Path | None, typer.Option(
+        "--users", help="A users.json (default: HITLFLOW_HOME/auth/users.json).")] = None,
+) -> None:
+    """Print the NATS servers' 'authorization' block for these users: each user, its password
+    and what its role may publish and subscribe to (include it in each server's config)."""
+    path = users or _files(load_settings()).users
+    try:
+        sys.stdout.write(auth.authorization_block(auth.load_users_file(path)))
+    except auth.AuthError as error:
+        fail(str(error), EXIT_BAD_INPUT)
+
+
+@users_app.command("directory")
+def users_directory(
+    users: Annotated[Path | None, typer.Option(
+        "--users", help="A users.json (default: HITLFLOW_HOME/auth/users.json).")] = None,
+) -> None:
+    """Print the directory the services and the gateway read (HITLFLOW_IDENTITY_FILE): each
+    user's role, groups and API key digest, without the NATS passwords."""
+    path = users or _files(load_settings()).users
+    try:
+        sys.stdout.write(auth.public_directory(auth.load_users_file(path)))
+    except auth.AuthError as error:
+        fail(str(error), EXIT_BAD_INPUT)
 
 
 @users_app.command("remove")
@@ -99,14 +165,15 @@ def users_list(as_json: JsonOut = False) -> None:
     settings = load_settings()
     files = _files(settings)
     rows = [{"name": name, "role": entry["role"], "groups": entry.get("groups", []),
-             "creds": str(files.creds(name))}
+             "creds": str(files.creds(name)), "api_key": bool(entry.get("api_key_sha256"))}
             for name, entry in sorted(auth.load(files).items())]
     if as_json:
         out.print_json(json.dumps(rows))
         return
-    table = Table("name", "role", "groups", "credentials")
+    table = Table("name", "role", "groups", "credentials", "API key")
     for row in rows:
-        table.add_row(row["name"], row["role"], ", ".join(row["groups"]), row["creds"])
+        table.add_row(row["name"], row["role"], ", ".join(row["groups"]), row["creds"],
+                      "yes" if row["api_key"] else "")
     out.print(table)
 
 
@@ -120,12 +187,25 @@ def token(
     import jwt
 
     settings = load_settings()
-    files = _files(settings)
+    try:
+        check_principal(name)
+        for one in group or []:
+            check_principal(one)
+        secret = settings.jwt_secret()
+    except (InvalidPrincipalError, SettingsError) as error:
+        fail(str(error), EXIT_BAD_INPUT)
+    if secret is None:
+        fail(f"no key to sign tokens with: no users in {settings.home} yet ('hitlflow up' or "
+             "'hitlflow users init' makes one), and neither HITLFLOW_AUTH_JWT_SECRET nor "
+             "HITLFLOW_AUTH_JWT_SECRET_FILE is set", EXIT_BAD_INPUT)
+    if ttl <= 0:
+        fail(f"--ttl {ttl:g}: expected a number of hours above 0", EXIT_BAD_INPUT)
     now = int(time.time())
-    claims: dict[str, Any] = {"sub": name, "iat": now, "exp": now + int(ttl * 3600),
-                              "iss": settings.auth_issuer, "aud": settings.auth_audience,
+    claims: dict[str, Any] = {"sub": name, settings.auth_principal_claim: name, "iat": now,
+                              "exp": now + int(ttl * 3600), "iss": settings.auth_issuer,
+                              "aud": settings.auth_audience,
                               settings.auth_groups_claim: group or []}
-    out.print(jwt.encode(claims, files.jwt_secret.read_text().strip(), algorithm="HS256"),
+    out.print(jwt.encode(claims, secret, algorithm="HS256"),
               markup=False, highlight=False, soft_wrap=True)
 
 

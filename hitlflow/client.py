@@ -246,6 +246,11 @@ class HitlClient:
             self._nc = None
 
     @property
+    def connected(self) -> bool:
+        """Connected to NATS now (False before connect, after close, while reconnecting)."""
+        return self._nc is not None and self._nc.is_connected
+
+    @property
     def nc(self) -> Client:
         assert self._nc is not None, "client not connected"
         return self._nc

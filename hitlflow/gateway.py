@@ -2,20 +2,24 @@
 
     hitlflow serve gateway --port 8080
 
-Every write goes through the command streams exactly as the CLI's do (nothing here touches a
-store); refusals come back with the service's stable ``code`` and a message naming what was
-expected, and the HTTP status says what kind of refusal it was.
+Every request is authenticated first (:mod:`hitlflow.gateway_auth`: a bearer token for people,
+an API key for systems); the gateway then publishes as its own NATS user and asserts whom it
+authenticated, and the services decide what that principal may do. Every write goes through the
+command streams exactly as the CLI's do (nothing here touches a store); refusals come back with
+the service's stable ``code`` and a message naming what was expected, and the HTTP status says
+what kind of refusal it was.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Header, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Security
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -31,10 +35,23 @@ from hitlflow.client import (
     QueryRefusedError,
     StackUnavailableError,
 )
+from hitlflow.gateway_auth import (
+    Authenticator,
+    AuthUnavailableError,
+    Caller,
+    InvalidHeaderError,
+    NotAuthenticatedError,
+    RequestForbiddenError,
+    gateway_settings,
+)
 from hitlflow.settings import Settings
 from projections.time_travel import TimeTravelError
+from services.common.identity import Directory
+from services.common.logging import get_logger
 from services.common.metrics import REGISTRY
 from services.workflow.definition import WorkflowError, parse_workflow
+
+log = get_logger(__name__)
 
 #: Most items one list request returns (fetched from the projections a page at a time).
 MAX_HTTP_LIST = 10_000
@@ -104,10 +121,88 @@ class StartBody(BaseModel):
     thread_id: str | None = None
 
 
+class ResumeBody(BaseModel):
+    """An answer to a request of the thread."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: str = Field(description="e.g. approve, reject, edit, choose, respond, end.")
+    data: Any = Field(default=None, description="A JSON object: the answer's fields.")
+    request_id: str | None = Field(default=None,
+                                   description="Which request, when the thread waits on several.")
+    shown: str = Field(description="The version of the request answered: the `shown` of its "
+                                   "entry in `GET /pending` (or of the thread's `pending`). An "
+                                   "answer to an earlier version (escalated, delegated, "
+                                   "reassigned since) is refused `stale_view` (409).")
+    idempotency_key: str | None = Field(
+        default=None, description="The same key again gets the first outcome (or send the "
+                                  "`Idempotency-Key` header).")
+
+
+class TaskBody(BaseModel):
+    """Which request, and for delegate/reassign to whom."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str | None = Field(default=None,
+                                   description="Which request, when the thread waits on several.")
+    to: list[str] | str | None = Field(
+        default=None, description="delegate: the one person who takes it over; reassign: the "
+                                  "people it is for from now on.")
+    candidate_groups: list[str] = Field(default_factory=list,
+                                        description="reassign: the groups it is for.")
+    idempotency_key: str | None = None
+
+
 class CancelBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: str = ""
+
+
+class ErrorBody(BaseModel):
+    code: str | None = Field(default=None, description="`unauthenticated`, `forbidden`, or the "
+                                                       "service's refusal code.")
+    error: str = Field(description="What was wrong, and what was expected.")
+
+
+#: Every route but the probes, /metrics and the documents answers these when the
+#: credentials do not do.
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "No valid credentials: none, malformed, forged, "
+          "expired, unsigned, or for another issuer or audience (`code`: `unauthenticated`; "
+          "the `WWW-Authenticate` header says so too)."},
+    403: {"model": ErrorBody, "description": "The caller may not do this (`code`: `forbidden`): "
+          "the request is for others, claimed by someone else, or only a system may act for "
+          "someone."},
+}
+COMMAND_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **AUTH_RESPONSES,
+    409: {"model": ErrorBody, "description": "Refused by the state of the thread or request "
+          "(`stale_view`, `claimed`, `already_answered`, `not_waiting`, ...)."},
+    422: {"model": ErrorBody, "description": "The answer or command does not fit (the `code` "
+          "and `error` say how)."},
+}
+
+DESCRIPTION = """Start threads, answer their requests, claim and hand them on, read their status.
+
+**Authentication.** Every route but the probes (`/healthz`, `/readyz`), `/metrics` and
+the documents needs one of:
+
+- `Authorization: Bearer <JWT>` for a person: signed (HS256) with the stack's own key
+  (`hitlflow token NAME --group G` makes one), or by your identity provider (RS256/ES256…,
+  keys at `HITLFLOW_AUTH_JWKS_URL`). Checked: signature, `exp`, `iss`
+  (`HITLFLOW_AUTH_ISSUER`), `aud` (`HITLFLOW_AUTH_AUDIENCE`). The principal is the `sub`
+  claim (`HITLFLOW_AUTH_PRINCIPAL_CLAIM`), the groups the `groups` claim
+  (`HITLFLOW_AUTH_GROUPS_CLAIM`; missing: no groups).
+- `X-API-Key: <key>` for a system (`hitlflow users add NAME --role system --api-key`). A
+  system may act for a person: `X-On-Behalf-Of: alice` and `X-On-Behalf-Groups: finance`
+  (the audit keeps both names).
+
+Without valid credentials: 401 with `WWW-Authenticate`. On a stack without authorization,
+requests without credentials are from `HITLFLOW_GATEWAY_USER`.
+
+**Answers are bound to what was shown**: send the request's `shown` back with the answer."""
 
 
 def _outcome_response(outcome: Outcome, ok_status: int = 200) -> JSONResponse:
@@ -124,8 +219,39 @@ def _thread_id(value: str) -> str:
         raise HTTPException(400, str(error)) from error
 
 
+def _refused(request: Request, status: int, code: str, error: Exception,
+             headers: dict[str, str] | None = None) -> JSONResponse:
+    """A request refused before it reached the stack: said to the caller, and logged with the
+    thread it addressed (nothing was sent, so nothing is in the thread's audit)."""
+    log.warning("http_request_refused", status=status, code=code, reason=str(error),
+                method=request.method, path=request.url.path,
+                thread_id=request.path_params.get("thread_id"),
+                client=request.client.host if request.client else None)
+    return JSONResponse({"code": code, "error": str(error)}, status_code=status,
+                        headers=headers)
+
+
 def _answer_errors(app: FastAPI) -> None:
     """Each kind of failure as an HTTP status with a JSON body that says why."""
+
+    @app.exception_handler(NotAuthenticatedError)
+    async def unauthenticated(request: Request, error: NotAuthenticatedError) -> JSONResponse:
+        return _refused(request, 401, "unauthenticated", error,
+                        {"WWW-Authenticate": error.challenge})
+
+    @app.exception_handler(RequestForbiddenError)
+    async def forbidden(request: Request, error: RequestForbiddenError) -> JSONResponse:
+        return _refused(request, 403, "forbidden", error)
+
+    @app.exception_handler(InvalidHeaderError)
+    async def bad_header(request: Request, error: InvalidHeaderError) -> JSONResponse:
+        return _refused(request, 400, "invalid_command", error)
+
+    @app.exception_handler(AuthUnavailableError)
+    async def auth_unavailable(request: Request, error: AuthUnavailableError) -> JSONResponse:
+        log.error("credentials_not_checkable", reason=str(error))
+        return JSONResponse({"error": f"credentials cannot be checked now: {error}"},
+                            status_code=503)
 
     @app.exception_handler(StackUnavailableError)
     async def unavailable(request: Request, error: StackUnavailableError) -> JSONResponse:
@@ -133,7 +259,8 @@ def _answer_errors(app: FastAPI) -> None:
 
     @app.exception_handler(QueryRefusedError)
     async def refused_query(request: Request, error: QueryRefusedError) -> JSONResponse:
-        return JSONResponse({"error": str(error)}, status_code=400)
+        return JSONResponse({"code": error.code, "error": str(error)},
+                            status_code=STATUS_OF_CODE.get(error.code, 400))
 
     @app.exception_handler(TooLargeError)
     async def too_large(request: Request, error: TooLargeError) -> JSONResponse:
@@ -148,16 +275,64 @@ def _answer_errors(app: FastAPI) -> None:
     async def no_outcome(request: Request, error: NoOutcomeError) -> JSONResponse:
         return JSONResponse({"error": str(error)}, status_code=504)
 
+    @app.exception_handler(Exception)
+    async def failed(request: Request, error: Exception) -> JSONResponse:
+        log.error("http_request_failed", method=request.method, path=request.url.path,
+                  error=repr(error))
+        return JSONResponse({"error": "the gateway failed to handle the request (a fault, "
+                                      "logged); nothing was sent"}, status_code=500)
 
-def _serve_health(app: FastAPI, holder: dict[str, HitlClient]) -> None:
+
+#: Shown in the OpenAPI document (/docs): the two ways to authenticate.
+BEARER = HTTPBearer(auto_error=False, scheme_name="token", bearerFormat="JWT",
+                    description="A person's token: `hitlflow token NAME`, or your identity "
+                                "provider's (HITLFLOW_AUTH_JWKS_URL).")
+API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="apiKey",
+                       description="A system's key: `hitlflow users add NAME --role system "
+                                   "--api-key`.")
+
+
+def _client(request: Request) -> HitlClient:
+    client: HitlClient = request.app.state.hitl
+    return client
+
+
+async def caller_of(
+    request: Request,
+    _token: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)],
+    _key: Annotated[str | None, Security(API_KEY)],
+    on_behalf_of: Annotated[str | None, Header(
+        alias="X-On-Behalf-Of", description="A system (API key) acting for this person.")]
+    = None,
+    on_behalf_groups: Annotated[str | None, Header(
+        alias="X-On-Behalf-Groups", description="With X-On-Behalf-Of: the person's groups, "
+                                                "comma separated.")] = None,
+) -> Caller:
+    """Whom the request is from (every route but the probes, /metrics and the documents
+    depends on it)."""
+    authenticator: Authenticator = request.app.state.authenticator
+    return await authenticator.caller(
+        authorization=request.headers.get("authorization"),
+        api_key=request.headers.get("x-api-key"),
+        on_behalf_of=on_behalf_of, on_behalf_groups=on_behalf_groups)
+
+
+Who = Annotated[Caller, Depends(caller_of)]
+Hitl = Annotated[HitlClient, Depends(_client)]
+
+
+def _serve_health(app: FastAPI) -> None:
+    """Probes and metrics: no credentials (they show no thread's content)."""
+
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/readyz")
-    async def readyz() -> JSONResponse:
+    async def readyz(request: Request) -> JSONResponse:
         """Ready when connected to NATS (the gateway reads and writes nothing else)."""
-        connected = "client" in holder and holder["client"].nc.is_connected
+        hitl: HitlClient | None = getattr(request.app.state, "hitl", None)
+        connected = hitl is not None and hitl.connected
         return JSONResponse({"status": "ready" if connected else "not ready",
                              "checks": {"nats": {"ok": connected}}},
                             status_code=200 if connected else 503)
@@ -169,6 +344,8 @@ def _serve_health(app: FastAPI, holder: dict[str, HitlClient]) -> None:
 
 
 def _serve_contract(app: FastAPI) -> None:
+    """The NATS contract, public like the OpenAPI document at /docs."""
+
     @app.get("/asyncapi")
     async def asyncapi_document() -> JSONResponse:
         """The NATS contract as an AsyncAPI 3 document (``hitlflow contract --format
@@ -193,7 +370,10 @@ async def _thread_at(hitl: HitlClient, thread_id: str, at: str) -> dict[str, Any
 
 
 def create_app(settings: Settings, client: HitlClient | None = None) -> FastAPI:
-    holder: dict[str, HitlClient] = {}
+    """The gateway's app; raises :class:`~hitlflow.settings.SettingsError` when it could not
+    check credentials (no key for tokens, not on NATS as the gateway user)."""
+    settings = gateway_settings(settings)
+    authenticator = Authenticator(settings, Directory(settings.identity_file))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -202,27 +382,35 @@ def create_app(settings: Settings, client: HitlClient | None = None) -> FastAPI:
                                     auth=settings.nats_auth(),
                                     principal=settings.principal)
         await hitl.connect()
-        holder["client"] = hitl
+        app.state.hitl = hitl
+        log.info("gateway_started", nats_user=hitl.principal, tokens=authenticator.mode,
+                 authorization=authenticator.directory.enabled,
+                 gateway_user=settings.gateway_user)
         try:
             yield
         finally:
             await hitl.close()
 
-    app = FastAPI(title="hitlflow", version="0.1.0", lifespan=lifespan,
-                  description="Start threads, answer their requests, read their status.")
+    app = FastAPI(title="hitlflow", version="0.1.0", lifespan=lifespan, description=DESCRIPTION)
+    app.state.authenticator = authenticator
     app.add_middleware(LimitBody)
-
     _answer_errors(app)
 
-    def hitl() -> HitlClient:
-        return holder["client"]
-
-    _serve_health(app, holder)
+    _serve_health(app)
     _serve_contract(app)
 
-    @app.post("/threads", status_code=201)
-    async def start(body: StartBody) -> JSONResponse:
-        """Start a thread; answers once it pauses or ends, with what it waits for."""
+    _command_routes(app)
+    _task_routes(app)
+    _query_routes(app)
+    return app
+
+
+def _command_routes(app: FastAPI) -> None:
+    @app.post("/threads", status_code=201, responses=COMMAND_RESPONSES)
+    async def start(body: StartBody, caller: Who, hitl: Hitl) -> JSONResponse:
+        """Start a thread; answers once it pauses or ends, with what it waits for. Systems
+        and operators may start threads (responders answer them)."""
+        caller.check_may("start")
         try:
             workflow = parse_workflow(body.csv, body.graph, source="request body")
         except WorkflowError as error:
@@ -230,70 +418,125 @@ def create_app(settings: Settings, client: HitlClient | None = None) -> FastAPI:
                                       "problems": [str(p) for p in error.problems]}) from error
         if body.thread_id is not None:
             _thread_id(body.thread_id)
-        outcome = await hitl().start(workflow, body.state, thread_id=body.thread_id)
+        outcome = await hitl.start(workflow, body.state, thread_id=body.thread_id,
+                                   principal=caller.principal,
+                                   on_behalf_of=caller.on_behalf_of)
         return _outcome_response(outcome, 201)
 
-    @app.post("/threads/{thread_id}/resume")
+    @app.post("/threads/{thread_id}/resume", responses=COMMAND_RESPONSES, openapi_extra={
+        "requestBody": {"required": True, "content": {
+            "application/json": {"schema": ResumeBody.model_json_schema()}}}})
     async def resume(
         thread_id: str,
         request: Request,
+        caller: Who,
+        hitl: Hitl,
         idempotency_key: str | None = Header(default=None),
     ) -> JSONResponse:
-        """Answer a request: ``{"action": "approve", "data": {...}, "request_id": "...",
-        "shown": "..."}`` (``shown``: the version of the request answered, from its pending
-        entry; without it, the one open now). An ``Idempotency-Key`` header (or body field)
-        makes it safe to send again. A body that is not JSON is refused and kept in the
-        audit."""
+        """Answer a request: ``{"action": "approve", "data": {...}, "shown": "...",
+        "request_id": "..."}``. ``shown`` is the version of the request answered (from its
+        entry in ``GET /pending``): an answer to an earlier one is refused ``stale_view``.
+        The audit records the authenticated principal (and, for a system acting for someone,
+        that person). An ``Idempotency-Key`` header (or body field) makes it safe to send
+        again. A body that is not JSON is refused and kept in the audit."""
         _thread_id(thread_id)
+        caller.check_may("resume")
         raw = (await request.body()).decode("utf-8", errors="replace")
         try:
             body = json.loads(raw) if raw.strip() else {}
         except json.JSONDecodeError:
-            body = None
+            outcome = await hitl.resume(thread_id, "(unparsed)", raw_data=raw,
+                                        idempotency_key=idempotency_key, **caller.assertion())
+            return _outcome_response(outcome)
         if not isinstance(body, dict) or not isinstance(body.get("action"), str):
-            if body is None:
-                outcome = await hitl().resume(thread_id, "(unparsed)", raw_data=raw,
-                                              idempotency_key=idempotency_key)
-                return _outcome_response(outcome)
-            raise HTTPException(422, "expected a JSON object with 'action' (a string) and "
-                                     "optional 'data' (an object), 'request_id', 'shown'")
-        outcome = await hitl().resume(
-            thread_id, body["action"], body.get("data"),
-            request_id=body.get("request_id"),
-            idempotency_key=body.get("idempotency_key") or idempotency_key,
-            shown=body.get("shown"),
-        )
+            raise HTTPException(422, "expected a JSON object with 'action' (a string), 'shown' "
+                                     "and optional 'data' (an object), 'request_id'")
+        if "shown" not in body:
+            return JSONResponse({"code": "invalid_command", "error": (
+                "expected 'shown': the version of the request you answer, as its entry in "
+                "GET /pending (or the thread's 'pending') gives it; an answer to another "
+                "version is refused stale_view")}, status_code=422)
+        answer = ResumeBody.model_validate(body)
+        outcome = await hitl.resume(
+            thread_id, answer.action, answer.data, request_id=answer.request_id,
+            idempotency_key=answer.idempotency_key or idempotency_key, shown=answer.shown,
+            **caller.assertion())
         return _outcome_response(outcome)
 
-    @app.post("/threads/{thread_id}/cancel")
-    async def cancel(thread_id: str, body: CancelBody) -> JSONResponse:
+    @app.post("/threads/{thread_id}/cancel", responses=COMMAND_RESPONSES)
+    async def cancel(thread_id: str, body: CancelBody, caller: Who, hitl: Hitl) -> JSONResponse:
         _thread_id(thread_id)
-        return _outcome_response(await hitl().cancel(thread_id, body.reason))
+        caller.check_may("cancel")
+        return _outcome_response(await hitl.cancel(
+            thread_id, body.reason, principal=caller.principal,
+            on_behalf_of=caller.on_behalf_of))
 
-    @app.get("/threads/{thread_id}")
-    async def thread(thread_id: str, at: str | None = Query(
+
+def _task_routes(app: FastAPI) -> None:
+    def route(op: str) -> Callable[..., Awaitable[JSONResponse]]:
+        async def task(thread_id: str, caller: Who, hitl: Hitl, body: TaskBody | None = None,
+                       idempotency_key: str | None = Header(default=None)) -> JSONResponse:
+            _thread_id(thread_id)
+            caller.check_may("task")
+            body = body or TaskBody()
+            to = [body.to] if isinstance(body.to, str) else list(body.to or [])
+            if op in ("claim", "release") and (to or body.candidate_groups):
+                raise HTTPException(422, f"{op} takes no 'to' or 'candidate_groups'")
+            if op == "delegate" and (len(to) != 1 or body.candidate_groups):
+                raise HTTPException(422, "delegate needs 'to': the one person who takes the "
+                                         "request over (and no 'candidate_groups')")
+            outcome = await hitl.task(
+                thread_id, op, request_id=body.request_id, to=to,
+                candidate_groups=body.candidate_groups,
+                idempotency_key=body.idempotency_key or idempotency_key, **caller.assertion())
+            return _outcome_response(outcome)
+
+        return task
+
+    for op, summary in (
+        ("claim", "Claim a request: only you may answer it until you release it"),
+        ("release", "Give up a claim (an operator may release anyone's)"),
+        ("delegate", "Hand a request you may answer to one person (`to`), who becomes its "
+                     "claimant"),
+        ("reassign", "Change who a request is for (`to`, `candidate_groups`): operators"),
+    ):
+        app.post(f"/threads/{{thread_id}}/{op}", name=op, summary=summary,
+                 responses=COMMAND_RESPONSES)(route(op))
+
+
+def _query_routes(app: FastAPI) -> None:
+    @app.get("/threads/{thread_id}", responses=AUTH_RESPONSES)
+    async def thread(thread_id: str, caller: Who, hitl: Hitl, at: str | None = Query(
             default=None, description="The thread as it stood after this event: its number "
             "in the timeline (1 = the first) or a moment (ISO 8601).")) -> dict[str, Any]:
         _thread_id(thread_id)
         if at is not None:
-            return await _thread_at(hitl(), thread_id, at)
-        view = await hitl().thread(thread_id)
+            return await _thread_at(hitl, thread_id, at)
+        view = await hitl.thread(thread_id)
         if view is None:
             raise HTTPException(404, f"unknown thread {thread_id!r}")
         return view.model_dump(mode="json")
 
-    @app.get("/threads")
-    async def threads(status: str | None = None,
+    @app.get("/threads", responses=AUTH_RESPONSES)
+    async def threads(caller: Who, hitl: Hitl, status: str | None = None,
                       limit: int = Query(default=100, ge=1, le=MAX_HTTP_LIST),
                       ) -> list[dict[str, Any]]:
-        return [t.model_dump(mode="json") for t in await hitl().threads(status, limit)]
+        return [t.model_dump(mode="json") for t in await hitl.threads(status, limit)]
 
-    @app.get("/pending")
-    async def pending(thread_id: str | None = None,
+    @app.get("/pending", responses=AUTH_RESPONSES)
+    async def pending(caller: Who, hitl: Hitl, thread_id: str | None = None,
+                      mine: bool = Query(default=False, description=(
+                          "Only what the caller may answer now: claimed by them, or unclaimed "
+                          "and for them, one of their groups, or anyone.")),
                       limit: int = Query(default=100, ge=1, le=MAX_HTTP_LIST),
                       ) -> list[dict[str, Any]]:
+        """Open requests, oldest first (each with the ``shown`` to send back with an
+        answer)."""
+        if mine:
+            if thread_id is not None:
+                raise HTTPException(400, "mine=true lists across threads: leave out thread_id")
+            items = await hitl.mine(limit, principal=caller.person, groups=caller.groups)
+            return [p.model_dump(mode="json") for p in items]
         if thread_id is not None:
             _thread_id(thread_id)
-        return [p.model_dump(mode="json") for p in await hitl().pending(thread_id, limit)]
-
-    return app
+        return [p.model_dump(mode="json") for p in await hitl.pending(thread_id, limit)]

@@ -47,6 +47,14 @@ class Settings(BaseSettings):
     auth_groups_claim: str = "groups"
     auth_jwks_url: str | None = None
     auth_jwt_secret: str | None = None
+    #: A file holding the HS256 key (a mounted secret), when ``auth_jwt_secret`` is not set.
+    auth_jwt_secret_file: Path | None = None
+    #: Seconds of clock difference allowed when checking a token's ``exp``, ``nbf``, ``iat``.
+    auth_leeway: float = Field(default=30.0, ge=0)
+    #: The HTTP gateway of a stack without authorization (no directory): who requests without
+    #: a token are from (development; e.g. the web inbox on one's own machine). Refused when
+    #: authorization is on: there every request carries a token or an API key.
+    gateway_user: str | None = None
     #: The embedded stack's NATS server has users (made on the first ``hitlflow up`` under
     #: ``HOME/auth``), each allowed only what its role needs; false: no users, names as sent.
     auth: bool = True
@@ -174,6 +182,24 @@ class Settings(BaseSettings):
                                     'a JSON file {"user": ..., "password": ...} as '
                                     "'hitlflow users add' writes") from None
         return {"user": None, "password": None, "token": self.nats_token}
+
+    def jwt_secret(self) -> str | None:
+        """The HS256 key of gateway tokens: ``auth_jwt_secret``, else the content of
+        ``auth_jwt_secret_file``, else the embedded stack's ``HOME/auth/jwt.secret`` when there
+        is one; None when there is none."""
+        if self.auth_jwt_secret:
+            return self.auth_jwt_secret
+        path = self.auth_jwt_secret_file or self.home / "auth" / "jwt.secret"
+        try:
+            secret = path.read_text().strip()
+        except OSError as error:
+            if self.auth_jwt_secret_file is not None:
+                raise SettingsError(f"cannot read HITLFLOW_AUTH_JWT_SECRET_FILE {path}: "
+                                    f"{error.strerror or error}") from None
+            return None
+        if not secret:
+            raise SettingsError(f"the token key file {path} is empty")
+        return secret
 
     def agent_modules(self) -> list[str]:
         return [m.strip() for m in self.agents.split(",") if m.strip()]

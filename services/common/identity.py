@@ -18,6 +18,8 @@ principal is what the subject names and assertions are taken as sent.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import threading
 from dataclasses import dataclass, field
@@ -71,6 +73,15 @@ class User:
     name: str
     role: str
     groups: list[str] = field(default_factory=list)
+    #: SHA-256 (hex) of the system's API key for the HTTP gateway; the key itself is kept
+    #: nowhere (``hitlflow users add NAME --role system --api-key`` prints it once).
+    api_key_sha256: str | None = None
+
+
+def api_key_digest(key: str) -> str:
+    """What the directory keeps of an API key: its SHA-256, in hex. (Keys are 256 random bits:
+    a fast digest is enough, there is nothing to guess from.)"""
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 class Directory:
@@ -89,6 +100,15 @@ class Directory:
 
     def user(self, name: str) -> User | None:
         return self._load().get(name)
+
+    def by_api_key(self, key: str) -> User | None:
+        """The user whose API key this is (digests compared in constant time), else None."""
+        digest = api_key_digest(key)
+        found = None
+        for user in self._load().values():
+            if user.api_key_sha256 and hmac.compare_digest(user.api_key_sha256, digest):
+                found = user
+        return found
 
     def _load(self) -> dict[str, User]:
         if self.path is None:
@@ -155,5 +175,8 @@ def read_users(path: Path) -> dict[str, User]:
         groups = entry.get("groups") or []
         if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
             raise IdentityError(f"{path}: user {name!r}: groups must be a list of strings")
-        users[name] = User(name=name, role=role, groups=list(groups))
+        digest = entry.get("api_key_sha256")
+        if digest is not None and not isinstance(digest, str):
+            raise IdentityError(f"{path}: user {name!r}: api_key_sha256 must be a string")
+        users[name] = User(name=name, role=role, groups=list(groups), api_key_sha256=digest)
     return users

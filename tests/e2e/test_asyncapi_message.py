@@ -45,7 +45,8 @@ def test_a_message_built_from_the_document_alone_resumes_a_thread(hitl: HitlTest
     thread = f"doc-{uuid.uuid4().hex[:8]}"
     hitl.assert_paused(hitl.start(example("approval.csv::ApprovalFlow"),
                                   {"user_request": "Buy 3 laptops"}, thread_id=thread))
-    with TestClient(create_app(Settings(nats_url=hitl.nats_url))) as http:
+    settings = Settings(home=hitl.data_dir, nats_url=hitl.nats_url, auth=False)
+    with TestClient(create_app(settings)) as http:  # the documents need no credentials
         doc = http.get("/asyncapi").json()
         assert "ResumeThread" in http.get("/asyncapi.html").text
 

@@ -126,9 +126,13 @@ def test_the_largest_request_and_answer_an_edit_allows_flow_through(
 
 def test_http_refuses_large_bodies_with_413(hitl: HitlTestStack) -> None:
     paused(hitl, "http-big")
-    with TestClient(create_app(Settings(nats_url=hitl.nats_url))) as http:
+    [request] = hitl.pending("http-big")
+    settings = Settings(home=hitl.data_dir, nats_url=hitl.nats_url, auth=False,
+                        gateway_user="edge")
+    with TestClient(create_app(settings)) as http:
         answer = http.post("/threads/http-big/resume",
-                           json={"action": "reject", "data": {"reason": "x" * 300_000}})
+                           json={"action": "reject", "data": {"reason": "x" * 300_000},
+                                 "shown": request.shown})
         assert answer.status_code == 413, answer.text
         assert answer.json()["code"] == "too_large" and LIMIT_TEXT in answer.json()["error"]
         body = http.post("/threads/http-big/resume", content=b"x" * 2_000_000,
@@ -138,7 +142,8 @@ def test_http_refuses_large_bodies_with_413(hitl: HitlTestStack) -> None:
                              json={"action": "approve", "shown": "s" * 500})
         assert too_long.status_code == 422 and "shown" in too_long.json()["error"]
         assert http.post("/threads/http-big/resume",
-                         json={"action": "approve"}).json()["status"] == "completed"
+                         json={"action": "approve", "shown": request.shown}
+                         ).json()["status"] == "completed"
 
 
 def test_the_subject_names_the_thread_of_every_command(hitl: HitlTestStack) -> None:

@@ -1,4 +1,6 @@
-"""The HTTP gateway against the real stack: start, answer, refuse, read."""
+"""The HTTP gateway against the real stack: start, answer, refuse, read. (On a stack without
+authorization, requests are from HITLFLOW_GATEWAY_USER; tests/e2e/test_gateway_auth.py has
+the stack with users, tokens and API keys.)"""
 
 from __future__ import annotations
 
@@ -18,11 +20,13 @@ CSV = (ROOT / "tests" / "workflows" / "types.csv").read_text()
 
 @pytest.fixture
 def http(hitl: HitlTestStack) -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(nats_url=hitl.nats_url))) as client:
+    settings = Settings(home=hitl.data_dir, nats_url=hitl.nats_url, auth=False,
+                        gateway_user="ana")
+    with TestClient(create_app(settings)) as client:
         yield client
 
 
-def test_start_answer_and_read_over_http(http: TestClient) -> None:
+def test_start_answer_and_read_over_http(http: TestClient, hitl: HitlTestStack) -> None:
     started = http.post("/threads", json={"csv": CSV, "graph": "Choice", "thread_id": "web-1",
                                           "state": {"app": "payment_service"}})
     assert started.status_code == 201, started.text
@@ -30,25 +34,32 @@ def test_start_answer_and_read_over_http(http: TestClient) -> None:
     assert body["status"] == "paused"
     assert body["pending"][0]["options"][1] == "Staging (us-west-2)"
 
-    assert http.get("/pending", params={"thread_id": "web-1"}).json()[0]["node_name"] == "pick"
+    [request] = http.get("/pending", params={"thread_id": "web-1"}).json()
+    assert request["node_name"] == "pick"
 
     answered = http.post("/threads/web-1/resume",
-                         json={"action": "choose", "data": {"choice": 2}, "responder": "ana"},
+                         json={"action": "choose", "data": {"choice": 2},
+                               "shown": request["shown"]},
                          headers={"Idempotency-Key": "web-answer-1"})
     assert answered.status_code == 200, answered.text
     assert answered.json()["output"]["option"] == "Staging (us-west-2)"
-    again = http.post("/threads/web-1/resume", json={"action": "choose", "data": {"choice": 2}},
+    again = http.post("/threads/web-1/resume", json={"action": "choose", "data": {"choice": 2},
+                                                     "shown": request["shown"]},
                       headers={"Idempotency-Key": "web-answer-1"})
     assert again.status_code == 200 and again.json()["duplicate"] is True
     assert http.get("/threads/web-1").json()["status"] == "completed"
     assert [t["thread_id"] for t in http.get("/threads", params={"status": "completed"}).json()
             ] == ["web-1"]
+    [resumed] = hitl.events("web-1", "ThreadResumed")
+    assert resumed["responder"] == "ana"  # the gateway's configured user
 
 
 def test_refusals_carry_code_and_status(http: TestClient, hitl: HitlTestStack) -> None:
-    assert http.post("/threads", json={"csv": CSV, "graph": "Approve", "thread_id": "web-2",
-                                       "state": {"request": "r"}}).status_code == 201
-    wrong = http.post("/threads/web-2/resume", json={"action": "choose"})
+    started = http.post("/threads", json={"csv": CSV, "graph": "Approve", "thread_id": "web-2",
+                                          "state": {"request": "r"}})
+    assert started.status_code == 201
+    shown = started.json()["pending"][0]["shown"]
+    wrong = http.post("/threads/web-2/resume", json={"action": "choose", "shown": shown})
     assert wrong.status_code == 422
     assert wrong.json()["code"] == "invalid_response"
     assert "expected one of: approve, reject" in wrong.json()["error"]
@@ -57,7 +68,7 @@ def test_refusals_carry_code_and_status(http: TestClient, hitl: HitlTestStack) -
                          headers={"content-type": "application/json"})
     assert not_json.status_code == 422 and "not valid JSON" in not_json.json()["error"]
 
-    unknown = http.post("/threads/nobody/resume", json={"action": "approve"})
+    unknown = http.post("/threads/nobody/resume", json={"action": "approve", "shown": shown})
     assert unknown.status_code == 404 and unknown.json()["code"] == "unknown_thread"
 
     duplicate = http.post("/threads", json={"csv": CSV, "graph": "Approve", "thread_id": "web-2",
@@ -71,11 +82,12 @@ def test_refusals_carry_code_and_status(http: TestClient, hitl: HitlTestStack) -
     assert http.get("/threads/nobody").status_code == 404
     bogus = http.get("/threads", params={"status": "bogus"})
     assert bogus.status_code == 400 and "status: Input should be" in bogus.json()["error"]
-    assert http.post("/threads/bad id/resume", json={"action": "approve"}).status_code == 400
+    assert http.post("/threads/bad id/resume", json={"action": "approve", "shown": shown}
+                     ).status_code == 400
 
     interaction = hitl.stack.runtimes["interaction"].app
     inbox = interaction.inbox("web-2")
     assert len([e for e in stored_events(interaction, "ResponseRejected")
                 if e.originator_id == inbox.id]) == 2
-    assert http.post("/threads/web-2/resume", json={"action": "approve"}).json()[
+    assert http.post("/threads/web-2/resume", json={"action": "approve", "shown": shown}).json()[
         "status"] == "completed"

@@ -116,7 +116,9 @@ def test_bad_points_in_time_are_clear_errors(hitl: HitlTestStack) -> None:
 def test_http_thread_at(hitl: HitlTestStack) -> None:
     thread, events = _answered_thread(hitl)
     asked = _number(events, "InteractionRequested")
-    with TestClient(create_app(Settings(nats_url=hitl.nats_url))) as http:
+    settings = Settings(home=hitl.data_dir, nats_url=hitl.nats_url, auth=False,
+                        gateway_user="auditor")  # a stack without users (the hitl fixture's)
+    with TestClient(create_app(settings)) as http:
         then = http.get(f"/threads/{thread}", params={"at": asked})
         assert then.status_code == 200, then.text
         assert then.json()["status"] == "paused" and len(then.json()["pending"]) == 1

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import os
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -10,6 +12,7 @@ import pytest
 import yaml
 
 from contracts.limits import NATS_MAX_PAYLOAD, REQUIRED_NATS_PAYLOAD
+from hitlflow.auth import auth_files
 from hitlflow.stack import server_config
 from tests.conftest import ROOT
 
@@ -156,3 +159,94 @@ def test_compose_has_healthchecks_and_two_replicas_of_each_service() -> None:
                        for dep in service["depends_on"].values()), name
     for node in ("nats-1", "nats-2", "nats-3"):
         assert "--http_port" in compose["services"][node]["command"], node
+
+
+# -- every service on NATS as its own user, with the directory ---------------------------------
+
+#: Where compose.yaml and k8s/config.yaml expect the files `hitlflow users init` makes
+#: (HITLFLOW_HOME=./deploy) and the ones printed by `users nats-config` / `users directory`.
+DEPLOY_AUTH = auth_files(Path("deploy")).folder
+
+
+def _deployments() -> dict[str, dict[str, Any]]:
+    found = {}
+    for path in (ROOT / "k8s").glob("*.yaml"):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc.get("kind") == "Deployment":
+                found[doc["spec"]["template"]["spec"]["containers"][0]["args"][1]] = doc
+    return found
+
+
+def test_compose_gives_each_service_its_own_nats_user_and_the_directory() -> None:
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    secrets = {name: Path(s["file"]) for name, s in compose["secrets"].items()}
+    for name, service in compose["services"].items():
+        if service.get("command", [None])[0] != "serve":
+            continue
+        served = service["command"][1]
+        env = service.get("environment") or compose["x-service"]["environment"]
+        mounted = {s["target"]: secrets[s["source"]] for s in service["secrets"]}
+        creds, directory = (Path(env["HITLFLOW_NATS_CREDS"]),
+                            Path(env["HITLFLOW_IDENTITY_FILE"]))
+        assert creds.parent == directory.parent == Path("/run/secrets"), name
+        assert mounted[creds.name] == Path(".") / auth_files(Path("deploy")).creds(served)
+        assert mounted[directory.name] == Path(".") / DEPLOY_AUTH / "directory.json"
+        if served == "gateway":
+            key = Path(env["HITLFLOW_AUTH_JWT_SECRET_FILE"])
+            assert mounted[key.name] == Path(".") / auth_files(Path("deploy")).jwt_secret
+        else:
+            assert "jwt.secret" not in mounted, name  # only the gateway checks tokens
+    assert not any(path.name in ("users.json", "operator.creds") for path in secrets.values())
+
+
+def test_k8s_gives_each_service_its_own_nats_user_and_the_directory() -> None:
+    [config] = [d for d in yaml.safe_load_all((ROOT / "k8s" / "config.yaml").read_text())
+                if d["kind"] == "ConfigMap"]
+    creds = Path(config["data"]["HITLFLOW_NATS_CREDS"])
+    directory = Path(config["data"]["HITLFLOW_IDENTITY_FILE"])
+    assert creds.parent == directory.parent
+    deployments = _deployments()
+    assert set(deployments) == SERVICES
+    for served, deployment in deployments.items():
+        pod = deployment["spec"]["template"]["spec"]
+        [container] = pod["containers"]
+        [mount] = [m for m in container["volumeMounts"] if Path(m["mountPath"]) == creds.parent]
+        [volume] = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+        assert volume["secret"]["secretName"] == "hitlflow-auth"
+        items = {i["path"]: i["key"] for i in volume["secret"]["items"]}
+        assert items[creds.name] == f"{served}.creds"
+        assert items[directory.name] == "directory.json"
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        if served == "gateway":
+            key = Path(env["HITLFLOW_AUTH_JWT_SECRET_FILE"])
+            assert key.parent == creds.parent and items[key.name] == "jwt.secret"
+        else:
+            assert "jwt.secret" not in items.values()
+
+
+def test_every_nats_server_has_the_stacks_users() -> None:
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    conf = compose["configs"]["nats-conf"]["content"]
+    [include] = [line.split()[1] for line in conf.splitlines() if line.startswith("include ")]
+    config_dir = Path("/etc/nats")  # where the nats services mount hitlflow.conf
+    for name in ("nats-1", "nats-2", "nats-3"):
+        service = compose["services"][name]
+        assert service["configs"] == [{"source": "nats-conf",
+                                       "target": str(config_dir / "hitlflow.conf")}]
+        [secret] = service["secrets"]
+        assert Path(secret["target"]) == config_dir / include
+        assert Path(compose["secrets"][secret["source"]]["file"]) == (
+            Path(".") / DEPLOY_AUTH / "nats-auth.conf")
+
+    values = yaml.safe_load((ROOT / "k8s" / "nats-values.yaml").read_text())
+    included = Path("/etc/nats-config") / values["config"]["merge"]["$include"]
+    [mount] = [p["value"] for p in values["container"]["patch"]
+               if p["path"] == "/volumeMounts/-"]
+    [volume] = [p["value"] for p in values["podTemplate"]["patch"]
+                if p["path"] == "/spec/volumes/-"]
+    assert mount["name"] == volume["name"]
+    assert Path(os.path.normpath(included)).parent == Path(mount["mountPath"])
+    assert volume["secret"]["secretName"] == "hitlflow-nats-auth"
+    setup = (ROOT / "k8s" / "config.yaml").read_text()
+    assert (f"create secret generic hitlflow-nats-auth \\\n#     --from-file="
+            f"{included.name}=deploy/auth/nats-auth.conf") in setup
