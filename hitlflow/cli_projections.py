@@ -282,15 +282,16 @@ def _travel(thread_id: str, events: list[TimelineEvent], at: str | None,
 # -- audit --------------------------------------------------------------------------------------
 
 CSV_COLUMNS = ("at", "event", "thread_id", "request_id", "node_name", "interaction_type",
-               "action", "responder", "data_keys", "by_timeout", "code", "reason", "digest",
-               "service", "position", "event_type", "idempotency_key", "detail")
+               "action", "responder", "principal", "on_behalf_of", "data_keys", "by_timeout",
+               "code", "reason", "digest", "shown", "service", "position", "event_type",
+               "idempotency_key", "detail")
 #: AuditQuery field → the option that sets it (for error messages).
 OPTIONS = {"thread_id": "--thread", "node_name": "--node", "interaction_type": "--type",
            "request_id": "--request-id", "event": "--event", "since": "--since",
            "until": "--until", "responder": "--responder", "action": "--action"}
 TABLE_COLUMNS = (("at (UTC)", 23), ("event", 9), ("thread", 18), ("node", 16), ("type", 12),
-                 ("action", 9), ("responder", 14), ("data keys", 18), ("digest", 12),
-                 ("reason", 40))
+                 ("action", 9), ("responder", 14), ("sent by", 14), ("data keys", 18),
+                 ("digest", 12), ("reason", 40))
 
 
 def _assigned(entry: AuditEntry) -> str:
@@ -334,6 +335,7 @@ class AuditWriter:
                      entry.node_name, entry.interaction_type, entry.action,
                      "timeout policy" if entry.by_timeout and not entry.responder
                      else entry.responder,
+                     entry.principal if entry.principal != entry.responder else "",
                      ",".join(entry.data_keys), (entry.digest or "")[:12],
                      entry.reason or entry.code or _assigned(entry))
             self.stream.write("  ".join(_short(value, width).ljust(width)

@@ -482,7 +482,14 @@ class ServiceProcess:
             code = await self.process.wait()
             raise ServiceStartError(
                 self.name, f"the {self.name} service exited with code {code} before it was "
-                "ready; its own error is in the log above", code)
+                f"ready; {self._said()}", code)
+
+    def _said(self) -> str:
+        """Where the service's own error is: the end of its log file, or the log above."""
+        if self.log is None or not self.log.exists():
+            return "its own error is in the log above"
+        tail = self.log.read_text(errors="replace").strip().splitlines()[-3:]
+        return f"its log {self.log} ends: " + " | ".join(tail)
 
     async def wait(self) -> int | None:
         return await self.process.wait() if self.process is not None else None

@@ -241,6 +241,7 @@ def test_audit_command_filters_and_formats(hitl: HitlTestStack) -> None:
     table = list(csv.DictReader(io.StringIO(result.stdout)))
     assert [r["event"] for r in table] == [r["event"] for r in rows]
     assert table[3]["digest"] == accepted["digest"] and table[3]["data_keys"] == '["reason"]'
+    assert table[3]["principal"] == hitl.client.principal and table[3]["shown"]
     text = cli(hitl.nats_url, "audit", "--responder", "alice").stdout.splitlines()
     assert text[0].split()[:3] == ["at", "(UTC)", "event"] and len(text) == 2
     assert "accepted" in text[1] and accepted["digest"][:12] in text[1]
