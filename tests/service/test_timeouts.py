@@ -389,8 +389,11 @@ def test_a_lagging_timeout_service_answers_from_what_it_recorded_and_says_so(
         tmp_path: Path, settings: Settings, clock: FakeClock,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """It waits a third of the reply timeout (here 0.5 s) for its consumer, then answers with
-    how many events it had still to record; the CLI warns on stderr, the JSON says it."""
-    monkeypatch.setattr(timeout_handlers, "DEADLINE_LINGER", 3.0)
+    how many events it had still to record; the CLI warns on stderr, the JSON says it.
+
+    The consumer holds its batch for 8 s: the list and the check (two CLI processes, each
+    waiting its 0.5 s) both fall inside that window even on a loaded machine."""
+    monkeypatch.setattr(timeout_handlers, "DEADLINE_LINGER", 8.0)
     quick = manual_sweeps(settings).model_copy(update={"reply_timeout": 1.5})
     with HitlTestStack(tmp_path, settings=quick, clock=clock) as hitl:
         hitl.start(approval_flow({"timeout_seconds": 60}), {"request": "x"}, thread_id="to-lag")
@@ -403,12 +406,12 @@ def test_a_lagging_timeout_service_answers_from_what_it_recorded_and_says_so(
         clock.advance(61)
         reply = check(hitl)
         assert (reply["fired"], reply["unrecorded"]) == ([], 1)
-        fired = wait_for(lambda: check(hitl)["fired"], timeout=10,
+        fired = wait_for(lambda: check(hitl)["fired"], timeout=20,
                          what="the deadline to be recorded and fired")
         assert [(f["thread_id"], f["applied"]) for f in fired] == [("to-lag", True)]
         wait_status(hitl, "to-lag", "timed_out")
         # its InteractionTimedOut gathers in turn; once recorded, nothing is left
-        wait_for(lambda: check(hitl)["unrecorded"] == 0, timeout=10, what="nothing unrecorded")
+        wait_for(lambda: check(hitl)["unrecorded"] == 0, timeout=20, what="nothing unrecorded")
 
 
 # -- where deadlines come from, and how they show -------------------------------------------------
