@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench fuzz clean npm-tools
+.PHONY: demo test lint typecheck bench fuzz clean npm-tools browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,17 @@ $(NPM_STAMP): tests/asyncapi/package.json
 
 npm-tools: $(NPM_STAMP)
 
-test: $(STAMP) npm-tools
+# Debian's Chromium for the web pages' tests (Playwright drives it); where it cannot be
+# installed (no apt-get, not root) those tests are skipped and say why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+			(apt-get install -y -qq chromium >/dev/null 2>&1 || \
+			 (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1)) || \
+			echo "chromium could not be installed: the browser tests will be skipped"; \
+		else echo "no chromium and no apt-get as root: the browser tests will be skipped"; fi; }
+
+test: $(STAMP) npm-tools browser
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile $(PYTEST_ARGS)

@@ -123,6 +123,8 @@ class PendingInteraction(Contract):
     quorum: dict[str, Any] | None = None
     #: A quorum's votes so far (``{"voter", "action"}``).
     votes: list[dict[str, Any]] = Field(default_factory=list)
+    #: The JSON Schema the answer's data must satisfy (the node's ``response_schema``), if any.
+    response_schema: dict[str, Any] | None = None
 
 
 class MineQuery(Contract):

@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Security
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -45,6 +45,7 @@ from hitlflow.gateway_auth import (
     gateway_settings,
 )
 from hitlflow.settings import Settings
+from hitlflow.web import pages as web
 from projections.time_travel import TimeTravelError
 from services.common.identity import Directory
 from services.common.logging import get_logger
@@ -402,6 +403,13 @@ def create_app(settings: Settings, client: HitlClient | None = None) -> FastAPI:
     _command_routes(app)
     _task_routes(app)
     _query_routes(app)
+    web.install(app)
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:
+        """People who open the gateway's address find the inbox."""
+        return RedirectResponse("/ui/inbox", 303)
+
     return app
 
 

@@ -24,7 +24,7 @@ from projections.db import Row, Tx, ViewDatabase, fill_page, iso, when
 from projections.event import Event, payload_text
 
 NAME = "thread_status"
-VERSION = 3
+VERSION = 4
 TABLES = ("thread_status", "thread_requests", "thread_timeline", "thread_request_audience")
 
 DDL = (
@@ -64,7 +64,8 @@ DDL = (
         candidate_groups TEXT NOT NULL DEFAULT '[]',
         claimed_by TEXT,
         quorum TEXT,
-        votes TEXT NOT NULL DEFAULT '[]'
+        votes TEXT NOT NULL DEFAULT '[]',
+        response_schema TEXT
     )""",
     # who may answer each request: ('user', name), ('group', name), or ('any', '')
     """CREATE TABLE IF NOT EXISTS thread_request_audience (
@@ -181,15 +182,16 @@ def _requested(tx: Tx, env: Event, p: dict[str, Any], at: str) -> None:
     tx.execute(
         "INSERT INTO thread_requests (id, thread_id, node_name, interaction_type, prompt,"
         " context, options, assignees, timeout_seconds, deadline, created_at, batch_index,"
-        " batch_size, status, shown, candidate_groups, quorum)"
-        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?, 'pending',?,?,?) ON CONFLICT DO NOTHING",
+        " batch_size, status, shown, candidate_groups, quorum, response_schema)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?, 'pending',?,?,?,?) ON CONFLICT DO NOTHING",
         (p["id"], env.thread_id, p["node_name"], p["interaction_type"], _text(p["prompt"]),
          _json(p.get("context") or {}), _json(p.get("options") or []),
          _json(list(p.get("assignees") or ())), p.get("timeout_seconds"),
          iso(p["deadline"]) if p.get("deadline") else None, iso(p["created_at"]),
          p.get("batch_index", 0), p.get("batch_size", 1), p.get("shown") or "",
          _json(list(p.get("candidate_groups") or ())),
-         _json(p["quorum"]) if p.get("quorum") else None),
+         _json(p["quorum"]) if p.get("quorum") else None,
+         _json(p["response_schema"]) if p.get("response_schema") else None),
     )
     quorum = p.get("quorum") or {}
     if quorum:
@@ -324,6 +326,7 @@ def _pending(row: Row) -> PendingInteraction:
         claimed_by=row["claimed_by"],
         quorum=json.loads(row["quorum"]) if row["quorum"] else None,
         votes=json.loads(row["votes"]),
+        response_schema=json.loads(row["response_schema"]) if row["response_schema"] else None,
     )
 
 
