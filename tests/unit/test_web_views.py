@@ -21,7 +21,8 @@ def request(kind: str = "approval", *, minutes_ago: float = 1, deadline_in: floa
             ) -> PendingInteraction:
     return PendingInteraction(
         id=f"{thread}-r", thread_id=thread, node_name="gate", interaction_type=kind,
-        prompt="?", context={}, options=extra.pop("options", []), assignees=extra.pop("assignees", []),
+        prompt="?", context={}, options=extra.pop("options", []),
+        assignees=extra.pop("assignees", []),
         timeout_seconds=None, created_at=NOW - timedelta(minutes=minutes_ago),
         deadline=None if deadline_in is None else NOW + timedelta(minutes=deadline_in),
         response_schema=schema, **extra)
