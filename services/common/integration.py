@@ -75,8 +75,9 @@ def payload_of(model: type[BaseModel], fields: dict[str, Any]) -> dict[str, Any]
     audit record, and so its hash chain, is the one it had before the erasure."""
     if not _holds_erased(fields):
         return model.model_validate(fields).model_dump(mode="json", exclude={"schema_version"})
-    payload = model.model_construct(**fields).model_dump(mode="json",
-                                                         exclude={"schema_version"})
+    # erased values are not of their fields' types, knowingly: no serializer warnings
+    payload = model.model_construct(**fields).model_dump(mode="json", exclude={"schema_version"},
+                                                         warnings=False)
     for name, value in payload.items():
         annotation = str(model.model_fields[name].annotation) if name in model.model_fields else ""
         if isinstance(value, list) and "InteractionSpec" in annotation:
