@@ -413,6 +413,9 @@ def dashboard(reply: AnalyticsReply) -> Dashboard:
               "s", "{:,.1f}"),
         chart("Response time p95 by type", {k: m.p95_response_time_s for k, m in by_type},
               "s", "{:,.1f}"),
+        chart("Approval rate by node", {k: None if m.approval_rate is None
+                                        else 100 * m.approval_rate for k, m in by_node},
+              "%", "{:,.1f}"),
         chart("Timeout rate by type", {k: None if m.timeout_rate is None
                                        else 100 * m.timeout_rate for k, m in by_type},
               "%", "{:,.1f}"),

@@ -137,3 +137,22 @@ def test_a_form_sent_from_another_site_is_refused(stack: HitlTestStack,
                         headers={"Sec-Fetch-Site": "cross-site"})
     assert answer.status_code == 403 and "another site" in answer.text
     assert stack.status(thread).status == "paused"  # type: ignore[union-attr]
+
+
+def test_an_answer_to_a_page_shown_before_a_reassignment_is_refused_stale(
+        stack: HitlTestStack, pages: TestClient) -> None:
+    assigned, _ = start(stack, "Assigned")
+    sign_in(pages, stack, "alice", "finance")
+    link = request_link(pages.get("/ui/inbox").text, assigned)
+    before = form_of(pages.get(link).text)
+    boss = {"Authorization": f"Bearer {token(stack, 'boss')}"}
+    moved = pages.post(f"/threads/{assigned}/reassign", json={"to": ["alice"]}, headers=boss)
+    assert moved.status_code == 200, moved.text
+    answer = pages.post(link, data={**before, "action": "approve"})
+    assert answer.status_code == 409
+    assert "This request changed since this page was shown" in answer.text
+    after = form_of(answer.text)  # the page shown again is the request as it is now
+    assert after["shown"] != before["shown"]
+    assert pages.post(link, data={**after, "action": "approve"},
+                      follow_redirects=False).status_code == 303
+    assert stack.status(assigned).status == "completed"  # type: ignore[union-attr]

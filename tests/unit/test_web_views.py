@@ -152,6 +152,6 @@ def test_the_dashboards_charts_come_from_the_analytics_reply() -> None:
         ("approval", 4, 100.0, "4"), ("choice", 1, 25.0, "1")]
     p50 = board.charts[2]
     assert [(b.label, b.text) for b in p50.bars] == [("gate", "3.0s")]  # pick: no answer yet
-    timeouts = board.charts[5]
+    timeouts = board.charts[6]
     assert [(b.label, b.text) for b in timeouts.bars] == [("approval", "25.0%")]
     assert [name for name, _ in board.by_node] == ["gate", "pick"]
