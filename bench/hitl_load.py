@@ -65,8 +65,9 @@ class StackProcess:
 
     def start(self, timeout: float = 60.0) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
+        # no HTTP gateway: the figures are the services' (and port 8080 may be taken)
         env = {**os.environ, "HITLFLOW_AGENTS": AGENTS, "HITLFLOW_HOME": str(self.home),
-               "HITLFLOW_LOG_LEVEL": self.log_level, **self.env}
+               "HITLFLOW_LOG_LEVEL": self.log_level, "HITLFLOW_GATEWAY": "false", **self.env}
         env.pop("HITLFLOW_NATS_URL", None)
         log = (self.home / "stack.log").open("ab")
         self.process = subprocess.Popen(

@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
-# The demo: start the embedded stack in the background, run the guide's ApprovalFlow through a
-# pause, answer it (once wrongly, to show the refusal), look at the result, stop the stack;
-# then walk through all five of the guide's patterns with `hitlflow demo`.
+# The demo: start the embedded stack in the background (with its HTTP gateway: the web inbox
+# and the HTTP API), run the guide's ApprovalFlow through a pause, answer it (once wrongly, to
+# show the refusal), look at the result, stop the stack; then walk through all five of the
+# guide's patterns with `hitlflow demo`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HITLFLOW_HOME="${HITLFLOW_HOME:-$(mktemp -d -t hitlflow-demo.XXXXXX)}"
 export HITLFLOW_AGENTS="${HITLFLOW_AGENTS:-examples/agents.py}"
+# the gateway on a free port unless one is given (8080 may be taken on this machine)
+export HITLFLOW_GATEWAY_PORT="${HITLFLOW_GATEWAY_PORT:-0}"
 trap 'hitlflow down >/dev/null 2>&1 || true' EXIT
 
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
 
 step hitlflow up --detach
-hitlflow up --detach
+hitlflow up --detach   # says where the web inbox and the HTTP API are (its URL)
 
 thread="demo_$(date +%s)"
 step hitlflow run examples/approval.csv::ApprovalFlow --thread-id "$thread" --state '{"user_request": "Buy 3 laptops for the new team"}'

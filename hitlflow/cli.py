@@ -408,10 +408,32 @@ def _write_stack_file(settings: Settings, stack: Any, started_at: str) -> None:
     info = {"pid": os.getpid(), "pid_start": process_identity(os.getpid()),
             "nats_url": stack.nats_url, "nats_pid": stack.nats_pid, "home": str(settings.home),
             "started_at": started_at, "mode": stack.mode, "services": stack.service_pids(),
-            "metrics": stack.metrics_urls()}
+            "metrics": stack.metrics_urls(), "gateway_url": stack.gateway_url}
     partial = settings.stack_file.with_name(settings.stack_file.name + ".tmp")
     partial.write_text(json.dumps(info))
     partial.replace(settings.stack_file)
+
+
+def _say_gateway(url: str | None) -> None:
+    """Where people find the inbox and the HTTP API of a stack (none: said nothing)."""
+    if url:
+        err.print(f"inbox and HTTP API: {url}/ui/  (API docs at /docs)", markup=False,
+                  highlight=False, soft_wrap=True)
+
+
+def _gateway_port_free(settings: Settings) -> bool:
+    """Is the port ``up`` will start the gateway on free (or none asked, or any port)."""
+    from hitlflow.stack import ListenError, PortInUseError, gateway_socket
+
+    if not settings.gateway or not settings.gateway_port:
+        return True
+    try:
+        gateway_socket(settings.gateway_host, settings.gateway_port, listen=False).close()
+    except PortInUseError:
+        return False
+    except ListenError:  # said when the stack starts
+        return True
+    return True
 
 
 @app.command()
@@ -425,9 +447,17 @@ def up(
     one_process: Annotated[bool, typer.Option(
         "--one-process", help="Run every service in this one process (less memory, one core) "
         "instead of one process per service.")] = False,
+    gateway_port: Annotated[int | None, typer.Option(
+        "--gateway-port", help="Port of the HTTP gateway (inbox and API; 0: a free one). "
+        "Default: HITLFLOW_GATEWAY_PORT, else 8080.")] = None,
+    no_gateway: Annotated[bool, typer.Option(
+        "--no-gateway", help="Start no HTTP gateway (HITLFLOW_GATEWAY=false).")] = False,
 ) -> None:
-    """Start the embedded stack: nats-server (JetStream) and every service, SQLite stores."""
+    """Start the embedded stack: nats-server (JetStream), every service, SQLite stores, and the
+    HTTP gateway (web inbox under /ui/, the HTTP API)."""
+    from hitlflow.gateway_server import GatewayStartError
     from hitlflow.stack import (
+        ListenError,
         NatsServerNotFoundError,
         PortInUseError,
         ProcessStack,
@@ -435,7 +465,8 @@ def up(
         Stack,
     )
 
-    settings = load_settings(home=home)
+    settings = load_settings(home=home, gateway_port=gateway_port,
+                             gateway=False if no_gateway else None)
     state, running = _stack_state(settings)
     if state == "crashed":  # its nats-server and services are stopping (they end with it)
         from hitlflow.stack import port_is_free
@@ -444,8 +475,12 @@ def up(
                   "starting again")
         deadline = time.monotonic() + 20
         wanted = port or settings.embedded_port
-        while (nats_url is None and not port_is_free("127.0.0.1", wanted)
-               and time.monotonic() < deadline):
+
+        def held() -> bool:  # a port its nats-server or gateway still listens on
+            return ((nats_url is None and not port_is_free("127.0.0.1", wanted))
+                    or not _gateway_port_free(settings))
+
+        while held() and time.monotonic() < deadline:
             time.sleep(0.1)
     if running and running["nats_ok"]:
         fail(f"a hitlflow stack is already running (pid {running['pid']}, "
@@ -455,7 +490,7 @@ def up(
              f"{running['nats_url']} does not answer; stop it with 'hitlflow down'",
              EXIT_BAD_INPUT)
     if detach:
-        _detach(settings, port, nats_url, one_process)
+        _detach(settings, port, nats_url, one_process, gateway_port, no_gateway)
         return
     configure_logging(settings.log_level, settings.log_format)
     started_at = datetime.now(UTC).isoformat()
@@ -467,15 +502,17 @@ def up(
         if not settings.metrics_port:  # `up` always serves them: on a free port unless set
             settings = settings.model_copy(update={"metrics_port": free_port()})
         stack = Stack(settings, nats_url=nats_url, port=port,
-                      agents=AgentRegistry.load(settings.agent_modules()))
+                      agents=AgentRegistry.load(settings.agent_modules()),
+                      gateway=settings.gateway)
     else:
-        stack = ProcessStack(settings, nats_url=nats_url, port=port,
+        stack = ProcessStack(settings, nats_url=nats_url, port=port, gateway=settings.gateway,
                              on_change=lambda: _write_stack_file(settings, stack, started_at))
 
     def started() -> None:
         _write_stack_file(settings, stack, started_at)
         err.print(f"hitlflow stack up: NATS {stack.nats_url}, data in {settings.home} "
                   "(Ctrl-C or 'hitlflow down' to stop)")
+        _say_gateway(stack.gateway_url)
         urls = stack.metrics_urls()
         if urls:
             err.print("metrics (with /healthz and /readyz beside each): " + ", ".join(
@@ -490,14 +527,21 @@ def up(
     settings.home.mkdir(parents=True, exist_ok=True)
     try:
         asyncio.run(_serve_until_signal(stack.start, stop, started))
-    except (PortInUseError, NatsServerNotFoundError, ServerLimitError) as error:
+    except (PortInUseError, ListenError, NatsServerNotFoundError, ServerLimitError) as error:
         fail(str(error), EXIT_BAD_INPUT)
-    except ServiceStartError as error:
+    except (ServiceStartError, GatewayStartError) as error:
         fail(str(error), EXIT_NO_STACK)
 
 
-def _detach(settings: Settings, port: int | None, nats_url: str | None,
-            one_process: bool) -> None:
+def _detach(settings: Settings, port: int | None, nats_url: str | None, one_process: bool,
+            gateway_port: int | None, no_gateway: bool) -> None:
+    from hitlflow.stack import ListenError, PortInUseError, gateway_socket
+
+    if settings.gateway and settings.gateway_port:  # said here, not from the log's end
+        try:
+            gateway_socket(settings.gateway_host, settings.gateway_port, listen=False).close()
+        except (PortInUseError, ListenError) as error:
+            fail(str(error), EXIT_BAD_INPUT)
     settings.home.mkdir(parents=True, exist_ok=True)
     log_path = settings.home / "stack.log"
     command = [sys.executable, "-m", "hitlflow", "up", "--home", str(settings.home)]
@@ -507,6 +551,10 @@ def _detach(settings: Settings, port: int | None, nats_url: str | None,
         command += ["--nats-url", nats_url]
     if one_process:
         command += ["--one-process"]
+    if gateway_port is not None:
+        command += ["--gateway-port", str(gateway_port)]
+    if no_gateway:
+        command += ["--no-gateway"]
     with log_path.open("ab") as log:
         child = subprocess.Popen(command, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
                                  start_new_session=True)
@@ -516,6 +564,7 @@ def _detach(settings: Settings, port: int | None, nats_url: str | None,
         if info and int(info["pid"]) == child.pid:
             err.print(f"hitlflow stack up in the background (pid {child.pid}): "
                       f"NATS {info['nats_url']}; log {log_path}")
+            _say_gateway(info.get("gateway_url"))
             return
         if child.poll() is not None:
             tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
@@ -553,9 +602,12 @@ def serve(
     service: Annotated[str, typer.Argument(
         help="workflow | interaction | timeout | projections | gateway")],
     nats_url: NatsUrl = None,
-    host: Annotated[str, typer.Option("--host", help="gateway: address to listen on")]
-    = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="gateway: HTTP port")] = 8080,
+    host: Annotated[str | None, typer.Option(
+        "--host", help="gateway: address to listen on (default: HITLFLOW_GATEWAY_HOST, else "
+        "127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(
+        "--port", help="gateway: HTTP port (0: a free one; default: HITLFLOW_GATEWAY_PORT, "
+        "else 8080)")] = None,
     ready_fd: Annotated[int | None, typer.Option(
         "--ready-fd", hidden=True, help="Write a line to this file descriptor once the service "
         "is started (how 'hitlflow up' knows).")] = None,
@@ -568,12 +620,15 @@ def serve(
 
     settings = _settings(nats_url)
     configure_logging(settings.log_level, settings.log_format)
+
+    def ready() -> None:
+        if ready_fd is not None:
+            os.write(ready_fd, b"ready\n")
+            os.close(ready_fd)
+
     if service == "gateway":  # its /metrics, /healthz and /readyz are on its own port
-        import uvicorn
-
-        from hitlflow.gateway import create_app
-
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+        _serve_gateway(settings, settings.gateway_host if host is None else host,
+                       settings.gateway_port if port is None else port, ready)
         return
     builders: dict[str, Any] = {"workflow": workflow_main.build,
                                 "interaction": interaction_main.build,
@@ -591,16 +646,32 @@ def serve(
         fail(f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: "
              f"{error.strerror or error} (HITLFLOW_METRICS_PORT)", EXIT_BAD_INPUT)
 
-    def ready() -> None:
-        if ready_fd is not None:
-            os.write(ready_fd, b"ready\n")
-            os.close(ready_fd)
-
     try:
         asyncio.run(_serve_until_signal(runtime.start, runtime.stop, ready,
                                         lambda: _exit_after(SERVE_STOP_TIMEOUT, service)))
     except ServerLimitError as error:
         fail(str(error), EXIT_BAD_INPUT)
+
+
+def _serve_gateway(settings: Settings, host: str, port: int, ready: Any) -> None:
+    """``hitlflow serve gateway``: the HTTP gateway until SIGTERM or Ctrl-C; ``ready`` is
+    called once it listens, connected to NATS."""
+    from hitlflow.gateway_server import GatewayServer, GatewayStartError
+    from hitlflow.stack import ListenError, PortInUseError, gateway_socket
+
+    try:
+        sock = gateway_socket(host, port, remedy="give it another port (--port / "
+                              "HITLFLOW_GATEWAY_PORT; 0 picks a free one)")
+    except (PortInUseError, ListenError) as error:
+        fail(str(error), EXIT_BAD_INPUT)
+    server = GatewayServer(settings, sock)
+    try:
+        asyncio.run(_serve_until_signal(server.start, server.stop, ready,
+                                        lambda: _exit_after(SERVE_STOP_TIMEOUT, "gateway")))
+    except GatewayStartError as error:
+        fail(str(error), EXIT_NO_STACK)
+    finally:
+        sock.close()
 
 
 @app.command()

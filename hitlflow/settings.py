@@ -55,6 +55,14 @@ class Settings(BaseSettings):
     #: a token are from (development; e.g. the web inbox on one's own machine). Refused when
     #: authorization is on: there every request carries a token or an API key.
     gateway_user: str | None = None
+    #: ``hitlflow up`` starts the HTTP gateway with the stack (the HTTP API, the web inbox
+    #: under ``/ui/``); false: not (``hitlflow up --no-gateway``).
+    gateway: bool = True
+    #: Where the HTTP gateway listens: under ``hitlflow up``, and ``hitlflow serve gateway``
+    #: without ``--host`` / ``--port``. Port 0: a free one, chosen at start (printed, and kept
+    #: in stack.json).
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = Field(default=8080, ge=0, le=65535)
     #: The embedded stack's NATS server has users (made on the first ``hitlflow up`` under
     #: ``HOME/auth``), each allowed only what its role needs; false: no users, names as sent.
     auth: bool = True

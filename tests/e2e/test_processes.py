@@ -1,14 +1,16 @@
 """The real command, as separate processes: `hitlflow up --detach` found by other commands with
 no configuration, one process per service under `hitlflow up` (restarted when one dies, all gone
-after `hitlflow down`), `--one-process` on the same data, and each service running alone with
-`hitlflow serve`."""
+after `hitlflow down`), `--one-process` on the same data, each service running alone with
+`hitlflow serve`, and the HTTP gateway that `up` starts with the stack."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -19,13 +21,15 @@ from typing import Any
 
 import pytest
 
-from hitlflow.stack import EmbeddedNats, free_port
+from hitlflow.stack import EmbeddedNats, free_port, port_is_free
 from tests.conftest import EXAMPLE_AGENTS, ROOT
 from tests.helpers import wait_for
 
 HITLFLOW = [sys.executable, "-m", "hitlflow"]
 TYPES = str(ROOT / "tests" / "workflows" / "types.csv")
 SERVICES = {"workflow", "interaction", "timeout", "projections"}
+#: What `up` runs: the services and the HTTP gateway.
+PARTS = {*SERVICES, "gateway"}
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="looks at processes in /proc")
 
@@ -35,9 +39,10 @@ def hitlflow(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess
                           timeout=timeout, check=False)
 
 
-def http_status(url: str) -> int:
+def http_status(url: str, headers: dict[str, str] | None = None) -> int:
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
+        request = urllib.request.Request(url, headers=headers or {})
+        with urllib.request.urlopen(request, timeout=10) as response:
             return int(response.status)
     except urllib.error.HTTPError as error:
         return int(error.code)
@@ -48,8 +53,10 @@ def http_status(url: str) -> int:
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("HITLFLOW_")}
+    # the gateway `up` starts on a free port: 8080 may be taken, and tests run side by side
     return {**clean, "HITLFLOW_HOME": str(tmp_path / "home"), "HITLFLOW_AGENTS": EXAMPLE_AGENTS,
-            "COLUMNS": "200", "HITLFLOW_EMBEDDED_PORT": str(free_port())}
+            "COLUMNS": "200", "HITLFLOW_EMBEDDED_PORT": str(free_port()),
+            "HITLFLOW_GATEWAY_PORT": "0"}
 
 
 def test_up_detach_is_found_by_other_commands(env: dict[str, str]) -> None:
@@ -200,7 +207,7 @@ def test_up_runs_each_service_in_its_own_process(env: dict[str, str]) -> None:
         parent = int(info["pid"])
         assert info["mode"] == "processes"
         services = {name: int(pid) for name, pid in info["services"].items()}
-        assert set(services) == SERVICES
+        assert set(services) == PARTS
         assert len(set(services.values())) == len(services)
         children = children_of(parent)
         for name, pid in services.items():
@@ -213,11 +220,13 @@ def test_up_runs_each_service_in_its_own_process(env: dict[str, str]) -> None:
         niceness = {name: nice_of(pid) for name, pid in services.items()}
         assert niceness == {"workflow": nice_of(parent), "interaction": nice_of(parent),
                             "timeout": min(19, nice_of(parent) + 10),
-                            "projections": nice_of(parent)}
+                            "projections": nice_of(parent), "gateway": nice_of(parent)}
 
         run_to_completion(env, "procs-1")
-        # each service process serves its own /metrics, /healthz and /readyz (printed too)
-        assert set(info["metrics"]) == SERVICES
+        # each service process serves its own /metrics, /healthz and /readyz (printed too), the
+        # gateway on its HTTP port
+        assert set(info["metrics"]) == PARTS
+        assert info["metrics"]["gateway"] == f"{info['gateway_url']}/metrics"
         assert "metrics (with /healthz and /readyz beside each)" in (
             Path(env["HITLFLOW_HOME"]) / "stack.log").read_text()
         for name, url in info["metrics"].items():
@@ -227,6 +236,7 @@ def test_up_runs_each_service_in_its_own_process(env: dict[str, str]) -> None:
             assert http_status(f"{base}/healthz") == 200
             with urllib.request.urlopen(url, timeout=10) as response:
                 assert b"hitlflow_consumer_delivered_total" in response.read(), name
+        assert "gateway http://127.0.0.1:" in (Path(env["HITLFLOW_HOME"]) / "stack.log").read_text()
     finally:
         stopped = hitlflow(env, "down")
     assert stopped.returncode == 0, stopped.stderr
@@ -278,7 +288,7 @@ def test_one_process_mode_on_the_same_data(env: dict[str, str]) -> None:
     try:
         info = stack_info(env)
         assert info["mode"] == "one-process"
-        assert info["services"] == dict.fromkeys(SERVICES, info["pid"])
+        assert info["services"] == dict.fromkeys(PARTS, info["pid"])
         # the thread paused by the service processes resumes here: the same stores
         resumed = hitlflow(env, "resume", "across", "approve", "--json")
         assert resumed.returncode == 0, resumed.stderr
@@ -309,7 +319,7 @@ def test_a_killed_stack_leaves_no_process(env: dict[str, str]) -> None:
     info = stack_info(env)
     children = [identity(int(pid))
                 for pid in {*info["services"].values(), *children_of(int(info["pid"]))}]
-    assert len(children) == len(SERVICES) + 1  # and nats-server
+    assert len(children) == len(PARTS) + 1  # and nats-server
     try:
         os.kill(int(info["pid"]), signal.SIGKILL)
         # Each child is told by the kernel (PR_SET_PDEATHSIG) and stops, within its own limit.
@@ -356,3 +366,134 @@ def test_an_invalid_setting_is_named_not_traced_back(env: dict[str, str]) -> Non
             "number, unable to parse string as a number; HITLFLOW_BACKGROUND_NICE='30': Input "
             "should be less than or equal to 19"], args
     assert not (Path(env["HITLFLOW_HOME"]) / "stack.json").exists()
+
+
+# -- the HTTP gateway under `hitlflow up` -----------------------------------------------------
+
+INBOX_LINE = re.compile(r"^inbox and HTTP API: (http://127\.0\.0\.1:(\d+))/ui/  "
+                        r"\(API docs at /docs\)$", re.M)
+
+
+def inbox_url(output: str) -> str:
+    """The gateway's URL from the line `up` prints (without /ui/)."""
+    found = INBOX_LINE.search(output)
+    assert found is not None, output
+    return found.group(1)
+
+
+def check_gateway(env: dict[str, str], url: str) -> None:
+    """Probes without credentials; the API only with them (the stack has authorization)."""
+    wait_for(lambda: http_status(f"{url}/readyz") == 200, timeout=30,
+             what="the gateway to be ready")
+    assert http_status(f"{url}/healthz") == 200
+    assert http_status(f"{url}/pending") == 401
+    token = hitlflow(env, "token", "alice")
+    assert token.returncode == 0, token.stderr
+    assert http_status(f"{url}/pending",
+                       {"Authorization": f"Bearer {token.stdout.strip()}"}) == 200
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+@linux_only
+@pytest.mark.parametrize("mode", [(), ("--one-process",)], ids=["processes", "one-process"])
+def test_up_serves_the_gateway_and_prints_its_url(env: dict[str, str], tmp_path: Path,
+                                                  mode: tuple[str, ...]) -> None:
+    output = tmp_path / "up.out"
+    with output.open("w") as out:
+        stack = subprocess.Popen([*HITLFLOW, "up", *mode], env=env, stdout=out,
+                                 stderr=subprocess.STDOUT, text=True)
+    try:
+        url = wait_for(lambda: INBOX_LINE.search(output.read_text()) and inbox_url(
+            output.read_text()), timeout=60, what="up to print the inbox URL")
+        assert port_of(url) != 8080  # HITLFLOW_GATEWAY_PORT=0: a free port, chosen at start
+        assert stack_info(env)["gateway_url"] == url
+        check_gateway(env, url)
+        if mode:
+            assert stack_info(env)["services"]["gateway"] == stack.pid
+        else:
+            gateway = int(stack_info(env)["services"]["gateway"])
+            assert gateway != stack.pid and parent_of(gateway) == stack.pid
+    finally:
+        stack.send_signal(signal.SIGINT)  # Ctrl-C
+        assert stack.wait(timeout=60) == 0, output.read_text()
+    assert http_status(f"{url}/healthz") == 0
+    assert port_is_free("127.0.0.1", port_of(url))
+    assert processes_of(env) == []
+
+
+@linux_only
+def test_up_detach_prints_the_gateway_and_down_stops_it(env: dict[str, str]) -> None:
+    started = hitlflow(env, "up", "--detach")
+    assert started.returncode == 0, started.stderr
+    try:
+        url = inbox_url(started.stderr)
+        info = stack_info(env)
+        assert info["gateway_url"] == url
+        check_gateway(env, url)
+        # supervised like the services: killed, it comes back on the same port
+        killed = int(info["services"]["gateway"])
+        os.kill(killed, signal.SIGKILL)
+        restarted = wait_for(
+            lambda: (pid := int(stack_info(env)["services"]["gateway"])) != killed and pid,
+            timeout=60, what="the gateway to be restarted")
+        assert parent_of(restarted) == int(info["pid"])
+        assert stack_info(env)["gateway_url"] == url
+        check_gateway(env, url)
+    finally:
+        stopped = hitlflow(env, "down")
+    assert stopped.returncode == 0, stopped.stderr
+    assert not alive(restarted)
+    assert http_status(f"{url}/healthz") == 0
+    assert port_is_free("127.0.0.1", port_of(url))
+    assert processes_of(env) == []
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A port another process listens on."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield int(sock.getsockname()[1])
+
+
+@linux_only
+def test_a_taken_gateway_port_is_named_not_traced_back(env: dict[str, str],
+                                                       taken_port: int) -> None:
+    expected = (f"error: port {taken_port} on 127.0.0.1 for the HTTP gateway is already in use "
+                "by another process; give it another port (--gateway-port / "
+                "HITLFLOW_GATEWAY_PORT; 0 picks a free one) or start the stack without it "
+                "(--no-gateway / HITLFLOW_GATEWAY=false)")
+    taken = {**env, "HITLFLOW_GATEWAY_PORT": str(taken_port)}
+    for args in (("up",), ("up", "--one-process"), ("up", "--detach"),
+                 ("up", "--gateway-port", str(taken_port))):
+        result = hitlflow(taken if "--gateway-port" not in args else env, *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr.splitlines() == [expected], args
+        assert not (Path(env["HITLFLOW_HOME"]) / "stack.json").exists()
+        assert processes_of(env) == []
+    alone = hitlflow(taken, "serve", "gateway")
+    assert alone.returncode == 2
+    assert alone.stderr.splitlines() == [
+        f"error: port {taken_port} on 127.0.0.1 for the HTTP gateway is already in use by "
+        "another process; give it another port (--port / HITLFLOW_GATEWAY_PORT; 0 picks a "
+        "free one)"]
+
+
+@linux_only
+def test_up_without_the_gateway(env: dict[str, str], taken_port: int) -> None:
+    started = hitlflow({**env, "HITLFLOW_GATEWAY_PORT": str(taken_port)}, "up", "--detach",
+                       "--no-gateway")
+    assert started.returncode == 0, started.stderr
+    try:
+        assert "inbox and HTTP API" not in started.stderr
+        info = stack_info(env)
+        assert info["gateway_url"] is None
+        assert set(info["services"]) == set(info["metrics"]) == SERVICES
+    finally:
+        stopped = hitlflow(env, "down")
+    assert stopped.returncode == 0, stopped.stderr
+    assert processes_of(env) == []
