@@ -451,7 +451,8 @@ async def answer(request: Request, thread_id: str, request_id: str) -> Response:
             "code": "invalid_command", "words": "The answer could not be sent.",
             "detail": describe_input_error(error)}, 422)
     if outcome.ok:
-        done = "again" if outcome.reply.duplicate else "answered"
+        done = ("again" if outcome.reply.duplicate else
+                "answered" if outcome.reply.decided else "voted")
         return RedirectResponse(f"/ui/threads/{thread_id}?{done}={request_id}", 303)
     status = REFUSAL_CODES.get(outcome.reply.code or "", (409, ""))[0]
     log.info("web_answer_refused", thread_id=thread_id, interaction_id=request_id,
@@ -500,7 +501,8 @@ async def diff_preview(request: Request, thread_id: str, request_id: str) -> HTM
 
 @ROUTER.get("/threads/{thread_id}")
 async def thread_page(request: Request, thread_id: str, at: int | None = None,
-                      answered: str | None = None, again: str | None = None) -> HTMLResponse:
+                      answered: str | None = None, again: str | None = None,
+                      voted: str | None = None) -> HTMLResponse:
     """Status, requests, who answered what, and the timeline; ``?at=N`` shows the thread as
     it stood after event N (computed from the events)."""
     _thread_id(thread_id)
@@ -520,6 +522,9 @@ async def thread_page(request: Request, thread_id: str, at: int | None = None,
     notice = None
     if answered:
         notice = "Your answer was recorded."
+    elif voted:
+        notice = ("Your vote was recorded; the request stays open until enough votes decide "
+                  "it.")
     elif again:
         notice = "This answer had been recorded already (the form was sent twice); it counts once."
     return _render(request, "thread.html", {

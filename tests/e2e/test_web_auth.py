@@ -156,3 +156,24 @@ def test_an_answer_to_a_page_shown_before_a_reassignment_is_refused_stale(
     assert pages.post(link, data={**after, "action": "approve"},
                       follow_redirects=False).status_code == 303
     assert stack.status(assigned).status == "completed"  # type: ignore[union-attr]
+
+
+def test_a_quorum_vote_from_the_page_says_the_request_stays_open(
+        stack: HitlTestStack, pages: TestClient) -> None:
+    thread, _ = start(stack, "Quorum")  # 2 approvals of alice, bob, carol
+    sign_in(pages, stack, "alice")
+    link = request_link(pages.get("/ui/inbox").text, thread)
+    page = pages.get(link).text
+    assert "2 approvals; votes so far: none" in page
+    voted = pages.post(link, data={**form_of(page), "action": "approve"})
+    assert voted.status_code == 200
+    assert "Your vote was recorded; the request stays open" in voted.text
+    assert stack.status(thread).status == "paused"  # type: ignore[union-attr]
+    again = pages.post(link, data={**form_of(pages.get(link).text), "action": "approve"})
+    assert again.status_code == 409 and "You have voted on this request already." in again.text
+    sign_in(pages, stack, "bob")
+    page = pages.get(link).text
+    assert "votes so far: alice" in page
+    decided = pages.post(link, data={**form_of(page), "action": "approve"})
+    assert "Your answer was recorded." in decided.text
+    assert stack.status(thread).status == "completed"  # type: ignore[union-attr]
