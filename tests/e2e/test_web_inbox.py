@@ -304,6 +304,11 @@ def test_the_dashboard_shows_what_analytics_says(hitl: HitlTestStack, web: LiveG
     assert "approval 3" in page.locator("figure.chart svg").first.get_attribute("aria-label")
     assert page.locator("[data-oldest] tr").count() == 2  # the header and the one waiting
     shot(page, "dashboard", "dashboard")
+    # it follows the stack without a reload
+    page.wait_for_selector("text=Live updates: on")
+    start(hitl, "Approve", "w-dash-3", {"request": "r3"})
+    page.wait_for_selector("[data-figure=total]:text-is('5')")
+    page.wait_for_selector("[data-figure=pending]:text-is('2')")
 
 
 def test_audit_search_and_its_csv_export(hitl: HitlTestStack, web: LiveGateway,

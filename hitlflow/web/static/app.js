@@ -22,17 +22,28 @@ function tickDeadlines() {
   }
 }
 
+// The part of the page that follows the live feed: the inbox's rows (data-live: the URL of
+// the rows alone), or a whole section fetched again with its page (data-live-section).
+async function fetchLive(box) {
+  const url = box.dataset.live || window.location.href;
+  const response = await fetch(url, {headers: {"Accept": "text/html"}});
+  if (response.redirected || !response.ok) return;
+  const text = await response.text();
+  if (box.dataset.live) {
+    box.innerHTML = text;
+  } else {
+    const fresh = new DOMParser().parseFromString(text, "text/html").getElementById(box.id);
+    if (fresh) box.innerHTML = fresh.innerHTML;
+  }
+  tickDeadlines();
+}
+
 function liveInbox() {
-  const box = document.querySelector("[data-live]");
+  const box = document.querySelector("[data-live], [data-live-section]");
   const state = document.querySelector("[data-live-state]");
   if (!box || !window.EventSource) return;
   let timer = null;
-  const refresh = async () => {
-    const response = await fetch(box.dataset.live, {headers: {"Accept": "text/html"}});
-    if (response.redirected || !response.ok) return;
-    box.innerHTML = await response.text();
-    tickDeadlines();
-  };
+  const refresh = () => fetchLive(box);
   const soon = () => {  // events come before the projections have them: look twice
     clearTimeout(timer);
     timer = setTimeout(() => { refresh(); timer = setTimeout(refresh, 1500); }, 250);
