@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
@@ -33,6 +34,7 @@ from contracts.limits import MAX_IDEMPOTENCY_KEY, MAX_PAGE_ITEMS
 from contracts.queries import AnalyticsQuery, AuditQuery, PendingInteraction
 from contracts.subjects import NOTIFY_ALL, InvalidThreadIdError, check_thread_id
 from hitlflow.cli_common import describe_input_error
+from hitlflow.cli_projections import AuditWriter, Format
 from hitlflow.client import HitlClient, Outcome, QueryRefusedError
 from hitlflow.gateway_auth import (
     Authenticator,
@@ -160,8 +162,6 @@ def install(app: FastAPI, clock: Clock | None = None) -> None:
 
     @app.exception_handler(SignInRequiredError)
     async def sign_in(request: Request, error: SignInRequiredError) -> Response:
-        from urllib.parse import urlencode
-
         response = RedirectResponse(
             "/ui/login?" + urlencode({"next": error.next_path, "why": str(error)}), 303)
         response.delete_cookie(SESSION_COOKIE, path="/ui")
@@ -580,8 +580,6 @@ async def audit_page(request: Request) -> HTMLResponse:
         entries.append(entry)
         if len(entries) >= MAX_AUDIT_ROWS:
             break
-    from urllib.parse import urlencode
-
     return _render(request, "audit.html", {
         "caller": caller, "entries": entries, "given": given,
         "more": len(entries) >= MAX_AUDIT_ROWS,
@@ -595,8 +593,6 @@ async def audit_page(request: Request) -> HTMLResponse:
 async def audit_csv(request: Request) -> StreamingResponse:
     """Every entry the search matches, as CSV (the columns of ``hitlflow audit --format
     csv``), streamed a page at a time."""
-    from hitlflow.cli_projections import AuditWriter, Format
-
     await _caller(request)
     query, _ = _audit_query(request, MAX_PAGE_ITEMS)
     hitl = _hitl(request)

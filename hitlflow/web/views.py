@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
+from urllib.parse import urlencode
 
 from contracts.limits import MAX_ANSWER_BYTES
 from contracts.queries import AnalyticsReply, Metrics, PendingInteraction, TimelineEvent
@@ -49,8 +50,6 @@ class InboxFilter:
 
     def query(self) -> str:
         """The filter as a query string (for the live refresh of the rows)."""
-        from urllib.parse import urlencode
-
         values = {"type": self.type, "graph": self.graph, "assignee": self.assignee,
                   "sort": self.sort}
         return urlencode({k: v for k, v in values.items() if v})
