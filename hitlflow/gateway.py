@@ -232,6 +232,13 @@ def _refused(request: Request, status: int, code: str, error: Exception,
                         headers=headers)
 
 
+def _error(request: Request, status: int, body: dict[str, Any]) -> Response:
+    """A failure as JSON for the API, as a page that says it for the web pages."""
+    if web.is_page(request):
+        return web.error_page(request, status, str(body.get("error") or ""))
+    return JSONResponse(body, status_code=status)
+
+
 def _answer_errors(app: FastAPI) -> None:
     """Each kind of failure as an HTTP status with a JSON body that says why."""
 
@@ -249,23 +256,22 @@ def _answer_errors(app: FastAPI) -> None:
         return _refused(request, 400, "invalid_command", error)
 
     @app.exception_handler(AuthUnavailableError)
-    async def auth_unavailable(request: Request, error: AuthUnavailableError) -> JSONResponse:
+    async def auth_unavailable(request: Request, error: AuthUnavailableError) -> Response:
         log.error("credentials_not_checkable", reason=str(error))
-        return JSONResponse({"error": f"credentials cannot be checked now: {error}"},
-                            status_code=503)
+        return _error(request, 503, {"error": f"credentials cannot be checked now: {error}"})
 
     @app.exception_handler(StackUnavailableError)
-    async def unavailable(request: Request, error: StackUnavailableError) -> JSONResponse:
-        return JSONResponse({"error": str(error)}, status_code=503)
+    async def unavailable(request: Request, error: StackUnavailableError) -> Response:
+        return _error(request, 503, {"error": str(error)})
 
     @app.exception_handler(QueryRefusedError)
-    async def refused_query(request: Request, error: QueryRefusedError) -> JSONResponse:
-        return JSONResponse({"code": error.code, "error": str(error)},
-                            status_code=STATUS_OF_CODE.get(error.code, 400))
+    async def refused_query(request: Request, error: QueryRefusedError) -> Response:
+        return _error(request, STATUS_OF_CODE.get(error.code, 400),
+                      {"code": error.code, "error": str(error)})
 
     @app.exception_handler(TooLargeError)
-    async def too_large(request: Request, error: TooLargeError) -> JSONResponse:
-        return JSONResponse({"code": "too_large", "error": str(error)}, status_code=413)
+    async def too_large(request: Request, error: TooLargeError) -> Response:
+        return _error(request, 413, {"code": "too_large", "error": str(error)})
 
     @app.exception_handler(ValidationError)
     async def invalid(request: Request, error: ValidationError) -> JSONResponse:
@@ -273,15 +279,15 @@ def _answer_errors(app: FastAPI) -> None:
                             status_code=422)
 
     @app.exception_handler(NoOutcomeError)
-    async def no_outcome(request: Request, error: NoOutcomeError) -> JSONResponse:
-        return JSONResponse({"error": str(error)}, status_code=504)
+    async def no_outcome(request: Request, error: NoOutcomeError) -> Response:
+        return _error(request, 504, {"error": str(error)})
 
     @app.exception_handler(Exception)
-    async def failed(request: Request, error: Exception) -> JSONResponse:
+    async def failed(request: Request, error: Exception) -> Response:
         log.error("http_request_failed", method=request.method, path=request.url.path,
                   error=repr(error))
-        return JSONResponse({"error": "the gateway failed to handle the request (a fault, "
-                                      "logged); nothing was sent"}, status_code=500)
+        return _error(request, 500, {"error": "the gateway failed to handle the request (a "
+                                              "fault, logged); nothing was sent"})
 
 
 #: Shown in the OpenAPI document (/docs): the two ways to authenticate.

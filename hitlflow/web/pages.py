@@ -169,10 +169,20 @@ def install(app: FastAPI, clock: Clock | None = None) -> None:
 
     @app.exception_handler(PageError)
     async def page_error(request: Request, error: PageError) -> Response:
-        return _render(request, "error.html", {"message": str(error)}, error.status)
+        return error_page(request, error.status, str(error))
 
 
 ROUTER = APIRouter(prefix="/ui", include_in_schema=False)
+
+
+def is_page(request: Request) -> bool:
+    """A request for one of these pages (its failures are pages too)."""
+    return request.url.path.startswith("/ui/")
+
+
+def error_page(request: Request, status: int, message: str) -> HTMLResponse:
+    """A page that says why what was asked for cannot be shown."""
+    return _render(request, "error.html", {"message": message}, status)
 
 
 # -- who is asking ------------------------------------------------------------------------------

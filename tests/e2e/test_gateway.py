@@ -5,12 +5,14 @@ the stack with users, tokens and API keys.)"""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
 from hitlflow.gateway import create_app
 from hitlflow.settings import Settings
+from hitlflow.stack import EmbeddedNats
 from hitlflow.testing import HitlTestStack
 from tests.conftest import ROOT
 from tests.helpers import stored_events
@@ -91,3 +93,19 @@ def test_refusals_carry_code_and_status(http: TestClient, hitl: HitlTestStack) -
                 if e.originator_id == inbox.id]) == 2
     assert http.post("/threads/web-2/resume", json={"action": "approve", "shown": shown}).json()[
         "status"] == "completed"
+
+
+def test_a_page_says_in_words_when_the_stack_does_not_answer(tmp_path: Path,
+                                                             nats_server: EmbeddedNats) -> None:
+    """NATS is up but no projections service answers: the API says 503 in JSON, the pages in
+    a page."""
+    settings = Settings(home=tmp_path, nats_url=nats_server.url, auth=False, gateway_user="ana",
+                        reply_timeout=1.0)
+    with TestClient(create_app(settings)) as client:
+        page = client.get("/ui/inbox")
+        assert page.status_code == 503
+        assert page.headers["content-type"].startswith("text/html")
+        assert "This page cannot be shown" in page.text
+        assert "no projections service answers" in page.text
+        api = client.get("/pending")
+        assert api.status_code == 503 and "no projections service answers" in api.json()["error"]
