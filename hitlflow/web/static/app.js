@@ -27,7 +27,15 @@ function tickDeadlines() {
 async function fetchLive(box) {
   const url = box.dataset.live || window.location.href;
   const response = await fetch(url, {headers: {"Accept": "text/html"}});
-  if (response.redirected || !response.ok) return;
+  const state = document.querySelector("[data-live-state]");
+  if (response.redirected) {  // to the sign-in page: the token has expired
+    if (state) state.textContent = "Live updates: stopped, your sign-in has expired (reload to sign in again)";
+    return;
+  }
+  if (!response.ok) {
+    if (state) state.textContent = `Live updates: the last refresh failed (${response.status}); showing what came before`;
+    return;
+  }
   const text = await response.text();
   if (box.dataset.live) {
     box.innerHTML = text;
