@@ -43,6 +43,7 @@ async function fetchLive(box) {
     const fresh = new DOMParser().parseFromString(text, "text/html").getElementById(box.id);
     if (fresh) box.innerHTML = fresh.innerHTML;
   }
+  if (state) state.textContent = "Live updates: on";
   tickDeadlines();
 }
 
