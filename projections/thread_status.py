@@ -99,6 +99,8 @@ INDEXES = (
     "CREATE INDEX IF NOT EXISTS thread_timeline_by_thread ON thread_timeline"
     " (thread_id, at_ts, service, position)",
 )
+#: The index the fold reads by (replacing a request's audience), built before the rows.
+LOOKUPS = ("thread_request_audience_by_request",)
 
 ENDINGS = {
     "ThreadCompleted": "completed",
