@@ -70,6 +70,8 @@ INDEXES = (
     "CREATE INDEX IF NOT EXISTS analytics_request_audience_by_request ON"
     " analytics_request_audience (request_id)",
 )
+#: The index the fold reads by (replacing a request's audience), built before the rows.
+LOOKUPS = ("analytics_request_audience_by_request",)
 
 
 def _audience(tx: Tx, request_id: str, users: Any, groups: Any) -> None:

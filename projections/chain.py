@@ -59,9 +59,14 @@ PLAIN = frozenset({
 NESTED = frozenset({"interactions"})
 
 
+#: The canonical JSON encoder, made once: ``json.dumps`` with these options makes one per
+#: call, which costs as much as encoding a small value (the text is the same).
+_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                              default=str).encode
+
+
 def canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      default=str)
+    return _canonical(value)
 
 
 def digest(value: Any) -> str:
@@ -85,18 +90,19 @@ def digested(payload: dict[str, Any]) -> dict[str, Any]:
     return kept
 
 
-def record(env: Event) -> str:
-    """The audit record of an event (canonical JSON)."""
-    return canonical({
+def record(env: Event, at: str | None = None) -> str:
+    """The audit record of an event (canonical JSON); ``at``: its time as :func:`iso` writes
+    it, when the caller has it already."""
+    return _canonical({
         "service": env.service, "position": env.position, "thread_id": env.thread_id,
         "aggregate_id": env.aggregate_id, "aggregate_version": env.aggregate_version,
-        "event_type": env.event_type, "at": iso(env.occurred_at),
+        "event_type": env.event_type, "at": at or iso(env.occurred_at),
         "payload": digested(env.payload),
     })
 
 
-def link(previous: str, env: Event) -> str:
-    return hashlib.sha256((previous + record(env)).encode()).hexdigest()
+def link(previous: str, env: Event, at: str | None = None) -> str:
+    return hashlib.sha256((previous + record(env, at)).encode()).hexdigest()
 
 
 def create(tx: Tx) -> None:
@@ -134,10 +140,11 @@ class Anchoring:
         if last is not None and last[1] >= env.position:
             return False
         seq = last[0] + 1 if last else 1
-        hashed = link(last[2] if last else "", env)
+        at = iso(env.occurred_at)
+        hashed = link(last[2] if last else "", env, at)
         self._last[key] = (seq, env.position, hashed)
         self._rows.append((env.thread_id, env.service, seq, env.position, env.event_type,
-                           env.aggregate_version, iso(env.occurred_at), hashed))
+                           env.aggregate_version, at, hashed))
         return True
 
     def write(self) -> None:

@@ -89,10 +89,14 @@ def fill_page(items: Sequence[P], limit: int,
     return page, False
 
 
+#: Made once (``json.dumps`` with options makes an encoder per call; the text is the same).
+_dumps = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure_ascii=False,
+                          default=str).encode
+
+
 def dumps(value: Any) -> str:
     """Compact JSON for view columns (keys sorted, no spaces)."""
-    return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False,
-                      default=str)
+    return _dumps(value)
 
 
 class Dialect(Protocol):

@@ -57,9 +57,13 @@ class Replayed:
     payload_text: str
 
 
+#: Made once (``json.dumps`` with options makes an encoder per call; the text is the same).
+_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
+
+
 def payload_json(payload: Any) -> str:
     """The compact JSON of a payload as the timeline keeps it."""
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, default=str)
+    return _compact(payload)
 
 
 def payload_text(env: Event) -> str:

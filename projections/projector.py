@@ -40,6 +40,10 @@ class View:
     ddl: tuple[str, ...]
     indexes: tuple[str, ...]
     apply: Callable[[Tx, Event], None]
+    #: Names of the ``indexes`` that ``apply`` itself reads by (a ``DELETE … WHERE`` on a
+    #: column that is no key): a rebuild creates them before the rows, not after, or each
+    #: such statement would scan the whole table (a rebuild quadratic in the events).
+    lookups: tuple[str, ...] = ()
 
     def create(self, tx: Tx, *, indexes: bool = True) -> None:
         for statement in self.ddl:
@@ -51,6 +55,12 @@ class View:
         for statement in self.indexes:
             tx.execute(statement)
 
+    def index_lookups(self, tx: Tx) -> None:
+        """Create only the indexes ``apply`` reads by (see :attr:`lookups`)."""
+        for statement in self.indexes:
+            if any(f" {name} ON " in statement for name in self.lookups):
+                tx.execute(statement)
+
     def drop(self, tx: Tx) -> None:
         for table in self.tables:
             tx.execute(f"DROP TABLE IF EXISTS {table}")
@@ -58,7 +68,7 @@ class View:
 
 VIEWS: dict[str, View] = {
     module.NAME: View(module.NAME, module.VERSION, module.TABLES, module.DDL, module.INDEXES,
-                      module.apply)
+                      module.apply, getattr(module, "LOOKUPS", ()))
     for module in (thread_status, audit_trail, analytics)
 }
 

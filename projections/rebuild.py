@@ -237,6 +237,9 @@ def read_in_worker(settings: Any, data_dir: Path | None, service: str, out: IO[b
             assert isinstance(source, Source)
             try:
                 recorder = source.app.recorder
+                keys = getattr(source.app, "thread_keys", None)
+                if keys is not None:  # the threads' data keys at once, not one query each
+                    keys.preload()
                 chunk: list[bytes] = []
                 source.last = start - 1
                 while True:
@@ -377,8 +380,11 @@ def rebuild(db: ViewDatabase, projector: Projector, views: Sequence[View],
     result = RebuildResult(views=[v.name for v in views])
     postgres = db.name == "postgres"
     renames = {table: f"{table}{NEW}" for view in views for table in view.tables}
-    if postgres:  # PostgreSQL renames indexes: they are built before the swap
-        renames.update({name: f"{name}{NEW}" for view in views for name in _index_names(view)})
+    # PostgreSQL renames indexes: they are built before the swap. The indexes the fold reads
+    # by are built before the rows on both engines, under new names too (the old view's
+    # indexes still hold their own).
+    renames.update({name: f"{name}{NEW}" for view in views
+                    for name in (_index_names(view) if postgres else view.lookups)})
     report = _Reporter(progress, sum(source.size() for source in sources))
     upto: dict[str, int] = {}
     with db.transaction() as tx:
@@ -387,6 +393,7 @@ def rebuild(db: ViewDatabase, projector: Projector, views: Sequence[View],
         for view in views:
             view.drop(tx)  # what a rebuild that was interrupted left (its __rebuild tables)
             view.create(tx, indexes=False)
+            view.index_lookups(tx)
         report(0)
         result.events = projector.replay(tx, merged(sources), views, report)
         forget_archived(tx)  # archived threads stay out of the (new) thread views
@@ -402,7 +409,9 @@ def rebuild(db: ViewDatabase, projector: Projector, views: Sequence[View],
             if postgres:
                 for name in _index_names(view):
                     tx.execute(f"ALTER INDEX {name}{NEW} RENAME TO {name}")
-            else:
+            else:  # SQLite cannot rename an index: the fold's are built again, named right
+                for name in view.lookups:
+                    tx.execute(f"DROP INDEX IF EXISTS {name}{NEW}")
                 view.index(tx)
             tx.execute("DELETE FROM view_positions WHERE view = ?", (view.name,))
             tx.execute("INSERT INTO view_meta (view, version) VALUES (?, ?) ON CONFLICT (view)"

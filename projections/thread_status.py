@@ -21,7 +21,7 @@ from contracts.queries import (
     TimelineEvent,
 )
 from projections.db import Row, Tx, ViewDatabase, fill_page, iso, when
-from projections.event import Event, payload_text
+from projections.event import Event, payload_json, payload_text
 
 NAME = "thread_status"
 VERSION = 4
@@ -99,6 +99,8 @@ INDEXES = (
     "CREATE INDEX IF NOT EXISTS thread_timeline_by_thread ON thread_timeline"
     " (thread_id, at_ts, service, position)",
 )
+#: The index the fold reads by (replacing a request's audience), built before the rows.
+LOOKUPS = ("thread_request_audience_by_request",)
 
 ENDINGS = {
     "ThreadCompleted": "completed",
@@ -112,7 +114,7 @@ _THREAD_COLUMNS = ("thread_id, graph_name, workflow_digest, status, current_node
 
 
 def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+    return payload_json(value)  # the same compact JSON, by an encoder made once
 
 
 def _text(value: Any) -> Any:

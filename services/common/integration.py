@@ -63,9 +63,17 @@ def _erased(value: Any) -> bool:
 
 
 def _holds_erased(fields: dict[str, Any]) -> bool:
-    return any(_erased(v) or (isinstance(v, list | tuple) and any(
-        isinstance(i, dict) and any(_erased(x) for x in i.values()) for i in v))
-        for v in fields.values())
+    """Does a field, or a field of a dict in a list field, hold an erased value? (Loops, not
+    nested generators: this runs for every event a relay or a rebuild converts.)"""
+    for value in fields.values():
+        if isinstance(value, dict):
+            if value.get("erased") is True:
+                return True
+        elif isinstance(value, list | tuple):
+            for item in value:
+                if isinstance(item, dict) and any(_erased(x) for x in item.values()):
+                    return True
+    return False
 
 
 def payload_of(model: type[BaseModel], fields: dict[str, Any]) -> dict[str, Any]:
@@ -103,18 +111,23 @@ def event_parts(
     """
     resolve = ThreadIdResolver(app)
     aliases = aliases or {}
+    # per event type, made when first met: its payload model and (payload field, domain
+    # attribute) pairs
+    shapes: dict[str, tuple[type[BaseModel], list[tuple[str, str]]]] = {}
+    missing = object()
 
     def parts(event: Any) -> tuple[str, str, dict[str, Any]] | None:
         name = type(event).__name__
-        if name not in published:
-            return None
-        model: type[BaseModel] = PAYLOADS[name]
-        renamed = aliases.get(name, {})
-        fields = {
-            k: getattr(event, renamed.get(k, k))
-            for k in model.model_fields
-            if hasattr(event, renamed.get(k, k))
-        }
+        shape = shapes.get(name)
+        if shape is None:
+            if name not in published:
+                return None
+            renamed = aliases.get(name, {})
+            shape = shapes[name] = (PAYLOADS[name], [(k, renamed.get(k, k))
+                                                     for k in PAYLOADS[name].model_fields])
+        model, pairs = shape
+        fields = {k: value for k, attribute in pairs
+                  if (value := getattr(event, attribute, missing)) is not missing}
         payload = payload_of(model, fields)
         return name, resolve(event), payload
 

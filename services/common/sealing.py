@@ -56,6 +56,8 @@ class ThreadKeys:
         self._app = app
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, bytes | None] = OrderedDict()
+        #: thread id → (wrapped key, erased at), read at once by :meth:`preload`
+        self._preloaded: dict[str, tuple[str | None, str | None]] = {}
         recorder = app.recorder
         self._datastore = recorder.datastore
         self._sqlite = type(recorder).__module__.endswith("sqlite")
@@ -86,6 +88,13 @@ class ThreadKeys:
             if thread_id in self._cache:
                 self._cache.move_to_end(thread_id)
                 return self._cache[thread_id]
+            preloaded = self._preloaded.pop(thread_id, None)
+        if preloaded is not None:
+            wrapped, erased_at = preloaded
+            if wrapped or erased_at:
+                key = self._unwrap(wrapped) if wrapped else None
+                self._remember(thread_id, key)
+                return key
         key = self._read(thread_id)
         if key is None and create and not self._erased(thread_id):
             m = self._mark
@@ -98,6 +107,21 @@ class ThreadKeys:
             return None  # no key yet: not cached, a later write makes one
         self._remember(thread_id, key)
         return key
+
+    def preload(self) -> int:
+        """Read every thread's wrapped key in one query, for a reader of a whole store (a
+        rebuild's worker asks for nearly every thread's key, one query each otherwise: most of
+        the cost of reading a store back but decryption). Each is unwrapped when first asked
+        for, and then held as any other. Like the cache, this is a snapshot: a key erased
+        after it still reads as it was, so only a reader that ends soon may call it."""
+        with self._datastore.transaction(commit=False) as cursor:
+            cursor.execute(f"SELECT thread_id, wrapped, erased_at FROM {self._table}")  # noqa: S608
+            rows = [tuple(r.values()) if isinstance(r, dict) else tuple(r)
+                    for r in cursor.fetchall()]
+        with self._lock:
+            self._preloaded = {str(thread): (wrapped, erased_at)
+                               for thread, wrapped, erased_at in rows}
+        return len(rows)
 
     def _rows(self, thread_id: str) -> list[Any]:
         with self._datastore.transaction(commit=False) as cursor:
