@@ -296,7 +296,7 @@ async def _inbox(request: Request) -> dict[str, Any]:
               for view in await hitl.threads("paused", MAX_INBOX)}
     rows = views.inbox_rows(items, graphs, wanted, _now(request))
     return {"caller": caller, "rows": rows, "filter": wanted, "total": len(items),
-            "graphs": sorted(set(graphs.values())), "now": _now(request).isoformat()}
+            "graphs": sorted(set(graphs.values()))}
 
 
 @ROUTER.get("/inbox")
@@ -378,7 +378,6 @@ def _request_context(request: Request, caller: Caller, item: PendingInteraction,
         "original": original, "edited": edited,
         "diff": views.diff_lines(original, edited) if item.interaction_type == "edit" else [],
         "transcript": transcript or [],
-        "shown_context": {k: v for k, v in item.context.items()},
     }
 
 

@@ -72,8 +72,7 @@ def open_request(page: Any, web: LiveGateway, thread_id: str) -> None:
 
 def completed(page: Any) -> None:
     page.wait_for_url(re.compile(r"/ui/threads/"))
-    assert page.locator("[data-notice]").inner_text() == "✓ Your answer was recorded." or \
-        "Your answer was recorded." in page.locator("[data-notice]").inner_text()
+    assert "Your answer was recorded." in page.locator("[data-notice]").inner_text()
 
 
 def test_each_type_is_answered_through_its_page(hitl: HitlTestStack, web: LiveGateway,
@@ -234,9 +233,7 @@ def test_a_double_click_answers_once(hitl: HitlTestStack, web: LiveGateway,
     open_request(page, web, "w-double")
     page.dblclick("button[value=approve]")
     completed(page)
-    # the same form sent again by hand (the browser's "resend"): its key answers it once
-    shown = hitl.events("w-double", "ThreadResumed")
-    assert len(shown) == 1
+    assert len(hitl.events("w-double", "ThreadResumed")) == 1
     assert [e["event"] for e in audit(hitl, "w-double")].count("accepted") == 1
 
 
