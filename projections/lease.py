@@ -14,6 +14,7 @@ seconds.
 
 from __future__ import annotations
 
+import threading
 import uuid
 
 from projections.db import Tx, ViewDatabase
@@ -45,11 +46,21 @@ class Lease:
         self.ttl = ttl
         self.holder = holder or uuid.uuid4().hex
         self.epoch = 0
+        # acquire() runs in a worker thread that outlives a cancelled caller: release() waits
+        # for it, and no acquire() after a release() takes the lease again
+        self._lock = threading.Lock()
+        self._released = False
         with db.transaction(turn=False) as tx:
             tx.execute(LEASE_DDL)
 
     def acquire(self) -> bool:
         """Take the lease if it is free or expired, renew it if held: whether it is held."""
+        with self._lock:
+            if self._released:
+                return False
+            return self._acquire()
+
+    def _acquire(self) -> bool:
         with self.db.transaction() as tx:
             now = _now(tx)
             tx.execute(
@@ -68,7 +79,13 @@ class Lease:
         return held
 
     def release(self) -> None:
-        """Give the lease up at once (a clean stop): a standby takes over at its next try."""
+        """Give the lease up at once (a clean stop): a standby takes over at its next try. Also
+        when this replica never knew it held it (its stop came while it was taking it)."""
+        with self._lock:
+            self._released = True
+            self._expire()
+
+    def _expire(self) -> None:
         with self.db.transaction() as tx:
             tx.execute("UPDATE view_lease SET expires_at = 0 WHERE name = ? AND holder = ?",
                        (NAME, self.holder))

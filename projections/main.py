@@ -305,9 +305,8 @@ class ProjectionsRuntime:
         for task in (self._monitor, self._leader, self._task):
             if task is not None:
                 await cancel_and_wait([task])
-        if self._task is not None:
-            with contextlib.suppress(Exception):  # a standby takes over at once
-                await asyncio.to_thread(self.lease.release)
+        with contextlib.suppress(Exception):  # a standby takes over at once
+            await asyncio.to_thread(self.lease.release)
         self._task = self._leader = self._monitor = None
         metrics.PROJECTIONS_LEADER.set(0)
         if self.broker is not None:

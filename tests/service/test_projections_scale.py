@@ -5,6 +5,7 @@ and the views' tracking rows compacted without letting a re-published event in t
 from __future__ import annotations
 
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,28 @@ def test_a_replica_that_lost_the_lease_cannot_write(tmp_path: Path, backend: str
             projector.apply([env], consumer="projections", stream_seq=9, guard=a.check)
         assert db.consumer_position("projections") == 0  # nothing of the batch was kept
         assert projector.apply([env], consumer="projections", stream_seq=9, guard=b.check) == 1
+    finally:
+        db.close()
+
+
+def test_a_stop_that_comes_while_the_lease_is_being_taken_gives_it_up(
+        tmp_path: Path, backend: str) -> None:
+    """The stop of a replica whose first acquire() was still running in its worker thread:
+    release() waits for it and gives the lease up, and no later acquire() takes it again, so
+    the next replica leads at once instead of after the lease's time runs out."""
+    settings = make_settings(backend, tmp_path)
+    runtime = ProjectionsRuntime(settings, data_dir=tmp_path / "stores")
+    db = runtime.db
+    try:
+        stopping, next_one = Lease(db, ttl=30), Lease(db, ttl=30)
+        with ThreadPoolExecutor(1) as pool:
+            with stopping._lock:  # acquire() in its thread, not yet done when the stop comes
+                taking = pool.submit(stopping.acquire)
+                released = pool.submit(stopping.release)  # queued behind it, as stop() is
+            assert taking.result(timeout=10) is True
+            released.result(timeout=10)
+        assert stopping.acquire() is False  # released for good
+        assert next_one.acquire() is True
     finally:
         db.close()
 
