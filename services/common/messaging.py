@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
@@ -11,11 +12,14 @@ import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
 
 from contracts import subjects
 from contracts.limits import NATS_MAX_PAYLOAD, REQUIRED_NATS_PAYLOAD, describe
 from contracts.subjects import principal_token
+from services.common.logging import get_logger
+
+log = get_logger(__name__)
 
 #: JetStream de-duplication window for re-sent events (seconds).
 DUPLICATE_WINDOW = 15 * 60
@@ -158,8 +162,40 @@ def stream_configs(replicas: int = 1) -> list[StreamConfig]:
     ]
 
 
-async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
-    """Create the streams, or bring an existing one's configuration up to date."""
+#: How long a service starting waits for JetStream to answer its stream requests, asking again
+#: (a cluster electing its stream leaders, a server under load), before it gives up.
+STREAMS_READY_TIMEOUT = 30.0
+#: JetStream's answers that say "not now" rather than "no".
+NOT_READY = (nats.errors.TimeoutError, nats.errors.NoRespondersError, ServiceUnavailableError)
+
+
+class JetStreamNotReadyError(RuntimeError):
+    """JetStream did not answer the stream requests within the wait."""
+
+
+async def ensure_streams(js: JetStreamContext, replicas: int = 1, *,
+                         timeout: float = STREAMS_READY_TIMEOUT) -> None:
+    """Create the streams, or bring an existing one's configuration up to date; while
+    JetStream does not answer, ask again (with a growing pause) for up to ``timeout`` s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    pause = 0.25
+    while True:
+        try:
+            await _ensure_streams(js, replicas)
+            return
+        except NOT_READY as error:
+            if loop.time() + pause > deadline:
+                raise JetStreamNotReadyError(
+                    f"JetStream did not answer the stream requests within {timeout:g} s "
+                    f"({type(error).__name__}): is JetStream enabled on the NATS server, and "
+                    "does its cluster have a quorum of nodes up?") from error
+            log.warning("jetstream_not_ready", error=type(error).__name__, retry_in=pause)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 4.0)
+
+
+async def _ensure_streams(js: JetStreamContext, replicas: int) -> None:
     for config in stream_configs(replicas):
         try:
             await js.stream_info(config.name or "")
