@@ -421,19 +421,19 @@ def _say_gateway(url: str | None) -> None:
                   highlight=False, soft_wrap=True)
 
 
-def _gateway_port_free(settings: Settings) -> bool:
-    """Is the port ``up`` will start the gateway on free (or none asked, or any port)."""
+def _gateway_port_problem(settings: Settings) -> Exception | None:
+    """Why ``up`` could not start the gateway where the settings say (a taken port: a
+    :class:`~hitlflow.stack.PortInUseError`; an address it cannot listen on: a
+    :class:`~hitlflow.stack.ListenError`), or None (free, any port, or no gateway)."""
     from hitlflow.stack import ListenError, PortInUseError, gateway_socket
 
     if not settings.gateway or not settings.gateway_port:
-        return True
+        return None
     try:
         gateway_socket(settings.gateway_host, settings.gateway_port, listen=False).close()
-    except PortInUseError:
-        return False
-    except ListenError:  # said when the stack starts
-        return True
-    return True
+    except (PortInUseError, ListenError) as error:
+        return error
+    return None
 
 
 @app.command()
@@ -478,7 +478,7 @@ def up(
 
         def held() -> bool:  # a port its nats-server or gateway still listens on
             return ((nats_url is None and not port_is_free("127.0.0.1", wanted))
-                    or not _gateway_port_free(settings))
+                    or isinstance(_gateway_port_problem(settings), PortInUseError))
 
         while held() and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -535,13 +535,9 @@ def up(
 
 def _detach(settings: Settings, port: int | None, nats_url: str | None, one_process: bool,
             gateway_port: int | None, no_gateway: bool) -> None:
-    from hitlflow.stack import ListenError, PortInUseError, gateway_socket
-
-    if settings.gateway and settings.gateway_port:  # said here, not from the log's end
-        try:
-            gateway_socket(settings.gateway_host, settings.gateway_port, listen=False).close()
-        except (PortInUseError, ListenError) as error:
-            fail(str(error), EXIT_BAD_INPUT)
+    problem = _gateway_port_problem(settings)
+    if problem is not None:  # said here, not from the end of the background stack's log
+        fail(str(problem), EXIT_BAD_INPUT)
     settings.home.mkdir(parents=True, exist_ok=True)
     log_path = settings.home / "stack.log"
     command = [sys.executable, "-m", "hitlflow", "up", "--home", str(settings.home)]

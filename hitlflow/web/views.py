@@ -246,10 +246,10 @@ def answer_from_form(request: PendingInteraction, form: Mapping[str, str]) -> tu
             data["text"] = form.get("text", "")
         else:
             assert request.response_schema is not None
+            schema = {"properties": {RESPONSE_FIELD: {"type": "string"},
+                                     **request.response_schema["properties"]}}
             for form_field in fields:
-                value = _field_value(form_field, form.get(form_field.input_name),
-                                     {"properties": {RESPONSE_FIELD: {"type": "string"},
-                                                     **request.response_schema["properties"]}})
+                value = _field_value(form_field, form.get(form_field.input_name), schema)
                 if value is not None:
                     data[form_field.name] = value
     elif kind == "conversation" and action == "respond":

@@ -346,9 +346,10 @@ def test_the_thread_page_steps_through_its_history(hitl: HitlTestStack, web: Liv
     shot(page, "thread", "history")
     page.get_by_role("link", name=re.compile("event .* →")).click()
     assert page.locator("[data-then]").get_attribute("data-then") == str(paused_at + 1)
-    page.goto(f"{web.url}/ui/threads/w-history?at={total + 5}")
-    assert "beyond" in page.locator("[role=alert]").inner_text() or \
-        "event" in page.locator("[role=alert]").inner_text()
+    beyond = page.goto(f"{web.url}/ui/threads/w-history?at={total + 5}")
+    assert beyond is not None and beyond.status == 400
+    assert f"is beyond the last event: thread 'w-history' has {total} events" in \
+        page.locator("[role=alert]").inner_text()
 
 
 def test_pages_use_the_keyboard_and_name_their_fields(hitl: HitlTestStack, web: LiveGateway,
