@@ -32,7 +32,7 @@ def off_path(stack: StackProcess) -> list[psutil.Process]:
 
 
 async def measure(stack: StackProcess, args: argparse.Namespace) -> dict[str, list[str]]:
-    driver = Driver(stack.nats_url)
+    driver = Driver(stack.nats_url, stack.nats_auth)
     await driver.connect()
     rounds: dict[str, list[str]] = {"all running": [], "background stopped": []}
     try:

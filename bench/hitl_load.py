@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import nats
 import psutil
 from nats.aio.msg import Msg
 
@@ -31,7 +30,9 @@ from bench.workload import AGENTS, REQUEST, WORKFLOW
 from contracts import subjects
 from contracts.commands import CommandReply, ResumeThread, StartThread
 from contracts.workflow import WorkflowSpec
+from hitlflow import auth
 from hitlflow.stack import free_port
+from services.common.messaging import NatsAuth, connect, inbox_prefix
 from services.workflow.agents import AgentRegistry
 from services.workflow.definition import load_workflow
 
@@ -41,8 +42,14 @@ def is_nats_server(process: psutil.Process) -> bool:
                                                    for part in process.cmdline()[:1])
 
 
+#: The NATS user the load generator is: a system (it starts threads and answers them), as an
+#: enterprise system publishing commands would be.
+BENCH_USER = "bench"
+
+
 class StackProcess:
-    """``python -m hitlflow up`` with its own home directory and port."""
+    """``python -m hitlflow up`` with its own home directory and port, and a system user
+    (:data:`BENCH_USER`) for the load generator, made before the stack starts."""
 
     def __init__(self, home: Path, *, log_level: str = "INFO", one_process: bool = False,
                  env: dict[str, str] | None = None) -> None:
@@ -63,8 +70,17 @@ class StackProcess:
         assert self.process is not None
         return self.process.pid
 
+    @property
+    def nats_auth(self) -> NatsAuth:
+        """The load generator's NATS credentials (authorization is on, as ``up`` runs it)."""
+        users = auth.load(auth.auth_files(self.home))
+        return {"user": BENCH_USER, "password": users[BENCH_USER]["password"], "token": None}
+
     def start(self, timeout: float = 60.0) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
+        files = auth.auth_files(self.home)
+        auth.ensure(files)
+        auth.add_user(files, BENCH_USER, "system", [])
         # no HTTP gateway: the figures are the services' (and port 8080 may be taken)
         env = {**os.environ, "HITLFLOW_AGENTS": AGENTS, "HITLFLOW_HOME": str(self.home),
                "HITLFLOW_LOG_LEVEL": self.log_level, "HITLFLOW_GATEWAY": "false", **self.env}
@@ -177,19 +193,24 @@ def _rss(processes: list[psutil.Process]) -> int:
 class Driver:
     """Sends commands and resolves futures from the replies and events it sees."""
 
-    def __init__(self, nats_url: str) -> None:
+    def __init__(self, nats_url: str, nats_auth: NatsAuth) -> None:
         self.nats_url = nats_url
+        self.nats_auth = nats_auth
+        self.principal = nats_auth["user"] or BENCH_USER
         self.workflow: WorkflowSpec = load_workflow(WORKFLOW,
                                                     registry=AgentRegistry.load([AGENTS]))
         self._paused: dict[str, asyncio.Future[None]] = {}
         self._done: dict[str, asyncio.Future[None]] = {}
-        self._inbox = f"_INBOX.bench{os.getpid()}"
+        self._inbox = f"{inbox_prefix(self.principal)}.bench{os.getpid()}"
+        #: Each paused thread's request ``shown`` (from its InteractionRequested): what the
+        #: answer is given to.
+        self._shown: dict[str, str] = {}
         self.nc: Any = None
         self.js: Any = None
         self.refused: list[str] = []
 
     async def connect(self) -> None:
-        self.nc = await nats.connect(self.nats_url, name="hitlflow-bench")
+        self.nc = await connect(self.nats_url, name="hitlflow-bench", **self.nats_auth)
         self.js = self.nc.jetstream()
         await self.nc.subscribe("hitl.evt.interaction.InteractionRequested.*",
                                 cb=self._on_requested)
@@ -213,7 +234,9 @@ class Driver:
                 future.set_exception(RuntimeError(error))
 
     async def _on_requested(self, msg: Msg) -> None:
-        self._resolve(self._paused, msg.subject.rsplit(".", 1)[-1])
+        thread_id = msg.subject.rsplit(".", 1)[-1]
+        self._shown[thread_id] = json.loads(msg.data)["payload"]["shown"]
+        self._resolve(self._paused, thread_id)
 
     async def _on_completed(self, msg: Msg) -> None:
         self._resolve(self._done, msg.subject.rsplit(".", 1)[-1])
@@ -237,10 +260,9 @@ class Driver:
     async def pause(self, thread_id: str, timeout: float = 60.0) -> float:
         """Start a thread; seconds until its request is open."""
         future = self._paused[thread_id] = asyncio.get_running_loop().create_future()
-        command = StartThread(thread_id=thread_id, workflow=self.workflow, state=dict(REQUEST),
-                              started_by="bench")
+        command = StartThread(thread_id=thread_id, workflow=self.workflow, state=dict(REQUEST))
         t0 = time.perf_counter()
-        await self._command(subjects.start_subject(thread_id),
+        await self._command(subjects.start_subject(self.principal, thread_id),
                             command.model_dump_json().encode(), "start", thread_id)
         await asyncio.wait_for(future, timeout)
         return time.perf_counter() - t0
@@ -249,10 +271,12 @@ class Driver:
         """Approve a paused thread; seconds from sending the command until ThreadCompleted."""
         future = self._done[thread_id] = asyncio.get_running_loop().create_future()
         command = ResumeThread(thread_id=thread_id, action="approve",
-                               idempotency_key=f"bench-{thread_id}", responder="bench")
+                               idempotency_key=f"bench-{thread_id}",
+                               shown=self._shown.pop(thread_id))
         payload = command.model_dump_json().encode()
         t0 = time.perf_counter()
-        await self._command(subjects.resume_subject(thread_id), payload, "resume", thread_id)
+        await self._command(subjects.resume_subject(self.principal, thread_id), payload,
+                            "resume", thread_id)
         await asyncio.wait_for(future, timeout)
         return time.perf_counter() - t0
 

@@ -146,7 +146,7 @@ def start_profiler(pid: int, seconds: float, out: Path) -> subprocess.Popen[byte
 
 async def hitl_phases(stack: StackProcess, args: argparse.Namespace, backend: str,
                       paused: int) -> dict[str, Any]:
-    driver = Driver(stack.nats_url)
+    driver = Driver(stack.nats_url, stack.nats_auth)
     await driver.connect()
     results: dict[str, Any] = {"engine": "hitlflow", "backend": backend,
                                "log_level": args.log_level}
@@ -199,14 +199,13 @@ async def client_phase(stack: StackProcess, driver: Driver, cycles: int) -> dict
     starts: list[float] = []
     resumes: list[float] = []
     errors = 0
-    async with HitlClient(stack.nats_url, reply_timeout=30.0) as client:
+    async with HitlClient(stack.nats_url, reply_timeout=30.0, auth=stack.nats_auth) as client:
         for index in range(cycles):
             thread_id = f"client-{index}"
             t0 = time.perf_counter()
-            started = await client.start(driver.workflow, dict(REQUEST), thread_id=thread_id,
-                                         started_by="bench")
+            started = await client.start(driver.workflow, dict(REQUEST), thread_id=thread_id)
             t1 = time.perf_counter()
-            done = await client.resume(thread_id, "approve", responder="bench")
+            done = await client.resume(thread_id, "approve")
             t2 = time.perf_counter()
             if started.status != "paused" or done.status != "completed":
                 errors += 1

@@ -35,7 +35,7 @@ Talk,done,output,,,Done,reply,result,
 
 
 async def throughput(stack: StackProcess, cycles: int, in_flight: int, tag: str) -> float:
-    driver = Driver(stack.nats_url)
+    driver = Driver(stack.nats_url, stack.nats_auth)
     await driver.connect()
     try:
         gate = asyncio.Semaphore(in_flight)

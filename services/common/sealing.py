@@ -95,18 +95,48 @@ class ThreadKeys:
                 key = self._unwrap(wrapped) if wrapped else None
                 self._remember(thread_id, key)
                 return key
-        key = self._read(thread_id)
-        if key is None and create and not self._erased(thread_id):
-            m = self._mark
-            with self._datastore.transaction(commit=True) as cursor:
-                cursor.execute(f"INSERT INTO {self._table} (thread_id, wrapped) VALUES ({m}, {m})"  # noqa: S608 - table name is ours
-                               " ON CONFLICT (thread_id) DO NOTHING",
-                               (thread_id, self._wrap(AESGCM.generate_key(256))))
-            key = self._read(thread_id)  # the one stored first, if two writers raced
-        if key is None and not self._erased(thread_id):
+        rows = self._rows(thread_id)
+        if not rows and create:
+            made = AESGCM.generate_key(256)
+            if self._store(thread_id, made):
+                self._remember(thread_id, made)
+                return made
+            rows = self._rows(thread_id)  # another writer stored one first: that one stands
+        if not rows:
             return None  # no key yet: not cached, a later write makes one
+        wrapped, _erased_at = rows[0]
+        key = self._unwrap(wrapped) if wrapped else None
         self._remember(thread_id, key)
         return key
+
+    def _store(self, thread_id: str, key: bytes) -> bool:
+        """Store a new data key; False when the thread has one already (another writer's).
+
+        The commit does not wait for the disk: the key is only ever used by the thread's
+        events, which are written after it to the same database, and the commit that makes
+        them durable (SQLite syncs the whole write-ahead log; PostgreSQL flushes its log up
+        to that commit) makes the key durable with them. A crash before that loses the key
+        and nothing sealed with it. (A new thread's first write in each store saves a sync.)
+        """
+        m = self._mark
+        insert = (f"INSERT INTO {self._table} (thread_id, wrapped) VALUES ({m}, {m})"  # noqa: S608 - table name is ours
+                  " ON CONFLICT (thread_id) DO NOTHING RETURNING thread_id")
+        values = (thread_id, self._wrap(key))
+        if not self._sqlite:
+            with self._datastore.transaction(commit=True) as cursor:
+                cursor.execute("SET LOCAL synchronous_commit TO OFF")
+                cursor.execute(insert, values)
+                return bool(cursor.fetchall())
+        with self._datastore.get_connection(commit=True) as conn:
+            raw = conn._sqlite_conn
+            level = raw.execute("PRAGMA synchronous").fetchone()[0]
+            raw.execute("PRAGMA synchronous=NORMAL")  # (not within a transaction)
+            try:
+                with conn.transaction(commit=True) as cursor:
+                    cursor.execute(insert, values)
+                    return bool(cursor.fetchall())
+            finally:
+                raw.execute(f"PRAGMA synchronous={int(level)}")
 
     def preload(self) -> int:
         """Read every thread's wrapped key in one query, for a reader of a whole store (a
@@ -129,10 +159,6 @@ class ThreadKeys:
                            f" {self._mark}", (thread_id,))
             return [tuple(r.values()) if isinstance(r, dict) else tuple(r)
                     for r in cursor.fetchall()]
-
-    def _read(self, thread_id: str) -> bytes | None:
-        rows = self._rows(thread_id)
-        return self._unwrap(rows[0][0]) if rows and rows[0][0] else None
 
     def _erased(self, thread_id: str) -> bool:
         rows = self._rows(thread_id)

@@ -1,0 +1,39 @@
+"""The benchmark's load generator against `hitlflow up` as the bench starts it: it connects as
+a system user (authorization on, as `up` runs it), starts threads, answers each request with
+its `shown`, and sees them complete, with no command refused. Figures are not checked here
+(bench/README.md); that the bench still speaks the stack's contract is."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from bench.hitl_load import BENCH_USER, Driver, StackProcess
+from bench.workload import open_loop, prepare_paused, run_cycles
+
+
+def test_the_bench_drives_cycles_and_resumes_on_an_up_stack(tmp_path: Path) -> None:
+    stack = StackProcess(tmp_path / "home", log_level="WARNING")
+    stack.start()
+    try:
+        async def drive() -> None:
+            driver = Driver(stack.nats_url, stack.nats_auth)
+            await driver.connect()
+            try:
+                cycles = await run_cycles(driver.cycle, 2, duration=1.5, warmup=0.2,
+                                          prefix="smoke")
+                assert cycles.errors == 0
+                assert cycles.cycles > 0 and len(cycles.to_pause) == cycles.cycles
+                paused = [f"paused-{n}" for n in range(10)]
+                assert await prepare_paused(driver.pause, paused, 5) == 0
+                latency = await open_loop(driver.resume, paused, rate=50)
+                assert latency["errors"] == 0 and latency["count"] == 10
+                assert driver.refused == []
+            finally:
+                await driver.close()
+
+        asyncio.run(drive())
+        assert stack.nats_auth["user"] == BENCH_USER
+        assert stack.cpu_split()["services_user"] > 0
+    finally:
+        stack.stop()
