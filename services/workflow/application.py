@@ -62,6 +62,9 @@ class WorkflowService(ServiceApplication):
         #: Workflow versions known to be stored (they are never changed or removed): a start
         #: need not load the definition again to learn that it exists.
         self._stored_digests: set[str] = set()
+        #: Workflow versions whose graph passed the start checks (agents known, timeout
+        #: policies, the graph's own rules): they hold for every start of that version.
+        self._runnable: set[str] = set()
         log.info("workflow_decisions", on_event_loop=self.decides_in_loop,
                  agents_not_inline=self.agents.not_inline)
 
@@ -89,7 +92,7 @@ class WorkflowService(ServiceApplication):
                     f"thread id {command.thread_id!r} is already in use; choose another id",
                 )
             spec = command.workflow
-            self._check_runnable(spec, command.state)
+            self._check_runnable(spec, digest, command.state)
             new_definition = None
             if (digest not in self._stored_digests
                     and self.get_or_none(workflow_uuid(digest)) is None):
@@ -106,8 +109,12 @@ class WorkflowService(ServiceApplication):
                            self.request_defaults)
             return [a for a in (new_definition, thread) if a is not None], None
 
+        def settled(job: Job) -> None:
+            if job.refused is None:
+                self._stored_digests.add(digest)
+
         return Job(command.thread_id, decide, Tracking(f"{COMMANDS}:start", position),
-                   refusals=(StartRefusedError,))
+                   refusals=(StartRefusedError,), settled=settled)
 
     def start_reply(self, command: StartThread, job: Job) -> CommandReply:
         """What the sender of a decided StartThread is told."""
@@ -115,7 +122,6 @@ class WorkflowService(ServiceApplication):
         if isinstance(refused, StartRefusedError):
             return CommandReply(ok=False, command="start", thread_id=command.thread_id,
                                 code=refused.code, error=str(refused))
-        self._stored_digests.add(command.workflow.digest)
         log.info("thread_started", thread_id=command.thread_id, duplicate=job.duplicate)
         return CommandReply(ok=True, command="start", thread_id=command.thread_id,
                             duplicate=job.duplicate)
@@ -217,11 +223,25 @@ class WorkflowService(ServiceApplication):
         except IdentityError as error:
             raise StartRefusedError(error.code, str(error)) from error
 
-    def _check_runnable(self, spec: WorkflowSpec, state: dict[str, Any]) -> None:
+    def _check_runnable(self, spec: WorkflowSpec, digest: str, state: dict[str, Any]) -> None:
         try:
             check_size("the initial state", state, MAX_STATE_BYTES)
         except TooLargeError as error:
             raise StartRefusedError(error.code, str(error)) from error
+        if digest not in self._runnable:
+            self._check_graph(spec)
+            self._runnable.add(digest)
+        first = spec.nodes[0]
+        if first.agent_type == "input":
+            missing = [f for f in first.input_fields if f not in state]
+            if missing:
+                raise StartRefusedError(
+                    "missing_input",
+                    f"state is missing {', '.join(map(repr, missing))} needed by the start node "
+                    f"{first.name!r}; pass e.g. --state '{{\"{missing[0]}\": ...}}'",
+                )
+
+    def _check_graph(self, spec: WorkflowSpec) -> None:
         unknown = sorted({n.agent_type for n in spec.nodes if not self.agents.knows(n.agent_type)})
         if unknown:
             raise StartRefusedError(
@@ -238,15 +258,6 @@ class WorkflowService(ServiceApplication):
         problems = spec_problems(spec)  # for graphs that did not come through the CSV loader
         if problems:
             raise StartRefusedError("invalid_workflow", "; ".join(str(p) for p in problems[:5]))
-        first = spec.nodes[0]
-        if first.agent_type == "input":
-            missing = [f for f in first.input_fields if f not in state]
-            if missing:
-                raise StartRefusedError(
-                    "missing_input",
-                    f"state is missing {', '.join(map(repr, missing))} needed by the start node "
-                    f"{first.name!r}; pass e.g. --state '{{\"{missing[0]}\": ...}}'",
-                )
 
     def _graph(self, digest: str, spec: WorkflowSpec) -> Graph:
         graph = self._graphs.get(digest)

@@ -217,3 +217,34 @@ def test_a_loop_that_feeds_a_node_its_own_growing_output_fails_the_thread(
     assert thread.status == "failed"
     assert "more than the 524,288 bytes (512 KiB) allowed" in str(thread.error)
     app.close()
+
+
+def test_a_graph_checked_once_is_still_checked_for_each_start_s_own_state(
+        tmp_path: Path) -> None:
+    """A workflow version's graph checks are done once (they hold for every start of it); the
+    state each start brings, and another graph's checks, are not skipped because of it."""
+    registry = AgentRegistry({"echo": lambda inputs, ctx: inputs["text"]})
+    header = ("graph_name,node_name,agent_type,input_fields,output_field,next_on_success,"
+              "next_on_failure,prompt,context\n")
+    good = parse_workflow(header + "Echo,start,input,text,text,echo,,,\n"
+                          "Echo,echo,echo,text,out,,,,\n", "Echo", registry)
+    app = WorkflowService(Settings(home=tmp_path).store_env("workflow"), agents=registry)
+    try:
+        def start(thread_id: str, spec: Any, state: dict[str, Any], position: int) -> Any:
+            return app.start_thread(StartThread(thread_id=thread_id, workflow=spec,
+                                                state=state), "t", position)
+
+        assert start("ok-1", good, {"text": "a"}, 1).ok
+        missing = start("no-text", good, {}, 2)
+        assert (missing.ok, missing.code) == (False, "missing_input")
+        assert "'text'" in str(missing.error)
+        assert start("ok-2", good, {"text": "b"}, 3).ok
+        # the same graph with an agent this service does not know is another version
+        unknown = good.model_copy(update={"nodes": (
+            good.nodes[0], good.nodes[1].model_copy(update={"agent_type": "nowhere"}))})
+        assert unknown.digest != good.digest
+        refused = start("unknown", unknown, {"text": "c"}, 4)
+        assert (refused.ok, refused.code) == (False, "unknown_agent")
+        assert start("ok-3", good, {"text": "d"}, 5).ok
+    finally:
+        app.close()
