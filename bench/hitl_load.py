@@ -145,14 +145,21 @@ class StackProcess:
         return float(sum(t.user + t.system for t in _cpu_times(services)))
 
     def cpu_split(self) -> dict[str, float]:
-        """CPU seconds so far: services (user, system), nats-server, this load generator."""
+        """CPU seconds so far: services (user, system), nats-server, this load generator, and
+        each service process (``process:<service>``, user + system; ``process:up`` is the
+        supervisor)."""
         services, nats_servers = self.processes()
         times = _cpu_times(services)
         own = psutil.Process().cpu_times()
-        return {"services_user": float(sum(t.user for t in times)),
-                "services_system": float(sum(t.system for t in times)),
-                "nats": float(sum(t.user + t.system for t in _cpu_times(nats_servers))),
-                "load_generator": own.user + own.system}
+        split = {"services_user": float(sum(t.user for t in times)),
+                 "services_system": float(sum(t.system for t in times)),
+                 "nats": float(sum(t.user + t.system for t in _cpu_times(nats_servers))),
+                 "load_generator": own.user + own.system}
+        for process in services:
+            with contextlib.suppress(psutil.Error):
+                used = process.cpu_times()
+                split[f"process:{_service_name(process)}"] = used.user + used.system
+        return split
 
     def wait_idle(self, threshold: float = 0.05, quiet: float = 1.5, limit: float = 120.0) -> None:
         """Until the services, together, use under ``threshold`` of a core for ``quiet`` s."""
@@ -172,6 +179,12 @@ class StackProcess:
 
         return {"stores_bytes": size(self.home / "stores"),
                 "jetstream_bytes": size(self.home / "nats")}
+
+
+def _service_name(process: psutil.Process) -> str:
+    """``workflow`` for ``… hitlflow serve workflow …``; ``up`` for the supervisor."""
+    command = process.cmdline()
+    return command[command.index("serve") + 1] if "serve" in command[:-1] else "up"
 
 
 def _cpu_times(processes: list[psutil.Process]) -> list[Any]:

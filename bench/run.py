@@ -165,9 +165,9 @@ async def hitl_phases(stack: StackProcess, args: argparse.Namespace, backend: st
                                        f"c{n}")).as_dict()
             cycles_all = result["cycles_all"]
             cpu1 = stack.cpu_split()
-            result["cpu_ms_per_cycle"] = {
+            result["cpu_ms_per_cycle"] = {  # (a process restarted meanwhile: left out)
                 key: round((cpu1[key] - cpu0[key]) * 1000 / max(cycles_all, 1), 3)
-                for key in cpu0}
+                for key in cpu0 if cpu1.get(key, -1.0) >= cpu0[key]}
             result["load_average"] = load
             results[f"cycles_{n}"] = result
             if profiler is not None:
@@ -366,11 +366,16 @@ def print_table(report: dict[str, Any]) -> None:
                 rows.append((f"hitlflow {LABELS[backend]}", f"{label}, p50 / p99",
                              f"{client[key]['p50_ms']:.2f} / {client[key]['p99_ms']:.2f} ms",
                              "", "", ""))
-        cpu = found.get("cycles_64", {}).get("cpu_ms_per_cycle")
-        if cpu:
-            rows.append((f"hitlflow {LABELS[backend]}", "CPU ms/cycle, 64 in flight",
-                         f"{cpu['services_user'] + cpu['services_system']:.2f} services, "
-                         f"{cpu['nats']:.2f} nats", "", "", ""))
+        for key, phase in found.items():
+            cpu = phase.get("cpu_ms_per_cycle") if key.startswith("cycles_") else None
+            if not cpu:
+                continue
+            each = ", ".join(f"{name.split(':', 1)[1]} {value:.2f}"
+                             for name, value in cpu.items() if name.startswith("process:"))
+            rows.append((f"hitlflow {LABELS[backend]}",
+                         f"CPU ms/cycle, {phase['in_flight']} in flight",
+                         f"{cpu['services_user'] + cpu['services_system']:.2f} services "
+                         f"({each}), {cpu['nats']:.2f} nats", "", "", ""))
         memory = found.get("memory")
         if memory:
             before = memory["before"]["services_rss_bytes"] / 2**20

@@ -34,6 +34,10 @@ def test_the_bench_drives_cycles_and_resumes_on_an_up_stack(tmp_path: Path) -> N
 
         asyncio.run(drive())
         assert stack.nats_auth["user"] == BENCH_USER
-        assert stack.cpu_split()["services_user"] > 0
+        split = stack.cpu_split()
+        assert split["services_user"] > 0
+        each = {name: split[f"process:{name}"]
+                for name in ("workflow", "interaction", "timeout", "projections")}
+        assert all(seconds > 0 for seconds in each.values()), each
     finally:
         stack.stop()
