@@ -368,14 +368,11 @@ def print_table(report: dict[str, Any]) -> None:
                              "", "", ""))
         for key, phase in found.items():
             cpu = phase.get("cpu_ms_per_cycle") if key.startswith("cycles_") else None
-            if not cpu:
-                continue
-            each = ", ".join(f"{name.split(':', 1)[1]} {value:.2f}"
-                             for name, value in cpu.items() if name.startswith("process:"))
-            rows.append((f"hitlflow {LABELS[backend]}",
-                         f"CPU ms/cycle, {phase['in_flight']} in flight",
-                         f"{cpu['services_user'] + cpu['services_system']:.2f} services "
-                         f"({each}), {cpu['nats']:.2f} nats", "", "", ""))
+            if cpu:
+                rows.append((f"hitlflow {LABELS[backend]}",
+                             f"CPU ms/cycle, {phase['in_flight']} in flight",
+                             f"{cpu['services_user'] + cpu['services_system']:.2f} services, "
+                             f"{cpu['nats']:.2f} nats", "", "", ""))
         memory = found.get("memory")
         if memory:
             before = memory["before"]["services_rss_bytes"] / 2**20
@@ -402,10 +399,29 @@ def print_table(report: dict[str, Any]) -> None:
     for row in rows:
         print(line.format(*(("",) if row[0] == previous else (row[0],)), *row[1:]))
         previous = row[0]
+    print_cpu_by_process(report)
     m = report["machine"]
     print(f"\n{m['cores']} cores ({m['cpu']}), load average at start {m['load_average_at_start']}"
           f", at end {report['load_average_at_end']}")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()))
+
+
+def print_cpu_by_process(report: dict[str, Any]) -> None:
+    """Where a hitlflow cycle's CPU goes: each service process's ms per cycle."""
+    lines = []
+    for backend, found in report["hitlflow"].items():
+        for key, phase in found.items():
+            cpu = phase.get("cpu_ms_per_cycle") if key.startswith("cycles_") else None
+            each = {name.split(":", 1)[1]: value for name, value in (cpu or {}).items()
+                    if name.startswith("process:") and name != "process:up"}
+            if each:
+                lines.append(f"  {LABELS[backend]}, {phase['in_flight']} in flight: " + ", ".join(
+                    f"{name} {value:.2f}" for name, value in each.items())
+                    + f"; nats-server {cpu['nats']:.2f}; load generator "
+                      f"{cpu['load_generator']:.2f}")
+    if lines:
+        print("\nhitlflow CPU ms per cycle, by process:")
+        print("\n".join(lines))
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
