@@ -8,8 +8,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from bench.decisions import Services
 from bench.hitl_load import BENCH_USER, Driver, StackProcess
 from bench.workload import open_loop, prepare_paused, run_cycles
+from hitlflow.settings import Settings
+from services.workflow.domain import thread_uuid
 
 
 def test_the_bench_drives_cycles_and_resumes_on_an_up_stack(tmp_path: Path) -> None:
@@ -41,3 +44,15 @@ def test_the_bench_drives_cycles_and_resumes_on_an_up_stack(tmp_path: Path) -> N
         assert all(seconds > 0 for seconds in each.values()), each
     finally:
         stack.stop()
+
+
+def test_the_in_process_cycle_of_the_bench_runs_to_completion(settings: Settings) -> None:
+    """`python -m bench.decisions`: the services' jobs of a cycle, without NATS."""
+    services = Services(settings)
+    try:
+        for number in range(3):
+            services.cycle(f"decisions-{number}")  # asserts each step's outcome itself
+        thread = services.workflow.repository.get(thread_uuid("decisions-2"))
+        assert thread.status == "completed"
+    finally:
+        services.close()
