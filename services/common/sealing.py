@@ -12,8 +12,8 @@ in every service store: :meth:`ThreadKeys.erase`), each place holds ``{"erased":
 "sha256": …}`` instead: who, when, which action, ids and digests stay readable, and the
 thread's hash chains still verify (their records hold the same digests).
 
-The data keys are kept in each store's own table ``hitlflow_thread_keys``, each encrypted
-with the store key; erasing overwrites the key with NULL (SQLite with ``secure_delete`` on, so
+The data keys are kept in each store's table ``hitlflow_thread_keys`` (on PostgreSQL, one table
+for the stores that share a schema), each encrypted with the store key; erasing overwrites the key with NULL (SQLite with ``secure_delete`` on, so
 the old bytes are zeroed in the file; PostgreSQL vacuums the table afterwards).
 """
 
