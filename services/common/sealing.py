@@ -13,8 +13,9 @@ in every service store: :meth:`ThreadKeys.erase`), each place holds ``{"erased":
 thread's hash chains still verify (their records hold the same digests).
 
 The data keys are kept in each store's table ``hitlflow_thread_keys`` (on PostgreSQL, one table
-for the stores that share a schema), each encrypted with the store key; erasing overwrites the key with NULL (SQLite with ``secure_delete`` on, so
-the old bytes are zeroed in the file; PostgreSQL vacuums the table afterwards).
+for the stores that share a schema), each encrypted with the store key; erasing overwrites the
+key with NULL (SQLite with ``secure_delete`` on, so the old bytes are zeroed in the file;
+PostgreSQL vacuums the table afterwards).
 """
 
 from __future__ import annotations
