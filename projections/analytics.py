@@ -28,7 +28,7 @@ from typing import Any
 
 from contracts.queries import AnalyticsQuery, AnalyticsReply, Bottleneck, Metrics
 from projections.db import Tx, ViewDatabase, epoch
-from projections.event import Event
+from projections.event import Event, moment
 
 NAME = "analytics"
 VERSION = 2
@@ -116,12 +116,12 @@ def apply(tx: Tx, env: Event) -> None:
              p["request_id"]),
         )
     elif kind == "InteractionTimedOut":
-        at = epoch(p.get("timestamp") or env.occurred_at)
+        at = epoch(p["timestamp"]) if p.get("timestamp") else moment(env)[1]
         tx.execute("UPDATE analytics_requests SET timed_out_ts=COALESCE(timed_out_ts, ?),"
                    " closed_ts=COALESCE(closed_ts, ?) WHERE request_id=?",
                    (at, at, p["request_id"]))
     elif kind == "InteractionCancelled":
-        at = epoch(env.occurred_at)
+        at = moment(env)[1]
         tx.execute("UPDATE analytics_requests SET cancelled_ts=?, closed_ts=? WHERE request_id=?"
                    " AND closed_ts IS NULL", (at, at, p["request_id"]))
     elif kind == "ResponseRejected" and p.get("request_id"):

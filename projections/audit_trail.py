@@ -22,7 +22,7 @@ from contracts.limits import MAX_PAGE_BYTES
 from contracts.queries import AuditEntry, AuditQuery, Cursor
 from projections.chain import digest
 from projections.db import Row, Tx, ViewDatabase, dumps, epoch, fill_page, when
-from projections.event import Event
+from projections.event import Event, moment
 
 NAME = "audit_trail"
 VERSION = 2
@@ -205,7 +205,7 @@ def apply(tx: Tx, env: Event) -> None:
         tx.execute("INSERT INTO audit_requests (request_id, node_name, interaction_type, digest)"
                    " VALUES (?,?,?,?) ON CONFLICT DO NOTHING",
                    (row["request_id"], row["node"], row["kind"], row["digest"]))
-    at, at_ts = when(row["moment"] or env.occurred_at)
+    at, at_ts = when(row["moment"]) if row["moment"] else moment(env)
     request_id = row["request_id"]
     tx.execute(_INSERT, (
         env.service, env.position, at_ts, at, event, env.event_type, env.thread_id,

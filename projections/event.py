@@ -10,9 +10,13 @@ store.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any, Protocol
+
+from projections.db import when
 
 
 class Event(Protocol):
@@ -55,10 +59,35 @@ class Replayed:
     payload: dict[str, Any]
     #: ``payload_json(payload)``, written once where the store was read.
     payload_text: str
+    #: ``when(occurred_at)``: the time as ISO text and as seconds since the epoch.
+    at: str
+    at_ts: float
+    #: The event's audit record (``projections.chain.record``), made where the store was
+    #: read; None where the rebuild needs none (the event is anchored already).
+    record: str | None = None
 
 
-#: Made once (``json.dumps`` with options makes an encoder per call; the text is the same).
-_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
+def encoder(*, sort_keys: bool) -> Callable[[Any], str]:
+    """``json.dumps(value, sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=False,
+    default=str)``, the same text, made once: ``json.dumps`` with options builds an encoder
+    per call, and ``JSONEncoder.encode`` builds the C encoder it calls per call too. This
+    holds one C encoder (without the check for circular values: a decoded event holds none)."""
+    slow = json.JSONEncoder(sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=False,
+                            default=str).encode
+    if c_make_encoder is None:  # a Python without the json accelerator
+        return slow
+    fast = c_make_encoder(None, str, encode_basestring, None, ":", ",", sort_keys, False, True)
+
+    def encode(value: Any) -> str:
+        if isinstance(value, str):
+            return str(encode_basestring(value))
+        return "".join(fast(value, 0))
+
+    return encode
+
+
+#: The compact JSON encoder, made once.
+_compact = encoder(sort_keys=False)
 
 
 def payload_json(payload: Any) -> str:
@@ -68,3 +97,8 @@ def payload_json(payload: Any) -> str:
 
 def payload_text(env: Event) -> str:
     return env.payload_text if isinstance(env, Replayed) else payload_json(env.payload)
+
+
+def moment(env: Event) -> tuple[str, float]:
+    """``when(env.occurred_at)``: written once where a replayed event was read."""
+    return (env.at, env.at_ts) if isinstance(env, Replayed) else when(env.occurred_at)

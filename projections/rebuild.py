@@ -38,8 +38,9 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from contracts.events import Service
-from projections.db import ViewDatabase, open_view_database
-from projections.event import Event, Replayed, payload_json
+from projections import chain
+from projections.db import ViewDatabase, open_view_database, when
+from projections.event import Event, Replayed, moment, payload_json
 from projections.projector import Projector, View, select_views
 from projections.retention import forget_archived
 from services.common.integration import EventParts, envelope_factory, event_parts
@@ -125,14 +126,14 @@ class WorkerSource:
     stdin (credentials never appear in a process listing)."""
 
     def __init__(self, settings: Any, data_dir: Path | None, service: str, *, start: int = 1,
-                 stop: int | None = None, size: int = 0) -> None:
+                 stop: int | None = None, size: int = 0, anchored: int = 0) -> None:
         self.service = service
         self.last = 0
         self.read = 0
         self._size = size
         self._process = subprocess.Popen(
             [sys.executable, "-m", "projections.rebuild_worker", service,
-             str(data_dir) if data_dir else "", str(start), str(stop or "")],
+             str(data_dir) if data_dir else "", str(start), str(stop or ""), str(anchored)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         )
         assert self._process.stdin is not None and self._process.stdout is not None
@@ -163,15 +164,16 @@ class WorkerSource:
                 return
 
     def envelopes(self) -> Iterator[Event]:
-        loads, when, make = json.loads, datetime.fromisoformat, Replayed
+        loads, parse, make = json.loads, datetime.fromisoformat, Replayed
         while True:
             kind, body = self._frames.get()
             if kind == b"E":
                 for line in body.decode().split("\n"):
                     event_type, service, thread_id, aggregate_id, position, version, at, \
-                        text = line.split("\t", 7)
+                        at_ts, text, record = line.split("\t", 9)
                     yield make(event_type, service, thread_id, aggregate_id, int(position),
-                               int(version), when(at), loads(text), text)
+                               int(version), parse(at), loads(text), text, at, float(at_ts),
+                               record or None)
             elif kind == b"S":
                 stats = json.loads(body)
                 self.last, self.read = int(stats["last"]), int(stats["read"])
@@ -199,19 +201,25 @@ def frame(kind: bytes, body: bytes) -> bytes:
     return kind + len(body).to_bytes(4, "big") + body
 
 
-def _line(source: Source, notification: Any) -> bytes | None:
+def _line(source: Source, notification: Any, anchored: int) -> bytes | None:
     """A notification as a worker sends it, converted as the relay converts it: event type,
-    service, thread, aggregate, position, version, time and the payload's compact JSON,
-    separated by tabs (none of them holds one: thread ids are subject tokens, aggregate ids
-    UUIDs, JSON text escapes tabs)."""
+    service, thread, aggregate, position, version, time (ISO text and seconds), the payload's
+    compact JSON and, for an event past ``anchored`` (the last position of the service's log
+    anchored already), its audit record, separated by tabs (none of them holds one: thread
+    ids are subject tokens, aggregate ids UUIDs, JSON text escapes tabs)."""
     event = source.app.mapper.to_domain_event(notification)
     parts = source.parts(event)
     if parts is None:
         return None
     event_type, thread_id, payload = parts
-    return (f"{event_type}\t{source.service}\t{thread_id}\t{event.originator_id}\t"
-            f"{notification.id}\t{event.originator_version}\t{event.timestamp.isoformat()}\t"
-            f"{payload_json(payload)}").encode()
+    at, at_ts = when(event.timestamp)
+    env = Replayed(event_type, source.service, thread_id, str(event.originator_id),
+                   notification.id, event.originator_version, event.timestamp, payload,
+                   payload_json(payload), at, at_ts)
+    record = chain.record(env, at) if notification.id > anchored else ""
+    return (f"{event_type}\t{source.service}\t{thread_id}\t{env.aggregate_id}\t"
+            f"{notification.id}\t{env.aggregate_version}\t{at}\t{at_ts!r}\t"
+            f"{env.payload_text}\t{record}").encode()
 
 
 def _parts_of(to_envelope: Any) -> EventParts:
@@ -226,9 +234,10 @@ def _parts_of(to_envelope: Any) -> EventParts:
 
 
 def read_in_worker(settings: Any, data_dir: Path | None, service: str, out: IO[bytes], *,
-                   start: int = 1, stop: int | None = None) -> None:
+                   start: int = 1, stop: int | None = None, anchored: int = 0) -> None:
     """What a worker process does: read one store's notifications from ``start`` to ``stop``
-    (inclusive; None: the end), write its events, then how far it read."""
+    (inclusive; None: the end), write its events (with their audit records past
+    ``anchored``), then how far it read."""
     try:
         # the parent opened every store before starting the workers: no table to create, and
         # workers creating them at once collide on PostgreSQL ("tuple concurrently updated")
@@ -247,7 +256,7 @@ def read_in_worker(settings: Any, data_dir: Path | None, service: str, out: IO[b
                     if not batch:
                         break
                     for notification in batch:
-                        line = _line(source, notification)
+                        line = _line(source, notification, anchored)
                         if line is None:
                             continue
                         chunk.append(line)
@@ -276,11 +285,13 @@ def _readers() -> int:
 def open_sources(settings: Any, data_dir: Path | None = None, *,
                  only: Sequence[str] | None = None,
                  parallel: bool | None = None,
-                 create_tables: bool = True) -> list[EventSource]:
+                 create_tables: bool = True,
+                 anchored: dict[str, int] | None = None) -> list[EventSource]:
     """The stores the settings name, each with the envelope factory its relay publishes with.
 
     ``parallel`` (by default: when the stores hold more than :data:`PARALLEL_FROM`
-    notifications) reads each store in a worker process.
+    notifications) reads each store in a worker process; the workers write the audit records
+    of the events past ``anchored[service]`` (the hash chains' last anchored positions).
     """
     sources: list[Source] = []
     for service, module_name, class_name in SERVICES:
@@ -325,15 +336,17 @@ def open_sources(settings: Any, data_dir: Path | None = None, *,
         bounds = [size * part // parts for part in range(parts + 1)]
         workers.extend(
             WorkerSource(settings, data_dir, name, start=low + 1,
-                         stop=None if part == parts - 1 else high, size=high - low)
+                         stop=None if part == parts - 1 else high, size=high - low,
+                         anchored=(anchored or {}).get(name, 0))
             for part, (low, high) in enumerate(itertools.pairwise(bounds)))
     return workers
 
 
 def merged(sources: Sequence[EventSource]) -> Iterator[Event]:
     """Every store's envelopes, in the order they happened; each store's own order kept."""
+    # ISO text in UTC with microseconds (``at``) sorts as the times do
     return heapq.merge(*(source.envelopes() for source in sources),
-                       key=lambda env: (env.occurred_at, env.service, env.position))
+                       key=lambda env: (moment(env)[0], env.service, env.position))
 
 
 @dataclass
@@ -441,7 +454,7 @@ def rebuild_from_stores(db: ViewDatabase, projector: Projector, settings: Any,
                         progress: Progress | None = None) -> RebuildResult:
     """Open the stores ``settings`` name, rebuild the views named (all: none), close them."""
     views = select_views(names)
-    sources = open_sources(settings, data_dir, parallel=parallel)
+    sources = open_sources(settings, data_dir, parallel=parallel, anchored=chain.anchored(db))
     try:
         return rebuild(db, projector, views, sources, progress)
     finally:

@@ -1,6 +1,7 @@
 """A rebuild's store reader: ``python -m projections.rebuild_worker SERVICE [DATA_DIR [START
-[STOP]]]`` with the settings (JSON) on stdin writes the events of the store's notifications
-START to STOP (default: all) to stdout (see :func:`projections.rebuild.read_in_worker`)."""
+[STOP [ANCHORED]]]]`` with the settings (JSON) on stdin writes the events of the store's
+notifications START to STOP (default: all) to stdout, with the audit records of those past
+ANCHORED (see :func:`projections.rebuild.read_in_worker`)."""
 
 from __future__ import annotations
 
@@ -23,9 +24,10 @@ def main() -> None:
     data_dir = args[1] if len(args) > 1 else ""
     start = int(args[2]) if len(args) > 2 and args[2] else 1
     stop = int(args[3]) if len(args) > 3 and args[3] else None
+    anchored = int(args[4]) if len(args) > 4 and args[4] else 0
     settings = Settings(**json.loads(sys.stdin.buffer.read()))
     read_in_worker(settings, Path(data_dir) if data_dir else None, service, out,
-                   start=start, stop=stop)
+                   start=start, stop=stop, anchored=anchored)
 
 
 if __name__ == "__main__":

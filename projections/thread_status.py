@@ -20,8 +20,8 @@ from contracts.queries import (
     ThreadView,
     TimelineEvent,
 )
-from projections.db import Row, Tx, ViewDatabase, fill_page, iso, when
-from projections.event import Event, payload_json, payload_text
+from projections.db import Row, Tx, ViewDatabase, fill_page, iso
+from projections.event import Event, moment, payload_json, payload_text
 
 NAME = "thread_status"
 VERSION = 4
@@ -300,7 +300,7 @@ HANDLERS: dict[str, Handler] = {
 
 def apply(tx: Tx, env: Event) -> None:
     """Fold one event (of any type, known or not) into the view."""
-    at, at_ts = when(env.occurred_at)
+    at, at_ts = moment(env)
     # nothing reads the timeline while events are folded: a rebuild writes it in bulk
     tx.defer(
         "INSERT INTO thread_timeline (thread_id, at_ts, service, position, at, event_type,"
