@@ -35,6 +35,7 @@ from typing import Any, Protocol, TypeVar
 from pydantic import BaseModel
 
 from contracts.limits import MAX_PAGE_BYTES
+from projections.rows import Rows
 
 BOOKKEEPING_DDL = (
     """CREATE TABLE IF NOT EXISTS applied_events (
@@ -204,6 +205,7 @@ class Tx:
         self._sql = dialect.sql
         self._pipelined = False
         self._deferred: dict[str, list[Sequence[Any]]] | None = None
+        self._rows: Rows | None = None
         if dialect.name == "sqlite":
             self.execute = self._execute_plain  # type: ignore[method-assign]
 
@@ -229,6 +231,25 @@ class Tx:
 
         self._sql = renamed
         self.execute = Tx.execute.__get__(self)  # type: ignore[method-assign]
+
+    @property
+    def rows(self) -> Rows:
+        """The views' rows as this transaction reads and changes them (see
+        :mod:`projections.rows`)."""
+        if self._rows is None:
+            self._rows = Rows(self)
+        return self._rows
+
+    def fresh_rows(self) -> Rows:
+        """From now on, rows of new, empty tables (a rebuild's): see :class:`Rows`."""
+        self._rows = Rows(self, fresh=True)
+        return self._rows
+
+    def finish(self) -> None:
+        """Write what is still held back (before the transaction commits)."""
+        if self._rows is not None:
+            self._rows.flush()
+        self.flush()
 
     def defer(self, sql: str, params: Sequence[Any]) -> None:
         """A statement whose effect nothing reads before the transaction ends (a row only
@@ -389,6 +410,7 @@ class ViewDatabase:
                 if turn:
                     tx.execute("UPDATE view_writer SET id = id WHERE id = 1")
                 yield tx
+                tx.finish()
             except BaseException:
                 with suppress(Exception):  # a broken connection has nothing to undo
                     conn.execute("ROLLBACK")
