@@ -22,8 +22,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from projections.db import Tx, ViewDatabase, iso
-from projections.event import Event, Replayed, encoder, moment
+from projections.db import Tx, ViewDatabase, encoder, iso
+from projections.event import Event, Replayed, moment
 
 NAME = "audit_chain"
 

@@ -9,14 +9,11 @@ store.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any, Protocol
 
-from projections.db import when
+from projections.db import encoder, when
 
 
 class Event(Protocol):
@@ -65,25 +62,6 @@ class Replayed:
     #: The event's audit record (``projections.chain.record``), made where the store was
     #: read; None where the rebuild needs none (the event is anchored already).
     record: str | None = None
-
-
-def encoder(*, sort_keys: bool) -> Callable[[Any], str]:
-    """``json.dumps(value, sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=False,
-    default=str)``, the same text, made once: ``json.dumps`` with options builds an encoder
-    per call, and ``JSONEncoder.encode`` builds the C encoder it calls per call too. This
-    holds one C encoder (without the check for circular values: a decoded event holds none)."""
-    slow = json.JSONEncoder(sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=False,
-                            default=str).encode
-    if c_make_encoder is None:  # a Python without the json accelerator
-        return slow
-    fast = c_make_encoder(None, str, encode_basestring, None, ":", ",", sort_keys, False, True)
-
-    def encode(value: Any) -> str:
-        if isinstance(value, str):
-            return str(encode_basestring(value))
-        return "".join(fast(value, 0))
-
-    return encode
 
 
 #: The compact JSON encoder, made once.
