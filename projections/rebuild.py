@@ -4,19 +4,18 @@ Each service's notification log is read straight from its store (eventsourcing
 ``select_notifications``) and turned into envelopes by the same factory its outbox relay
 publishes with (``envelope_factory`` with the ``PUBLISHED`` set of ``services/<name>/main.py``),
 so a replayed event is the event the live projector received. The logs are merged in the order
-the events happened (each log keeps its own order), and folded into freshly created tables in
-one transaction, into new tables (``<table>__rebuild``) that replace the old ones at its end:
-readers see the old view until the new one is complete, on PostgreSQL too, and a rebuild that
-fails leaves the old view as it was. Rows that nothing reads while events are folded (the
-timeline) are written in bulk, a chunk at a time; secondary indexes are built once the rows
-are in.
+the events happened (each log keeps its own order: a thread's hash chain for a service follows
+it), and folded into freshly created tables in one transaction, into new tables
+(``<table>__rebuild``) that replace the old ones at its end: readers see the old view until the
+new one is complete, on PostgreSQL too, and a rebuild that fails leaves the old view as it was.
+The views fold a chunk of events at a time in memory and write each row the chunk changed once
+(``projections/rows.py``); rows that nothing reads while events are folded (the timeline, the
+audit trail) are written in bulk; secondary indexes are built once the rows are in.
 
-Large stores are read by worker processes (a store by one or more, a range of its log each,
-so that every core has work) while this process folds the events into the views; the workers
-run the same reading code, write what needs no view state (each event's time, payload JSON and
-audit record) and send the events over a pipe, a JSON array per chunk. The logs are merged by
-the time each event happened, which keeps each aggregate's events in their order. The views
-fold each chunk in memory and write each row it changed once (``projections/rows.py``).
+Large stores are read by worker processes (a store by one or more, a block of its log each in
+turn, so that every core has work) while this process folds the events into the views; the
+workers run the same reading code, write what needs no view state (each event's time, payload
+JSON and audit record) and send the events over a pipe, a JSON array per chunk.
 """
 
 from __future__ import annotations
