@@ -30,11 +30,15 @@ InteractionType = Literal["approval", "edit", "choice", "text_input", "conversat
 INTERACTION_TYPES: tuple[str, ...] = ("approval", "edit", "choice", "text_input", "conversation")
 
 
+#: The canonical JSON encoder, made once (``json.dumps`` with options makes one per call; the
+#: text is the same).
+_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+
+
 def shown_digest(prompt: str, context: dict[str, Any], options: Sequence[str]) -> str:
     """sha256 (hex) of what a request shows: the canonical JSON (keys sorted, no spaces,
     UTF-8) of ``{"context": ..., "options": [...], "prompt": ...}``."""
-    canonical = json.dumps({"context": context, "options": list(options), "prompt": prompt},
-                           sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    canonical = _canonical({"context": context, "options": list(options), "prompt": prompt})
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 

@@ -23,12 +23,14 @@ Definitions (``[since, until)`` is the window; every count is "as it stood at ``
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
 from contracts.queries import AnalyticsQuery, AnalyticsReply, Bottleneck, Metrics
 from projections.db import Tx, ViewDatabase, epoch
-from projections.event import Event
+from projections.event import Event, moment
+from projections.rows import Audience, Keyed, Rows
 
 NAME = "analytics"
 VERSION = 2
@@ -74,62 +76,109 @@ INDEXES = (
 LOOKUPS = ("analytics_request_audience_by_request",)
 
 
-def _audience(tx: Tx, request_id: str, users: Any, groups: Any) -> None:
-    tx.execute("DELETE FROM analytics_request_audience WHERE request_id=?", (request_id,))
-    for kind, name in [("user", u) for u in users or ()] + [("group", g) for g in groups or ()]:
-        tx.execute("INSERT INTO analytics_request_audience (request_id, kind, name)"
-                   " VALUES (?,?,?)", (request_id, kind, name))
+#: The keyed table the fold reads and changes (through ``tx.rows``: projections/rows.py).
+REQUESTS = Keyed("analytics_requests", (
+    "request_id", "thread_id", "node_name", "interaction_type", "created_ts", "answered_ts",
+    "by_timeout", "action", "responder", "timed_out_ts", "cancelled_ts", "closed_ts",
+    "rejected_attempts", "reminders", "escalations", "claimed_by"),
+    defaults={"by_timeout": 0, "rejected_attempts": 0, "reminders": 0, "escalations": 0})
+AUDIENCE = Audience("analytics_request_audience")
+
+
+def _audience(rows: Rows, request_id: str, users: Any, groups: Any) -> None:
+    rows.offer(AUDIENCE, request_id,
+               [("user", u) for u in users or ()] + [("group", g) for g in groups or ()])
+
+
+def _requested(rows: Rows, env: Event, p: dict[str, Any]) -> None:
+    rows.add(REQUESTS, {"request_id": p["id"], "thread_id": env.thread_id,
+                        "node_name": p["node_name"], "interaction_type": p["interaction_type"],
+                        "created_ts": epoch(p["created_at"])})
+    quorum = p.get("quorum") or {}
+    if quorum:
+        _audience(rows, p["id"], quorum.get("of"), [quorum["group"]]
+                  if quorum.get("group") else ())
+    else:
+        _audience(rows, p["id"], p.get("assignees"), p.get("candidate_groups"))
+
+
+def _reassigned(rows: Rows, env: Event, p: dict[str, Any]) -> None:
+    _audience(rows, p["request_id"], p.get("assignees"), p.get("candidate_groups"))
+    row = rows.change(REQUESTS, p["request_id"])
+    if row is not None:
+        row["claimed_by"] = None
+        row["escalations"] += 1 if env.event_type == "InteractionEscalated" else 0
+
+
+def _claimed(rows: Rows, env: Event, p: dict[str, Any]) -> None:
+    claimed_by = p.get("claimed_by") or p.get("to")
+    row = rows.change(REQUESTS, p["request_id"])
+    if row is not None:
+        row["claimed_by"] = claimed_by
+
+
+def _accepted(rows: Rows, env: Event, p: dict[str, Any]) -> None:
+    at = epoch(p["timestamp"])
+    by_timeout = 1 if p.get("by_timeout") else 0
+    action, responder = p.get("action"), p.get("responder")
+    row = rows.change(REQUESTS, p["request_id"])
+    if row is not None:
+        row.update(answered_ts=at, by_timeout=by_timeout, action=action, responder=responder)
+        if by_timeout == 1 and row["timed_out_ts"] is None:
+            row["timed_out_ts"] = at
+        if row["closed_ts"] is None:
+            row["closed_ts"] = at
+
+
+def _timed_out(rows: Rows, env: Event, p: dict[str, Any]) -> None:
+    at = epoch(p["timestamp"]) if p.get("timestamp") else moment(env)[1]
+    row = rows.change(REQUESTS, p["request_id"])
+    if row is not None:
+        if row["timed_out_ts"] is None:
+            row["timed_out_ts"] = at
+        if row["closed_ts"] is None:
+            row["closed_ts"] = at
+
+
+def _cancelled(rows: Rows, env: Event, p: dict[str, Any]) -> None:
+    at = moment(env)[1]
+    row = rows.change(REQUESTS, p["request_id"])
+    if row is not None and row["closed_ts"] is None:
+        row.update(cancelled_ts=at, closed_ts=at)
+
+
+def _rejected(rows: Rows, env: Event, p: dict[str, Any]) -> None:
+    if p.get("request_id"):
+        row = rows.change(REQUESTS, p["request_id"])
+        if row is not None:
+            row["rejected_attempts"] += 1
+
+
+def _reminded(rows: Rows, env: Event, p: dict[str, Any]) -> None:
+    row = rows.change(REQUESTS, p["request_id"])
+    if row is not None:
+        row["reminders"] += 1
+
+
+HANDLERS: dict[str, Callable[[Rows, Event, dict[str, Any]], None]] = {
+    "InteractionRequested": _requested,
+    "InteractionEscalated": _reassigned,
+    "InteractionReassigned": _reassigned,
+    "InteractionClaimed": _claimed,
+    "InteractionReleased": _claimed,
+    "InteractionDelegated": _claimed,
+    "ResponseAccepted": _accepted,
+    "InteractionTimedOut": _timed_out,
+    "InteractionCancelled": _cancelled,
+    "ResponseRejected": _rejected,
+    "InteractionReminded": _reminded,
+}
 
 
 def apply(tx: Tx, env: Event) -> None:
-    kind = env.event_type
-    p = env.payload
-    if kind == "InteractionRequested":
-        tx.execute(
-            "INSERT INTO analytics_requests (request_id, thread_id, node_name, interaction_type,"
-            " created_ts) VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING",
-            (p["id"], env.thread_id, p["node_name"], p["interaction_type"],
-             epoch(p["created_at"])),
-        )
-        quorum = p.get("quorum") or {}
-        if quorum:
-            _audience(tx, p["id"], quorum.get("of"), [quorum["group"]] if quorum.get("group")
-                      else ())
-        else:
-            _audience(tx, p["id"], p.get("assignees"), p.get("candidate_groups"))
-    elif kind in ("InteractionEscalated", "InteractionReassigned"):
-        _audience(tx, p["request_id"], p.get("assignees"), p.get("candidate_groups"))
-        tx.execute("UPDATE analytics_requests SET claimed_by=NULL, escalations=escalations+?"
-                   " WHERE request_id=?", (1 if kind == "InteractionEscalated" else 0,
-                                          p["request_id"]))
-    elif kind in ("InteractionClaimed", "InteractionReleased", "InteractionDelegated"):
-        tx.execute("UPDATE analytics_requests SET claimed_by=? WHERE request_id=?",
-                   (p.get("claimed_by") or p.get("to"), p["request_id"]))
-    elif kind == "ResponseAccepted":
-        at = epoch(p["timestamp"])
-        by_timeout = 1 if p.get("by_timeout") else 0
-        tx.execute(
-            "UPDATE analytics_requests SET answered_ts=?, by_timeout=?, action=?, responder=?,"
-            " timed_out_ts=CASE WHEN ?=1 THEN COALESCE(timed_out_ts, ?) ELSE timed_out_ts END,"
-            " closed_ts=COALESCE(closed_ts, ?) WHERE request_id=?",
-            (at, by_timeout, p.get("action"), p.get("responder"), by_timeout, at, at,
-             p["request_id"]),
-        )
-    elif kind == "InteractionTimedOut":
-        at = epoch(p.get("timestamp") or env.occurred_at)
-        tx.execute("UPDATE analytics_requests SET timed_out_ts=COALESCE(timed_out_ts, ?),"
-                   " closed_ts=COALESCE(closed_ts, ?) WHERE request_id=?",
-                   (at, at, p["request_id"]))
-    elif kind == "InteractionCancelled":
-        at = epoch(env.occurred_at)
-        tx.execute("UPDATE analytics_requests SET cancelled_ts=?, closed_ts=? WHERE request_id=?"
-                   " AND closed_ts IS NULL", (at, at, p["request_id"]))
-    elif kind == "ResponseRejected" and p.get("request_id"):
-        tx.execute("UPDATE analytics_requests SET rejected_attempts=rejected_attempts+1"
-                   " WHERE request_id=?", (p["request_id"],))
-    elif kind == "InteractionReminded":
-        tx.execute("UPDATE analytics_requests SET reminders=reminders+1 WHERE request_id=?",
-                   (p["request_id"],))
+    handler = HANDLERS.get(env.event_type)
+    if handler is not None:
+        handler(tx.rows, env, env.payload)
 
 
 # -- queries ------------------------------------------------------------------------------------

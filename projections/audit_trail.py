@@ -22,7 +22,8 @@ from contracts.limits import MAX_PAGE_BYTES
 from contracts.queries import AuditEntry, AuditQuery, Cursor
 from projections.chain import digest
 from projections.db import Row, Tx, ViewDatabase, dumps, epoch, fill_page, when
-from projections.event import Event
+from projections.event import Event, moment
+from projections.rows import Keyed
 
 NAME = "audit_trail"
 VERSION = 2
@@ -97,13 +98,10 @@ _INSERT = (
     "INSERT INTO audit_trail (service, position, at_ts, at, event, event_type, thread_id,"
     " request_id, node_name, interaction_type, action, responder, principal, on_behalf_of,"
     " shown, data_keys, by_timeout, code, reason, idempotency_key, digest, detail)"
-    " VALUES (?,?,?,?,?,?,?,?,"
-    " COALESCE(?, (SELECT node_name FROM audit_requests WHERE request_id = ?)),"
-    " COALESCE(?, (SELECT interaction_type FROM audit_requests WHERE request_id = ?)),"
-    " ?,?,?,?,?,?,?,?,?,?,"
-    " COALESCE(?, (SELECT digest FROM audit_requests WHERE request_id = ?)),"
-    " ?) ON CONFLICT DO NOTHING"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING"
 )
+#: Each request's node, type and the digest of what it showed, for the rows about it.
+REQUESTS = Keyed("audit_requests", ("request_id", "node_name", "interaction_type", "digest"))
 
 
 def _keys(data: Any) -> list[str]:
@@ -201,19 +199,28 @@ def apply(tx: Tx, env: Event) -> None:
         "by_timeout": False, "detail": {}, "moment": p.get("timestamp"),
     }
     row.update(_FACTS[event](p))
-    if event == "requested":
-        tx.execute("INSERT INTO audit_requests (request_id, node_name, interaction_type, digest)"
-                   " VALUES (?,?,?,?) ON CONFLICT DO NOTHING",
-                   (row["request_id"], row["node"], row["kind"], row["digest"]))
-    at, at_ts = when(row["moment"] or env.occurred_at)
+    rows = tx.rows
     request_id = row["request_id"]
-    tx.execute(_INSERT, (
+    if event == "requested":
+        rows.add(REQUESTS, {"request_id": request_id, "node_name": row["node"],
+                            "interaction_type": row["kind"], "digest": row["digest"]})
+    at, at_ts = when(row["moment"]) if row["moment"] else moment(env)
+    node, kind, digest_ = row["node"], row["kind"], row["digest"]
+    if (node is None or kind is None or digest_ is None) and request_id is not None:
+        # what the request showed, from its own row
+        request = rows.get(REQUESTS, request_id)
+        if request is not None:
+            node = request["node_name"] if node is None else node
+            kind = request["interaction_type"] if kind is None else kind
+            digest_ = request["digest"] if digest_ is None else digest_
+    # nothing reads the trail while events are folded: a rebuild writes it in bulk
+    tx.defer(_INSERT, (
         env.service, env.position, at_ts, at, event, env.event_type, env.thread_id,
-        request_id, row["node"], request_id, row["kind"], request_id, row["action"],
-        row["responder"], row["principal"], row["on_behalf_of"], row["shown"],
-        dumps(row["data_keys"]), 1 if row["by_timeout"] else 0, row["code"],
-        ERASED if _erased(row["reason"]) else row["reason"],
-        row["key"], row["digest"], request_id, dumps(row["detail"]),
+        request_id, node, kind, row["action"], row["responder"], row["principal"],
+        row["on_behalf_of"], row["shown"], dumps(row["data_keys"]),
+        1 if row["by_timeout"] else 0, row["code"],
+        ERASED if _erased(row["reason"]) else row["reason"], row["key"], digest_,
+        dumps(row["detail"]),
     ))
 
 

@@ -20,11 +20,10 @@ them with the anchors (:mod:`projections.verify`).
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any
 
-from projections.db import Tx, iso
-from projections.event import Event
+from projections.db import Tx, ViewDatabase, encoder, iso
+from projections.event import Event, Replayed, moment
 
 NAME = "audit_chain"
 
@@ -59,10 +58,8 @@ PLAIN = frozenset({
 NESTED = frozenset({"interactions"})
 
 
-#: The canonical JSON encoder, made once: ``json.dumps`` with these options makes one per
-#: call, which costs as much as encoding a small value (the text is the same).
-_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                              default=str).encode
+#: The canonical JSON encoder, made once (the text of ``json.dumps`` with these options).
+_canonical = encoder(sort_keys=True)
 
 
 def canonical(value: Any) -> str:
@@ -102,7 +99,15 @@ def record(env: Event, at: str | None = None) -> str:
 
 
 def link(previous: str, env: Event, at: str | None = None) -> str:
-    return hashlib.sha256((previous + record(env, at)).encode()).hexdigest()
+    text = env.record if isinstance(env, Replayed) and env.record is not None else None
+    return hashlib.sha256((previous + (text or record(env, at))).encode()).hexdigest()
+
+
+def anchored(db: ViewDatabase) -> dict[str, int]:
+    """The last position of each service's log anchored so far."""
+    return {str(row["service"]): int(row["upto"]) for row in db.query(
+        "SELECT service, MAX(position) AS upto FROM audit_chain GROUP BY service")
+        if row["upto"] is not None}
 
 
 def create(tx: Tx) -> None:
@@ -140,7 +145,7 @@ class Anchoring:
         if last is not None and last[1] >= env.position:
             return False
         seq = last[0] + 1 if last else 1
-        at = iso(env.occurred_at)
+        at = moment(env)[0]
         hashed = link(last[2] if last else "", env, at)
         self._last[key] = (seq, env.position, hashed)
         self._rows.append((env.thread_id, env.service, seq, env.position, env.event_type,

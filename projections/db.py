@@ -26,15 +26,17 @@ import json
 import re
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel
 
 from contracts.limits import MAX_PAGE_BYTES
+from projections.rows import Rows
 
 BOOKKEEPING_DDL = (
     """CREATE TABLE IF NOT EXISTS applied_events (
@@ -89,9 +91,27 @@ def fill_page(items: Sequence[P], limit: int,
     return page, False
 
 
-#: Made once (``json.dumps`` with options makes an encoder per call; the text is the same).
-_dumps = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure_ascii=False,
-                          default=str).encode
+def encoder(*, sort_keys: bool) -> Callable[[Any], str]:
+    """``json.dumps(value, sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=False,
+    default=str)``, the same text, made once: ``json.dumps`` with options builds an encoder
+    per call, and ``JSONEncoder.encode`` builds the C encoder it calls per call too. This
+    holds one C encoder (without the check for circular values: a decoded event holds none)."""
+    slow = json.JSONEncoder(sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=False,
+                            default=str).encode
+    if c_make_encoder is None:  # a Python without the json accelerator
+        return slow
+    fast = c_make_encoder(None, str, encode_basestring, None, ":", ",", sort_keys, False, True)
+
+    def encode(value: Any) -> str:
+        if isinstance(value, str):
+            return str(encode_basestring(value))
+        return "".join(fast(value, 0))
+
+    return encode
+
+
+#: Made once (the text of ``json.dumps`` with these options).
+_dumps = encoder(sort_keys=True)
 
 
 def dumps(value: Any) -> str:
@@ -204,6 +224,7 @@ class Tx:
         self._sql = dialect.sql
         self._pipelined = False
         self._deferred: dict[str, list[Sequence[Any]]] | None = None
+        self._rows: Rows | None = None
         if dialect.name == "sqlite":
             self.execute = self._execute_plain  # type: ignore[method-assign]
 
@@ -229,6 +250,25 @@ class Tx:
 
         self._sql = renamed
         self.execute = Tx.execute.__get__(self)  # type: ignore[method-assign]
+
+    @property
+    def rows(self) -> Rows:
+        """The views' rows as this transaction reads and changes them (see
+        :mod:`projections.rows`)."""
+        if self._rows is None:
+            self._rows = Rows(self)
+        return self._rows
+
+    def fresh_rows(self) -> Rows:
+        """From now on, rows of new, empty tables (a rebuild's): see :class:`Rows`."""
+        self._rows = Rows(self, fresh=True)
+        return self._rows
+
+    def finish(self) -> None:
+        """Write what is still held back (before the transaction commits)."""
+        if self._rows is not None:
+            self._rows.flush()
+        self.flush()
 
     def defer(self, sql: str, params: Sequence[Any]) -> None:
         """A statement whose effect nothing reads before the transaction ends (a row only
@@ -389,6 +429,7 @@ class ViewDatabase:
                 if turn:
                     tx.execute("UPDATE view_writer SET id = id WHERE id = 1")
                 yield tx
+                tx.finish()
             except BaseException:
                 with suppress(Exception):  # a broken connection has nothing to undo
                     conn.execute("ROLLBACK")

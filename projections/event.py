@@ -9,10 +9,11 @@ store.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
+
+from projections.db import encoder, when
 
 
 class Event(Protocol):
@@ -55,10 +56,16 @@ class Replayed:
     payload: dict[str, Any]
     #: ``payload_json(payload)``, written once where the store was read.
     payload_text: str
+    #: ``when(occurred_at)``: the time as ISO text and as seconds since the epoch.
+    at: str
+    at_ts: float
+    #: The event's audit record (``projections.chain.record``), made where the store was
+    #: read; None where the rebuild needs none (the event is anchored already).
+    record: str | None = None
 
 
-#: Made once (``json.dumps`` with options makes an encoder per call; the text is the same).
-_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
+#: The compact JSON encoder, made once.
+_compact = encoder(sort_keys=False)
 
 
 def payload_json(payload: Any) -> str:
@@ -68,3 +75,8 @@ def payload_json(payload: Any) -> str:
 
 def payload_text(env: Event) -> str:
     return env.payload_text if isinstance(env, Replayed) else payload_json(env.payload)
+
+
+def moment(env: Event) -> tuple[str, float]:
+    """``when(env.occurred_at)``: written once where a replayed event was read."""
+    return (env.at, env.at_ts) if isinstance(env, Replayed) else when(env.occurred_at)

@@ -136,6 +136,7 @@ class Projector:
                     with tx.savepoint("view_batch"):
                         applied = self._apply_live(tx, envelopes, upto, careful=False)
                 except Exception as error:
+                    tx.rows.discard()
                     if self.db.is_transient(error):
                         raise
                     applied = self._apply_live(tx, envelopes, upto, careful=True)
@@ -209,6 +210,7 @@ class Projector:
             else:
                 for view in targets:
                     view.apply(tx, env)
+        tx.rows.flush()  # the rows the batch changed, each written once
         anchoring.write()
         return applied
 
@@ -217,9 +219,11 @@ class Projector:
             with tx.savepoint("view_event"):
                 for view in views:
                     view.apply(tx, env)
+                tx.rows.flush()
                 tx.flush()
         except Exception as error:
             tx.discard()
+            tx.rows.discard()
             if self.db.is_transient(error):
                 raise
             log.error("event_not_projected", event_type=env.event_type, service=env.service,
@@ -249,9 +253,11 @@ class Projector:
                         for env in chunk:
                             for apply in applies:
                                 apply(tx, env)
+                        tx.rows.flush()  # the rows the chunk changed, each written once
                     tx.flush()
             except Exception as error:
                 tx.discard()
+                tx.rows.discard()
                 if self.db.is_transient(error):
                     raise
                 for env in chunk:

@@ -4,17 +4,18 @@ Each service's notification log is read straight from its store (eventsourcing
 ``select_notifications``) and turned into envelopes by the same factory its outbox relay
 publishes with (``envelope_factory`` with the ``PUBLISHED`` set of ``services/<name>/main.py``),
 so a replayed event is the event the live projector received. The logs are merged in the order
-the events happened (each log keeps its own order), and folded into freshly created tables in
-one transaction, into new tables (``<table>__rebuild``) that replace the old ones at its end:
-readers see the old view until the new one is complete, on PostgreSQL too, and a rebuild that
-fails leaves the old view as it was. Rows that nothing reads while events are folded (the
-timeline) are written in bulk, a chunk at a time; secondary indexes are built once the rows
-are in.
+the events happened (each log keeps its own order: a thread's hash chain for a service follows
+it), and folded into freshly created tables in one transaction, into new tables
+(``<table>__rebuild``) that replace the old ones at its end: readers see the old view until the
+new one is complete, on PostgreSQL too, and a rebuild that fails leaves the old view as it was.
+The views fold a chunk of events at a time in memory and write each row the chunk changed once
+(``projections/rows.py``); rows that nothing reads while events are folded (the timeline, the
+audit trail) are written in bulk; secondary indexes are built once the rows are in.
 
-Large stores are read by worker processes (a store by one or more, a range of its log each,
-so that every core has work) while this process folds the events into the views; the workers
-run the same reading code and send the events as lines over a pipe. The logs are merged by
-the time each event happened, which keeps each aggregate's events in their order.
+Large stores are read by worker processes (a store by one or more, a block of its log each in
+turn, so that every core has work) while this process folds the events into the views; the
+workers run the same reading code, write what needs no view state (each event's time, payload
+JSON and audit record) and send the events over a pipe, a JSON array per chunk.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import heapq
 import importlib
-import itertools
 import json
 import os
 import queue
@@ -37,9 +37,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+import orjson
+
 from contracts.events import Service
-from projections.db import ViewDatabase, open_view_database
-from projections.event import Event, Replayed, payload_json
+from projections import chain
+from projections.db import ViewDatabase, open_view_database, when
+from projections.event import Event, Replayed, moment, payload_json
 from projections.projector import Projector, View, select_views
 from projections.retention import forget_archived
 from services.common.integration import EventParts, envelope_factory, event_parts
@@ -120,19 +123,23 @@ class Source:
 
 class WorkerSource:
     """A :class:`Source` read by a worker process (``python -m projections.rebuild_worker``):
-    the events of the notifications ``start`` to ``stop`` of its log (None: to the end), in
-    the store's order, as frames of lines over the worker's stdout. The settings go over its
+    the events of the blocks ``part``, ``part + parts``, … of its log (``block``
+    notifications each) up to ``stop``, in
+    the store's order, as frames over the worker's stdout (a JSON array of :func:`_row` per
+    frame). The settings go over its
     stdin (credentials never appear in a process listing)."""
 
-    def __init__(self, settings: Any, data_dir: Path | None, service: str, *, start: int = 1,
-                 stop: int | None = None, size: int = 0) -> None:
+    def __init__(self, settings: Any, data_dir: Path | None, service: str, *, part: int = 0,
+                 parts: int = 1, block: int = PAGE, stop: int = 0, size: int = 0,
+                 anchored: int = 0) -> None:
         self.service = service
         self.last = 0
         self.read = 0
         self._size = size
         self._process = subprocess.Popen(
             [sys.executable, "-m", "projections.rebuild_worker", service,
-             str(data_dir) if data_dir else "", str(start), str(stop or "")],
+             str(data_dir) if data_dir else "", str(part), str(parts), str(block), str(stop),
+             str(anchored)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         )
         assert self._process.stdin is not None and self._process.stdout is not None
@@ -143,7 +150,7 @@ class WorkerSource:
         # waits), so the worker never waits for the merge to want its events
         self._frames: queue.Queue[tuple[bytes, bytes]] = queue.Queue(maxsize=FRAMES_AHEAD)
         self._reader = threading.Thread(target=self._drain, daemon=True,
-                                        name=f"rebuild-{service}-{start}")
+                                        name=f"rebuild-{service}-{part}")
         self._reader.start()
 
     def size(self) -> int:
@@ -163,15 +170,18 @@ class WorkerSource:
                 return
 
     def envelopes(self) -> Iterator[Event]:
-        loads, when, make = json.loads, datetime.fromisoformat, Replayed
+        loads, parse, make = orjson.loads, datetime.fromisoformat, Replayed
         while True:
             kind, body = self._frames.get()
             if kind == b"E":
-                for line in body.decode().split("\n"):
-                    event_type, service, thread_id, aggregate_id, position, version, at, \
-                        text = line.split("\t", 7)
-                    yield make(event_type, service, thread_id, aggregate_id, int(position),
-                               int(version), when(at), loads(text), text)
+                for event_type, service, thread_id, aggregate_id, position, version, at, \
+                        at_ts, text, record in loads(body):
+                    try:
+                        payload = loads(text)
+                    except orjson.JSONDecodeError:  # what only the json module reads (NaN)
+                        payload = json.loads(text)
+                    yield make(event_type, service, thread_id, aggregate_id, position, version,
+                               parse(at), payload, text, at, at_ts, record)
             elif kind == b"S":
                 stats = json.loads(body)
                 self.last, self.read = int(stats["last"]), int(stats["read"])
@@ -199,19 +209,23 @@ def frame(kind: bytes, body: bytes) -> bytes:
     return kind + len(body).to_bytes(4, "big") + body
 
 
-def _line(source: Source, notification: Any) -> bytes | None:
+def _row(source: Source, notification: Any, anchored: int) -> tuple[Any, ...] | None:
     """A notification as a worker sends it, converted as the relay converts it: event type,
-    service, thread, aggregate, position, version, time and the payload's compact JSON,
-    separated by tabs (none of them holds one: thread ids are subject tokens, aggregate ids
-    UUIDs, JSON text escapes tabs)."""
+    service, thread, aggregate, position, version, time (ISO text and seconds), the payload's
+    compact JSON and, for an event past ``anchored`` (the last position of the service's log
+    anchored already), its audit record (else None)."""
     event = source.app.mapper.to_domain_event(notification)
     parts = source.parts(event)
     if parts is None:
         return None
     event_type, thread_id, payload = parts
-    return (f"{event_type}\t{source.service}\t{thread_id}\t{event.originator_id}\t"
-            f"{notification.id}\t{event.originator_version}\t{event.timestamp.isoformat()}\t"
-            f"{payload_json(payload)}").encode()
+    at, at_ts = when(event.timestamp)
+    env = Replayed(event_type, source.service, thread_id, str(event.originator_id),
+                   notification.id, event.originator_version, event.timestamp, payload,
+                   payload_json(payload), at, at_ts)
+    return (event_type, source.service, thread_id, env.aggregate_id, notification.id,
+            env.aggregate_version, at, at_ts, env.payload_text,
+            chain.record(env, at) if notification.id > anchored else None)
 
 
 def _parts_of(to_envelope: Any) -> EventParts:
@@ -226,9 +240,12 @@ def _parts_of(to_envelope: Any) -> EventParts:
 
 
 def read_in_worker(settings: Any, data_dir: Path | None, service: str, out: IO[bytes], *,
-                   start: int = 1, stop: int | None = None) -> None:
-    """What a worker process does: read one store's notifications from ``start`` to ``stop``
-    (inclusive; None: the end), write its events, then how far it read."""
+                   part: int = 0, parts: int = 1, block: int = PAGE, stop: int = 0,
+                   anchored: int = 0) -> None:
+    """What a worker process does: read the blocks ``part``, ``part + parts``, … of one
+    store's notifications (``block`` each, the notifications 1 to ``stop``), write their
+    events (with their audit records past ``anchored``) in the log's order, then how far the
+    workers of the store read together (``stop``)."""
     try:
         # the parent opened every store before starting the workers: no table to create, and
         # workers creating them at once collide on PostgreSQL ("tuple concurrently updated")
@@ -240,24 +257,22 @@ def read_in_worker(settings: Any, data_dir: Path | None, service: str, out: IO[b
                 keys = getattr(source.app, "thread_keys", None)
                 if keys is not None:  # the threads' data keys at once, not one query each
                     keys.preload()
-                chunk: list[bytes] = []
-                source.last = start - 1
-                while True:
-                    batch = recorder.select_notifications(source.last + 1, PAGE, stop=stop)
-                    if not batch:
-                        break
+                chunk: list[tuple[Any, ...]] = []
+                for low in range(1 + part * block, stop + 1, parts * block):
+                    batch = recorder.select_notifications(low, block,
+                                                          stop=min(low + block - 1, stop))
                     for notification in batch:
-                        line = _line(source, notification)
-                        if line is None:
+                        row = _row(source, notification, anchored)
+                        if row is None:
                             continue
-                        chunk.append(line)
+                        chunk.append(row)
                         if len(chunk) == WORKER_CHUNK:
-                            out.write(frame(b"E", b"\n".join(chunk)))
+                            out.write(frame(b"E", orjson.dumps(chunk)))
                             chunk = []
-                    source.last = batch[-1].id
                     source.read += len(batch)
+                source.last = stop
                 if chunk:
-                    out.write(frame(b"E", b"\n".join(chunk)))
+                    out.write(frame(b"E", orjson.dumps(chunk)))
                 out.write(frame(b"S", json.dumps({"last": source.last,
                                                   "read": source.read}).encode()))
             finally:
@@ -276,11 +291,13 @@ def _readers() -> int:
 def open_sources(settings: Any, data_dir: Path | None = None, *,
                  only: Sequence[str] | None = None,
                  parallel: bool | None = None,
-                 create_tables: bool = True) -> list[EventSource]:
+                 create_tables: bool = True,
+                 anchored: dict[str, int] | None = None) -> list[EventSource]:
     """The stores the settings name, each with the envelope factory its relay publishes with.
 
     ``parallel`` (by default: when the stores hold more than :data:`PARALLEL_FROM`
-    notifications) reads each store in a worker process.
+    notifications) reads each store in a worker process; the workers write the audit records
+    of the events past ``anchored[service]`` (the hash chains' last anchored positions).
     """
     sources: list[Source] = []
     for service, module_name, class_name in SERVICES:
@@ -316,24 +333,30 @@ def open_sources(settings: Any, data_dir: Path | None = None, *,
         return list(sources)
     for source in sources:
         source.close()
-    # a large store is read in ranges by several workers: merged by the time each event
-    # happened, an aggregate's events keep their order (they happened one after the other)
+    # a large store is read by several workers, a block of its log each in turn: their events
+    # are merged back into the log's order (see :func:`merged`), and all are busy meanwhile
     total = sum(sizes.values()) or 1
     workers: list[EventSource] = []
     for name, size in sizes.items():
-        parts = max(1, round(_readers() * size / total))
-        bounds = [size * part // parts for part in range(parts + 1)]
+        parts = max(1, min(round(_readers() * size / total), -(-size // PAGE)))
         workers.extend(
-            WorkerSource(settings, data_dir, name, start=low + 1,
-                         stop=None if part == parts - 1 else high, size=high - low)
-            for part, (low, high) in enumerate(itertools.pairwise(bounds)))
+            WorkerSource(settings, data_dir, name, part=part, parts=parts, block=PAGE,
+                         stop=size, size=size // parts, anchored=(anchored or {}).get(name, 0))
+            for part in range(parts))
     return workers
 
 
 def merged(sources: Sequence[EventSource]) -> Iterator[Event]:
-    """Every store's envelopes, in the order they happened; each store's own order kept."""
-    return heapq.merge(*(source.envelopes() for source in sources),
-                       key=lambda env: (env.occurred_at, env.service, env.position))
+    """Every store's envelopes, each store's in the order of its log (the order its relay
+    publishes them in: a thread's hash chain for a service follows it), the stores' merged by
+    the time their events happened."""
+    logs: dict[str, list[Iterator[Event]]] = {}
+    for source in sources:
+        logs.setdefault(source.service, []).append(source.envelopes())
+    # ISO text in UTC with microseconds (``at``) sorts as the times do
+    return heapq.merge(*(log[0] if len(log) == 1 else heapq.merge(
+        *log, key=lambda env: env.position) for log in logs.values()),
+        key=lambda env: (moment(env)[0], env.service, env.position))
 
 
 @dataclass
@@ -394,6 +417,7 @@ def rebuild(db: ViewDatabase, projector: Projector, views: Sequence[View],
             view.drop(tx)  # what a rebuild that was interrupted left (its __rebuild tables)
             view.create(tx, indexes=False)
             view.index_lookups(tx)
+        tx.fresh_rows()  # the new tables are empty: a key not written yet has no row
         report(0)
         result.events = projector.replay(tx, merged(sources), views, report)
         forget_archived(tx)  # archived threads stay out of the (new) thread views
@@ -441,7 +465,7 @@ def rebuild_from_stores(db: ViewDatabase, projector: Projector, settings: Any,
                         progress: Progress | None = None) -> RebuildResult:
     """Open the stores ``settings`` name, rebuild the views named (all: none), close them."""
     views = select_views(names)
-    sources = open_sources(settings, data_dir, parallel=parallel)
+    sources = open_sources(settings, data_dir, parallel=parallel, anchored=chain.anchored(db))
     try:
         return rebuild(db, projector, views, sources, progress)
     finally:

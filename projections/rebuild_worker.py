@@ -1,6 +1,7 @@
-"""A rebuild's store reader: ``python -m projections.rebuild_worker SERVICE [DATA_DIR [START
-[STOP]]]`` with the settings (JSON) on stdin writes the events of the store's notifications
-START to STOP (default: all) to stdout (see :func:`projections.rebuild.read_in_worker`)."""
+"""A rebuild's store reader: ``python -m projections.rebuild_worker SERVICE DATA_DIR PART PARTS
+BLOCK STOP ANCHORED`` with the settings (JSON) on stdin writes the events of the store's blocks
+PART, PART + PARTS, … of BLOCK notifications (up to STOP) to stdout, with the audit records of
+those past ANCHORED (see :func:`projections.rebuild.read_in_worker`)."""
 
 from __future__ import annotations
 
@@ -19,13 +20,11 @@ def main() -> None:
     configure_logging("WARNING")  # a helper: its problems, not its routine, reach the terminal
 
     args = sys.argv[1:]
-    service = args[0]
-    data_dir = args[1] if len(args) > 1 else ""
-    start = int(args[2]) if len(args) > 2 and args[2] else 1
-    stop = int(args[3]) if len(args) > 3 and args[3] else None
+    service, data_dir, part, parts, block, stop, anchored = args
     settings = Settings(**json.loads(sys.stdin.buffer.read()))
     read_in_worker(settings, Path(data_dir) if data_dir else None, service, out,
-                   start=start, stop=stop)
+                   part=int(part), parts=int(parts), block=int(block), stop=int(stop),
+                   anchored=int(anchored))
 
 
 if __name__ == "__main__":

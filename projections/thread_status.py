@@ -20,8 +20,9 @@ from contracts.queries import (
     ThreadView,
     TimelineEvent,
 )
-from projections.db import Row, Tx, ViewDatabase, fill_page, iso, when
-from projections.event import Event, payload_json, payload_text
+from projections.db import Row, Tx, ViewDatabase, fill_page, iso
+from projections.event import Event, moment, payload_json, payload_text
+from projections.rows import Audience, Keyed, Rows
 
 NAME = "thread_status"
 VERSION = 4
@@ -124,156 +125,189 @@ def _text(value: Any) -> Any:
 
 # -- folding events -----------------------------------------------------------------------------
 
-
-def _started(tx: Tx, env: Event, p: dict[str, Any], at: str) -> None:
-    tx.execute(
-        "INSERT INTO thread_status (thread_id, graph_name, workflow_digest, status, current_node,"
-        " started_by, started_at, updated_at, version) VALUES (?,?,?,?,?,?,?,?,?)"
-        " ON CONFLICT DO NOTHING",
-        (env.thread_id, p["graph_name"], p["workflow_digest"], "running", None,
-         p.get("started_by", "anonymous"), at, at, env.aggregate_version),
-    )
-
-
-def _node_completed(tx: Tx, env: Event, p: dict[str, Any], at: str) -> None:
-    tx.execute("UPDATE thread_status SET current_node=?, output=?, updated_at=?, version=?"
-               " WHERE thread_id=?",
-               (p.get("next_node"), _json(p.get("output")), at, env.aggregate_version,
-                env.thread_id))
+#: The keyed tables the fold reads and changes (through ``tx.rows``: projections/rows.py).
+STATUS = Keyed("thread_status", (
+    "thread_id", "graph_name", "workflow_digest", "status", "current_node", "started_by",
+    "started_at", "updated_at", "completed_at", "error", "output", "version"))
+REQUESTS = Keyed("thread_requests", (
+    "id", "thread_id", "node_name", "interaction_type", "prompt", "context", "options",
+    "assignees", "timeout_seconds", "deadline", "created_at", "batch_index", "batch_size",
+    "status", "closed_at", "action", "responder", "shown", "candidate_groups", "claimed_by",
+    "quorum", "votes", "response_schema"),
+    defaults={"shown": "", "candidate_groups": "[]", "votes": "[]"})
+AUDIENCE = Audience("thread_request_audience")
 
 
-def _node_failed(tx: Tx, env: Event, p: dict[str, Any], at: str) -> None:
-    tx.execute("UPDATE thread_status SET current_node=?, updated_at=?, version=?"
-               " WHERE thread_id=?", (p.get("next_node"), at, env.aggregate_version,
-                                     env.thread_id))
+def _started(rows: Rows, env: Event, p: dict[str, Any], at: str) -> None:
+    rows.add(STATUS, {
+        "thread_id": env.thread_id, "graph_name": p["graph_name"],
+        "workflow_digest": p["workflow_digest"], "status": "running", "current_node": None,
+        "started_by": p.get("started_by", "anonymous"), "started_at": at, "updated_at": at,
+        "version": env.aggregate_version})
 
 
-def _touched(tx: Tx, env: Event, p: dict[str, Any], at: str) -> None:
-    tx.execute("UPDATE thread_status SET updated_at=?, version=? WHERE thread_id=?",
-               (at, env.aggregate_version, env.thread_id))
+def _node_completed(rows: Rows, env: Event, p: dict[str, Any], at: str) -> None:
+    node, output = p.get("next_node"), _json(p.get("output"))
+    row = rows.change(STATUS, env.thread_id)
+    if row is not None:
+        row.update(current_node=node, output=output, updated_at=at,
+                   version=env.aggregate_version)
 
 
-def _paused(tx: Tx, env: Event, p: dict[str, Any], at: str) -> None:
-    tx.execute("UPDATE thread_status SET status='paused', current_node=?, updated_at=?,"
-               " version=? WHERE thread_id=?", (p["node"], at, env.aggregate_version,
-                                                env.thread_id))
+def _node_failed(rows: Rows, env: Event, p: dict[str, Any], at: str) -> None:
+    node = p.get("next_node")
+    row = rows.change(STATUS, env.thread_id)
+    if row is not None:
+        row.update(current_node=node, updated_at=at, version=env.aggregate_version)
 
 
-def _resumed(tx: Tx, env: Event, p: dict[str, Any], at: str) -> None:
+def _touched(rows: Rows, env: Event, p: dict[str, Any], at: str) -> None:
+    row = rows.change(STATUS, env.thread_id)
+    if row is not None:
+        row.update(updated_at=at, version=env.aggregate_version)
+
+
+def _paused(rows: Rows, env: Event, p: dict[str, Any], at: str) -> None:
+    node = p["node"]
+    row = rows.change(STATUS, env.thread_id)
+    if row is not None:
+        row.update(status="paused", current_node=node, updated_at=at,
+                   version=env.aggregate_version)
+
+
+def _resumed(rows: Rows, env: Event, p: dict[str, Any], at: str) -> None:
     # a batch stays paused until its last request is answered
     status = "paused" if int(p.get("waiting_on") or 0) > 0 else "running"
-    tx.execute("UPDATE thread_status SET status=?, updated_at=?, version=? WHERE thread_id=?",
-               (status, at, env.aggregate_version, env.thread_id))
+    row = rows.change(STATUS, env.thread_id)
+    if row is not None:
+        row.update(status=status, updated_at=at, version=env.aggregate_version)
 
 
-def _ended(tx: Tx, env: Event, p: dict[str, Any], at: str) -> None:
+def _ended(rows: Rows, env: Event, p: dict[str, Any], at: str) -> None:
     node = None if env.event_type == "ThreadCompleted" else p.get("node")
     error = p.get("error")
     if env.event_type == "ThreadTimedOut":
         error = f"request {p.get('interaction_id')} at node {p.get('node')!r} timed out"
-    tx.execute(
-        "UPDATE thread_status SET status=?, current_node=COALESCE(?, current_node),"
-        " updated_at=?, completed_at=?, error=?, output=COALESCE(?, output), version=?"
-        " WHERE thread_id=?",
-        (ENDINGS[env.event_type], node, at, at, _text(error),
-         _json(p["output"]) if "output" in p else None, env.aggregate_version, env.thread_id),
-    )
+    status, error = ENDINGS[env.event_type], _text(error)
+    output = _json(p["output"]) if "output" in p else None
+    row = rows.change(STATUS, env.thread_id)
+    if row is not None:
+        row.update(status=status, updated_at=at, completed_at=at, error=error,
+                   version=env.aggregate_version)
+        if node is not None:
+            row["current_node"] = node
+        if output is not None:
+            row["output"] = output
 
 
-def _requested(tx: Tx, env: Event, p: dict[str, Any], at: str) -> None:
-    tx.execute(
-        "INSERT INTO thread_requests (id, thread_id, node_name, interaction_type, prompt,"
-        " context, options, assignees, timeout_seconds, deadline, created_at, batch_index,"
-        " batch_size, status, shown, candidate_groups, quorum, response_schema)"
-        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?, 'pending',?,?,?,?) ON CONFLICT DO NOTHING",
-        (p["id"], env.thread_id, p["node_name"], p["interaction_type"], _text(p["prompt"]),
-         _json(p.get("context") or {}), _json(p.get("options") or []),
-         _json(list(p.get("assignees") or ())), p.get("timeout_seconds"),
-         iso(p["deadline"]) if p.get("deadline") else None, iso(p["created_at"]),
-         p.get("batch_index", 0), p.get("batch_size", 1), p.get("shown") or "",
-         _json(list(p.get("candidate_groups") or ())),
-         _json(p["quorum"]) if p.get("quorum") else None,
-         _json(p["response_schema"]) if p.get("response_schema") else None),
-    )
+def _audience(users: Any, groups: Any) -> list[tuple[str, str]]:
+    return [("user", u) for u in users] + [("group", g) for g in groups] or [("any", "")]
+
+
+def _requested(rows: Rows, env: Event, p: dict[str, Any], at: str) -> None:
+    rows.add(REQUESTS, {
+        "id": p["id"], "thread_id": env.thread_id, "node_name": p["node_name"],
+        "interaction_type": p["interaction_type"], "prompt": _text(p["prompt"]),
+        "context": _json(p.get("context") or {}), "options": _json(p.get("options") or []),
+        "assignees": _json(list(p.get("assignees") or ())),
+        "timeout_seconds": p.get("timeout_seconds"),
+        "deadline": iso(p["deadline"]) if p.get("deadline") else None,
+        "created_at": iso(p["created_at"]), "batch_index": p.get("batch_index", 0),
+        "batch_size": p.get("batch_size", 1), "status": "pending", "shown": p.get("shown") or "",
+        "candidate_groups": _json(list(p.get("candidate_groups") or ())),
+        "quorum": _json(p["quorum"]) if p.get("quorum") else None,
+        "response_schema": _json(p["response_schema"]) if p.get("response_schema") else None})
     quorum = p.get("quorum") or {}
     if quorum:
-        _set_audience(tx, p["id"], quorum.get("of") or (),
-                      [quorum["group"]] if quorum.get("group") else ())
+        audience = _audience(quorum.get("of") or (),
+                             [quorum["group"]] if quorum.get("group") else ())
     else:
-        _set_audience(tx, p["id"], p.get("assignees") or (), p.get("candidate_groups") or ())
+        audience = _audience(p.get("assignees") or (), p.get("candidate_groups") or ())
+    rows.offer(AUDIENCE, p["id"], audience)
 
 
-def _set_audience(tx: Tx, request_id: str, users: Any, groups: Any) -> None:
-    tx.execute("DELETE FROM thread_request_audience WHERE request_id=?", (request_id,))
-    rows = [("user", u) for u in users] + [("group", g) for g in groups] or [("any", "")]
-    for kind, name in rows:
-        tx.execute("INSERT INTO thread_request_audience (request_id, kind, name)"
-                   " VALUES (?,?,?)", (request_id, kind, name))
+def _accepted(rows: Rows, env: Event, p: dict[str, Any], at: str) -> None:
+    closed, action, responder = iso(p["timestamp"]), p["action"], p.get("responder")
+    row = rows.change(REQUESTS, p["request_id"])
+    if row is not None:
+        row.update(status="answered", closed_at=closed, action=action, responder=responder)
 
 
-def _accepted(tx: Tx, env: Event, p: dict[str, Any], at: str) -> None:
-    tx.execute("UPDATE thread_requests SET status='answered', closed_at=?, action=?, responder=?"
-               " WHERE id=?", (iso(p["timestamp"]), p["action"], p.get("responder"),
-                               p["request_id"]))
+def _closed(rows: Rows, request_id: str, status: str, closed: str) -> None:
+    row = rows.change(REQUESTS, request_id)
+    if row is not None and row["status"] == "pending":
+        row.update(status=status, closed_at=closed)
 
 
-def _timed_out(tx: Tx, env: Event, p: dict[str, Any], at: str) -> None:
-    tx.execute("UPDATE thread_requests SET status='timed_out', closed_at=? WHERE id=?"
-               " AND status='pending'", (iso(p.get("timestamp") or at), p["request_id"]))
+def _timed_out(rows: Rows, env: Event, p: dict[str, Any], at: str) -> None:
+    _closed(rows, p["request_id"], "timed_out", iso(p.get("timestamp") or at))
 
 
-def _cancelled(tx: Tx, env: Event, p: dict[str, Any], at: str) -> None:
-    tx.execute("UPDATE thread_requests SET status='cancelled', closed_at=? WHERE id=?"
-               " AND status='pending'", (at, p["request_id"]))
+def _cancelled(rows: Rows, env: Event, p: dict[str, Any], at: str) -> None:
+    _closed(rows, p["request_id"], "cancelled", at)
 
 
-def _reminded(tx: Tx, env: Event, p: dict[str, Any], at: str) -> None:
+def _reminded(rows: Rows, env: Event, p: dict[str, Any], at: str) -> None:
     if p.get("deadline"):
-        tx.execute("UPDATE thread_requests SET deadline=? WHERE id=?",
-                   (iso(p["deadline"]), p["request_id"]))
+        deadline = iso(p["deadline"])
+        row = rows.change(REQUESTS, p["request_id"])
+        if row is not None:
+            row["deadline"] = deadline
 
 
-def _escalated(tx: Tx, env: Event, p: dict[str, Any], at: str) -> None:
-    tx.execute("UPDATE thread_requests SET assignees=?, candidate_groups='[]', claimed_by=NULL,"
-               " shown=COALESCE(NULLIF(?, ''), shown), deadline=COALESCE(?, deadline)"
-               " WHERE id=?", (_json(list(p.get("assignees") or ())), p.get("shown") or "",
-                               iso(p["deadline"]) if p.get("deadline") else None,
-                               p["request_id"]))
-    _set_audience(tx, p["request_id"], p.get("assignees") or (), ())
+def _escalated(rows: Rows, env: Event, p: dict[str, Any], at: str) -> None:
+    assignees, shown = _json(list(p.get("assignees") or ())), p.get("shown") or ""
+    deadline = iso(p["deadline"]) if p.get("deadline") else None
+    row = rows.change(REQUESTS, p["request_id"])
+    if row is not None:
+        row.update(assignees=assignees, candidate_groups="[]", claimed_by=None)
+        if shown:
+            row["shown"] = shown
+        if deadline is not None:
+            row["deadline"] = deadline
+    rows.offer(AUDIENCE, p["request_id"], _audience(p.get("assignees") or (), ()))
 
 
-def _claimed(tx: Tx, env: Event, p: dict[str, Any], at: str) -> None:
-    tx.execute("UPDATE thread_requests SET claimed_by=? WHERE id=?",
-               (p["claimed_by"], p["request_id"]))
+def _claimed(rows: Rows, env: Event, p: dict[str, Any], at: str) -> None:
+    claimed_by = p["claimed_by"]
+    row = rows.change(REQUESTS, p["request_id"])
+    if row is not None:
+        row["claimed_by"] = claimed_by
 
 
-def _released(tx: Tx, env: Event, p: dict[str, Any], at: str) -> None:
-    tx.execute("UPDATE thread_requests SET claimed_by=NULL WHERE id=?", (p["request_id"],))
+def _released(rows: Rows, env: Event, p: dict[str, Any], at: str) -> None:
+    row = rows.change(REQUESTS, p["request_id"])
+    if row is not None:
+        row["claimed_by"] = None
 
 
-def _delegated(tx: Tx, env: Event, p: dict[str, Any], at: str) -> None:
-    tx.execute("UPDATE thread_requests SET claimed_by=?, shown=? WHERE id=?",
-               (p["to"], p["shown"], p["request_id"]))
+def _delegated(rows: Rows, env: Event, p: dict[str, Any], at: str) -> None:
+    to, shown = p["to"], p["shown"]
+    row = rows.change(REQUESTS, p["request_id"])
+    if row is not None:
+        row.update(claimed_by=to, shown=shown)
 
 
-def _reassigned(tx: Tx, env: Event, p: dict[str, Any], at: str) -> None:
-    tx.execute("UPDATE thread_requests SET assignees=?, candidate_groups=?, claimed_by=NULL,"
-               " shown=? WHERE id=?", (_json(list(p.get("assignees") or ())),
-                                       _json(list(p.get("candidate_groups") or ())),
-                                       p["shown"], p["request_id"]))
-    _set_audience(tx, p["request_id"], p.get("assignees") or (), p.get("candidate_groups") or ())
+def _reassigned(rows: Rows, env: Event, p: dict[str, Any], at: str) -> None:
+    assignees = _json(list(p.get("assignees") or ()))
+    groups, shown = _json(list(p.get("candidate_groups") or ())), p["shown"]
+    row = rows.change(REQUESTS, p["request_id"])
+    if row is not None:
+        row.update(assignees=assignees, candidate_groups=groups, claimed_by=None, shown=shown)
+    rows.offer(AUDIENCE, p["request_id"],
+               _audience(p.get("assignees") or (), p.get("candidate_groups") or ()))
 
 
-def _voted(tx: Tx, env: Event, p: dict[str, Any], at: str) -> None:
-    row = tx.one("SELECT votes FROM thread_requests WHERE id=?", (p["request_id"],))
+def _voted(rows: Rows, env: Event, p: dict[str, Any], at: str) -> None:
+    row = rows.change(REQUESTS, p["request_id"])
     if row is None:
         return
     votes = [v for v in json.loads(row["votes"]) if v.get("voter") != p["voter"]]
     votes.append({"voter": p["voter"], "action": p["action"]})
-    tx.execute("UPDATE thread_requests SET votes=? WHERE id=?", (_json(votes), p["request_id"]))
+    row["votes"] = _json(votes)
 
 
-Handler = Callable[[Tx, Event, dict[str, Any], str], None]
+Handler = Callable[[Rows, Event, dict[str, Any], str], None]
 
 HANDLERS: dict[str, Handler] = {
     "ThreadStarted": _started,
@@ -300,7 +334,7 @@ HANDLERS: dict[str, Handler] = {
 
 def apply(tx: Tx, env: Event) -> None:
     """Fold one event (of any type, known or not) into the view."""
-    at, at_ts = when(env.occurred_at)
+    at, at_ts = moment(env)
     # nothing reads the timeline while events are folded: a rebuild writes it in bulk
     tx.defer(
         "INSERT INTO thread_timeline (thread_id, at_ts, service, position, at, event_type,"
@@ -310,7 +344,7 @@ def apply(tx: Tx, env: Event) -> None:
     )
     handler = HANDLERS.get(env.event_type)
     if handler is not None:
-        handler(tx, env, env.payload, at)
+        handler(tx.rows, env, env.payload, at)
 
 
 # -- queries ------------------------------------------------------------------------------------

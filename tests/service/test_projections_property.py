@@ -13,9 +13,13 @@ import hashlib
 import itertools
 import json
 import math
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
+import psycopg
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -26,9 +30,14 @@ from contracts.workflow import NodeSpec, WorkflowSpec
 from hitlflow.settings import Settings
 from hitlflow.testing import HitlTestStack
 from projections import analytics
-from projections.rebuild import merged, open_sources
+from projections import projector as projector_module
+from projections import rebuild as rebuild_module
+from projections import rows as rows_module
+from projections.db import ViewDatabase
+from projections.projector import Projector
+from projections.rebuild import merged, open_sources, rebuild_from_stores
 from services.common.clock import FakeClock
-from tests.conftest import ROOT
+from tests.conftest import POSTGRES_DSN, ROOT
 from tests.helpers import cli_json
 from tests.service.test_projections import dump, fresh_rebuild, gate_flow, quiesce, views_db
 
@@ -101,6 +110,8 @@ def run(hitl: HitlTestStack, clock: FakeClock, ops: list[tuple[Any, ...]]) -> No
             hitl.resume(thread, action, data, on_behalf_of=("ann", "bob", "cy")[op[3]])
         elif op[0] == "cancel" and threads:
             hitl.cancel(threads[op[1] % len(threads)], "not needed")
+        elif op[0] == "erase" and threads:  # refused unless the thread has ended
+            cli_json(hitl.nats_url, "erase", "--thread", threads[op[1] % len(threads)])
         elif op[0] == "wait":
             clock.advance(op[1])
             code, _, stderr = cli_json(hitl.nats_url, "timeouts", "check")
@@ -279,3 +290,69 @@ def test_live_views_equal_rebuilt_views_and_the_model(faked: HitlTestStack, cloc
             times[max(1, math.ceil(0.95 * len(times))) - 1])
     else:
         assert o.avg_response_time_s is None and o.p50_response_time_s is None
+
+
+# -- the bulk rebuild against the live fold -----------------------------------------------------
+
+ERASE = [("start", "Approve"), ("answer", 0, True, 0), ("erase", 0), ("start", "Text"),
+         ("answer", 1, False, 2), ("answer", 1, True, 1), ("start", "Talk"), ("cancel", 2)]
+
+
+def views_and_chains(db: ViewDatabase) -> dict[str, list[str]]:
+    """Every view row and every chain link (digests included)."""
+    return {**dump(db), "audit_chain": sorted(
+        json.dumps(row, sort_keys=True, default=str)
+        for row in db.query("SELECT * FROM audit_chain"))}
+
+
+@contextmanager
+def new_views(hitl: HitlTestStack, settings: Settings, name: str) -> Iterator[ViewDatabase]:
+    """A brand-new views database beside the stack's (a schema of its own on PostgreSQL)."""
+    if settings.persistence != "postgres":
+        db = ViewDatabase.sqlite(hitl.data_dir / f"{name}-{uuid.uuid4().hex[:6]}.sqlite")
+        try:
+            yield db
+        finally:
+            db.close()
+        return
+    assert POSTGRES_DSN
+    schema = f"{settings.postgres_schema}_{name}"
+    db = ViewDatabase.postgres(POSTGRES_DSN, schema)
+    try:
+        yield db
+    finally:
+        db.close()
+        with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+@settings(max_examples=4, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(ops=st.lists(st.one_of(operation, st.tuples(st.just("erase"), st.integers(0, 7))),
+                    min_size=1, max_size=8))
+@example(ops=TIMEOUTS)
+@example(ops=ERASE)
+def test_the_bulk_rebuild_equals_the_live_fold_of_the_same_events(
+        faked: HitlTestStack, clock: FakeClock, settings: Settings,
+        monkeypatch: pytest.MonkeyPatch, ops: list[tuple[Any, ...]]) -> None:
+    """The rebuild folds chunks of events in memory and writes each changed row once; the live
+    projector folds batches from the stream. From the same stored events (encrypted at rest;
+    refused answers, timeouts, cancellations, erased threads among them) both build the same
+    rows and the same chain links, also when the rebuild takes many chunks, forgets rows
+    between them and reads the stores in worker processes."""
+    run(faked, clock, ops)
+    quiesce(faked)
+    events = stored_events(faked)
+    assert events
+    with new_views(faked, settings, "live") as live, \
+            new_views(faked, settings, "bulk") as bulk:
+        projector = Projector(live)
+        for start in range(0, len(events), 5):  # as the stream delivers them, a batch each
+            projector.apply(events[start:start + 5])
+        monkeypatch.setattr(projector_module, "REPLAY_CHUNK", 4)  # many chunks
+        monkeypatch.setattr(rows_module, "KEEP", 2)  # rows forgotten, read back
+        monkeypatch.setattr(rebuild_module, "PAGE", 3)  # several workers a store, by turns
+        result = rebuild_from_stores(bulk, Projector(bulk), settings,
+                                     data_dir=faked.data_dir / "stores", parallel=True)
+        assert result.events == len(events)
+        assert views_and_chains(bulk) == views_and_chains(live)
