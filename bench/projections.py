@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from contracts.events import EventEnvelope, shown_digest, shown_token
+from hitlflow.auth import OPERATOR_USER
 from hitlflow.client import HitlClient
 from hitlflow.settings import Settings
 from hitlflow.stack import BackgroundStack, Stack, free_port
@@ -40,6 +41,7 @@ from projections.rebuild import rebuild_from_stores
 from services.common.clock import SystemClock
 from services.common.identity import Identity
 from services.common.logging import configure_logging
+from services.common.messaging import NatsAuth
 from services.common.responses import InvalidResponseError
 from services.interaction.application import InteractionService
 from services.interaction.domain import Inbox, Interaction
@@ -181,18 +183,19 @@ def _cpu() -> tuple[float, float]:
     return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
 
 
-async def _cycles(url: str, rate: float, seconds: float, warmup: float,
+async def _cycles(url: str, auth: NatsAuth, rate: float, seconds: float, warmup: float,
                   per_cycle: float) -> int:
-    """Approval cycles (start, pause, approve, complete) started at a steady pace."""
+    """Approval cycles (start, pause, approve, complete) started at a steady pace, sent as
+    the stack's operator (authorization is on, as ``hitlflow up`` runs it)."""
     spec = load_workflow(WORKFLOW)
     interval = per_cycle / rate
-    async with HitlClient(url, reply_timeout=30) as client:
+    async with HitlClient(url, reply_timeout=30, auth=auth) as client:
 
         async def cycle(n: int) -> None:
             thread = f"lag-{n}"
             started = await client.start(spec, {"request": f"chairs #{n}"}, thread_id=thread)
             if started.status == "paused":
-                await client.resume(thread, "approve", responder="bench")
+                await client.resume(thread, "approve")
 
         tasks = []
         loop = asyncio.get_running_loop()
@@ -223,12 +226,14 @@ def bench_lag(rate: float, seconds: float, warmup: float = 3.0) -> dict[str, Any
     try:
         with BackgroundStack(stack) as running:
             stack.runtimes["projections"].on_applied = on_applied
-            asyncio.run(_cycles(running.nats_url, 1.0, 0.0, 0.0, 1.0))  # events of one cycle
+            auth = stack.settings_for(OPERATOR_USER).nats_auth()
+            asyncio.run(_cycles(running.nats_url, auth, 1.0, 0.0, 0.0, 1.0))  # one cycle's events
             time.sleep(1.0)
             per_cycle = float(sum(applied)) or 11.0
             window["from"] = time.time() + warmup
             window["to"] = window["from"] + seconds
-            cycles = asyncio.run(_cycles(running.nats_url, rate, seconds, warmup, per_cycle))
+            cycles = asyncio.run(_cycles(running.nats_url, auth, rate, seconds, warmup,
+                                         per_cycle))
     finally:
         shutil.rmtree(home, ignore_errors=True)
     return {
