@@ -38,8 +38,11 @@ MARK = "_sealed_"
 TABLE = "hitlflow_thread_keys"
 #: Data keys held in memory, at most (the oldest go first).
 CACHE_SIZE = 10_000
-#: Aggregate id → thread id remembered for sealing, at most.
-MAX_THREADS = 100_000
+#: Aggregate id → thread id remembered for sealing, at most: only the writes in progress need
+#: them, since every write notes its aggregates just before their events are mapped
+#: (:meth:`SealingMapper.note_threads`). Kept for every thread, they were a quarter of a KB per
+#: aggregate for as long as the service ran.
+MAX_THREADS = 4096
 
 
 def erased(digest_hex: str) -> dict[str, Any]:
@@ -210,12 +213,15 @@ class SealingMapper(Mapper[Any]):
         self._threads_lock = threading.Lock()
 
     def note_threads(self, aggregates: Any) -> None:
-        """Remember which thread each of these aggregates belongs to."""
+        """Remember which thread each of these aggregates belongs to, for the events about to
+        be mapped (an event that carries no ``thread_id`` is sealed under its aggregate's):
+        call it just before saving them. The latest noted are kept, the oldest forgotten."""
         with self._threads_lock:
             for aggregate in aggregates:
                 thread_id = getattr(aggregate, "thread_id", None)
                 if isinstance(thread_id, str):
                     self._threads[aggregate.id] = thread_id
+                    self._threads.move_to_end(aggregate.id)
             while len(self._threads) > MAX_THREADS:
                 self._threads.popitem(last=False)
 

@@ -347,6 +347,11 @@ class ServiceApplication(Application[UUID]):
 
     # -- writing -----------------------------------------------------------------------------
 
+    def save(self, *objs: Any, **kwargs: Any) -> Any:
+        """eventsourcing's save, with the threads of ``objs`` noted for sealing first."""
+        self.sealing.note_threads(objs)
+        return super().save(*objs, **kwargs)
+
     def record(self, aggregates: Iterable[Aggregate], tracking: Tracking | None = None) -> None:
         """Save the pending events of ``aggregates`` (and ``tracking``) in one transaction."""
         processing_event: ProcessingEvent[UUID] = ProcessingEvent(tracking=tracking)

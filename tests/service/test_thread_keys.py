@@ -3,14 +3,21 @@ and stored without leaving the store's own writes less durable (SQLite and Postg
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
 from eventsourcing.persistence import OperationalError
 
+from contracts.commands import CancelThread, StartThread
 from hitlflow.settings import Settings
+from services.common import sealing
 from services.common.sealing import ThreadKeys
+from services.workflow.agents import AgentRegistry
 from services.workflow.application import WorkflowService
+from services.workflow.definition import load_workflow
+from services.workflow.domain import Thread, thread_uuid
+from tests.conftest import EXAMPLE_AGENTS, example
 
 
 def keys_of(app: WorkflowService) -> ThreadKeys:
@@ -72,3 +79,52 @@ def test_the_store_still_syncs_every_commit_after_a_key_is_made(tmp_path: Path) 
         assert level() == 2
     finally:
         app.close()
+
+
+def test_a_thread_written_again_long_after_is_still_sealed(settings: Settings,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    """Which thread an aggregate belongs to is kept only for the latest few writes; a thread
+    changed again after many others (its entry long forgotten) still has its personal values
+    sealed under its key, whether saved by a job or by eventsourcing's ``save``."""
+    monkeypatch.setattr(sealing, "MAX_THREADS", 2)
+    registry = AgentRegistry.load([EXAMPLE_AGENTS])
+    spec = load_workflow(example("approval.csv") + "::ApprovalFlow", registry=registry)
+    app = WorkflowService(settings.store_env("workflow"), agents=registry)
+    secret = f"Secret-{uuid.uuid4().hex}"
+    try:
+        for number in range(6):
+            reply = app.start_thread(StartThread(thread_id=f"t-{number}", workflow=spec,
+                                                 state={"user_request": f"{secret}-{number}"}),
+                                     "t", number + 1)
+            assert reply.ok, reply.error
+        cancelled = app.cancel_thread(CancelThread(thread_id="t-0", reason=f"{secret} (job)"),
+                                      "t", 100)
+        assert cancelled.ok, cancelled.error
+        thread: Thread = app.repository.get(thread_uuid("t-1"))
+        thread.cancel(f"{secret} (save)", "t")
+        app.save(thread)
+        for thread_id, how in (("t-0", "job"), ("t-1", "save")):
+            events = stored_states(app, thread_id)
+            assert not [text for text in events if secret in text], thread_id
+            assert sealing.SEAL in events[-1], events[-1]
+            # read back (unsealed with the thread's key), the reason is there
+            last = app.recorder.select_events(thread_uuid(thread_id))[-1]
+            assert f"{secret} ({how})" in str(vars(app.mapper.to_domain_event(last)))
+    finally:
+        app.close()
+
+
+def stored_states(app: WorkflowService, thread_id: str) -> list[str]:
+    """A thread's events as stored, with the store's own encryption taken off (what is left is
+    what the thread's data key seals)."""
+    mapper = app.mapper
+    texts = []
+    for stored in app.recorder.select_events(thread_uuid(thread_id)):
+        state = stored.state
+        if mapper.cipher is not None:
+            state = mapper.cipher.decrypt(state)
+        if mapper.compressor is not None:
+            state = mapper.compressor.decompress(state)
+        texts.append(state.decode())
+    return texts
