@@ -77,7 +77,8 @@ class Services:
 
     def published(self, service: str) -> list[EventEnvelope]:
         """What the service saved since last asked, as the next service receives it."""
-        saved, self._saved[service][:] = list(self._saved[service]), []
+        saved = list(self._saved[service])
+        self._saved[service].clear()
         convert = self._envelope[service]
         envelopes = [convert(event, position) for position, event in saved]
         return [decode_envelope(e.model_dump_json().encode()) for e in envelopes if e]

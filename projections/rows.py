@@ -92,7 +92,7 @@ class Rows:
         return state
 
     def _entry(self, table: Keyed, key: Any) -> list[Any] | None:
-        state = self._tables.get(table) or self._table(table)
+        state = self._table(table)
         entry = state.cached.get(key)
         if entry is not None:
             state.cached.move_to_end(key)
