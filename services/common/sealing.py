@@ -13,23 +13,27 @@ in every service store: :meth:`ThreadKeys.erase`), each place holds ``{"erased":
 thread's hash chains still verify (their records hold the same digests).
 
 The data keys are kept in each store's table ``hitlflow_thread_keys`` (on PostgreSQL, one table
-for the stores that share a schema), each encrypted with the store key; erasing overwrites the
-key with NULL (SQLite with ``secure_delete`` on, so the old bytes are zeroed in the file;
-PostgreSQL vacuums the table afterwards).
+for the stores that share a schema), each encrypted with the store key. A key made while a write
+is mapped under :meth:`ThreadKeys.deferred` (the SQLite group commit) is stored by that write,
+in the transaction of the events sealed with it; any other is stored on its own, first.
+Erasing overwrites the key with NULL (SQLite with ``secure_delete`` on, so the old bytes are
+zeroed in the file; PostgreSQL vacuums the table afterwards).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
 from base64 import b64decode, b64encode
 from collections import OrderedDict
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from eventsourcing.persistence import Mapper, StoredEvent
+from eventsourcing.persistence import IntegrityError, Mapper, StoredEvent
 
 from projections.chain import NESTED, PLAIN, digest
 
@@ -53,6 +57,10 @@ class ThreadErasedError(RuntimeError):
     """A change to a thread whose personal data was erased."""
 
 
+#: Keys made while a write was mapped, not stored yet: thread id → (key, key as stored).
+Made = dict[str, tuple[bytes, str]]
+
+
 class ThreadKeys:
     """Per-thread data keys in one service store (its own table, same database)."""
 
@@ -62,6 +70,7 @@ class ThreadKeys:
         self._cache: OrderedDict[str, bytes | None] = OrderedDict()
         #: thread id → (wrapped key, erased at), read at once by :meth:`preload`
         self._preloaded: dict[str, tuple[str | None, str | None]] = {}
+        self._local = threading.local()  # ``made``: the keys of a deferred mapping, if any
         recorder = app.recorder
         self._datastore = recorder.datastore
         self._sqlite = type(recorder).__module__.endswith("sqlite")
@@ -85,9 +94,25 @@ class ThreadKeys:
         raw = b64decode(text)
         return bytes(cipher.decrypt(raw)) if cipher else raw
 
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[Made]:
+        """Keys made within (in this thread) are not stored, only collected: the write of the
+        events mapped within stores them in its own transaction (:meth:`insert_made`), and
+        then hands them over (:meth:`stored`). Until then no other write sees them, so a
+        write that fails leaves no key behind, and the next attempt makes another."""
+        made: Made = {}
+        self._local.made = made
+        try:
+            yield made
+        finally:
+            self._local.made = None
+
     def key(self, thread_id: str, *, create: bool) -> bytes | None:
         """The thread's data key (made when ``create`` and there is none); None once erased
         (or when there is none and ``create`` is false)."""
+        made: Made | None = getattr(self._local, "made", None)
+        if made and thread_id in made:
+            return made[thread_id][0]
         with self._lock:
             if thread_id in self._cache:
                 self._cache.move_to_end(thread_id)
@@ -101,10 +126,13 @@ class ThreadKeys:
                 return key
         rows = self._rows(thread_id)
         if not rows and create:
-            made = AESGCM.generate_key(256)
-            if self._store(thread_id, made):
-                self._remember(thread_id, made)
-                return made
+            new = AESGCM.generate_key(256)
+            if made is not None:  # stored by the write being mapped
+                made[thread_id] = (new, self._wrap(new))
+                return new
+            if self._store(thread_id, new):
+                self._remember(thread_id, new)
+                return new
             rows = self._rows(thread_id)  # another writer stored one first: that one stands
         if not rows:
             return None  # no key yet: not cached, a later write makes one
@@ -141,6 +169,34 @@ class ThreadKeys:
                     return bool(cursor.fetchall())
             finally:
                 raw.execute(f"PRAGMA synchronous={int(level)}")
+
+    def insert_made(self, cursor: Any, made: Made) -> None:
+        """Store keys made by a deferred mapping, with the cursor of the transaction that
+        writes the events sealed with them (one commit makes both durable). A thread that got
+        a key from another writer in the meantime (or was erased) refuses the write with an
+        ``IntegrityError``, as a version conflict does: the write is tried again and its
+        events sealed anew, under the key that was stored."""
+        m = self._mark
+        for thread_id, (key, wrapped) in made.items():
+            cursor.execute(f"INSERT INTO {self._table} (thread_id, wrapped) VALUES ({m}, {m})"  # noqa: S608 - table name is ours
+                           " ON CONFLICT (thread_id) DO NOTHING RETURNING thread_id",
+                           (thread_id, wrapped))
+            if cursor.fetchall():
+                continue
+            cursor.execute(f"SELECT wrapped FROM {self._table} WHERE thread_id = {m}",  # noqa: S608
+                           (thread_id,))
+            rows = [tuple(r.values()) if isinstance(r, dict) else tuple(r)
+                    for r in cursor.fetchall()]
+            stored = rows[0][0] if rows else None
+            # (the same key: an earlier write of this transaction stored it)
+            if stored is None or self._unwrap(stored) != key:
+                raise IntegrityError(
+                    f"thread {thread_id!r} got its data key from another writer first")
+
+    def stored(self, made: Made) -> None:
+        """Keys a write stored (:meth:`insert_made`), now committed: held as any other."""
+        for thread_id, (key, _wrapped) in made.items():
+            self._remember(thread_id, key)
 
     def preload(self) -> int:
         """Read every thread's wrapped key in one query, for a reader of a whole store (a

@@ -94,6 +94,9 @@ def ensure_postgres_schema(env: dict[str, str]) -> None:
 class _Write:
     events: list[StoredEvent]
     trackings: list[Tracking]
+    #: Run first in the write's savepoint, with its cursor (e.g. to store the keys its
+    #: events are sealed with).
+    prepare: Callable[[Any], None] | None = None
     done: bool = False
     error: BaseException | None = None
     ids: Sequence[int] = ()  # notification ids given to ``events``
@@ -116,10 +119,11 @@ class GroupCommit:
         self.commits = 0
         self.writes = 0
 
-    def write(self, events: list[StoredEvent], trackings: list[Tracking]) -> Sequence[int]:
-        """Save ``events`` and ``trackings`` all together or not at all; returns the
-        notification ids the events got."""
-        item = _Write(events, trackings)
+    def write(self, events: list[StoredEvent], trackings: list[Tracking],
+              prepare: Callable[[Any], None] | None = None) -> Sequence[int]:
+        """Save ``events`` and ``trackings`` all together or not at all (with what
+        ``prepare`` writes first); returns the notification ids the events got."""
+        item = _Write(events, trackings, prepare)
         with self._cond:
             self._queue.append(item)
             while self._busy and not item.done:
@@ -149,6 +153,8 @@ class GroupCommit:
                 for item in batch:
                     cursor.execute("SAVEPOINT hitlflow_write")
                     try:
+                        if item.prepare is not None:
+                            item.prepare(cursor)
                         if item.events:
                             item.ids = recorder._insert_events(cursor, item.events) or ()
                         for tracking in item.trackings:
@@ -365,9 +371,8 @@ class ServiceApplication(Application[UUID]):
         ids: Sequence[int] = ()
         try:
             if self._group is not None:
-                ids = self._group.write(
-                    [self.mapper.to_stored_event(e) for e in processing_event.events],
-                    [] if tracking is None else [tracking])
+                ids = self._group_write(processing_event.events,
+                                        [] if tracking is None else [tracking])
                 self._take_snapshots(processing_event)
             elif processing_event.events:
                 recordings = self._record(processing_event)
@@ -381,6 +386,18 @@ class ServiceApplication(Application[UUID]):
             raise
         self._remember(processing_event.aggregates.values())
         self._notify_saved(processing_event.events, ids)
+
+    def _group_write(self, events: Sequence[Any], trackings: list[Tracking]) -> Sequence[int]:
+        """Map ``events`` and write them with ``trackings`` through the group commit; the data
+        keys of threads new to this store are stored by the same transaction."""
+        assert self._group is not None
+        keys = self.thread_keys
+        with keys.deferred() as made:
+            stored = [self.mapper.to_stored_event(e) for e in events]
+        ids = self._group.write(stored, trackings,
+                                (lambda cursor: keys.insert_made(cursor, made)) if made else None)
+        keys.stored(made)
+        return ids
 
     def insert_tracking(self, tracking: Tracking) -> None:
         """Record a position alone (no events, no listeners woken); with SQLite it shares the
@@ -557,8 +574,9 @@ class ServiceApplication(Application[UUID]):
                     trackings.append(tracking)
             if events or trackings:
                 self.sealing.note_threads(batch.changed.values())
-                ids = self._batch_write.write(
-                    [self.mapper.to_stored_event(e) for e in events], trackings)
+                ids = (self._group_write(events, trackings) if self._group is not None else
+                       self._batch_write.write([self.mapper.to_stored_event(e) for e in events],
+                                               trackings))
         except BaseException:  # what the batch changed may be stale: read it again next time
             self._forget(batch.changed)
             raise

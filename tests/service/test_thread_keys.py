@@ -7,7 +7,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from eventsourcing.persistence import OperationalError
+from eventsourcing.persistence import IntegrityError, OperationalError
 
 from contracts.commands import CancelThread, StartThread
 from hitlflow.settings import Settings
@@ -128,3 +128,142 @@ def stored_states(app: WorkflowService, thread_id: str) -> list[str]:
             state = mapper.compressor.decompress(state)
         texts.append(state.decode())
     return texts
+
+
+def approval_spec(registry: AgentRegistry) -> object:
+    return load_workflow(example("approval.csv") + "::ApprovalFlow", registry=registry)
+
+
+def key_rows(app: WorkflowService) -> dict[str, object]:
+    keys = keys_of(app)
+    with keys._datastore.transaction(commit=False) as cursor:
+        cursor.execute("SELECT thread_id, wrapped FROM hitlflow_thread_keys")
+        return {str(row[0]): row[1] for row in cursor.fetchall()}
+
+
+def test_a_new_threads_key_is_stored_by_the_write_of_its_events(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite: the key of a thread new to the store goes in the transaction that writes the
+    thread's first events, not in one of its own; the events read back with it."""
+    registry = AgentRegistry.load([EXAMPLE_AGENTS])
+    app = WorkflowService(Settings(home=tmp_path, auth=False).store_env("workflow"),
+                          agents=registry)
+    try:
+        def no_separate_commit(*_: object) -> bool:
+            raise AssertionError("a key stored in a transaction of its own")
+
+        monkeypatch.setattr(ThreadKeys, "_store", no_separate_commit)
+        group = app._group
+        assert group is not None
+        before = group.commits
+        reply = app.start_thread(StartThread(thread_id="t-1", workflow=approval_spec(registry),
+                                             state={"user_request": "Buy 3 laptops"}), "t", 1)
+        assert reply.ok, reply.error
+        assert group.commits == before + 1  # events, tracking and key: one commit
+        assert list(key_rows(app)) == ["t-1"]
+        other = WorkflowService(Settings(home=tmp_path, auth=False).store_env("workflow"),
+                                agents=registry)
+        try:  # another process reads the thread back with the stored key
+            thread: Thread = other.repository.get(thread_uuid("t-1"))
+            assert thread.state["user_request"] == "Buy 3 laptops"
+        finally:
+            other.close()
+    finally:
+        app.close()
+
+
+def test_a_write_that_fails_leaves_no_key_behind(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key made for a write that is not committed is neither stored nor kept: the next
+    write makes its own, stores it with its events, and they read back."""
+    registry = AgentRegistry.load([EXAMPLE_AGENTS])
+    app = WorkflowService(Settings(home=tmp_path, auth=False).store_env("workflow"),
+                          agents=registry)
+    try:
+        recorder = app.recorder
+        insert_events = recorder._insert_events
+
+        def failing(*_: object, **__: object) -> None:
+            raise OperationalError("disk I/O error")
+
+        monkeypatch.setattr(recorder, "_insert_events", failing)
+        command = StartThread(thread_id="t-1", workflow=approval_spec(registry),
+                              state={"user_request": "Buy 3 laptops"})
+        with pytest.raises(OperationalError, match="disk I/O"):
+            app.run_job(app.start_job(command, "t", 1))
+        assert key_rows(app) == {}
+        assert keys_of(app).key("t-1", create=False) is None
+        monkeypatch.setattr(recorder, "_insert_events", insert_events)
+        assert app.start_thread(command, "t", 1).ok
+        assert list(key_rows(app)) == ["t-1"]
+        fresh = WorkflowService(Settings(home=tmp_path, auth=False).store_env("workflow"),
+                                agents=registry)
+        try:
+            assert fresh.repository.get(thread_uuid("t-1")).state["user_request"] == (
+                "Buy 3 laptops")
+        finally:
+            fresh.close()
+    finally:
+        app.close()
+
+
+def test_a_key_another_writer_stored_first_wins_and_the_write_is_sealed_again(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two writers of one store start the same thread's first write at once: the one whose
+    key is stored second has its write refused as a version conflict, seals its events again
+    under the stored key and saves them (SQLite: the key goes with the events; PostgreSQL:
+    on its own, first; both end the same)."""
+    registry = AgentRegistry.load([EXAMPLE_AGENTS])
+    first = WorkflowService(settings.store_env("workflow"), agents=registry)
+    second = WorkflowService(settings.store_env("workflow"), agents=registry)
+    try:
+        keys = keys_of(second)
+        raced: list[bytes | None] = []
+
+        def other_writer_first(method: str) -> object:
+            original = getattr(keys, method)
+
+            def wrapper(*args: object) -> object:
+                if not raced:  # the other writer stores its key for the thread just before
+                    raced.append(keys_of(first).key("t-1", create=True))
+                return original(*args)
+
+            return wrapper
+
+        # SQLite: the key made for the write is stored with it; PostgreSQL: before it
+        monkeypatch.setattr(keys, "insert_made", other_writer_first("insert_made"))
+        monkeypatch.setattr(keys, "_store", other_writer_first("_store"))
+        reply = second.start_thread(StartThread(thread_id="t-1", workflow=approval_spec(registry),
+                                                state={"user_request": "Buy 3 laptops"}), "t", 1)
+        assert reply.ok, reply.error
+        assert raced and raced[0] is not None
+        assert keys.key("t-1", create=False) == raced[0]
+        # the events were sealed under the stored key: the first writer reads them
+        assert first.repository.get(thread_uuid("t-1")).state["user_request"] == "Buy 3 laptops"
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_key_stored_earlier_in_the_same_transaction_is_no_conflict(tmp_path: Path) -> None:
+    """Two writes of one group commit that carry the same new key (made for one mapping,
+    written twice): the second finds the key it brings, and succeeds."""
+    app = WorkflowService(Settings(home=tmp_path, auth=False).store_env("workflow"))
+    try:
+        keys = keys_of(app)
+        group = app._group
+        assert group is not None
+        with keys.deferred() as made:
+            key = keys.key("t-1", create=True)
+        assert key is not None and key_rows(app) == {}
+        for _ in range(2):
+            group.write([], [], lambda cursor: keys.insert_made(cursor, made))
+        keys.stored(made)
+        assert keys.key("t-1", create=False) == key
+        # a key made elsewhere for the same thread is refused
+        with keys.deferred() as other:
+            other["t-1"] = (b"\x02" * 32, keys._wrap(b"\x02" * 32))
+        with pytest.raises(IntegrityError, match="another writer"):
+            group.write([], [], lambda cursor: keys.insert_made(cursor, other))
+    finally:
+        app.close()

@@ -85,9 +85,9 @@ def test_a_batch_is_one_transaction_and_later_jobs_see_earlier_changes(app: Coun
     writes: list[tuple[int, int]] = []
     write = batch_write.write
 
-    def counted(events: Any, trackings: Any) -> Any:
+    def counted(events: Any, trackings: Any, *rest: Any) -> Any:
         writes.append((len(events), len(trackings)))
-        return write(events, trackings)
+        return write(events, trackings, *rest)
 
     batch_write.write = counted  # type: ignore[method-assign]
     jobs = [increment(app, a.id, "a", 1), increment(app, b.id, "b", 2),
