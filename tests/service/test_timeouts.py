@@ -385,17 +385,31 @@ def test_check_and_list_see_every_request_made_before_them(gathering: HitlTestSt
     wait_status(gathering, "to-fresher", "timed_out")
 
 
+def paused_consumer(hitl: HitlTestStack, stream: str, durable: str, *, paused: bool) -> None:
+    """Hold a durable consumer at the server (nothing is delivered to it) or let it go on."""
+
+    async def toggle() -> None:
+        js = hitl.client.nc.jetstream()
+        if paused:
+            await js.pause_consumer(stream, durable, "2100-01-01T00:00:00Z")
+        else:
+            await js.resume_consumer(stream, durable)
+
+    hitl.call(toggle())
+
+
 def test_a_lagging_timeout_service_answers_from_what_it_recorded_and_says_so(
-        tmp_path: Path, settings: Settings, clock: FakeClock,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, settings: Settings, clock: FakeClock) -> None:
     """It waits a third of the reply timeout (here 0.5 s) for its consumer, then answers with
     how many events it had still to record; the CLI warns on stderr, the JSON says it.
 
-    The consumer holds its batch for 8 s: the list and the check (two CLI processes, each
-    waiting its 0.5 s) both fall inside that window even on a loaded machine."""
-    monkeypatch.setattr(timeout_handlers, "DEADLINE_LINGER", 8.0)
+    The server holds the deadline consumer (a paused consumer gets no deliveries) until the
+    test lets it go, so the lag lasts exactly as long as the test needs it, however loaded the
+    machine."""
     quick = manual_sweeps(settings).model_copy(update={"reply_timeout": 1.5})
     with HitlTestStack(tmp_path, settings=quick, clock=clock) as hitl:
+        paused_consumer(hitl, subjects.EVENTS_STREAM, timeout_handlers.DEADLINES_CONSUMER,
+                        paused=True)
         hitl.start(approval_flow({"timeout_seconds": 60}), {"request": "x"}, thread_id="to-lag")
         listed = cli(hitl.nats_url, "timeouts", "list")
         assert listed.exit_code == 0, listed.stderr
@@ -406,6 +420,8 @@ def test_a_lagging_timeout_service_answers_from_what_it_recorded_and_says_so(
         clock.advance(61)
         reply = check(hitl)
         assert (reply["fired"], reply["unrecorded"]) == ([], 1)
+        paused_consumer(hitl, subjects.EVENTS_STREAM, timeout_handlers.DEADLINES_CONSUMER,
+                        paused=False)
         fired = wait_for(lambda: check(hitl)["fired"], timeout=20,
                          what="the deadline to be recorded and fired")
         assert [(f["thread_id"], f["applied"]) for f in fired] == [("to-lag", True)]
