@@ -158,15 +158,14 @@ class WorkerSource:
 
     def _drain(self) -> None:
         while True:
-            head = self._stdout.read(5)
-            if len(head) < 5:
+            got = read_frame(self._stdout)
+            if got is None:
                 self._process.wait()
                 self._frames.put((b"X", f"the worker reading the {self.service} store stopped "
                                         f"(exit code {self._process.returncode})".encode()))
                 return
-            kind = head[:1]
-            self._frames.put((kind, self._stdout.read(int.from_bytes(head[1:], "big"))))
-            if kind != b"E":
+            self._frames.put(got)
+            if got[0] != b"E":
                 return
 
     def envelopes(self) -> Iterator[Event]:
@@ -209,6 +208,38 @@ def frame(kind: bytes, body: bytes) -> bytes:
     return kind + len(body).to_bytes(4, "big") + body
 
 
+def read_frame(stream: IO[bytes]) -> tuple[bytes, bytes] | None:
+    """The next :func:`frame` on ``stream`` as (kind, body); None at its end (or at a frame
+    cut off by it)."""
+    head = stream.read(5)
+    if len(head) < 5:
+        return None
+    size = int.from_bytes(head[1:], "big")
+    body = stream.read(size)
+    return None if len(body) < size else (head[:1], body)
+
+
+class FrameOut:
+    """Frames written whole to a file descriptor (a worker's stdout), each with as many
+    ``write`` calls as the pipe takes.
+
+    (Not ``sys.stdout.buffer``: on CPython 3.11 its buffered writer garbled large writes to a
+    pipe when the process was stopped and continued meanwhile (SIGSTOP/SIGCONT, job control, a
+    sampling profiler), and the rebuild failed on a frame it could not read.)"""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def write(self, data: bytes) -> int:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view):]
+        return len(data)
+
+    def flush(self) -> None:
+        """Nothing is held back: each :meth:`write` has reached the descriptor."""
+
+
 def _row(source: Source, notification: Any, anchored: int) -> tuple[Any, ...] | None:
     """A notification as a worker sends it, converted as the relay converts it: event type,
     service, thread, aggregate, position, version, time (ISO text and seconds), the payload's
@@ -239,7 +270,7 @@ def _parts_of(to_envelope: Any) -> EventParts:
     return parts
 
 
-def read_in_worker(settings: Any, data_dir: Path | None, service: str, out: IO[bytes], *,
+def read_in_worker(settings: Any, data_dir: Path | None, service: str, out: FrameOut, *,
                    part: int = 0, parts: int = 1, block: int = PAGE, stop: int = 0,
                    anchored: int = 0) -> None:
     """What a worker process does: read the blocks ``part``, ``part + parts``, … of one

@@ -11,10 +11,10 @@ from pathlib import Path
 
 
 def main() -> None:
-    out = sys.stdout.buffer
+    frames = sys.stdout.fileno()
     sys.stdout = sys.stderr  # nothing but frames may reach the pipe
     from hitlflow.settings import Settings
-    from projections.rebuild import read_in_worker
+    from projections.rebuild import FrameOut, read_in_worker
     from services.common.logging import configure_logging
 
     configure_logging("WARNING")  # a helper: its problems, not its routine, reach the terminal
@@ -22,7 +22,8 @@ def main() -> None:
     args = sys.argv[1:]
     service, data_dir, part, parts, block, stop, anchored = args
     settings = Settings(**json.loads(sys.stdin.buffer.read()))
-    read_in_worker(settings, Path(data_dir) if data_dir else None, service, out,
+    read_in_worker(settings, Path(data_dir) if data_dir else None, service,
+                   FrameOut(frames),
                    part=int(part), parts=int(parts), block=int(block), stop=int(stop),
                    anchored=int(anchored))
 
