@@ -223,9 +223,10 @@ class FrameOut:
     """Frames written whole to a file descriptor (a worker's stdout), each with as many
     ``write`` calls as the pipe takes.
 
-    (Not ``sys.stdout.buffer``: on CPython 3.11 its buffered writer garbled large writes to a
-    pipe when the process was stopped and continued meanwhile (SIGSTOP/SIGCONT, job control, a
-    sampling profiler), and the rebuild failed on a frame it could not read.)"""
+    (Not ``sys.stdout.buffer``: on CPython 3.11 its ``write`` of a large frame to a pipe
+    returns having written only part of it when the process is stopped and continued meanwhile
+    (SIGSTOP/SIGCONT, job control, a sampling profiler), and the rebuild failed on a frame it
+    could not read.)"""
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
