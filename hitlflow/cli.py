@@ -47,6 +47,7 @@ from hitlflow.settings import Settings, SettingsError, load_settings
 from services.common.keyring import KeyRingError
 from services.common.logging import configure_logging, get_logger
 from services.common.messaging import ServerLimitError
+from services.common.output import whole_text
 from services.workflow.definition import WorkflowError, load_workflow
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -696,6 +697,8 @@ app.command("doctor")(cli_doctor.doctor)  # the stack's health and what was quar
 
 
 def main() -> None:
+    # what the commands print reaches a pipe whole, even across Ctrl-Z and fg
+    sys.stdout, sys.stderr = whole_text(sys.stdout), whole_text(sys.stderr)
     try:
         app()
     except SettingsError as error:  # read by any command: said once, here

@@ -208,6 +208,15 @@ def frame(kind: bytes, body: bytes) -> bytes:
     return kind + len(body).to_bytes(4, "big") + body
 
 
+class Output(Protocol):
+    """Where a worker writes its frames (its stdout as a
+    :class:`services.common.output.WholeWriter`)."""
+
+    def write(self, data: bytes, /) -> int | None: ...
+
+    def flush(self) -> None: ...
+
+
 def read_frame(stream: IO[bytes]) -> tuple[bytes, bytes] | None:
     """The next :func:`frame` on ``stream`` as (kind, body); None at its end (or at a frame
     cut off by it)."""
@@ -217,28 +226,6 @@ def read_frame(stream: IO[bytes]) -> tuple[bytes, bytes] | None:
     size = int.from_bytes(head[1:], "big")
     body = stream.read(size)
     return None if len(body) < size else (head[:1], body)
-
-
-class FrameOut:
-    """Frames written whole to a file descriptor (a worker's stdout), each with as many
-    ``write`` calls as the pipe takes.
-
-    (Not ``sys.stdout.buffer``: on CPython 3.11 its ``write`` of a large frame to a pipe
-    returns having written only part of it when the process is stopped and continued meanwhile
-    (SIGSTOP/SIGCONT, job control, a sampling profiler), and the rebuild failed on a frame it
-    could not read.)"""
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-
-    def write(self, data: bytes) -> int:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view):]
-        return len(data)
-
-    def flush(self) -> None:
-        """Nothing is held back: each :meth:`write` has reached the descriptor."""
 
 
 def _row(source: Source, notification: Any, anchored: int) -> tuple[Any, ...] | None:
@@ -271,7 +258,7 @@ def _parts_of(to_envelope: Any) -> EventParts:
     return parts
 
 
-def read_in_worker(settings: Any, data_dir: Path | None, service: str, out: FrameOut, *,
+def read_in_worker(settings: Any, data_dir: Path | None, service: str, out: Output, *,
                    part: int = 0, parts: int = 1, block: int = PAGE, stop: int = 0,
                    anchored: int = 0) -> None:
     """What a worker process does: read the blocks ``part``, ``part + parts``, … of one

@@ -14,8 +14,9 @@ def main() -> None:
     frames = sys.stdout.fileno()
     sys.stdout = sys.stderr  # nothing but frames may reach the pipe
     from hitlflow.settings import Settings
-    from projections.rebuild import FrameOut, read_in_worker
+    from projections.rebuild import read_in_worker
     from services.common.logging import configure_logging
+    from services.common.output import WholeWriter
 
     configure_logging("WARNING")  # a helper: its problems, not its routine, reach the terminal
 
@@ -23,7 +24,7 @@ def main() -> None:
     service, data_dir, part, parts, block, stop, anchored = args
     settings = Settings(**json.loads(sys.stdin.buffer.read()))
     read_in_worker(settings, Path(data_dir) if data_dir else None, service,
-                   FrameOut(frames),
+                   WholeWriter(frames),
                    part=int(part), parts=int(parts), block=int(block), stop=int(stop),
                    anchored=int(anchored))
 
