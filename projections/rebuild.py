@@ -47,6 +47,7 @@ from projections.projector import Projector, View, select_views
 from projections.retention import forget_archived
 from services.common.integration import EventParts, envelope_factory, event_parts
 from services.common.logging import get_logger
+from services.common.output import WholeWriter
 
 log = get_logger(__name__)
 
@@ -208,15 +209,6 @@ def frame(kind: bytes, body: bytes) -> bytes:
     return kind + len(body).to_bytes(4, "big") + body
 
 
-class Output(Protocol):
-    """Where a worker writes its frames (its stdout as a
-    :class:`services.common.output.WholeWriter`)."""
-
-    def write(self, data: bytes, /) -> int | None: ...
-
-    def flush(self) -> None: ...
-
-
 def read_frame(stream: IO[bytes]) -> tuple[bytes, bytes] | None:
     """The next :func:`frame` on ``stream`` as (kind, body); None at its end (or at a frame
     cut off by it)."""
@@ -258,7 +250,7 @@ def _parts_of(to_envelope: Any) -> EventParts:
     return parts
 
 
-def read_in_worker(settings: Any, data_dir: Path | None, service: str, out: Output, *,
+def read_in_worker(settings: Any, data_dir: Path | None, service: str, out: WholeWriter, *,
                    part: int = 0, parts: int = 1, block: int = PAGE, stop: int = 0,
                    anchored: int = 0) -> None:
     """What a worker process does: read the blocks ``part``, ``part + parts``, … of one
