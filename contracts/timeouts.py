@@ -336,7 +336,10 @@ class TimeoutCheckReply(Contract):
     #: Interaction events the timeout service had still to record when it answered (it waits
     #: a while for them first): deadlines they set or clear are not taken into account.
     unrecorded: int = 0
+    #: Why there is no answer: the request was not valid (``code`` ``invalid_request``), or the
+    #: timeout service failed to answer it (``failed``; its log says more).
     error: str | None = None
+    code: Literal["invalid_request", "failed"] | None = None
 
 
 class DeadlinesQuery(Contract):
@@ -359,3 +362,6 @@ class DeadlinesReply(Contract):
     deadlines: list[DeadlineView]
     #: As in :class:`TimeoutCheckReply`: interaction events not yet recorded when it answered.
     unrecorded: int = 0
+    #: As in :class:`TimeoutCheckReply`: why there is no answer (``deadlines`` is then empty).
+    error: str | None = None
+    code: Literal["failed"] | None = None

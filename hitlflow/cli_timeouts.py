@@ -96,7 +96,7 @@ def check(
                 settings.reply_timeout * 2 + 5)
     reply = TimeoutCheckReply.model_validate_json(raw)
     if reply.error:
-        fail(reply.error, EXIT_BAD_INPUT)
+        fail(reply.error, EXIT_NO_STACK if reply.code == "failed" else EXIT_BAD_INPUT)
     _warn_unrecorded(reply.unrecorded)
     if as_json:
         out.print_json(reply.model_dump_json())
@@ -140,6 +140,8 @@ def list_deadlines(
                                                                 limit=limit),
                 settings.reply_timeout)
     reply = DeadlinesReply.model_validate_json(raw)
+    if reply.error:
+        fail(reply.error, EXIT_NO_STACK)
     _warn_unrecorded(reply.unrecorded)
     items: list[dict[str, Any]] = [d.model_dump(mode="json") for d in reply.deadlines]
     if as_json:

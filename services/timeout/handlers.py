@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -10,6 +11,7 @@ from nats.aio.msg import Msg
 from pydantic import ValidationError
 
 from contracts import subjects
+from contracts.base import Contract
 from contracts.timeouts import (
     DeadlinesQuery,
     DeadlinesReply,
@@ -104,23 +106,22 @@ async def serve_control(nc: Any, sweeper: Sweeper, reply_timeout: float) -> list
                         detail="answered from the deadlines recorded so far")
         return left
 
-    async def on_check(msg: Msg) -> None:
+    async def on_check(msg: Msg) -> TimeoutCheckReply:
         try:
             request = TimeoutCheck.model_validate_json(msg.data or b"{}")
         except ValidationError as error:
-            reply = TimeoutCheckReply(checked_at=sweeper.clock.now(), error=str(error))
-        else:
-            unrecorded = await recorded()
-            checked_at = sweeper.clock.now()
-            fired = await sweeper.sweep(nc, limit=request.limit,
-                                        wait=reply_timeout if request.wait else None)
-            await asyncio.to_thread(sweeper.index.catch_up)
-            pending = await asyncio.to_thread(sweeper.index.count_pending)
-            reply = TimeoutCheckReply(checked_at=checked_at, fired=fired, pending=pending,
-                                      unrecorded=unrecorded)
-        await msg.respond(reply.model_dump_json().encode())
+            return TimeoutCheckReply(checked_at=sweeper.clock.now(), error=str(error),
+                                     code="invalid_request")
+        unrecorded = await recorded()
+        checked_at = sweeper.clock.now()
+        fired = await sweeper.sweep(nc, limit=request.limit,
+                                    wait=reply_timeout if request.wait else None)
+        await asyncio.to_thread(sweeper.index.catch_up)
+        pending = await asyncio.to_thread(sweeper.index.count_pending)
+        return TimeoutCheckReply(checked_at=checked_at, fired=fired, pending=pending,
+                                 unrecorded=unrecorded)
 
-    async def on_list(msg: Msg) -> None:
+    async def on_list(msg: Msg) -> DeadlinesReply:
         try:
             query = DeadlinesQuery.model_validate_json(msg.data or b"{}")
         except ValidationError:
@@ -128,15 +129,46 @@ async def serve_control(nc: Any, sweeper: Sweeper, reply_timeout: float) -> list
         unrecorded = await recorded()
         await asyncio.to_thread(sweeper.index.catch_up)
         rows = await asyncio.to_thread(sweeper.index.pending, query.thread_id, query.limit)
-        reply = DeadlinesReply(deadlines=[
+        return DeadlinesReply(deadlines=[
             DeadlineView(thread_id=r.thread_id, request_id=r.request_id, node_name=r.node_name,
                          interaction_type=r.interaction_type, step=r.step, policy=r.policy,
                          due_at=r.due_at, status="fired" if r.status == "fired" else "pending")
             for r in rows
         ], unrecorded=unrecorded)
+
+    # a check may wait reply_timeout for the outcomes of what it fired (its caller waits twice
+    # that and more); a list's caller waits reply_timeout
+    check = answering("check", on_check, reply_timeout * 2,
+                      lambda error: TimeoutCheckReply(checked_at=sweeper.clock.now(),
+                                                      error=error, code="failed"))
+    listing = answering("list", on_list, reply_timeout * 2 / 3,
+                        lambda error: DeadlinesReply(deadlines=[], error=error, code="failed"))
+    return [
+        await nc.subscribe(subjects.TIMEOUTS_CHECK, queue="timeout", cb=check),
+        await nc.subscribe(subjects.TIMEOUTS_LIST, queue="timeout", cb=listing),
+    ]
+
+
+def answering(what: str, handle: Callable[[Msg], Awaitable[Contract]], bound: float,
+              failed: Callable[[str], Contract]) -> Callable[[Msg], Awaitable[None]]:
+    """A control request's callback that always answers: with ``handle``'s reply, or, when it
+    fails or has not answered within ``bound`` seconds, with what went wrong (``failed``), said
+    in the log too. (A callback that raises is dropped by the NATS client, and its caller
+    would wait its whole timeout to hear only that nothing answered.)"""
+
+    async def answer(msg: Msg) -> None:
+        limit = asyncio.timeout(bound)
+        try:
+            async with limit:
+                reply = await handle(msg)
+        except Exception as error:
+            if isinstance(error, TimeoutError) and limit.expired():
+                problem = f"it had not answered within {bound:g} s"
+            else:
+                problem = f"{type(error).__name__}: {error}"
+            log.error("timeouts_request_failed", request=what, error=problem, exc_info=True)
+            reply = failed(f"the timeout service could not answer this {what} request: "
+                           f"{problem}")
         await msg.respond(reply.model_dump_json().encode())
 
-    return [
-        await nc.subscribe(subjects.TIMEOUTS_CHECK, queue="timeout", cb=on_check),
-        await nc.subscribe(subjects.TIMEOUTS_LIST, queue="timeout", cb=on_list),
-    ]
+    return answer

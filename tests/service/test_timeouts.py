@@ -8,6 +8,8 @@ far in the future while the test moves the clock and runs ``hitlflow timeouts ch
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -470,3 +472,45 @@ def test_no_timeout_service_exits_3(tmp_path: Path) -> None:
 
     result = cli(f"nats://127.0.0.1:{free_port()}", "timeouts", "check")
     assert result.exit_code == 3 and "cannot reach NATS" in result.stderr
+
+
+def test_a_timeout_service_that_cannot_answer_says_why_at_once(faked: HitlTestStack) -> None:
+    """Its deadline index closed under it (a real failure of the service, not of NATS): both
+    requests are answered straight away with what went wrong, exit 3, and the service goes on
+    answering once its index is back."""
+    faked.start(approval_flow({"timeout_seconds": 60}), {"request": "x"}, thread_id="to-broken")
+    timeout = faked.stack.runtimes["timeout"]
+    index = timeout.sweeper.index
+    scheduled(faked, "to-broken")
+    faked.call(asyncio.to_thread(index.close))
+    try:
+        for command in ("list", "check"):
+            started = time.monotonic()
+            result = cli(faked.nats_url, "timeouts", command)
+            assert result.exit_code == 3, (command, result.stdout, result.stderr)
+            said = " ".join(result.stderr.split())
+            assert f"the timeout service could not answer this {command} request" in said
+            assert "closed database" in said
+            assert time.monotonic() - started < 5  # not the CLI's 15 s wait for any answer
+    finally:
+        timeout.sweeper.index = type(index)(index.path, timeout.app)
+    code, listed, stderr = cli_json(faked.nats_url, "timeouts", "list")
+    assert code == 0, stderr
+    assert [d["thread_id"] for d in listed] == ["to-broken"]
+
+
+def test_a_stuck_timeout_service_answers_when_its_time_is_up(
+        tmp_path: Path, settings: Settings, clock: FakeClock) -> None:
+    """Its deadline index does not answer (held, as a disk that hangs would hold it): the list
+    is answered after two thirds of the reply timeout (here 1 s) with that, not left to the
+    caller's own timeout."""
+    quick = manual_sweeps(settings).model_copy(update={"reply_timeout": 1.5})
+    with HitlTestStack(tmp_path, settings=quick, clock=clock) as hitl:
+        index = hitl.stack.runtimes["timeout"].sweeper.index
+        with index._lock:
+            result = cli(hitl.nats_url, "timeouts", "list")
+        assert result.exit_code == 3, result.stdout
+        assert ("the timeout service could not answer this list request: it had not answered "
+                "within 1 s") in " ".join(result.stderr.split())
+        code, listed, stderr = cli_json(hitl.nats_url, "timeouts", "list")
+        assert (code, listed) == (0, []), stderr
