@@ -153,20 +153,27 @@ def answering(what: str, handle: Callable[[Msg], Awaitable[Contract]], bound: fl
               failed: Callable[[str], Contract]) -> Callable[[Msg], Awaitable[None]]:
     """A control request's callback that always answers: with ``handle``'s reply, or, when it
     fails or has not answered within ``bound`` seconds, with what went wrong (``failed``), said
-    in the log too. (A callback that raises is dropped by the NATS client, and its caller
+    in the log too. Work still running then goes on (a sweep is not cut off halfway); the
+    reply has gone. (A callback that raises is dropped by the NATS client, and its caller
     would wait its whole timeout to hear only that nothing answered.)"""
+    running: set[asyncio.Task[Contract]] = set()
+
+    def finished(work: asyncio.Task[Contract]) -> None:
+        running.discard(work)
+        if not work.cancelled() and work.exception() is not None:
+            log.error("timeouts_request_failed", request=what, exc_info=work.exception())
 
     async def answer(msg: Msg) -> None:
-        limit = asyncio.timeout(bound)
+        work = asyncio.ensure_future(handle(msg))
+        running.add(work)
+        work.add_done_callback(finished)
         try:
-            async with limit:
-                reply = await handle(msg)
+            reply = await asyncio.wait_for(asyncio.shield(work), bound)
         except Exception as error:
-            if isinstance(error, TimeoutError) and limit.expired():
-                problem = f"it had not answered within {bound:g} s"
-            else:
-                problem = f"{type(error).__name__}: {error}"
-            log.error("timeouts_request_failed", request=what, error=problem, exc_info=True)
+            problem = (f"{type(error).__name__}: {error}" if work.done()
+                       else f"it had not answered within {bound:g} s")
+            if not work.done():
+                log.error("timeouts_request_failed", request=what, error=problem)
             reply = failed(f"the timeout service could not answer this {what} request: "
                            f"{problem}")
         await msg.respond(reply.model_dump_json().encode())
