@@ -156,7 +156,7 @@ def answering(what: str, handle: Callable[[Msg], Awaitable[Contract]], bound: fl
     in the log too. Work still running then goes on (a sweep is not cut off halfway); the
     reply has gone. (A callback that raises is dropped by the NATS client, and its caller
     would wait its whole timeout to hear only that nothing answered.)"""
-    running: set[asyncio.Task[Contract]] = set()
+    running: set[asyncio.Task[Contract]] = set()  # the loop holds tasks only weakly
 
     def finished(work: asyncio.Task[Contract]) -> None:
         running.discard(work)
@@ -170,9 +170,10 @@ def answering(what: str, handle: Callable[[Msg], Awaitable[Contract]], bound: fl
         try:
             reply = await asyncio.wait_for(asyncio.shield(work), bound)
         except Exception as error:
-            problem = (f"{type(error).__name__}: {error}" if work.done()
-                       else f"it had not answered within {bound:g} s")
-            if not work.done():
+            if work.done():  # it failed (and finished() has logged it)
+                problem = f"{type(error).__name__}: {error}"
+            else:
+                problem = f"it had not answered within {bound:g} s"
                 log.error("timeouts_request_failed", request=what, error=problem)
             reply = failed(f"the timeout service could not answer this {what} request: "
                            f"{problem}")

@@ -9,8 +9,8 @@ far in the future while the test moves the clock and runs ``hitlflow timeouts ch
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -387,17 +387,15 @@ def test_check_and_list_see_every_request_made_before_them(gathering: HitlTestSt
     wait_status(gathering, "to-fresher", "timed_out")
 
 
-def paused_consumer(hitl: HitlTestStack, stream: str, durable: str, *, paused: bool) -> None:
-    """Hold a durable consumer at the server (nothing is delivered to it) or let it go on."""
-
-    async def toggle() -> None:
-        js = hitl.client.nc.jetstream()
-        if paused:
-            await js.pause_consumer(stream, durable, "2100-01-01T00:00:00Z")
-        else:
-            await js.resume_consumer(stream, durable)
-
-    hitl.call(toggle())
+@contextmanager
+def consumer_paused(hitl: HitlTestStack, stream: str, durable: str) -> Iterator[None]:
+    """Hold a durable consumer at the server (nothing is delivered to it) for the block."""
+    js = hitl.client.nc.jetstream()
+    hitl.call(js.pause_consumer(stream, durable, "2100-01-01T00:00:00Z"))
+    try:
+        yield
+    finally:
+        hitl.call(js.resume_consumer(stream, durable))
 
 
 def test_a_lagging_timeout_service_answers_from_what_it_recorded_and_says_so(
@@ -410,20 +408,18 @@ def test_a_lagging_timeout_service_answers_from_what_it_recorded_and_says_so(
     machine."""
     quick = manual_sweeps(settings).model_copy(update={"reply_timeout": 1.5})
     with HitlTestStack(tmp_path, settings=quick, clock=clock) as hitl:
-        paused_consumer(hitl, subjects.EVENTS_STREAM, timeout_handlers.DEADLINES_CONSUMER,
-                        paused=True)
-        hitl.start(approval_flow({"timeout_seconds": 60}), {"request": "x"}, thread_id="to-lag")
-        listed = cli(hitl.nats_url, "timeouts", "list")
-        assert listed.exit_code == 0, listed.stderr
-        assert "no pending deadlines" in listed.stdout
-        warning = " ".join(listed.stderr.split())
-        assert ("the timeout service had 1 interaction event(s) still to record; deadlines "
-                "they set or clear are not in this answer") in warning
-        clock.advance(61)
-        reply = check(hitl)
-        assert (reply["fired"], reply["unrecorded"]) == ([], 1)
-        paused_consumer(hitl, subjects.EVENTS_STREAM, timeout_handlers.DEADLINES_CONSUMER,
-                        paused=False)
+        with consumer_paused(hitl, subjects.EVENTS_STREAM, timeout_handlers.DEADLINES_CONSUMER):
+            hitl.start(approval_flow({"timeout_seconds": 60}), {"request": "x"},
+                       thread_id="to-lag")
+            listed = cli(hitl.nats_url, "timeouts", "list")
+            assert listed.exit_code == 0, listed.stderr
+            assert "no pending deadlines" in listed.stdout
+            warning = " ".join(listed.stderr.split())
+            assert ("the timeout service had 1 interaction event(s) still to record; deadlines "
+                    "they set or clear are not in this answer") in warning
+            clock.advance(61)
+            reply = check(hitl)
+            assert (reply["fired"], reply["unrecorded"]) == ([], 1)
         fired = wait_for(lambda: check(hitl)["fired"], timeout=20,
                          what="the deadline to be recorded and fired")
         assert [(f["thread_id"], f["applied"]) for f in fired] == [("to-lag", True)]
@@ -476,8 +472,8 @@ def test_no_timeout_service_exits_3(tmp_path: Path) -> None:
 
 def test_a_timeout_service_that_cannot_answer_says_why_at_once(faked: HitlTestStack) -> None:
     """Its deadline index closed under it (a real failure of the service, not of NATS): both
-    requests are answered straight away with what went wrong, exit 3, and the service goes on
-    answering once its index is back."""
+    requests are answered with what went wrong, exit 3 (not the CLI's own "no timeout service
+    answered" after its wait), and the service goes on answering once its index is back."""
     faked.start(approval_flow({"timeout_seconds": 60}), {"request": "x"}, thread_id="to-broken")
     timeout = faked.stack.runtimes["timeout"]
     index = timeout.sweeper.index
@@ -485,13 +481,11 @@ def test_a_timeout_service_that_cannot_answer_says_why_at_once(faked: HitlTestSt
     faked.call(asyncio.to_thread(index.close))
     try:
         for command in ("list", "check"):
-            started = time.monotonic()
             result = cli(faked.nats_url, "timeouts", command)
             assert result.exit_code == 3, (command, result.stdout, result.stderr)
             said = " ".join(result.stderr.split())
             assert f"the timeout service could not answer this {command} request" in said
             assert "closed database" in said
-            assert time.monotonic() - started < 5  # not the CLI's 15 s wait for any answer
     finally:
         timeout.sweeper.index = type(index)(index.path, timeout.app)
     code, listed, stderr = cli_json(faked.nats_url, "timeouts", "list")
