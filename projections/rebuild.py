@@ -46,6 +46,7 @@ from projections.event import Event, Replayed, moment, payload_json
 from projections.projector import Projector, View, select_views
 from projections.retention import forget_archived
 from services.common.integration import EventParts, envelope_factory, event_parts
+from services.common.jsontext import loads as json_loads
 from services.common.logging import get_logger
 from services.common.output import WholeWriter
 
@@ -170,18 +171,14 @@ class WorkerSource:
                 return
 
     def envelopes(self) -> Iterator[Event]:
-        loads, parse, make = orjson.loads, datetime.fromisoformat, Replayed
+        parse, make = datetime.fromisoformat, Replayed
         while True:
             kind, body = self._frames.get()
             if kind == b"E":
                 for event_type, service, thread_id, aggregate_id, position, version, at, \
-                        at_ts, text, record in loads(body):
-                    try:
-                        payload = loads(text)
-                    except orjson.JSONDecodeError:  # what only the json module reads (NaN)
-                        payload = json.loads(text)
+                        at_ts, text, record in orjson.loads(body):
                     yield make(event_type, service, thread_id, aggregate_id, position, version,
-                               parse(at), payload, text, at, at_ts, record)
+                               parse(at), json_loads(text), text, at, at_ts, record)
             elif kind == b"S":
                 stats = json.loads(body)
                 self.last, self.read = int(stats["last"]), int(stats["read"])

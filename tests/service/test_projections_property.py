@@ -50,7 +50,8 @@ VALID = {
              ("reject", None)],
     "choice": [("choose", {"choice": 2}), ("choose", {"choice": "Development (local)"})],
     "text_input": [("respond", {"text": "more tests"}),
-                   ("respond", {"response": "x", "priority": "high"})],
+                   # an integer past 64 bits: orjson would read it back as a float
+                   ("respond", {"response": "x", "priority": "high", "estimate": 2**70})],
     "conversation": [("respond", {"message": "go on"}), ("end", None)],
 }
 ENDINGS = {"ThreadCompleted": "completed", "ThreadFailed": "failed",
@@ -332,6 +333,7 @@ def new_views(hitl: HitlTestStack, settings: Settings, name: str) -> Iterator[Vi
                     min_size=1, max_size=8))
 @example(ops=TIMEOUTS)
 @example(ops=ERASE)
+@example(ops=[("start", "Text"), ("answer", 0, True, 1)])
 def test_the_bulk_rebuild_equals_the_live_fold_of_the_same_events(
         faked: HitlTestStack, clock: FakeClock, settings: Settings,
         monkeypatch: pytest.MonkeyPatch, ops: list[tuple[Any, ...]]) -> None:
