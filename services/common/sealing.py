@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from eventsourcing.persistence import IntegrityError, Mapper, StoredEvent
 
 from projections.chain import NESTED, PLAIN, digest
+from services.common.jsontext import loads
 
 SEAL = "_seal_"
 MARK = "_sealed_"
@@ -316,16 +317,28 @@ class SealingMapper(Mapper[Any]):
         seal = event.__dict__.pop(SEAL, None)
         if seal is None:
             return event
-        digests: list[str] = list(seal["d"])
-        values: list[Any] | None = None
         key = self.keys.key(str(seal["t"]), create=False) if self.keys and seal["c"] else None
         if key is not None:
             raw = b64decode(seal["c"])
-            values = json.loads(AESGCM(key).decrypt(raw[:12], raw[12:], str(seal["t"]).encode()))
-        filled = [values[i] if values is not None else erased(d) for i, d in enumerate(digests)]
-        for name, value in list(event.__dict__.items()):
-            event.__dict__[name] = _put(name, value, filled)
+            filled = loads(AESGCM(key).decrypt(raw[:12], raw[12:], str(seal["t"]).encode()))
+        else:
+            filled = [erased(d) for d in seal["d"]]
+        _fill(event.__dict__, filled)
         return event
+
+
+def _fill(state: dict[str, Any], filled: list[Any]) -> None:
+    """Put the sealed values back in place of their markers, in ``state`` and in the dicts
+    of its :data:`NESTED` lists (the places :func:`_take` took them from)."""
+    for name, value in state.items():
+        kind = type(value)
+        if kind is dict:
+            if len(value) == 1 and MARK in value:
+                state[name] = filled[int(value[MARK])]
+        elif kind is list and name in NESTED:
+            for item in value:
+                if type(item) is dict:
+                    _fill(item, filled)
 
 
 def _is_mark(value: Any) -> bool:
@@ -347,12 +360,3 @@ def _take(state: dict[str, Any], values: list[Any]) -> dict[str, Any]:
             kept[name] = {MARK: len(values)}
             values.append(value)
     return kept
-
-
-def _put(name: str, value: Any, filled: list[Any]) -> Any:
-    if _is_mark(value):
-        return filled[int(value[MARK])]
-    if name in NESTED and isinstance(value, list):
-        return [{k: _put(k, v, filled) for k, v in item.items()} if isinstance(item, dict)
-                else item for item in value]
-    return value
