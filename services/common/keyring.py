@@ -23,6 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from eventsourcing.cryptography import AESCipher
 from eventsourcing.utils import Environment
 
@@ -30,6 +32,8 @@ from eventsourcing.utils import Environment
 MARKER = b"H1"
 KEY_ID_BYTES = 4
 KEY_BYTES = 32
+NONCE_BYTES = 12
+TAG_BYTES = 16
 #: The eventsourcing environment keys the cipher reads (besides ``CIPHER_TOPIC``).
 CURRENT_KEY_ENV = "CIPHER_KEY"
 ALL_KEYS_ENV = "CIPHER_KEYS"
@@ -66,7 +70,10 @@ def decode_key(text: str, where: str) -> bytes:
 
 class KeyRingCipher(AESCipher):
     """AES-GCM under the ring's current key; decrypts with whichever key of the ring the stored
-    state names. A state without the marker (written with encryption off) is refused."""
+    state names. A state without the marker (written with encryption off) is refused.
+
+    The body after the key id is what :class:`AESCipher` writes and reads (nonce, tag,
+    ciphertext); the AES-GCM object of each key is made once, not once per event."""
 
     def __init__(self, environment: Environment) -> None:
         current = environment.get(CURRENT_KEY_ENV)
@@ -76,35 +83,39 @@ class KeyRingCipher(AESCipher):
                                "or 'hitlflow keys rotate')")
         super().__init__(environment)
         self._current_id = key_id(self.key)
-        self._ciphers: dict[bytes, AESCipher] = {self._current_id: self}
+        self._current = AESGCM(self.key)
+        self._ciphers: dict[bytes, AESGCM] = {self._current_id: self._current}
         for text in (environment.get(ALL_KEYS_ENV) or "").split(","):
             if text.strip():
                 key = decode_key(text, "the key ring")
-                self._ciphers.setdefault(key_id(key), _single(key))
+                self._ciphers.setdefault(key_id(key), AESGCM(key))
 
     @property
     def key_ids(self) -> list[str]:
         return [kid.hex() for kid in self._ciphers]
 
     def encrypt(self, plaintext: bytes) -> bytes:
-        return MARKER + self._current_id + super().encrypt(plaintext)
+        nonce = os.urandom(NONCE_BYTES)
+        sealed = self._current.encrypt(nonce, plaintext, None)  # ciphertext, then the tag
+        return MARKER + self._current_id + nonce + sealed[-TAG_BYTES:] + sealed[:-TAG_BYTES]
 
     def decrypt(self, ciphertext: bytes) -> bytes:
         if not ciphertext.startswith(MARKER):
             raise StoreUnreadableError("the event was stored without encryption")
-        kid = ciphertext[len(MARKER):len(MARKER) + KEY_ID_BYTES]
+        start = len(MARKER) + KEY_ID_BYTES
+        kid = ciphertext[len(MARKER):start]
         cipher = self._ciphers.get(kid)
         if cipher is None:
             raise StoreUnreadableError(f"the event is encrypted with key {kid.hex()}, which is "
                                        f"not in the key ring ({', '.join(self.key_ids)})")
-        body = ciphertext[len(MARKER) + KEY_ID_BYTES:]
-        if cipher is self:
-            return super().decrypt(body)
-        return cipher.decrypt(body)
-
-
-def _single(key: bytes) -> AESCipher:
-    return AESCipher(Environment(env={CURRENT_KEY_ENV: b64encode(key).decode()}))
+        tag_at, body_at = start + NONCE_BYTES, start + NONCE_BYTES + TAG_BYTES
+        if len(ciphertext) < body_at:
+            raise ValueError("Damaged cipher text: shorter than its nonce and tag")
+        try:
+            return cipher.decrypt(ciphertext[start:tag_at],
+                                  ciphertext[body_at:] + ciphertext[tag_at:body_at], None)
+        except InvalidTag as error:
+            raise ValueError("Invalid cipher tag") from error
 
 
 # -- the key file -------------------------------------------------------------------------------
