@@ -8,7 +8,6 @@ The ``payload`` of each event type is described by the model of the same name be
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
@@ -16,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from contracts.base import Contract
+from contracts.jsontext import encoder
 from contracts.subjects import event_subject
 from contracts.timeouts import (
     DeadlineCleared,
@@ -30,9 +30,8 @@ InteractionType = Literal["approval", "edit", "choice", "text_input", "conversat
 INTERACTION_TYPES: tuple[str, ...] = ("approval", "edit", "choice", "text_input", "conversation")
 
 
-#: The canonical JSON encoder, made once (``json.dumps`` with options makes one per call; the
-#: text is the same).
-_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+#: The canonical JSON encoder, made once (the text of ``json.dumps`` with these options).
+_canonical = encoder(sort_keys=True, default=None)
 
 
 def shown_digest(prompt: str, context: dict[str, Any], options: Sequence[str]) -> str:

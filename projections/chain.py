@@ -22,7 +22,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from projections.db import Tx, ViewDatabase, encoder, iso
+from contracts.jsontext import encoder
+from projections.db import Tx, ViewDatabase, iso
 from projections.event import Event, Replayed, moment
 
 NAME = "audit_chain"

@@ -22,19 +22,18 @@ rebuild has dropped make them wait, until it commits.
 
 from __future__ import annotations
 
-import json
 import re
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
-from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel
 
+from contracts.jsontext import encoder
 from contracts.limits import MAX_PAGE_BYTES
 from projections.rows import Rows
 
@@ -89,25 +88,6 @@ def fill_page(items: Sequence[P], limit: int,
             return page, True
         page.append(item)
     return page, False
-
-
-def encoder(*, sort_keys: bool) -> Callable[[Any], str]:
-    """``json.dumps(value, sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=False,
-    default=str)``, the same text, made once: ``json.dumps`` with options builds an encoder
-    per call, and ``JSONEncoder.encode`` builds the C encoder it calls per call too. This
-    holds one C encoder (without the check for circular values: a decoded event holds none)."""
-    slow = json.JSONEncoder(sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=False,
-                            default=str).encode
-    if c_make_encoder is None:  # a Python without the json accelerator
-        return slow
-    fast = c_make_encoder(None, str, encode_basestring, None, ":", ",", sort_keys, False, True)
-
-    def encode(value: Any) -> str:
-        if isinstance(value, str):
-            return str(encode_basestring(value))
-        return "".join(fast(value, 0))
-
-    return encode
 
 
 #: Made once (the text of ``json.dumps`` with these options).

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from projections.db import encoder, when
+from contracts.jsontext import encoder
+from projections.db import when
 
 
 class Event(Protocol):

@@ -40,13 +40,13 @@ from typing import IO, Any, Protocol
 import orjson
 
 from contracts.events import Service
+from contracts.jsontext import loads as json_loads
 from projections import chain
 from projections.db import ViewDatabase, open_view_database, when
 from projections.event import Event, Replayed, moment, payload_json
 from projections.projector import Projector, View, select_views
 from projections.retention import forget_archived
 from services.common.integration import EventParts, envelope_factory, event_parts
-from services.common.jsontext import loads as json_loads
 from services.common.logging import get_logger
 from services.common.output import WholeWriter
 

@@ -35,8 +35,8 @@ from typing import Any
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from eventsourcing.persistence import IntegrityError, Mapper, StoredEvent
 
+from contracts.jsontext import loads
 from projections.chain import NESTED, PLAIN, digest
-from services.common.jsontext import loads
 
 SEAL = "_seal_"
 MARK = "_sealed_"
