@@ -67,11 +67,26 @@ def canonical(value: Any) -> str:
     return _canonical(value)
 
 
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+#: The digests of the values most personal fields hold when they hold nothing.
+_NULL, _NO_ITEMS, _NO_FIELDS = _sha256("null"), _sha256("[]"), _sha256("{}")
+
+
 def digest(value: Any) -> str:
     """sha256 (hex) of a value's canonical JSON; an erased value's kept digest."""
-    if isinstance(value, dict) and value.get("erased") is True and "sha256" in value:
-        return str(value["sha256"])
-    return hashlib.sha256(canonical(value).encode()).hexdigest()
+    if value is None:
+        return _NULL
+    if isinstance(value, dict):
+        if not value:
+            return _NO_FIELDS
+        if value.get("erased") is True and "sha256" in value:
+            return str(value["sha256"])
+    elif not value and isinstance(value, list | tuple):
+        return _NO_ITEMS
+    return _sha256(canonical(value))
 
 
 def digested(payload: dict[str, Any]) -> dict[str, Any]:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import UTC, datetime
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
 
 from contracts.events import EventEnvelope
-from projections.chain import digested, link, record
+from projections.chain import digest, digested, link, record
 from projections.erasure import erased_payload
 
 PAUSED = {"node": "gate", "interactions": [{
@@ -38,3 +44,18 @@ def test_a_changed_value_changes_the_link() -> None:
     changed = {**PAUSED, "interactions": [{**PAUSED["interactions"][0],  # type: ignore[index]
                                            "prompt": "Approve salary 1 for Ada?"}]}
     assert link("", _env(changed)) != link("", _env(PAUSED))
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+                    lambda inner: st.lists(inner, max_size=3) | st.tuples(inner)
+                    | st.dictionaries(st.text(max_size=4), inner, max_size=3)))
+def test_a_digest_is_the_sha256_of_the_canonical_json(value: Any) -> None:
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      default=str)
+    try:
+        expected = hashlib.sha256(text.encode()).hexdigest()
+    except UnicodeEncodeError:  # a lone surrogate: not text any edge lets in
+        return
+    if isinstance(value, dict) and value.get("erased") is True and "sha256" in value:
+        return  # an erased value's kept digest
+    assert digest(value) == expected
