@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, cast
 
 import orjson
 
@@ -167,18 +167,28 @@ class WorkerSource:
                                         f"(exit code {self._process.returncode})".encode()))
                 return
             self._frames.put(got)
-            if got[0] != b"E":
+            if got[0] not in b"EB":
                 return
 
     def envelopes(self) -> Iterator[Event]:
+        for block in self.blocks():
+            yield from block
+
+    def blocks(self) -> Iterator[list[Event]]:
+        """The events of each block this worker read, a list per block, in its order."""
         parse, make = datetime.fromisoformat, Replayed
+        block: list[Event] = []
         while True:
             kind, body = self._frames.get()
-            if kind == b"E":
-                for event_type, service, thread_id, aggregate_id, position, version, at, \
-                        at_ts, text, record in orjson.loads(body):
-                    yield make(event_type, service, thread_id, aggregate_id, position, version,
-                               parse(at), json_loads(text), text, at, at_ts, record)
+            if kind in (b"E", b"B"):
+                block.extend(
+                    make(event_type, service, thread_id, aggregate_id, position, version,
+                         parse(at), json_loads(text), text, at, at_ts, record)
+                    for event_type, service, thread_id, aggregate_id, position, version, at,
+                    at_ts, text, record in orjson.loads(body))
+                if kind == b"B":
+                    yield block
+                    block = []
             elif kind == b"S":
                 stats = json.loads(body)
                 self.last, self.read = int(stats["last"]), int(stats["read"])
@@ -202,7 +212,8 @@ class WorkerSource:
 
 
 def frame(kind: bytes, body: bytes) -> bytes:
-    """One message from a worker: its kind (E events, S stats, X error), length, body."""
+    """One message from a worker: its kind (E events, B the events ending a block, S stats,
+    X error), length, body."""
     return kind + len(body).to_bytes(4, "big") + body
 
 
@@ -277,10 +288,12 @@ def read_in_worker(settings: Any, data_dir: Path | None, service: str, out: Whol
                         if len(chunk) == WORKER_CHUNK:
                             out.write(frame(b"E", orjson.dumps(chunk)))
                             chunk = []
+                    # every block ends with a B frame (empty when it held no published event):
+                    # the blocks of the store's workers are taken by turns (see merged())
+                    out.write(frame(b"B", orjson.dumps(chunk)))
+                    chunk = []
                     source.read += len(batch)
                 source.last = stop
-                if chunk:
-                    out.write(frame(b"E", orjson.dumps(chunk)))
                 out.write(frame(b"S", json.dumps({"last": source.last,
                                                   "read": source.read}).encode()))
             finally:
@@ -358,13 +371,30 @@ def merged(sources: Sequence[EventSource]) -> Iterator[Event]:
     """Every store's envelopes, each store's in the order of its log (the order its relay
     publishes them in: a thread's hash chain for a service follows it), the stores' merged by
     the time their events happened."""
-    logs: dict[str, list[Iterator[Event]]] = {}
+    logs: dict[str, list[EventSource]] = {}
     for source in sources:
-        logs.setdefault(source.service, []).append(source.envelopes())
+        logs.setdefault(source.service, []).append(source)
     # ISO text in UTC with microseconds (``at``) sorts as the times do
-    return heapq.merge(*(log[0] if len(log) == 1 else heapq.merge(
-        *log, key=lambda env: env.position) for log in logs.values()),
-        key=lambda env: (moment(env)[0], env.service, env.position))
+    # (a store is read by several sources only when workers read it)
+    return heapq.merge(*(log[0].envelopes() if len(log) == 1
+                         else in_turns(cast(list[WorkerSource], log)) for log in logs.values()),
+                       key=lambda env: (moment(env)[0], env.service, env.position))
+
+
+def in_turns(workers: Sequence[WorkerSource]) -> Iterator[Event]:
+    """The events of one store read by several workers, in the log's order: block ``k`` of the
+    log is the ``k // len(workers)``-th block of worker ``k % len(workers)`` (see
+    :func:`read_in_worker`), so the blocks are taken from the workers by turns."""
+    blocks = [worker.blocks() for worker in workers]
+    while True:
+        for turn, worker_blocks in enumerate(blocks):
+            block = next(worker_blocks, None)
+            if block is None:  # the log ends here: the later workers have no block either
+                for rest in blocks[turn + 1:] + blocks[:turn]:
+                    if next(rest, None) is not None:
+                        raise RuntimeError("a rebuild worker read past the end of its store")
+                return
+            yield from block
 
 
 @dataclass
