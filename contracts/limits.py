@@ -125,9 +125,25 @@ class TooLargeError(ValueError):
         super().__init__(message)
 
 
+class NotTextError(ValueError):
+    """An input holding text that is not Unicode: a lone surrogate, which JSON can spell as an
+    escape (``"\\ud800"``) and Python's json module reads, but no UTF-8 message can carry."""
+
+    code = "invalid_command"
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        super().__init__(f"{what} holds text that is not valid Unicode (a lone surrogate, such "
+                         "as the JSON escape \\ud800 without its pair); expected UTF-8 text")
+
+
 def check_size(what: str, value: Any, limit: int) -> int:
-    """The JSON size of ``value``; raises :class:`TooLargeError` naming ``what`` over ``limit``."""
-    size = json_size(value)
+    """The JSON size of ``value``; raises :class:`TooLargeError` naming ``what`` over ``limit``,
+    :class:`NotTextError` when it holds text no message can carry."""
+    try:
+        size = json_size(value)
+    except UnicodeEncodeError:
+        raise NotTextError(what) from None
     if size > limit:
         raise TooLargeError(what, size, limit)
     return size

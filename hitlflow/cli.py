@@ -23,7 +23,13 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from contracts.limits import MAX_ANSWER_BYTES, MAX_STATE_BYTES, TooLargeError, check_bytes
+from contracts.limits import (
+    MAX_ANSWER_BYTES,
+    MAX_STATE_BYTES,
+    NotTextError,
+    TooLargeError,
+    check_bytes,
+)
 from contracts.subjects import InvalidThreadIdError, check_thread_id
 from hitlflow import cli_demo, cli_doctor, cli_identity, cli_projections, display
 from hitlflow.cli_common import (
@@ -65,7 +71,7 @@ def _run(coro: Any) -> Any:
         fail(str(error), EXIT_NO_STACK)
     except NoOutcomeError as error:
         fail(str(error), EXIT_NO_STACK)
-    except TooLargeError as error:
+    except (TooLargeError, NotTextError) as error:
         fail(str(error), EXIT_BAD_INPUT)
     except ValidationError as error:  # an option the command's contract does not allow
         fail(describe_input_error(error, OPTION_NAMES), EXIT_BAD_INPUT)

@@ -21,6 +21,7 @@ from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from pydantic import ValidationError
+from pydantic_core import PydanticSerializationError
 
 from contracts import subjects
 from contracts.commands import (
@@ -342,7 +343,11 @@ class HitlClient:
 
     async def _send(self, subject: str, command: Any, thread_id: str, *,
                     wait: bool = True) -> Outcome:
-        payload = command.model_dump_json().encode()
+        try:
+            payload = command.model_dump_json().encode()
+        except PydanticSerializationError:
+            check_size("the command", command.model_dump(mode="json"), MAX_COMMAND_BYTES)
+            raise  # not a lone surrogate (which check_size names): a fault
         check_bytes("the command", len(payload), MAX_COMMAND_BYTES)
         correlation_id = uuid.uuid4().hex  # in every event the command causes, and the logs
         nc = self.nc

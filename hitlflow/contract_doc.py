@@ -220,6 +220,9 @@ models in `contracts/` (`schema_version: 1`; unknown fields are refused).
   stream's `Nats-Msg-Id` header when you set one.
 - **Sizes:** every input has a limit ([Limits](#limits)); over it, the command is refused with
   `too_large` and nothing changes.
+- **Text** is UTF-8: a lone surrogate (JSON can spell one as an escape, `"\\ud800"`) is refused
+  `invalid_command` (and audited, for an answer); the CLI and HTTP (422) refuse it before
+  anything is sent.
 
 ## Subjects
 

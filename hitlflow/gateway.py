@@ -24,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from contracts.catalog import REFUSAL_CODES
-from contracts.limits import MAX_COMMAND_BYTES, TooLargeError
+from contracts.limits import MAX_COMMAND_BYTES, NotTextError, TooLargeError
 from contracts.subjects import InvalidThreadIdError, check_thread_id
 from hitlflow import asyncapi
 from hitlflow.cli_common import describe_input_error
@@ -272,6 +272,10 @@ def _answer_errors(app: FastAPI) -> None:
     @app.exception_handler(TooLargeError)
     async def too_large(request: Request, error: TooLargeError) -> Response:
         return _error(request, 413, {"code": "too_large", "error": str(error)})
+
+    @app.exception_handler(NotTextError)
+    async def not_text(request: Request, error: NotTextError) -> Response:
+        return _error(request, 422, {"code": error.code, "error": str(error)})
 
     @app.exception_handler(ValidationError)
     async def invalid(request: Request, error: ValidationError) -> JSONResponse:

@@ -73,6 +73,11 @@ def test_an_answer_too_large_is_refused_where_it_enters_and_nothing_stalls(
     result = cli(hitl.nats_url, "resume", "big-1", "reject", "--data",
                  json.dumps({"reason": "z" * 300_000}))
     assert result.exit_code == 2 and LIMIT_TEXT in result.stderr
+    # text no message can carry (a lone surrogate, spelled as a JSON escape): refused, exit 2
+    result = cli(hitl.nats_url, "resume", "big-1", "reject", "--data",
+                 json.dumps({"reason": "\ud800"}))
+    assert result.exit_code == 2, result.stdout
+    assert "the answer's data holds text that is not valid Unicode" in result.stderr
 
     # Another system's own JSON over NATS: refused by the service as too_large, audited.
     body = {"thread_id": "big-1", "action": "reject", "data": {"reason": "w" * 300_000},
@@ -91,6 +96,14 @@ def test_an_answer_too_large_is_refused_where_it_enters_and_nothing_stalls(
                                 if r["code"] == "too_large"][1:] and
                        rejections(hitl, "big-1"), what="both refusals in the audit")
     assert [r["code"] for r in refused] == ["too_large", "too_large"]
+
+    # Text no message can carry, in another system's own JSON over NATS: refused and audited.
+    reply = hitl.call(raw_command(hitl, subjects.resume_subject("erp", "big-1"), json.dumps(
+        {"thread_id": "big-1", "action": "reject", "data": {"reason": "\ud800"},
+         "idempotency_key": "raw-surrogate", "shown": shown(hitl, "big-1")}).encode()))
+    assert (reply["ok"], reply["code"]) == (False, "invalid_command"), reply
+    wait_for(lambda: [r for r in rejections(hitl, "big-1") if r["code"] == "invalid_command"],
+             what="the refusal in the audit")
 
     # Nothing stalled: every thread still answers, and the largest answer allowed goes through
     # (its events are published and handled like any other).

@@ -4,6 +4,7 @@ the stack with users, tokens and API keys.)"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,6 +70,20 @@ def test_refusals_carry_code_and_status(http: TestClient, hitl: HitlTestStack) -
     not_json = http.post("/threads/web-2/resume", content=b"{approve",
                          headers={"content-type": "application/json"})
     assert not_json.status_code == 422 and "not valid JSON" in not_json.json()["error"]
+
+    # a lone surrogate (json.dumps spells it as an escape, \ud800; no message can carry it)
+    for path, body, says in (
+            ("/threads/web-2/resume", {"action": "approve", "shown": shown,
+                                       "data": {"why": "\ud800"}}, "not valid Unicode"),
+            ("/threads", {"csv": CSV, "graph": "Approve", "state": {"request": "\ud800"}},
+             "not valid Unicode"),
+            ("/threads/web-2/resume", {"action": "\udfff", "shown": shown},
+             "action: Input should be a valid string, unable to parse raw data as a unicode")):
+        not_text = http.post(path, content=json.dumps(body).encode(),
+                             headers={"content-type": "application/json"})
+        assert not_text.status_code == 422, not_text.text
+        assert not_text.json()["code"] == "invalid_command"
+        assert says in not_text.json()["error"]
 
     unknown = http.post("/threads/nobody/resume", json={"action": "approve", "shown": shown})
     assert unknown.status_code == 404 and unknown.json()["code"] == "unknown_thread"
