@@ -14,24 +14,24 @@ to the json module.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 import orjson
 
-_LONG_DIGITS_TEXT = re.compile(r"\d{19}")
-_LONG_DIGITS_BYTES = re.compile(rb"\d{19}")
+#: Every digit as "9": a run of 19 digits becomes ``_LONG_RUN`` (a translation and a substring
+#: search cost a fraction of a regular expression's search, which costs more than json.loads).
+_DIGITS_AS_NINES = bytes.maketrans(b"0123456789", b"9" * 10)
+_LONG_RUN = b"9" * 19
 
 
 def loads(text: str | bytes) -> Any:
     """``json.loads(text)``, read by orjson where orjson reads the same."""
-    long_digits = (_LONG_DIGITS_TEXT.search(text) if isinstance(text, str)
-                   else _LONG_DIGITS_BYTES.search(text))
-    if long_digits is None:
+    raw = text.encode(errors="surrogatepass") if isinstance(text, str) else text
+    if _LONG_RUN not in raw.translate(_DIGITS_AS_NINES):
         try:
-            return orjson.loads(text)
+            return orjson.loads(raw)
         except orjson.JSONDecodeError:
             pass
     return json.loads(text)
