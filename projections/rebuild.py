@@ -167,7 +167,7 @@ class WorkerSource:
                                         f"(exit code {self._process.returncode})".encode()))
                 return
             self._frames.put(got)
-            if got[0] not in b"EB":
+            if got[0] not in (b"E", b"B"):  # events go on; stats or an error end it
                 return
 
     def envelopes(self) -> Iterator[Event]:
