@@ -341,10 +341,6 @@ def _fill(state: dict[str, Any], filled: list[Any]) -> None:
                     _fill(item, filled)
 
 
-def _is_mark(value: Any) -> bool:
-    return isinstance(value, dict) and len(value) == 1 and MARK in value
-
-
 def _take(state: dict[str, Any], values: list[Any]) -> dict[str, Any]:
     """``state`` with its personal values replaced by markers, the values added to
     ``values`` (ids, version and time are never taken)."""
