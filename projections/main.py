@@ -78,6 +78,7 @@ from services.common.consumer import (
     RetryPolicy,
     Subscription,
     decode_envelope,
+    stream_seq,
 )
 from services.common.health import Health, Monitor, register, unregister
 from services.common.identity import Directory, IdentityError
@@ -110,10 +111,6 @@ def _query_failed(error: Exception) -> dict[str, Any]:
 def _subject_thread(message: Any) -> str:
     """The thread a query's subject names: its last part."""
     return str(message.raw_message.subject).rsplit(".", 1)[-1]
-
-
-def _seq(msg: Msg) -> int:
-    return int(msg.metadata.sequence.stream)
 
 
 def _other_thread(reply: type[BaseModel], subject_thread: str,
@@ -364,7 +361,7 @@ class ProjectionsRuntime:
                     decoded.append((msg, decode_envelope(msg.data)))
                 except PoisonMessageError as error:
                     await self._in_place(functools.partial(self._quarantine, msg, None, error))
-            last_seq = _seq(messages[-1])
+            last_seq = stream_seq(messages[-1])
             envelopes = [envelope for _, envelope in decoded]
             try:
                 await self._in_place(lambda: self._apply(envelopes, last_seq))
@@ -405,7 +402,7 @@ class ProjectionsRuntime:
         passed over. Returns the events applied."""
         applied: list[EventEnvelope] = []
         for msg, envelope in decoded:
-            seq = _seq(msg)
+            seq = stream_seq(msg)
             for attempt in range(1, self.poison_attempts + 1):
                 try:
                     await self._in_place(functools.partial(self._apply, [envelope], seq))
@@ -426,7 +423,7 @@ class ProjectionsRuntime:
                 else:
                     applied.append(envelope)
                 break
-        if not decoded or _seq(decoded[-1][0]) != last_seq:  # ended with non-envelopes
+        if not decoded or stream_seq(decoded[-1][0]) != last_seq:  # ended with non-envelopes
             await self._in_place(functools.partial(self._skip, last_seq))
         return applied
 
@@ -452,7 +449,7 @@ class ProjectionsRuntime:
         if self.broker is None:
             raise QuarantineError("not connected to NATS")
         await quarantine(self.broker.connection, source=DURABLE, subject=msg.subject,
-                         data=msg.data, reason=reason, stream_seq=_seq(msg),
+                         data=msg.data, reason=reason, stream_seq=stream_seq(msg),
                          thread_id=envelope.thread_id if envelope else msg.subject.rsplit(
                              ".", 1)[-1], headers=msg.headers)
 

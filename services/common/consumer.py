@@ -11,8 +11,9 @@ message whose handling fails is sorted by what failed (see :func:`_failed`):
 - any other error (a bug, data the code cannot take) is delivered again the same way until
   the message has been delivered ``poison_attempts`` times, then quarantined and terminated.
 
-While a message is delivered again, the later messages of its thread wait for it (they are
-delivered again too); once it is quarantined they go on. A message whose quarantine record
+While a message is delivered again, the later messages of its thread that the consumer receives
+wait for it, in the same batch or a later one (they are delivered again too, see
+:class:`Holds`); once it is handled or quarantined they go on. A message whose quarantine record
 cannot be stored is kept and tried again: nothing is dropped. The sender of a command
 quarantined before its outcome was decided is told so (``CommandReply`` with code
 ``quarantined``) rather than left waiting.
@@ -23,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -90,6 +92,59 @@ def thread_of(msg: Msg) -> str:
     return msg.subject.rsplit(".", 1)[-1]
 
 
+def stream_seq(msg: Msg) -> int:
+    """The message's sequence in its stream."""
+    return int(msg.metadata.sequence.stream)
+
+
+#: Seconds a thread stays held past its message's redelivery delay (see :class:`Holds`).
+HOLD_SLACK = 2.0
+
+
+class Holds:
+    """The threads of one consumer whose message is to be delivered again, each with that
+    message's stream sequence: the later messages of the thread are delivered again too
+    until it has been handled or quarantined, whether they came in its batch or in a later
+    one (so a thread's messages are handled in stream order).
+
+    A hold ends by itself ``hold_for`` seconds after the message failed: the message went to
+    another replica of the consumer (which keeps its own holds), or back to the server with a
+    lost connection. Either way this consumer no longer sees it come back."""
+
+    def __init__(self, hold_for: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._hold_for = hold_for
+        self._clock = clock
+        self._held: dict[str, tuple[int, float]] = {}  # thread: (sequence, until)
+
+    def holds_back(self, msg: Msg) -> bool:
+        """Whether ``msg`` comes after a held message of its thread (the held message itself,
+        delivered again, goes on)."""
+        thread = thread_of(msg)
+        held = self._held.get(thread)
+        if held is None:
+            return False
+        seq, until = held
+        if self._clock() >= until:
+            del self._held[thread]
+            return False
+        return stream_seq(msg) > seq
+
+    def hold(self, msg: Msg) -> None:
+        """``msg`` failed and is to be delivered again: hold its thread back."""
+        thread, seq = thread_of(msg), stream_seq(msg)
+        held = self._held.get(thread)
+        if held is not None:
+            seq = min(seq, held[0])
+        self._held[thread] = (seq, self._clock() + self._hold_for)
+
+    def settled(self, msg: Msg) -> None:
+        """``msg`` was handled or quarantined: its thread goes on."""
+        thread = thread_of(msg)
+        held = self._held.get(thread)
+        if held is not None and stream_seq(msg) >= held[0]:
+            del self._held[thread]
+
+
 def decode_envelope(data: bytes) -> EventEnvelope:
     try:
         return EventEnvelope.model_validate_json(data)
@@ -117,7 +172,7 @@ async def quarantine_message(msg: Msg, consumer: str, reason: BaseException | st
     """Quarantine a consumed message and terminate it; False when the record could not be
     stored (the message is then left to be delivered again)."""
     try:
-        seq = int(msg.metadata.sequence.stream)
+        seq: int | None = stream_seq(msg)
     except Exception:  # not a JetStream delivery
         seq = None
     try:
@@ -188,27 +243,38 @@ async def handle_batch(
     handle: Callable[[Msg], Awaitable[None]],
     *,
     consumer: str,
+    holds: Holds,
     policy: RetryPolicy = DEFAULT_POLICY,
 ) -> None:
+    """Handle a batch message by message, a thread's in stream order, threads concurrently."""
     groups: dict[str, list[Msg]] = defaultdict(list)
     for msg in messages:
         groups[thread_of(msg)].append(msg)
 
     async def run_group(group: list[Msg]) -> None:
-        for index, msg in enumerate(group):
+        for msg in group:
+            if holds.holds_back(msg):
+                await _retry(msg, consumer, HELD_BACK, policy)
+                continue
             try:
                 with correlated(of_message(msg)):
                     await handle(msg)
             except Exception as error:
-                if await _failed(msg, consumer, error, policy):
-                    continue
-                for pending in group[index + 1:]:
-                    await _retry(pending, consumer, HELD_BACK, policy)
-                return
+                await _settle_failed(msg, consumer, error, policy, holds)
             else:
                 await msg.ack()
+                holds.settled(msg)
 
     await asyncio.gather(*(run_group(group) for group in groups.values()))
+
+
+async def _settle_failed(msg: Msg, consumer: str, error: BaseException, policy: RetryPolicy,
+                         holds: Holds) -> None:
+    """:func:`_failed`, and the thread held back while ``msg`` is to be delivered again."""
+    if await _failed(msg, consumer, error, policy):
+        holds.settled(msg)
+    else:
+        holds.hold(msg)
 
 
 @dataclass(frozen=True)
@@ -225,15 +291,15 @@ Prepare = Callable[[Msg], Awaitable[Work | None]]
 
 
 async def handle_jobs(messages: Sequence[Msg], prepare: Prepare, app: ServiceApplication, *,
-                      consumer: str, policy: RetryPolicy = DEFAULT_POLICY) -> None:
+                      consumer: str, holds: Holds,
+                      policy: RetryPolicy = DEFAULT_POLICY) -> None:
     """A batch as one application call (:meth:`ServiceApplication.run_jobs`): decode every
     message, decide them all in one transaction (in a worker thread, or on the loop when the
     application allows it: ``decides_in_loop``), then act and acknowledge in stream order.
     ``prepare`` returns None for a message with nothing to do."""
     works: list[Work] = []
-    held: set[str] = set()  # threads whose earlier message is to be delivered again
     for msg in messages:
-        if thread_of(msg) in held:
+        if holds.holds_back(msg):
             await _retry(msg, consumer, HELD_BACK, policy)
             continue
         correlation_id = of_message(msg)
@@ -241,11 +307,11 @@ async def handle_jobs(messages: Sequence[Msg], prepare: Prepare, app: ServiceApp
             with correlated(correlation_id):
                 work = await prepare(msg)
         except Exception as error:
-            if not await _failed(msg, consumer, error, policy):
-                held.add(thread_of(msg))
+            await _settle_failed(msg, consumer, error, policy, holds)
             continue
         if work is None:
             await msg.ack()
+            holds.settled(msg)
         else:
             work.job.correlation_id = correlation_id
             works.append(work)
@@ -269,12 +335,12 @@ async def handle_jobs(messages: Sequence[Msg], prepare: Prepare, app: ServiceApp
             except Exception as error:  # delivered again: the job is then a duplicate
                 job.error = error
         if job.error is not None:
-            if await _failed(work.msg, consumer, job.error, policy):
-                continue
+            await _settle_failed(work.msg, consumer, job.error, policy, holds)
         elif job.skipped:  # an earlier job of its thread failed
             await _retry(work.msg, consumer, HELD_BACK, policy)
         else:
             await work.msg.ack()
+            holds.settled(work.msg)
 
 
 @dataclass(frozen=True)
@@ -295,12 +361,15 @@ class Subscription:
 
     def batch_handler(self, policy: RetryPolicy = DEFAULT_POLICY
                       ) -> Callable[[list[Msg]], Awaitable[None]]:
+        """The consumer's handler of its batches (with the consumer's own :class:`Holds`)."""
         handle, prepare, app = self.handle, self.prepare, self.app
+        holds = Holds(policy.redelivery_delay + HOLD_SLACK)
         if prepare is not None and app is not None:
             return lambda batch: handle_jobs(batch, prepare, app, consumer=self.durable,
-                                             policy=policy)
+                                             holds=holds, policy=policy)
         assert handle is not None, f"subscription {self.durable} has nothing to handle with"
-        return lambda batch: handle_batch(batch, handle, consumer=self.durable, policy=policy)
+        return lambda batch: handle_batch(batch, handle, consumer=self.durable, holds=holds,
+                                          policy=policy)
 
 
 class PullConsumer:

@@ -93,40 +93,63 @@ def test_a_consumer_made_with_an_older_filter_is_narrowed_in_place(
     assert seen == ["hitl.evt.workflow.ThreadStarted.t-1", "hitl.evt.workflow.ThreadPaused.t-1"]
 
 
-def test_a_message_that_cannot_be_prepared_holds_back_the_rest_of_its_thread(
-        nats_server: EmbeddedNats, tmp_path: Path) -> None:
-    """The first message of t-1 fails once before it is decoded: the second of t-1, in the
-    same batch, must wait for it; t-2 goes on."""
+@pytest.mark.parametrize("mode", ["jobs", "one by one"])
+@pytest.mark.parametrize("later", ["published before", "published once it failed"])
+def test_a_message_that_fails_holds_back_the_rest_of_its_thread(
+        nats_server: EmbeddedNats, tmp_path: Path, mode: str, later: str) -> None:
+    """The first message of t-1 fails once: the second of t-1 must wait for it, whether it
+    comes in the same batch or (published only once the first failed) in a later one; t-2
+    goes on. Both ways a consumer handles messages: as a batch of jobs (``prepare``) and one
+    by one (``handle``)."""
     app = make_app(tmp_path)
     decided: list[str] = []
     failed_once: list[bool] = []
 
     async def body(nc: Any, js: Any) -> None:
-        for thread, n in (("t-1", 1), ("t-2", 1), ("t-1", 2)):
+        messages = [("t-1", 1), ("t-2", 1), ("t-1", 2)]
+        if later == "published once it failed":
+            held_back = messages.pop()
+        for thread, n in messages:
             await js.publish(f"hitl.cmd.start.{thread}", f"{thread}:{n}".encode())
         done = asyncio.Event()
 
-        async def prepare(msg: Any) -> Work:
-            name = msg.data.decode()
+        def record(name: str) -> None:
+            decided.append(name)
+            if len(decided) == 3:
+                done.set()
+
+        async def fail_first(name: str) -> None:
             if name == "t-1:1" and not failed_once:
                 failed_once.append(True)
+                if later == "published once it failed":  # the pull request is still open
+                    thread, n = held_back
+                    await js.publish(f"hitl.cmd.start.{thread}", f"{thread}:{n}".encode())
                 raise RuntimeError("store busy")
 
+        async def prepare(msg: Any) -> Work:
+            name = msg.data.decode()
+            await fail_first(name)
+
             def decide() -> tuple[list[Any], None]:
-                decided.append(name)
-                if len(decided) == 3:
-                    done.set()
+                record(name)
                 return [], None
 
             return Work(msg, Job(thread_of(msg), decide))
 
-        await consume(js, Subscription(subjects.START_ALL, subjects.COMMANDS_STREAM, "held",
-                                       prepare=prepare, app=app), done)
+        async def handle(msg: Any) -> None:
+            await fail_first(msg.data.decode())
+            record(msg.data.decode())
+
+        if mode == "jobs":
+            spec = Subscription(subjects.START_ALL, subjects.COMMANDS_STREAM, "held",
+                                prepare=prepare, app=app)
+        else:
+            spec = Subscription(subjects.START_ALL, subjects.COMMANDS_STREAM, "held", handle)
+        await consume(js, spec, done)
 
     on_nats(nats_server, body)
     app.close()
-    assert decided.index("t-1:1") < decided.index("t-1:2")
-    assert decided[0] == "t-2:1"
+    assert decided == ["t-2:1", "t-1:1", "t-1:2"]
 
 
 def test_the_batch_publisher_stores_in_order_and_the_stream_drops_resends(
