@@ -34,7 +34,7 @@ def make_settings(backend: str, home: Path) -> Settings:
     if backend == "postgres":
         if not POSTGRES_DSN:
             pytest.skip("PostgreSQL backend: set HITLFLOW_TEST_POSTGRES_DSN to run it")
-        # small pools: two workers' stacks share the server's connections with whatever
+        # small pools: the workers' stacks share the server's connections with whatever
         # else runs on it
         return Settings(home=home, persistence="postgres", postgres_dsn=POSTGRES_DSN,
                         postgres_schema=f"t_{uuid.uuid4().hex[:12]}", auth=False,
