@@ -26,15 +26,29 @@ _DIGITS_AS_NINES = bytes.maketrans(b"0123456789", b"9" * 10)
 _LONG_RUN = b"9" * 19
 
 
+class NotQuick(ValueError):
+    """JSON text orjson may read otherwise than the json module (or not at all)."""
+
+
+def quick_loads(raw: bytes) -> Any:
+    """UTF-8 JSON text read by orjson, which then reads it as ``json.loads`` does; raises
+    :class:`NotQuick` for text it might read otherwise, or refuses (the caller reads that
+    the slow way)."""
+    if _LONG_RUN in raw.translate(_DIGITS_AS_NINES):
+        raise NotQuick("a run of 19 digits: an integer orjson would read as a float")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        raise NotQuick(str(error)) from None
+
+
 def loads(text: str | bytes) -> Any:
     """``json.loads(text)``, read by orjson where orjson reads the same."""
-    raw = text.encode(errors="surrogatepass") if isinstance(text, str) else text
-    if _LONG_RUN not in raw.translate(_DIGITS_AS_NINES):
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            pass
-    return json.loads(text)
+    try:
+        return quick_loads(text.encode(errors="surrogatepass") if isinstance(text, str)
+                           else text)
+    except NotQuick:
+        return json.loads(text)
 
 
 def _refuse(value: Any) -> Any:

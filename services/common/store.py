@@ -25,11 +25,13 @@ from eventsourcing.persistence import (
     ProcessRecorder,
     StoredEvent,
     Tracking,
+    Transcoder,
 )
 
 from services.common.correlation import correlated, stamp
 from services.common.keyring import check_readable
 from services.common.sealing import SealingMapper, ThreadKeys
+from services.common.transcoding import QuickJSONTranscoder
 
 T = TypeVar("T")
 
@@ -302,6 +304,11 @@ class ServiceApplication(Application[UUID]):
 
     def construct_recorder(self) -> ProcessRecorder:
         return self.factory.process_recorder()
+
+    def construct_transcoder(self) -> Transcoder:
+        transcoder = QuickJSONTranscoder()
+        self.register_transcodings(transcoder)
+        return transcoder
 
     def construct_mapper(self) -> Mapper[UUID]:
         return self.factory.mapper(transcoder=self.construct_transcoder(),

@@ -1,7 +1,8 @@
 """JSON text read and written quickly, the same as the json module's: the encoders made once
 (``contracts/jsontext.py``'s, and through it the views', the audit chain's and what a request
 shows) write what ``json.dumps`` with the same options writes, so what the views store and
-what the chain hashes do not change; ``loads`` reads what ``json.loads`` reads."""
+what the chain hashes do not change; ``loads`` reads what ``json.loads`` reads, and the
+stores' transcoder decodes what eventsourcing's decodes."""
 
 from __future__ import annotations
 
@@ -12,6 +13,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from eventsourcing.persistence import (
+    DatetimeAsISO,
+    DecimalAsStr,
+    JSONTranscoder,
+    TranscodingNotRegisteredError,
+    UUIDAsHex,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,6 +28,7 @@ from contracts.jsontext import encoder, loads
 from projections.chain import canonical
 from projections.db import dumps
 from projections.event import payload_json
+from services.common.transcoding import QuickJSONTranscoder
 
 scalars = (st.none() | st.booleans() | st.integers() | st.floats() | st.text()
            | st.integers(min_value=2**63 - 5, max_value=2**64 + 5).map(lambda n: n * -1)
@@ -99,3 +108,64 @@ def test_the_encoder_refuses_what_json_cannot_hold_unless_given_a_default() -> N
     assert encoder(sort_keys=True)({"at": when}) == '{"at":"2026-01-02 00:00:00+00:00"}'
     with pytest.raises(TypeError, match="datetime is not JSON serializable"):
         encoder(sort_keys=True, default=None)({"at": when})
+
+
+def _transcoders() -> tuple[JSONTranscoder, QuickJSONTranscoder]:
+    plain, quick = JSONTranscoder(), QuickJSONTranscoder()
+    for transcoder in (plain, quick):
+        for transcoding in (UUIDAsHex(), DecimalAsStr(), DatetimeAsISO()):
+            transcoder.register(transcoding)
+    return plain, quick
+
+
+PLAIN, QUICK = _transcoders()
+
+
+def decoded(transcoder: JSONTranscoder, data: bytes) -> str:
+    """What ``transcoder`` makes of ``data``, as text: the value's repr (NaN is not equal to
+    itself, and a Decimal equals a float of its value), or the error it raises."""
+    try:
+        return repr(transcoder.decode(data))
+    except Exception as error:
+        return f"raises {type(error).__name__}: {error}"
+
+
+#: What eventsourcing encodes as {"_type_": …, "_data_": …}, and things that look like it.
+encoded = (st.datetimes(timezones=st.just(UTC)) | st.uuids()
+           | st.decimals(allow_nan=False) | st.just("_type_")
+           | st.fixed_dictionaries({"_type_": st.sampled_from(["uuid_hex", "decimal_str"]),
+                                    "_data_": st.sampled_from(
+                                        ["1", "00000000000000000000000000000001"])}))
+states = st.dictionaries(st.text(max_size=8) | st.just("_type_"),
+                         values | encoded | st.lists(encoded, max_size=2)
+                         | st.dictionaries(st.text(max_size=3), encoded, max_size=2),
+                         max_size=6)
+
+
+@given(states)
+def test_the_stores_transcoder_decodes_what_eventsourcings_decodes(state: dict[str, Any]
+                                                                    ) -> None:
+    data = PLAIN.encode(state)
+    assert QUICK.encode(state) == data  # what is written does not change
+    assert decoded(QUICK, data) == decoded(PLAIN, data)
+
+
+@pytest.mark.parametrize("text", [
+    b'{"timestamp":{"_type_":"datetime_iso","_data_":"2026-12-03T10:00:00+00:00"},"a":1}',
+    b'{"a":{"b":{"_type_":"uuid_hex","_data_":"00000000000000000000000000000001"}}}',
+    b'{"_type_":"decimal_str","_data_":"1.5"}',
+    b'{"a":"_type_","b":{"_type_":"decimal_str","_data_":"2"}}',
+    b'{"a":{"_type_":"decimal_str","_data_":"2","c":3}}',
+    b'{"a":12345678901234567890123,"b":{"_type_":"decimal_str","_data_":"2"}}',
+])
+def test_the_stores_transcoder_on_each_way_through_it(text: bytes) -> None:
+    assert decoded(QUICK, text) == decoded(PLAIN, text)
+
+
+def test_the_stores_transcoder_refuses_what_eventsourcing_refuses() -> None:
+    unknown = b'{"a":{"_type_":"no_such","_data_":"x"}}'
+    for transcoder in (PLAIN, QUICK):
+        with pytest.raises(TranscodingNotRegisteredError):
+            transcoder.decode(unknown)
+        with pytest.raises(ValueError):
+            transcoder.decode(b'{"a":')
