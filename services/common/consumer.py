@@ -9,7 +9,8 @@ message whose handling fails is sorted by what failed (see :func:`_failed`):
 - an outage or contention (NATS or the store unreachable, a lock, a conflict storm) is
   negatively acknowledged and delivered again after a delay, for as long as it lasts;
 - any other error (a bug, data the code cannot take) is delivered again the same way until
-  the message has been delivered ``poison_attempts`` times, then quarantined and terminated.
+  the message has been delivered ``poison_attempts`` times (deliveries held back behind an
+  earlier message of its thread not counted), then quarantined and terminated.
 
 While a message is delivered again, the later messages of its thread that the consumer receives
 wait for it, in the same batch or a later one (they are delivered again too, see
@@ -25,7 +26,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -99,6 +100,8 @@ def stream_seq(msg: Msg) -> int:
 
 #: Seconds a thread stays held past its message's redelivery delay (see :class:`Holds`).
 HOLD_SLACK = 2.0
+#: Messages whose deliveries while held back :class:`Holds` counts, at most.
+MAX_WAITING = 10_000
 
 
 class Holds:
@@ -109,12 +112,17 @@ class Holds:
 
     A hold ends by itself ``hold_for`` seconds after the message failed: the message went to
     another replica of the consumer (which keeps its own holds), or back to the server with a
-    lost connection. Either way this consumer no longer sees it come back."""
+    lost connection. Either way this consumer no longer sees it come back.
+
+    A delivery that was held back is not an attempt of the message's own: :meth:`attempts`
+    leaves those out of the server's count (a message that waited for another is quarantined
+    after ``poison_attempts`` failures of its own, like any other)."""
 
     def __init__(self, hold_for: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._hold_for = hold_for
         self._clock = clock
         self._held: dict[str, tuple[int, float]] = {}  # thread: (sequence, until)
+        self._waited: OrderedDict[int, int] = OrderedDict()  # sequence: deliveries held back
 
     def holds_back(self, msg: Msg) -> bool:
         """Whether ``msg`` comes after a held message of its thread (the held message itself,
@@ -129,6 +137,17 @@ class Holds:
             return False
         return stream_seq(msg) > seq
 
+    def held_back(self, msg: Msg) -> None:
+        """``msg`` is delivered again because it was held back."""
+        seq = stream_seq(msg)
+        self._waited[seq] = self._waited.pop(seq, 0) + 1
+        if len(self._waited) > MAX_WAITING:
+            self._waited.popitem(last=False)
+
+    def attempts(self, msg: Msg) -> int:
+        """How many times ``msg`` has been delivered to be handled (this time included)."""
+        return max(1, delivered(msg) - self._waited.get(stream_seq(msg), 0))
+
     def hold(self, msg: Msg) -> None:
         """``msg`` failed and is to be delivered again: hold its thread back."""
         thread, seq = thread_of(msg), stream_seq(msg)
@@ -139,9 +158,11 @@ class Holds:
 
     def settled(self, msg: Msg) -> None:
         """``msg`` was handled or quarantined: its thread goes on."""
+        seq = stream_seq(msg)
+        self._waited.pop(seq, None)
         thread = thread_of(msg)
         held = self._held.get(thread)
-        if held is not None and stream_seq(msg) >= held[0]:
+        if held is not None and seq >= held[0]:
             del self._held[thread]
 
 
@@ -215,10 +236,26 @@ async def _retry(msg: Msg, consumer: str, error: BaseException | str, policy: Re
         await msg.nak(delay=policy.redelivery_delay)
 
 
-async def _failed(msg: Msg, consumer: str, error: BaseException, policy: RetryPolicy) -> bool:
+async def _hold_back(msg: Msg, consumer: str, policy: RetryPolicy, holds: Holds) -> None:
+    """A message that waits for an earlier one of its thread: delivered again after it."""
+    holds.held_back(msg)
+    await _retry(msg, consumer, HELD_BACK, policy)
+
+
+async def _failed(msg: Msg, consumer: str, error: BaseException, policy: RetryPolicy,
+                  holds: Holds) -> None:
     """A message whose handling raised ``error``: quarantined and terminated when no retry can
-    help (True), else left to be delivered again (False: the caller holds back the rest of its
-    thread)."""
+    help, else left to be delivered again, the later messages of its thread held back."""
+    if await _quarantined(msg, consumer, error, policy, holds.attempts(msg)):
+        holds.settled(msg)
+    else:
+        holds.hold(msg)
+
+
+async def _quarantined(msg: Msg, consumer: str, error: BaseException, policy: RetryPolicy,
+                       attempt: int) -> bool:
+    """Quarantine and terminate a message that failed with ``error`` (its ``attempt``-th
+    attempt) if no retry can help (True); else ask for it again after a delay (False)."""
     if isinstance(error, PoisonMessageError):  # (its sender, if any, was told why)
         if await quarantine_message(msg, consumer, error):
             return True
@@ -227,7 +264,6 @@ async def _failed(msg: Msg, consumer: str, error: BaseException, policy: RetryPo
     if is_transient(error):
         await _retry(msg, consumer, error, policy, transient=True)
         return False
-    attempt = delivered(msg)
     if attempt >= policy.poison_attempts:
         reason = f"{describe(error)} (failed {attempt} times)"
         if await quarantine_message(msg, consumer, reason):
@@ -254,27 +290,18 @@ async def handle_batch(
     async def run_group(group: list[Msg]) -> None:
         for msg in group:
             if holds.holds_back(msg):
-                await _retry(msg, consumer, HELD_BACK, policy)
+                await _hold_back(msg, consumer, policy, holds)
                 continue
             try:
                 with correlated(of_message(msg)):
                     await handle(msg)
             except Exception as error:
-                await _settle_failed(msg, consumer, error, policy, holds)
+                await _failed(msg, consumer, error, policy, holds)
             else:
                 await msg.ack()
                 holds.settled(msg)
 
     await asyncio.gather(*(run_group(group) for group in groups.values()))
-
-
-async def _settle_failed(msg: Msg, consumer: str, error: BaseException, policy: RetryPolicy,
-                         holds: Holds) -> None:
-    """:func:`_failed`, and the thread held back while ``msg`` is to be delivered again."""
-    if await _failed(msg, consumer, error, policy):
-        holds.settled(msg)
-    else:
-        holds.hold(msg)
 
 
 @dataclass(frozen=True)
@@ -300,14 +327,14 @@ async def handle_jobs(messages: Sequence[Msg], prepare: Prepare, app: ServiceApp
     works: list[Work] = []
     for msg in messages:
         if holds.holds_back(msg):
-            await _retry(msg, consumer, HELD_BACK, policy)
+            await _hold_back(msg, consumer, policy, holds)
             continue
         correlation_id = of_message(msg)
         try:
             with correlated(correlation_id):
                 work = await prepare(msg)
         except Exception as error:
-            await _settle_failed(msg, consumer, error, policy, holds)
+            await _failed(msg, consumer, error, policy, holds)
             continue
         if work is None:
             await msg.ack()
@@ -335,9 +362,9 @@ async def handle_jobs(messages: Sequence[Msg], prepare: Prepare, app: ServiceApp
             except Exception as error:  # delivered again: the job is then a duplicate
                 job.error = error
         if job.error is not None:
-            await _settle_failed(work.msg, consumer, job.error, policy, holds)
+            await _failed(work.msg, consumer, job.error, policy, holds)
         elif job.skipped:  # an earlier job of its thread failed
-            await _retry(work.msg, consumer, HELD_BACK, policy)
+            await _hold_back(work.msg, consumer, policy, holds)
         else:
             await work.msg.ack()
             holds.settled(work.msg)

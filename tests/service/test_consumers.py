@@ -16,7 +16,9 @@ from nats.js.errors import NotFoundError
 from contracts import subjects
 from hitlflow.stack import EmbeddedNats
 from services.common.consumer import (
+    DEFAULT_POLICY,
     PullConsumer,
+    RetryPolicy,
     Subscription,
     Work,
     consumer_config,
@@ -41,9 +43,10 @@ def on_nats(server: EmbeddedNats, body: Callable[[Any, Any], Awaitable[None]]) -
     asyncio.run(main())
 
 
-async def consume(js: Any, subscription: Subscription, done: asyncio.Event) -> None:
+async def consume(js: Any, subscription: Subscription, done: asyncio.Event,
+                  policy: RetryPolicy = DEFAULT_POLICY) -> None:
     """Run a pull consumer until ``done`` is set."""
-    task = asyncio.create_task(PullConsumer(js, subscription).run())
+    task = asyncio.create_task(PullConsumer(js, subscription, policy=policy).run())
     try:
         await asyncio.wait_for(done.wait(), 10)
     finally:
@@ -150,6 +153,42 @@ def test_a_message_that_fails_holds_back_the_rest_of_its_thread(
     on_nats(nats_server, body)
     app.close()
     assert decided == ["t-2:1", "t-1:1", "t-1:2"]
+
+
+def test_deliveries_held_back_are_not_counted_as_failures_of_the_message(
+        nats_server: EmbeddedNats) -> None:
+    """t-1:2 waits while t-1:1 meets an outage three times (three deliveries held back, which
+    the server counts). Its own first failure is then its first attempt, not its fourth: it is
+    delivered again, not quarantined (at three failures)."""
+    policy = RetryPolicy(poison_attempts=3, redelivery_delay=0.1)
+    handled: list[str] = []
+    outages, failures = [0], [0]
+
+    async def body(nc: Any, js: Any) -> None:
+        for n in (1, 2):
+            await js.publish("hitl.cmd.start.t-1", f"t-1:{n}".encode())
+        done = asyncio.Event()
+
+        async def handle(msg: Any) -> None:
+            name = msg.data.decode()
+            if name == "t-1:1" and outages[0] < 3:
+                outages[0] += 1
+                raise OSError("the store is unreachable")
+            if name == "t-1:2" and not failures[0]:
+                failures[0] += 1
+                raise RuntimeError("failed once")
+            handled.append(name)
+            if name == "t-1:2":
+                done.set()
+
+        await consume(js, Subscription(subjects.START_ALL, subjects.COMMANDS_STREAM, "counted",
+                                       handle), done, policy)
+        quarantined = await js.stream_info(subjects.DLQ_STREAM)
+        assert quarantined.state.messages == 0
+
+    on_nats(nats_server, body)
+    assert handled == ["t-1:1", "t-1:2"]
+    assert outages == [3] and failures == [1]
 
 
 def test_the_batch_publisher_stores_in_order_and_the_stream_drops_resends(

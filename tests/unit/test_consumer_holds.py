@@ -53,3 +53,14 @@ def test_a_message_settled_before_the_held_one_leaves_the_hold() -> None:
     holds.hold(message("t-1", 5))
     holds.settled(message("t-1", 4))
     assert holds.holds_back(message("t-1", 6))
+
+
+def test_deliveries_held_back_are_not_attempts_of_the_message() -> None:
+    holds = Holds(3.0, Clock())
+    later = message("t-1", 9)
+    for _ in range(4):
+        holds.held_back(later)
+    later.metadata.num_delivered = 6  # four held back, and two to be handled
+    assert holds.attempts(later) == 2
+    holds.settled(later)
+    assert holds.attempts(later) == 6
