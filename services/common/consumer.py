@@ -1,7 +1,7 @@
 """Durable pull consumers: decode, group by thread, handle, acknowledge.
 
 Messages of one thread are handled in stream order; different threads run concurrently. A
-message whose handling fails is sorted by what failed (see :func:`_failed`):
+message whose handling fails is sorted by what failed (see :func:`_quarantined`):
 
 - one that can never be handled (malformed, wrong contract: ``PoisonMessageError``) is
   quarantined at once (``services/common/quarantine.py``: stream ``HITL_DLQ``, subject
