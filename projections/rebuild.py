@@ -259,6 +259,50 @@ def _parts_of(to_envelope: Any) -> EventParts:
     return parts
 
 
+@contextlib.contextmanager
+def cyclic_gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector paused while a rebuild folds, or a worker reads. Both
+    keep many objects alive (rows in memory, events on their way, the threads' data keys),
+    which every collection walks again: at a million events a third of the main process's
+    CPU. Neither makes reference cycles (``tests/service/test_projections_rebuild_gc.py``), so
+    no garbage waits for the collector meanwhile; reference counting frees everything as
+    before."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _read_blocks(source: Source, out: WholeWriter, part: int, parts: int, block: int,
+                 stop: int, anchored: int) -> None:
+    """Write the events of the blocks ``part``, ``part + parts``, … (see
+    :func:`read_in_worker`), a frame of 1,000 events at a time, each block ending with a B
+    frame."""
+    recorder = source.app.recorder
+    keys = getattr(source.app, "thread_keys", None)
+    if keys is not None:  # the threads' data keys at once, not one query each
+        keys.preload()
+    chunk: list[tuple[Any, ...]] = []
+    for low in range(1 + part * block, stop + 1, parts * block):
+        batch = recorder.select_notifications(low, block, stop=min(low + block - 1, stop))
+        for notification in batch:
+            row = _row(source, notification, anchored)
+            if row is None:
+                continue
+            chunk.append(row)
+            if len(chunk) == WORKER_CHUNK:
+                out.write(frame(b"E", orjson.dumps(chunk)))
+                chunk = []
+        # every block ends with a B frame (empty when it held no published event): the
+        # blocks of the store's workers are taken by turns (see merged())
+        out.write(frame(b"B", orjson.dumps(chunk)))
+        chunk = []
+        source.read += len(batch)
+
+
 def read_in_worker(settings: Any, data_dir: Path | None, service: str, out: WholeWriter, *,
                    part: int = 0, parts: int = 1, block: int = PAGE, stop: int = 0,
                    anchored: int = 0) -> None:
@@ -273,27 +317,8 @@ def read_in_worker(settings: Any, data_dir: Path | None, service: str, out: Whol
                                    create_tables=False):
             assert isinstance(source, Source)
             try:
-                recorder = source.app.recorder
-                keys = getattr(source.app, "thread_keys", None)
-                if keys is not None:  # the threads' data keys at once, not one query each
-                    keys.preload()
-                chunk: list[tuple[Any, ...]] = []
-                for low in range(1 + part * block, stop + 1, parts * block):
-                    batch = recorder.select_notifications(low, block,
-                                                          stop=min(low + block - 1, stop))
-                    for notification in batch:
-                        row = _row(source, notification, anchored)
-                        if row is None:
-                            continue
-                        chunk.append(row)
-                        if len(chunk) == WORKER_CHUNK:
-                            out.write(frame(b"E", orjson.dumps(chunk)))
-                            chunk = []
-                    # every block ends with a B frame (empty when it held no published event):
-                    # the blocks of the store's workers are taken by turns (see merged())
-                    out.write(frame(b"B", orjson.dumps(chunk)))
-                    chunk = []
-                    source.read += len(batch)
+                with cyclic_gc_paused():
+                    _read_blocks(source, out, part, parts, block, stop, anchored)
                 source.last = stop
                 out.write(frame(b"S", json.dumps({"last": source.last,
                                                   "read": source.read}).encode()))
@@ -432,22 +457,6 @@ class _Reporter:
 def _index_names(view: View) -> list[str]:
     return [m.group(1) for statement in view.indexes
             if (m := re.search(r"INDEX IF NOT EXISTS (\w+)", statement))]
-
-
-@contextlib.contextmanager
-def cyclic_gc_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector paused while a rebuild folds. The fold keeps many
-    objects alive (rows in memory, events on their way), which every collection walks again:
-    at a million events a third of the main process's CPU. Folding makes no reference cycles
-    (``tests/service/test_projections_rebuild_gc.py``), so no garbage waits for the collector
-    meanwhile; reference counting frees everything as before."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def rebuild(db: ViewDatabase, projector: Projector, views: Sequence[View],
