@@ -259,21 +259,39 @@ def _parts_of(to_envelope: Any) -> EventParts:
     return parts
 
 
-@contextlib.contextmanager
-def cyclic_gc_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector paused while a rebuild folds, or a worker reads. Both
-    keep many objects alive (rows in memory, events on their way, the threads' data keys),
-    which every collection walks again: at a million events a third of the main process's
-    CPU. Neither makes reference cycles (``tests/service/test_projections_rebuild_gc.py``), so
-    no garbage waits for the collector meanwhile; reference counting frees everything as
-    before."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
+class _CollectorPauses:
+    """Pauses of Python's cyclic garbage collector that may overlap (two threads of a process
+    rebuilding at once): it runs again when the last ends, if it ran when the first began."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open = 0
+        self._was_enabled = False
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._lock:
+            if not self._open:
+                self._was_enabled = gc.isenabled()
+                gc.disable()
+            self._open += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._open -= 1
+                if not self._open and self._was_enabled:
+                    gc.enable()
+
+
+#: Python's cyclic garbage collector paused while a rebuild folds, or a worker reads. Both keep
+#: many objects alive (rows in memory, events on their way, the threads' data keys), which
+#: every collection walks again: at a million events a third of the main process's CPU.
+#: Neither makes reference cycles (``tests/service/test_projections_rebuild_gc.py``), so no
+#: garbage waits for the collector meanwhile; reference counting frees everything as before.
+#: (In the projections service, whatever else the process does meanwhile runs without the
+#: collector too; its cycles are collected when the rebuild ends.)
+cyclic_gc_paused = _CollectorPauses()
 
 
 def _read_blocks(source: Source, out: WholeWriter, part: int, parts: int, block: int,

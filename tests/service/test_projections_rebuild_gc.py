@@ -86,3 +86,13 @@ def test_the_garbage_a_reader_leaves_does_not_grow_with_its_notifications(
     finally:
         os.close(sink)
     assert left[1] <= left[0] + 50, left
+
+
+def test_overlapping_pauses_end_with_the_last() -> None:
+    first, second = cyclic_gc_paused(), cyclic_gc_paused()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert not gc.isenabled()  # the second still folds
+    second.__exit__(None, None, None)
+    assert gc.isenabled()
