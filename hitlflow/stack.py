@@ -12,6 +12,7 @@ import contextlib
 import errno
 import functools
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -136,7 +137,35 @@ def port_is_free(host: str, port: int) -> bool:
         return True
 
 
+#: Where :func:`free_port` looks first: below the ports the kernel gives outgoing connections.
+FREE_PORTS_FROM = 10_000
+#: Linux's range of those ports (``ip_local_port_range``).
+EPHEMERAL_PORTS = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def _below_ephemeral() -> range | None:
+    """The ports from :data:`FREE_PORTS_FROM` up to the kernel's ephemeral range, where the
+    kernel says what that range is and there is room below it."""
+    try:
+        low = int(EPHEMERAL_PORTS.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return range(FREE_PORTS_FROM, low) if low - FREE_PORTS_FROM >= 1000 else None
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing is bound to on ``host`` now, for a server started next.
+
+    Picked at random below the kernel's ephemeral range where there is one: a port the kernel
+    picks (binding port 0) comes from that range, from which every outgoing connection also
+    takes its local port, so one could take it before the server binds it (seen with a test
+    suite's many connections to NATS and PostgreSQL)."""
+    ports = _below_ephemeral()
+    if ports is not None:
+        for _ in range(64):
+            port = ports[secrets.randbelow(len(ports))]
+            if port_is_free(host, port):
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])

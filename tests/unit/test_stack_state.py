@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from hitlflow import stack
 from hitlflow.cli import _stack_state
 from hitlflow.settings import Settings
 from hitlflow.stack import EmbeddedNats, free_port, process_identity
@@ -75,3 +78,42 @@ def test_a_live_stack_says_whether_its_nats_answers(tmp_path: Path) -> None:
         server.stop()
     state, info = _stack_state(settings)
     assert state == "live" and info is not None and info["nats_ok"] is False
+
+
+def test_a_free_port_is_taken_below_the_ports_of_outgoing_connections(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outgoing connections take their local ports from the kernel's ephemeral range; a port
+    for a server to bind next is taken below it, where none of them can take it first."""
+    ranges = tmp_path / "ip_local_port_range"
+    ranges.write_text("32768\t60999\n")
+    monkeypatch.setattr(stack, "EPHEMERAL_PORTS", ranges)
+    ports = {free_port() for _ in range(20)}
+    assert all(stack.FREE_PORTS_FROM <= port < 32768 for port in ports), ports
+    assert len(ports) > 1  # picked at random: parallel tests rarely pick the same
+    with socket.socket() as sock:  # and free: a server can bind it
+        sock.bind(("127.0.0.1", ports.pop()))
+    # a range that leaves no room below it, or none known: the kernel's pick
+    ranges.write_text("10500\t60999\n")
+    assert free_port() > 0
+    monkeypatch.setattr(stack, "EPHEMERAL_PORTS", tmp_path / "missing")
+    assert free_port() > 0
+
+
+def test_a_port_in_use_is_not_given_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ranges = tmp_path / "ip_local_port_range"
+    monkeypatch.setattr(stack, "FREE_PORTS_FROM", 20_000)
+    ranges.write_text("21000\t60999\n")  # 1,000 ports to pick from
+    monkeypatch.setattr(stack, "EPHEMERAL_PORTS", ranges)
+    held = []
+    try:
+        for port in range(20_000, 20_990):  # all but ten of them in use
+            sock = socket.socket()
+            with contextlib.suppress(OSError):
+                sock.bind(("127.0.0.1", port))
+                sock.listen()
+            held.append(sock)
+        picked = {free_port() for _ in range(10)}
+        assert not picked & set(range(20_000, 20_990)), picked
+    finally:
+        for sock in held:
+            sock.close()
