@@ -87,6 +87,7 @@ from services.common.messaging import check_server, ensure_streams, make_broker
 from services.common.quarantine import QuarantineError, describe, quarantine
 from services.common.runtime import cancel_and_wait, consumer_gauges, nats_connected
 from services.common.store import postgres_ddl_lock
+from services.common.threads import in_thread
 
 log = get_logger(__name__)
 
@@ -221,7 +222,7 @@ class ProjectionsRuntime:
         renewed_at = -1e18
         while True:
             try:
-                held = await asyncio.to_thread(self.lease.acquire)
+                held = await in_thread(self.lease.acquire)
                 renewed_at = loop.time()
             except Exception as error:  # the database unreachable: keep it while it lasts
                 held = self.leading and loop.time() - renewed_at < self.lease.ttl
@@ -259,14 +260,14 @@ class ProjectionsRuntime:
             return
         self._marked_at = now
         try:
-            self._marks.append((now, await asyncio.to_thread(self.projector.max_applied)))
+            self._marks.append((now, await in_thread(self.projector.max_applied)))
             due = [mark for mark in self._marks if now - mark[0] >= after]
             if not due or not due[-1][1]:
                 return
             upto = due[-1][1]
             self._marks = [mark for mark in self._marks if now - mark[0] < after]
             async with self._apply_lock:
-                left = await asyncio.to_thread(self.projector.compact, upto, self.lease.check)
+                left = await in_thread(self.projector.compact, upto, self.lease.check)
         except LeaseLostError:
             self._lease_changed.set()
             return
@@ -279,7 +280,7 @@ class ProjectionsRuntime:
     async def _check_views(self) -> None:
         """The views database answers; the backlog of open requests."""
         try:
-            row = await asyncio.to_thread(
+            row = await in_thread(
                 self.db.one, "SELECT COUNT(*) AS n, MIN(created_at) AS oldest"
                 " FROM thread_requests WHERE status = 'pending'")
         except Exception as error:
@@ -303,7 +304,7 @@ class ProjectionsRuntime:
             if task is not None:
                 await cancel_and_wait([task])
         with contextlib.suppress(Exception):  # a standby takes over at once
-            await asyncio.to_thread(self.lease.release)
+            await in_thread(self.lease.release)
         self._task = self._leader = self._monitor = None
         metrics.PROJECTIONS_LEADER.set(0)
         if self.broker is not None:
@@ -311,7 +312,7 @@ class ProjectionsRuntime:
                 await self.broker.stop()
             self.broker = None
         async with self._apply_lock:  # a batch or rebuild in a worker thread finishes first
-            await asyncio.to_thread(self.db.close)
+            await in_thread(self.db.close)
 
     # -- consuming ----------------------------------------------------------------------------
 
@@ -321,7 +322,7 @@ class ProjectionsRuntime:
         return Subscription(subjects.EVENTS_ALL, subjects.EVENTS_STREAM, DURABLE)
 
     async def _consume(self, js: JetStreamContext) -> None:
-        applied_seq = await asyncio.to_thread(self.db.consumer_position, DURABLE)
+        applied_seq = await in_thread(self.db.consumer_position, DURABLE)
         events = self.events_subscription()
         config = ConsumerConfig(
             durable_name=DURABLE, filter_subject=str(events.subject),
@@ -390,11 +391,11 @@ class ProjectionsRuntime:
             except Exception as error:
                 if not self.db.is_transient(error):
                     raise
-        await asyncio.to_thread(self.projector.apply, envelopes, consumer=DURABLE,
+        await in_thread(self.projector.apply, envelopes, consumer=DURABLE,
                                 stream_seq=stream_seq, careful=False, guard=self.lease.check)
 
     async def _skip(self, stream_seq: int) -> None:
-        await asyncio.to_thread(self.projector.skip, DURABLE, stream_seq, self.lease.check)
+        await in_thread(self.projector.skip, DURABLE, stream_seq, self.lease.check)
 
     async def _apply_one_by_one(self, decoded: Sequence[tuple[Msg, EventEnvelope]],
                                 last_seq: int) -> list[EventEnvelope]:
@@ -474,7 +475,7 @@ class ProjectionsRuntime:
     async def _polled(self, reached: Callable[[], bool], timeout: float) -> bool:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while not await asyncio.to_thread(reached):
+        while not await in_thread(reached):
             if loop.time() >= deadline:
                 return False
             await asyncio.sleep(0.02)
@@ -489,7 +490,7 @@ class ProjectionsRuntime:
         views = [view.name for view in select_views(names)]  # unknown names: refused first
         progress = self._progress_publisher(progress_subject, views)
         async with self._apply_lock:  # live batches wait; queries go on reading the old view
-            result = await asyncio.to_thread(self._rebuild, names, progress)
+            result = await in_thread(self._rebuild, names, progress)
         async with self._applied:
             self._applied.notify_all()
         return result
@@ -540,7 +541,7 @@ class ProjectionsRuntime:
             except InvalidThreadIdError as error:
                 return {"ok": False, "error": f"invalid erase request: {error}"}
             async with self._apply_lock:  # no live batch folds the thread meanwhile
-                events = await asyncio.to_thread(redact_thread, db, thread_id)
+                events = await in_thread(redact_thread, db, thread_id)
             log.info("thread_erased", thread_id=thread_id, service="projections", events=events)
             return {"ok": True, "service": "projections", "events": events}
 
@@ -555,7 +556,7 @@ class ProjectionsRuntime:
             if refusal is not None:
                 return refusal
             await self.caught_up(query.after)
-            view = await asyncio.to_thread(thread_status.thread, db, thread_id)
+            view = await in_thread(thread_status.thread, db, thread_id)
             if view is None:
                 return ThreadReply(error=QueryError(
                     error=f"unknown thread {thread_id!r}")).model_dump(mode="json")
@@ -573,7 +574,7 @@ class ProjectionsRuntime:
             except (InvalidPrincipalError, IdentityError) as error:
                 return PendingReply(error=QueryError(
                     error=f"invalid query: {error}", code="forbidden")).model_dump(mode="json")
-            items, following = await asyncio.to_thread(
+            items, following = await in_thread(
                 thread_status.pending_page, db, None, query.limit, query.after,
                 person=identity.person, groups=identity.groups)
             return PendingReply(pending=items, next=following).model_dump(mode="json")
@@ -599,7 +600,7 @@ class ProjectionsRuntime:
                                                            query.limit)
                 return TimelineReply(thread=view, events=events, next=following)
 
-            return (await asyncio.to_thread(read)).model_dump(mode="json")
+            return (await in_thread(read)).model_dump(mode="json")
 
         self._register_lists_and_reports(broker)
 
@@ -612,13 +613,13 @@ class ProjectionsRuntime:
                 query = ThreadsQuery.model_validate(body or {})
             except ValidationError as error:
                 return _invalid(ThreadsReply, error)
-            views, following = await asyncio.to_thread(
+            views, following = await in_thread(
                 thread_status.threads, db, query.status, query.graph_name, query.limit,
                 query.after)
             return ThreadsReply(threads=views, next=following).model_dump(mode="json")
 
         async def pending(query: PendingQuery) -> dict[str, Any]:
-            items, following = await asyncio.to_thread(
+            items, following = await in_thread(
                 thread_status.pending_page, db, query.thread_id, query.limit, query.after)
             return PendingReply(pending=items, next=following).model_dump(mode="json")
 
@@ -649,7 +650,7 @@ class ProjectionsRuntime:
                 query = AuditQuery.model_validate(body or {})
             except ValidationError as error:
                 return _invalid(AuditReply, error)
-            entries, following = await asyncio.to_thread(audit_trail.entries, db, query)
+            entries, following = await in_thread(audit_trail.entries, db, query)
             return AuditReply(entries=entries, next=following).model_dump(mode="json")
 
         @broker.subscriber(Q_ANALYTICS, queue=QUEUE)
@@ -658,7 +659,7 @@ class ProjectionsRuntime:
                 query = AnalyticsQuery.model_validate(body or {})
             except ValidationError as error:
                 return _invalid(AnalyticsReply, error)
-            reply = await asyncio.to_thread(analytics.report, db, query, self.clock.now())
+            reply = await in_thread(analytics.report, db, query, self.clock.now())
             return reply.model_dump(mode="json")
 
         @broker.subscriber(ADMIN_REBUILD, queue=QUEUE)

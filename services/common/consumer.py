@@ -46,6 +46,7 @@ from services.common.correlation import correlated, of_message
 from services.common.logging import get_logger
 from services.common.quarantine import QuarantineError, describe, is_transient, quarantine
 from services.common.store import Job, ServiceApplication
+from services.common.threads import in_thread
 
 log = get_logger(__name__)
 
@@ -348,7 +349,7 @@ async def handle_jobs(messages: Sequence[Msg], prepare: Prepare, app: ServiceApp
             if app.decides_in_loop:
                 app.run_jobs(jobs)
             else:
-                await asyncio.to_thread(app.run_jobs, jobs)
+                await in_thread(app.run_jobs, jobs)
         except Exception as error:  # (each job's own failure is kept on the job)
             for job in jobs:
                 job.error = job.error or error

@@ -7,12 +7,12 @@ reply says whether this store had not been erased before.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
 from contracts.subjects import InvalidThreadIdError, check_thread_id, erase_subject
 from services.common.logging import get_logger
+from services.common.threads import in_thread
 
 log = get_logger(__name__)
 
@@ -25,7 +25,7 @@ async def subscribe_erase(nc: Any, service: str, app: Any) -> Any:
             reply: dict[str, Any] = {"ok": False, "error": f"invalid erase request: {error}"}
         else:
             try:
-                erased = await asyncio.to_thread(app.erase_thread, thread_id)
+                erased = await in_thread(app.erase_thread, thread_id)
             except Exception as error:
                 log.error("erase_failed", thread_id=thread_id, error=repr(error))
                 reply = {"ok": False, "error": f"{type(error).__name__}: {error}"}

@@ -35,6 +35,7 @@ from services.common.correlation import headers_of
 from services.common.logging import get_logger
 from services.common.quarantine import HEADER_ROOM, describe, is_transient, quarantine
 from services.common.store import Saved, ServiceApplication
+from services.common.threads import in_thread
 
 log = get_logger(__name__)
 
@@ -288,7 +289,7 @@ class Relay:
             read, last = len(fresh), fresh[-1][0]
             outgoing = [o for o in (self._outgoing(e, i) for i, e in fresh) if o is not None]
         else:
-            read, last, outgoing = await asyncio.to_thread(self._read_batch, from_recorded)
+            read, last, outgoing = await in_thread(self._read_batch, from_recorded)
             self._caught_up = self._caught_up or not from_recorded
         if not read:
             return 0
@@ -405,7 +406,7 @@ class Relay:
         if not force and loop.time() - self._recorded_at < self._track_interval:
             return
         try:
-            await asyncio.to_thread(self._app.insert_tracking,
+            await in_thread(self._app.insert_tracking,
                                     Tracking(RELAY_TRACKING_NAME, position))
         except IntegrityError:  # another replica's relay got there first
             pass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -23,6 +22,7 @@ from contracts.subjects import (
 )
 from services.common import metrics
 from services.common.consumer import PoisonMessageError, thread_of
+from services.common.threads import in_thread
 
 
 async def send_reply(client: Client, msg: Msg, reply: CommandReply) -> None:
@@ -126,7 +126,7 @@ async def audit_refusal(msg: Msg, error: CommandRefusedError,
         check_thread_id(thread_id)
     except InvalidThreadIdError:
         return
-    await asyncio.to_thread(record, thread_id, error.code, str(error), stream_position(msg))
+    await in_thread(record, thread_id, error.code, str(error), stream_position(msg))
 
 
 async def refuse(client: Client, msg: Msg, command: Any, error: CommandRefusedError) -> None:
@@ -158,7 +158,7 @@ def command_handler(
                 await audit_refusal(msg, error, on_refused)
                 await refuse(broker.connection, msg, command, error)
                 return
-            reply = await asyncio.to_thread(decide, parsed, principal, stream_position(msg))
+            reply = await in_thread(decide, parsed, principal, stream_position(msg))
             await send_reply(broker.connection, msg, reply)
 
     return handle

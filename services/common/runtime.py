@@ -18,6 +18,7 @@ from services.common.logging import get_logger
 from services.common.messaging import NatsAuth, check_server, ensure_streams, make_broker
 from services.common.relay import Relay, ToEnvelope
 from services.common.store import ServiceApplication
+from services.common.threads import in_thread
 
 log = get_logger(__name__)
 
@@ -91,9 +92,9 @@ class ServiceRuntime:
         relay = self.relay
         try:
             if relay is not None:
-                metrics.RELAY_LAG.labels(self.name).set(await asyncio.to_thread(relay.lag))
+                metrics.RELAY_LAG.labels(self.name).set(await in_thread(relay.lag))
             else:
-                await asyncio.to_thread(self.app.process_recorder.max_notification_id)
+                await in_thread(self.app.process_recorder.max_notification_id)
         except Exception as error:
             self.health.set("store", False, repr(error)[:300])
             raise
@@ -116,7 +117,7 @@ class ServiceRuntime:
             with contextlib.suppress(Exception):
                 await self.broker.stop()
             self.broker = None
-        await asyncio.to_thread(self.app.close)
+        await in_thread(self.app.close)
         log.info("service_stopped", service=self.name)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import structlog
@@ -28,6 +27,7 @@ from services.common.replies import (
     send_reply,
 )
 from services.common.store import Job
+from services.common.threads import in_thread
 from services.interaction.application import THREAD_EVENTS, InteractionService
 from services.interaction.notifications import Notifier, notification_from
 
@@ -76,7 +76,7 @@ def subscriptions(broker: Any, app: InteractionService) -> list[Subscription]:
                 await refuse(broker.connection, msg, "timeout", error)
                 return
             with structlog.contextvars.bound_contextvars(interaction_id=command.request_id):
-                reply = await asyncio.to_thread(app.time_out, command)
+                reply = await in_thread(app.time_out, command)
             await send_reply(broker.connection, msg, reply)
 
     return [

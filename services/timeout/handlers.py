@@ -29,6 +29,7 @@ from services.common.consumer import (
 from services.common.logging import get_logger
 from services.common.replies import read_command
 from services.common.store import Job
+from services.common.threads import in_thread
 from services.timeout.application import DEADLINE_EVENTS, TimeoutService
 from services.timeout.domain import DeadlineNotDueError
 from services.timeout.timers import Sweeper, Timers, send_timeout
@@ -65,7 +66,7 @@ def subscriptions(broker: Any, app: TimeoutService) -> list[Subscription]:
         with structlog.contextvars.bound_contextvars(thread_id=command.thread_id,
                                                      interaction_id=command.request_id):
             try:
-                timer = await asyncio.to_thread(app.fire, command.request_id, command.step,
+                timer = await in_thread(app.fire, command.request_id, command.step,
                                                 "schedule")
             except DeadlineNotDueError:
                 early = (command.due_at - app.clock.now()).total_seconds()
@@ -74,7 +75,7 @@ def subscriptions(broker: Any, app: TimeoutService) -> list[Subscription]:
                                 detail="left to the sweep")
                     return
                 await asyncio.sleep(max(early, 0.0))
-                timer = await asyncio.to_thread(app.fire, command.request_id, command.step,
+                timer = await in_thread(app.fire, command.request_id, command.step,
                                                 "schedule")
             if timer is not None:
                 await send_timeout(js, command)
@@ -116,8 +117,8 @@ async def serve_control(nc: Any, sweeper: Sweeper, reply_timeout: float) -> list
         checked_at = sweeper.clock.now()
         fired = await sweeper.sweep(nc, limit=request.limit,
                                     wait=reply_timeout if request.wait else None)
-        await asyncio.to_thread(sweeper.index.catch_up)
-        pending = await asyncio.to_thread(sweeper.index.count_pending)
+        await in_thread(sweeper.index.catch_up)
+        pending = await in_thread(sweeper.index.count_pending)
         return TimeoutCheckReply(checked_at=checked_at, fired=fired, pending=pending,
                                  unrecorded=unrecorded)
 
@@ -127,8 +128,8 @@ async def serve_control(nc: Any, sweeper: Sweeper, reply_timeout: float) -> list
         except ValidationError:
             query = DeadlinesQuery()
         unrecorded = await recorded()
-        await asyncio.to_thread(sweeper.index.catch_up)
-        rows = await asyncio.to_thread(sweeper.index.pending, query.thread_id, query.limit)
+        await in_thread(sweeper.index.catch_up)
+        rows = await in_thread(sweeper.index.pending, query.thread_id, query.limit)
         return DeadlinesReply(deadlines=[
             DeadlineView(thread_id=r.thread_id, request_id=r.request_id, node_name=r.node_name,
                          interaction_type=r.interaction_type, step=r.step, policy=r.policy,

@@ -15,6 +15,7 @@ from services.common.clock import Clock, SystemClock
 from services.common.integration import payload_of
 from services.common.logging import get_logger
 from services.common.runtime import ServiceRuntime, cancel_and_wait
+from services.common.threads import in_thread
 from services.timeout import handlers
 from services.timeout.application import TimeoutService
 from services.timeout.index import DeadlineIndex
@@ -62,9 +63,9 @@ class TimeoutRuntime:
     async def _count_deadlines(self) -> None:
         """Deadlines still to fire, and those past due that have not (the sweep's work)."""
         index = self.sweeper.index
-        await asyncio.to_thread(index.catch_up)
-        metrics.DEADLINES_PENDING.set(await asyncio.to_thread(index.count_pending))
-        metrics.DEADLINES_DUE.set(await asyncio.to_thread(index.count_due,
+        await in_thread(index.catch_up)
+        metrics.DEADLINES_PENDING.set(await in_thread(index.count_pending))
+        metrics.DEADLINES_DUE.set(await in_thread(index.count_due,
                                                           self.sweeper.clock.now()))
 
     @property
@@ -102,7 +103,7 @@ class TimeoutRuntime:
                 await sub.unsubscribe()
         self._control.clear()
         await self.runtime.stop()
-        await asyncio.to_thread(self.sweeper.index.close)
+        await in_thread(self.sweeper.index.close)
 
 
 def build(

@@ -28,6 +28,7 @@ from contracts.timeouts import CheckedDeadline, TimeoutInteraction
 from services.common.clock import Clock
 from services.common.correlation import CURRENT
 from services.common.logging import get_logger
+from services.common.threads import in_thread
 from services.timeout.application import TimeoutService, Timer
 from services.timeout.domain import DeadlineNotDueError
 from services.timeout.index import DeadlineIndex, IndexedDeadline, stamp
@@ -152,7 +153,7 @@ class Sweeper:
     async def sweep(self, nc: Client, *, grace: float = 0.0, limit: int = 100_000,
                     wait: float | None = None) -> list[CheckedDeadline]:
         """Fire what is due ``grace`` seconds ago or more; with ``wait``, collect outcomes."""
-        await asyncio.to_thread(self.index.catch_up)
+        await in_thread(self.index.catch_up)
         if wait is None:
             fired, _ = await self._fire_due(nc, grace, limit, None)
             return fired
@@ -172,7 +173,7 @@ class Sweeper:
         awaited = 0
         after: tuple[str, str] | None = None
         while len(fired) < limit:
-            rows = await asyncio.to_thread(
+            rows = await in_thread(
                 self.index.due, now - timedelta(seconds=grace), min(self.page, limit),
                 refire_before=now - timedelta(seconds=self.refire_after), after=after)
             for row in rows:
@@ -203,7 +204,7 @@ class Sweeper:
     async def _fire(self, row: IndexedDeadline) -> Timer | None:
         """Record the firing of one due row; the timer when its command should go out."""
         try:
-            timer = await asyncio.to_thread(self.app.fire, row.request_id, row.step, "sweep")
+            timer = await in_thread(self.app.fire, row.request_id, row.step, "sweep")
         except DeadlineNotDueError:
             return None
         if timer is None or (not timer.fired_now and row.status != "fired"):
