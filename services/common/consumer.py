@@ -522,20 +522,27 @@ async def wait_handled(js: JetStreamContext, stream: str, durable: str, *,
     """Wait until a durable consumer has handled every message its stream held when called
     (read-your-writes for a reply that answers from what the consumer recorded). Returns 0
     then, or, when ``timeout`` seconds pass first, how many messages it still had to handle:
-    the caller answers from what is there and says so."""
+    the caller answers from what is there and says so.
+
+    The deadline is also checked on every turn, not left to the timeout's cancellation alone:
+    on Python 3.11 a nats-py request can drop a cancellation that arrives as its answer does
+    (see ``cancel_and_wait``), and the wait would then go on for as long as the lag lasts."""
+    loop = asyncio.get_running_loop()
     last = (await js.stream_info(stream)).state.last_seq
+    deadline = loop.time() + timeout
     left = 0
     try:
-        async with asyncio.timeout(timeout):
-            while True:
-                info = await js.consumer_info(stream, durable)
+        async with asyncio.timeout_at(deadline):
+            while (remaining := deadline - loop.time()) > 0:
+                info = await js.consumer_info(stream, durable, timeout=remaining)
                 left = (info.num_pending or 0) + (info.num_ack_pending or 0)
                 floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
                 if not left or floor >= last:
                     return 0
                 await asyncio.sleep(poll)
     except TimeoutError:
-        return left
+        pass
+    return left
 
 
 def _drain(first: Msg, arrived: asyncio.Queue[Msg]) -> tuple[list[Msg], str | None]:
