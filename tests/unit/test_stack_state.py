@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
@@ -104,16 +103,19 @@ def test_a_port_in_use_is_not_given_out(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(stack, "FREE_PORTS_FROM", 20_000)
     ranges.write_text("21000\t60999\n")  # 1,000 ports to pick from
     monkeypatch.setattr(stack, "EPHEMERAL_PORTS", ranges)
-    held = []
+    held: dict[int, socket.socket] = {}  # all but ten of them in use, by this test
     try:
-        for port in range(20_000, 20_990):  # all but ten of them in use
+        for port in range(20_000, 20_990):
             sock = socket.socket()
-            with contextlib.suppress(OSError):
+            try:
                 sock.bind(("127.0.0.1", port))
                 sock.listen()
-            held.append(sock)
+            except OSError:  # another process has it (the other tests pick ports here too)
+                sock.close()
+            else:
+                held[port] = sock
         picked = {free_port() for _ in range(10)}
-        assert not picked & set(range(20_000, 20_990)), picked
+        assert not picked & held.keys(), picked
     finally:
-        for sock in held:
+        for sock in held.values():
             sock.close()
