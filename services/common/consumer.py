@@ -101,7 +101,8 @@ def stream_seq(msg: Msg) -> int:
 
 #: Seconds a thread stays held past its message's redelivery delay (see :class:`Holds`).
 HOLD_SLACK = 2.0
-#: Messages whose deliveries while held back :class:`Holds` counts, at most.
+#: Messages whose deliveries while held back :class:`Holds` counts, and threads it holds
+#: before it forgets the holds that have ended, at most.
 MAX_WAITING = 10_000
 
 
@@ -152,10 +153,13 @@ class Holds:
     def hold(self, msg: Msg) -> None:
         """``msg`` failed and is to be delivered again: hold its thread back."""
         thread, seq = thread_of(msg), stream_seq(msg)
+        now = self._clock()
         held = self._held.get(thread)
         if held is not None:
             seq = min(seq, held[0])
-        self._held[thread] = (seq, self._clock() + self._hold_for)
+        elif len(self._held) >= MAX_WAITING:  # a hold whose thread sent nothing more here
+            self._held = {t: h for t, h in self._held.items() if h[1] > now}
+        self._held[thread] = (seq, now + self._hold_for)
 
     def settled(self, msg: Msg) -> None:
         """``msg`` was handled or quarantined: its thread goes on."""

@@ -5,6 +5,9 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
+from services.common import consumer
 from services.common.consumer import Holds
 
 
@@ -64,3 +67,17 @@ def test_deliveries_held_back_are_not_attempts_of_the_message() -> None:
     assert holds.attempts(later) == 2
     holds.settled(later)
     assert holds.attempts(later) == 6
+
+
+def test_holds_that_ended_are_forgotten_once_many_threads_were_held(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A held message that went to another replica leaves a hold no later message of its
+    thread ends here: such holds are dropped rather than kept for ever."""
+    monkeypatch.setattr(consumer, "MAX_WAITING", 3)
+    clock = Clock()
+    holds = Holds(3.0, clock)
+    for n in range(3):
+        holds.hold(message(f"t-{n}", n + 1))
+    clock.now += 5  # all three have ended
+    holds.hold(message("t-9", 9))
+    assert set(holds._held) == {"t-9"}
