@@ -41,12 +41,12 @@ from hitlflow.settings import Settings
 from services.common.consumer import decode_envelope, decode_payload
 from services.common.integration import envelope_factory
 from services.interaction.application import THREAD_EVENTS, InteractionService
-from services.interaction.main import ENVELOPE_ALIASES
-from services.interaction.main import PUBLISHED as INTERACTION_PUBLISHED
+from services.interaction.published import ENVELOPE_ALIASES
+from services.interaction.published import PUBLISHED as INTERACTION_PUBLISHED
 from services.workflow.agents import AgentRegistry
 from services.workflow.application import WorkflowService
 from services.workflow.definition import load_workflow
-from services.workflow.main import PUBLISHED as WORKFLOW_PUBLISHED
+from services.workflow.published import PUBLISHED as WORKFLOW_PUBLISHED
 
 
 class Services:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import unquote, urlparse
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.common.messaging import NatsAuth
+if TYPE_CHECKING:  # the messaging module imports the NATS client: not for every settings reader
+    from services.common.messaging import NatsAuth
 
 #: The embedded nats-server's own default port: not 4222, which machines often already use.
 EMBEDDED_NATS_PORT = 4322
@@ -173,6 +174,7 @@ class Settings(BaseSettings):
             return [k.strip() for k in self.cipher_keys.split(",") if k.strip()]
         ensure_key_file(self.key_path)
         return read_key_file(self.key_path)
+
     def nats_auth(self) -> NatsAuth:
         """Who this process is on NATS: the user and password given, else those of the
         credentials file (``nats_creds``, else the embedded stack's operator, when there is

@@ -2,15 +2,16 @@
 
 Each service's notification log is read straight from its store (eventsourcing
 ``select_notifications``) and turned into envelopes by the same factory its outbox relay
-publishes with (``envelope_factory`` with the ``PUBLISHED`` set of ``services/<name>/main.py``),
-so a replayed event is the event the live projector received. The logs are merged in the order
-the events happened (each log keeps its own order: a thread's hash chain for a service follows
-it), and folded into freshly created tables in one transaction, into new tables
-(``<table>__rebuild``) that replace the old ones at its end: readers see the old view until the
-new one is complete, on PostgreSQL too, and a rebuild that fails leaves the old view as it was.
-The views fold a chunk of events at a time in memory and write each row the chunk changed once
-(``projections/rows.py``); rows that nothing reads while events are folded (the timeline, the
-audit trail) are written in bulk; secondary indexes are built once the rows are in.
+publishes with (``envelope_factory`` with the ``PUBLISHED`` set of
+``services/<name>/published.py``), so a replayed event is the event the live projector
+received. The logs are merged in the order the events happened (each log keeps its own order: a
+thread's hash chain for a service follows it), and folded into freshly created tables in one
+transaction, into new tables (``<table>__rebuild``) that replace the old ones at its end:
+readers see the old view until the new one is complete, on PostgreSQL too, and a rebuild that
+fails leaves the old view as it was. The views fold a chunk of events at a time in memory and
+write each row the chunk changed once (``projections/rows.py``); rows that nothing reads while
+events are folded (the timeline, the audit trail) are written in bulk; secondary indexes are
+built once the rows are in.
 
 Large stores are read by worker processes (a store by one or more, a block of its log each in
 turn, so that every core has work) while this process folds the events into the views; the
@@ -54,8 +55,8 @@ from services.common.output import WholeWriter
 log = get_logger(__name__)
 
 #: The services whose stores are replayed: (service, module, application class). The events
-#: each publishes are its ``services/<service>/main.py`` ``PUBLISHED``; a service that is not
-#: installed is skipped.
+#: each publishes are its ``services/<service>/published.py`` ``PUBLISHED``; a service that is
+#: not installed is skipped.
 SERVICES: tuple[tuple[Service, str, str], ...] = (
     ("workflow", "services.workflow.application", "WorkflowService"),
     ("interaction", "services.interaction.application", "InteractionService"),
@@ -369,25 +370,25 @@ def open_sources(settings: Any, data_dir: Path | None = None, *,
         if only is not None and service not in only:
             continue
         try:
-            wiring = importlib.import_module(f"services.{service}.main")
+            published_module = importlib.import_module(f"services.{service}.published")
             app_class = getattr(importlib.import_module(module_name), class_name)
         except (ImportError, AttributeError):
             continue
-        published = getattr(wiring, "PUBLISHED", None)
+        published = getattr(published_module, "PUBLISHED", None)
         if not published:
             continue
         env = settings.store_env(service, data_dir)
         if not create_tables:
             env["CREATE_TABLE"] = "false"
         app = app_class(env)
-        # the relay's own conversion: a service's ``to_envelope`` when its wiring has one
+        # the relay's own conversion: a service's ``to_envelope`` when it has one
         # (the timeout service's renames event types), else the shared factory with the same
         # payload renames the service's relay uses
-        own = getattr(wiring, "to_envelope", None)
+        own = getattr(published_module, "to_envelope", None)
         if callable(own):
             sources.append(Source(service, app, own, _parts_of(own)))
         else:
-            aliases = getattr(wiring, "ENVELOPE_ALIASES", None)
+            aliases = getattr(published_module, "ENVELOPE_ALIASES", None)
             sources.append(Source(service, app,
                                   envelope_factory(app, service, published, aliases),
                                   event_parts(app, service, published, aliases)))

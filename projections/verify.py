@@ -90,7 +90,7 @@ class _Computed:
 def _open_store(settings: Any, service: Service, data_dir: Path | None) -> tuple[Any, Any]:
     """The service's application (no read check: unreadable events are findings here) and
     its envelope factory."""
-    wiring = importlib.import_module(f"services.{service}.main")
+    published_module = importlib.import_module(f"services.{service}.published")
     module, class_name = next((m, c) for s, m, c in SERVICES if s == service)
     app_class = getattr(importlib.import_module(module), class_name)
     if settings.persistence == "sqlite":
@@ -106,10 +106,10 @@ def _open_store(settings: Any, service: Service, data_dir: Path | None) -> tuple
     except Exception as error:
         raise VerifyError(f"the {service} store cannot be read: {type(error).__name__}: "
                           f"{error}") from None
-    converter = getattr(wiring, "to_envelope", None)
+    converter = getattr(published_module, "to_envelope", None)
     if converter is None:
-        converter = envelope_factory(app, service, wiring.PUBLISHED,
-                                     getattr(wiring, "ENVELOPE_ALIASES", None))
+        converter = envelope_factory(app, service, published_module.PUBLISHED,
+                                     getattr(published_module, "ENVELOPE_ALIASES", None))
     return app, converter
 
 

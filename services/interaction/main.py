@@ -14,15 +14,7 @@ from services.common.runtime import ServiceRuntime
 from services.interaction import handlers
 from services.interaction.application import InteractionService
 from services.interaction.notifications import Notifier, sinks_from_settings
-
-PUBLISHED = {
-    "InteractionRequested", "ResponseAccepted", "ResponseRejected", "InteractionTimedOut",
-    "InteractionCancelled", "InteractionReminded", "InteractionEscalated",
-    "InteractionClaimed", "InteractionReleased", "InteractionDelegated",
-    "InteractionReassigned", "VoteCast",
-}
-#: Payload fields named differently on the domain events (the relay and a rebuild use both).
-ENVELOPE_ALIASES = {"InteractionRequested": {"id": "request_id"}}
+from services.interaction.published import ENVELOPE_ALIASES, PUBLISHED
 
 
 def build(

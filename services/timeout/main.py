@@ -6,45 +6,20 @@ import asyncio
 import contextlib
 from pathlib import Path
 from typing import Any
-from uuid import UUID, uuid5
 
-from contracts.events import PAYLOADS, EventEnvelope
 from hitlflow.settings import Settings
 from services.common import metrics
 from services.common.clock import Clock, SystemClock
-from services.common.integration import payload_of
 from services.common.logging import get_logger
 from services.common.runtime import ServiceRuntime, cancel_and_wait
 from services.common.threads import in_thread
 from services.timeout import handlers
 from services.timeout.application import TimeoutService
 from services.timeout.index import DeadlineIndex
+from services.timeout.published import to_envelope
 from services.timeout.timers import Sweeper
 
 log = get_logger(__name__)
-
-#: Domain event → the event type it is published as.
-PUBLISHED = {"DeadlineScheduled": "DeadlineScheduled", "DeadlineRescheduled": "DeadlineScheduled",
-             "DeadlineFired": "DeadlineFired", "DeadlineCleared": "DeadlineCleared"}
-_EVENT_NS = UUID("9b3c0f2e-6a51-4f0d-8c7e-1e5d2a7b4c63")
-
-
-def to_envelope(event: Any, position: int) -> EventEnvelope | None:
-    """The wire envelope of a published timeout event (each names its own thread, so no
-    lookup and no cache: memory stays flat however many deadlines there are)."""
-    name = PUBLISHED.get(type(event).__name__)
-    if name is None:
-        return None
-    model = PAYLOADS[name]
-    payload = payload_of(model, {k: getattr(event, k) for k in model.model_fields
-                                 if hasattr(event, k)})
-    return EventEnvelope(
-        event_type=name, service="timeout", thread_id=event.thread_id,
-        event_id=str(uuid5(_EVENT_NS, f"{event.originator_id}:{event.originator_version}")),
-        aggregate_id=str(event.originator_id), aggregate_version=event.originator_version,
-        position=position, occurred_at=event.timestamp, payload=payload,
-    )
-
 
 class TimeoutRuntime:
     """The timeout service: a ServiceRuntime plus the periodic sweep and control requests."""

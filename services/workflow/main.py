@@ -12,12 +12,7 @@ from services.common.runtime import ServiceRuntime
 from services.workflow import handlers
 from services.workflow.agents import AgentRegistry
 from services.workflow.application import WorkflowService
-
-PUBLISHED = {
-    "ThreadStarted", "NodeCompleted", "NodeFailed", "ThreadPaused", "ThreadResumed",
-    "ThreadCompleted", "ThreadFailed", "ThreadTimedOut", "ThreadCancelled",
-    "NodeDecided", "FallbackTaken", "CommandRefused",
-}
+from services.workflow.published import PUBLISHED
 
 
 def build(
