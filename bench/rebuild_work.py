@@ -6,6 +6,7 @@ measured on a shared machine. The stores are those ``bench.projections`` generat
 
     # a reader: the first N notifications of the workflow store, as a rebuild's worker reads
     # them (frames to /dev/null); the difference of two runs is the cost of the notifications
+    # (--anchored: as on a running install, whose audit chains are anchored already)
     valgrind --tool=callgrind --callgrind-out-file=/tmp/r2k.out \\
         .venv/bin/python -m bench.rebuild_work reader --data /tmp/rb-200k --notifications 2000
     valgrind --tool=callgrind --callgrind-out-file=/tmp/r12k.out \\
@@ -32,14 +33,15 @@ from services.common.logging import configure_logging
 from services.common.output import WholeWriter
 
 
-def reader(data: Path, notifications: int, service: str) -> None:
+def reader(data: Path, notifications: int, service: str, anchored: bool) -> None:
     sink = os.open(os.devnull, os.O_WRONLY)
     try:
         read_in_worker(Settings(home=data), data / "stores", service, WholeWriter(sink),
-                       stop=notifications)
+                       stop=notifications, anchored=notifications if anchored else 0)
     finally:
         os.close(sink)
-    print(f"read {notifications:,} notifications of the {service} store")
+    print(f"read {notifications:,} notifications of the {service} store"
+          f" ({'anchored' if anchored else 'fresh'})")
 
 
 def main(data: Path) -> None:
@@ -61,13 +63,16 @@ def cli() -> None:
                         help="a directory bench.projections generated stores in")
     parser.add_argument("--notifications", type=int, default=12_000, help="reader: how many")
     parser.add_argument("--service", default="workflow", help="reader: which store")
+    parser.add_argument("--anchored", action="store_true",
+                        help="reader: as when the audit chains are anchored already (no audit"
+                             " records); else as into a fresh views database")
     args = parser.parse_args()
     if not (args.data / "stores").is_dir():
         parser.error(f"no stores under {args.data}: generate them with "
                      f"'python -m bench.projections --events N --skip-lag --data {args.data}'")
     configure_logging("WARNING")
     if args.part == "reader":
-        reader(args.data, args.notifications, args.service)
+        reader(args.data, args.notifications, args.service, args.anchored)
     else:
         main(args.data)
 

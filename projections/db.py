@@ -501,6 +501,8 @@ def open_view_database(settings: Any, data_dir: Path | None = None) -> ViewDatab
 
 def _utc(moment: Any) -> datetime:
     value = datetime.fromisoformat(moment) if isinstance(moment, str) else moment
+    if value.tzinfo is UTC:  # (as the stores' times are read back: no new datetime)
+        return value
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value.astimezone(UTC)

@@ -241,12 +241,14 @@ def _row(source: Source, notification: Any, anchored: int) -> tuple[Any, ...] | 
         return None
     event_type, thread_id, payload = parts
     at, at_ts = when(event.timestamp)
-    env = Replayed(event_type, source.service, thread_id, str(event.originator_id),
-                   notification.id, event.originator_version, event.timestamp, payload,
-                   payload_json(payload), at, at_ts)
-    return (event_type, source.service, thread_id, env.aggregate_id, notification.id,
-            env.aggregate_version, at, at_ts, env.payload_text,
-            chain.record(env, at) if notification.id > anchored else None)
+    aggregate_id, text = str(event.originator_id), payload_json(payload)
+    record = None
+    if notification.id > anchored:  # not anchored yet: its audit record
+        record = chain.record(Replayed(event_type, source.service, thread_id, aggregate_id,
+                                       notification.id, event.originator_version,
+                                       event.timestamp, payload, text, at, at_ts), at)
+    return (event_type, source.service, thread_id, aggregate_id, notification.id,
+            event.originator_version, at, at_ts, text, record)
 
 
 def _parts_of(to_envelope: Any) -> EventParts:

@@ -74,13 +74,21 @@ def _holds_erased(fields: dict[str, Any]) -> bool:
     return False
 
 
+#: What a wire payload leaves out of its model (the envelope carries the schema version).
+_NOT_IN_PAYLOADS: set[str] = {"schema_version"}  # (never changed)
+
+
 def payload_of(model: type[BaseModel], fields: dict[str, Any]) -> dict[str, Any]:
     """The wire payload of an event's fields. An erased thread's event (values read back as
     ``{"erased": true, "sha256": ...}``: services/common/sealing.py) is not validated, only
     shaped as a valid one would be (defaults filled, nested contracts versioned), so that its
     audit record, and so its hash chain, is the one it had before the erasure."""
     if not _holds_erased(fields):
-        return model.model_validate(fields).model_dump(mode="json", exclude={"schema_version"})
+        # model_validate(fields).model_dump(mode="json", exclude=...), without the wrappers'
+        # handling of options left at their defaults (a relay and a rebuild call this per event)
+        return model.__pydantic_serializer__.to_python(  # type: ignore[no-any-return]
+            model.__pydantic_validator__.validate_python(fields), mode="json",
+            exclude=_NOT_IN_PAYLOADS)
     # erased values are not of their fields' types, knowingly: no serializer warnings
     payload = model.model_construct(**fields).model_dump(mode="json", exclude={"schema_version"},
                                                          warnings=False)

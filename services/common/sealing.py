@@ -27,6 +27,7 @@ import json
 import os
 import threading
 from base64 import b64decode, b64encode
+from binascii import a2b_base64
 from collections import OrderedDict
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -268,6 +269,17 @@ class SealingMapper(Mapper[Any]):
         super().__init__(*args, **kwargs)
         self._threads: OrderedDict[Any, str] = OrderedDict()
         self._threads_lock = threading.Lock()
+        #: data key → its AES-GCM cipher, made once (a thread's events are sealed and opened
+        #: with the same key, and making the cipher costs more than opening a small seal)
+        self._aeads: dict[bytes, AESGCM] = {}
+
+    def _aead(self, key: bytes) -> AESGCM:
+        aead = self._aeads.get(key)
+        if aead is None:
+            if len(self._aeads) >= CACHE_SIZE:  # as many as the keys held: start again
+                self._aeads.clear()
+            aead = self._aeads[key] = AESGCM(key)
+        return aead
 
     def note_threads(self, aggregates: Any) -> None:
         """Remember which thread each of these aggregates belongs to, for the events about to
@@ -305,7 +317,7 @@ class SealingMapper(Mapper[Any]):
             body = None
         else:
             nonce = os.urandom(12)
-            body = b64encode(nonce + AESGCM(key).encrypt(
+            body = b64encode(nonce + self._aead(key).encrypt(
                 nonce, json.dumps(values, default=str).encode(), thread_id.encode())).decode()
         sealed[SEAL] = {"t": thread_id, "c": body, "d": digests}
         event = object.__new__(type(domain_event))
@@ -317,10 +329,11 @@ class SealingMapper(Mapper[Any]):
         seal = event.__dict__.pop(SEAL, None)
         if seal is None:
             return event
-        key = self.keys.key(str(seal["t"]), create=False) if self.keys and seal["c"] else None
+        thread_id = str(seal["t"])
+        key = self.keys.key(thread_id, create=False) if self.keys and seal["c"] else None
         if key is not None:
-            raw = b64decode(seal["c"])
-            filled = loads(AESGCM(key).decrypt(raw[:12], raw[12:], str(seal["t"]).encode()))
+            raw = a2b_base64(seal["c"])
+            filled = loads(self._aead(key).decrypt(raw[:12], raw[12:], thread_id.encode()))
         else:
             filled = [erased(d) for d in seal["d"]]
         _fill(event.__dict__, filled)
