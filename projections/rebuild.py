@@ -125,6 +125,24 @@ class Source:
         self.app.close()
 
 
+@dataclass
+class EmptySource:
+    """A store that held no notification when the rebuild began."""
+
+    service: str
+    last: int = 0
+    read: int = 0
+
+    def size(self) -> int:
+        return 0
+
+    def envelopes(self) -> Iterator[Event]:
+        return iter(())
+
+    def close(self) -> None:
+        pass
+
+
 class WorkerSource:
     """A :class:`Source` read by a worker process (``python -m projections.rebuild_worker``):
     the events of the blocks ``part``, ``part + parts``, … of its log (``block``
@@ -406,6 +424,9 @@ def open_sources(settings: Any, data_dir: Path | None = None, *,
     total = sum(sizes.values()) or 1
     workers: list[EventSource] = []
     for name, size in sizes.items():
+        if not size:  # nothing to read: no process started for it
+            workers.append(EmptySource(name))
+            continue
         parts = max(1, min(round(_readers() * size / total), -(-size // PAGE)))
         workers.extend(
             WorkerSource(settings, data_dir, name, part=part, parts=parts, block=PAGE,

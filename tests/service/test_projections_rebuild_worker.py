@@ -17,7 +17,15 @@ import orjson
 
 from bench.projections import generate
 from hitlflow.settings import Settings
-from projections.rebuild import open_sources, read_frame
+from projections.db import ViewDatabase
+from projections.projector import Projector
+from projections.rebuild import (
+    EmptySource,
+    WorkerSource,
+    open_sources,
+    read_frame,
+    rebuild_from_stores,
+)
 
 #: Packages a store reader has no use for (each costs a reader a share of its start-up).
 NOT_FOR_READERS = ("faststream", "nats", "uvicorn", "fastapi", "starlette")
@@ -56,3 +64,30 @@ def test_a_store_reader_reads_without_importing_the_services_messaging(
         assert f"services.{service}.published" in modules
         unwanted = sorted(m for m in modules if m.split(".")[0] in NOT_FOR_READERS)
         assert not unwanted, (service, unwanted)
+
+
+def test_an_empty_store_gets_no_reader_and_is_recorded_as_read(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / "stores").mkdir(parents=True)
+    generate(home / "stores", 200, batch=20)  # the timeout store stays empty
+    settings = Settings(home=home)
+    sources = open_sources(settings, home / "stores", parallel=True)
+    try:
+        assert {s.service for s in sources if isinstance(s, WorkerSource)} == {
+            "workflow", "interaction"}
+        assert [s.service for s in sources if isinstance(s, EmptySource)] == ["timeout"]
+    finally:
+        for source in sources:
+            source.close()
+    recorded = {}
+    for parallel in (False, True):
+        db = ViewDatabase.sqlite(tmp_path / f"views-{parallel}.sqlite")
+        try:
+            rebuild_from_stores(db, Projector(db), settings, data_dir=home / "stores",
+                                parallel=parallel)
+            recorded[parallel] = [tuple(row.values()) for row in db.query(
+                "SELECT view, service, upto FROM view_positions ORDER BY view, service")]
+        finally:
+            db.close()
+    assert recorded[True] == recorded[False]
+    assert ("thread_status", "timeout", 0) in recorded[True]
