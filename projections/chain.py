@@ -132,14 +132,16 @@ def create(tx: Tx) -> None:
 
 
 _INSERT = ("INSERT INTO audit_chain (thread_id, service, seq, position, event_type,"
-           " aggregate_version, at, hash) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING")
+           " aggregate_version, at, hash) VALUES (?,?,?,?,?,?,?,?)")
 
 
 class Anchoring:
     """Anchors links within one transaction: the last link of each chain it touched is kept
     in memory (no read back), and the new links are written together (:meth:`write`).
 
-    ``fresh`` services have no anchor at all yet (a first rebuild): their chains need no read.
+    ``fresh`` services have no anchor at all yet (a first rebuild): their chains need no read,
+    and their links cannot meet a link written before, so they are written in bulk (``COPY``
+    on PostgreSQL). (Writers take turns: none anchors while this transaction runs.)
     """
 
     def __init__(self, tx: Tx, fresh: frozenset[str] = frozenset()) -> None:
@@ -147,6 +149,7 @@ class Anchoring:
         self._fresh = fresh
         self._last: dict[tuple[str, str], tuple[int, int, str]] = {}
         self._rows: list[tuple[Any, ...]] = []
+        self._new: list[tuple[Any, ...]] = []  # of the fresh services
 
     def extend(self, env: Event) -> bool:
         """Anchor ``env`` as the next link of its thread's chain for its service; an event at
@@ -164,14 +167,18 @@ class Anchoring:
         at = moment(env)[0]
         hashed = link(last[2] if last else "", env, at)
         self._last[key] = (seq, env.position, hashed)
-        self._rows.append((env.thread_id, env.service, seq, env.position, env.event_type,
-                           env.aggregate_version, at, hashed))
+        (self._new if env.service in self._fresh else self._rows).append(
+            (env.thread_id, env.service, seq, env.position, env.event_type,
+             env.aggregate_version, at, hashed))
         return True
 
     def write(self) -> None:
         """Write the links anchored since the last write."""
+        if self._new:
+            self._tx.insert_all(_INSERT, self._new)
+            self._new = []
         if self._rows:
-            self._tx.executemany(_INSERT, self._rows)
+            self._tx.executemany(_INSERT + " ON CONFLICT DO NOTHING", self._rows)
             self._rows = []
 
 

@@ -271,15 +271,21 @@ class Tx:
         if not deferred:
             return
         for sql, rows in deferred.items():
-            copy = _COPYABLE.match(sql) if self._dialect.name == "postgres" else None
-            if copy is None:
-                self._cursor.executemany(self._sql(sql), rows)
-                continue
-            table, columns = self._sql(copy.group(1)), copy.group(2)
-            with self._cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as writer:
-                for row in rows:
-                    writer.write_row(row)
+            self.insert_all(sql, rows)
         deferred.clear()
+
+    def insert_all(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Insert ``rows`` with ``sql``: as ``COPY`` on PostgreSQL when it is a plain ``INSERT
+        … VALUES (?, …)`` (so none of the rows may conflict with another: ``COPY`` knows no
+        ``ON CONFLICT``), else with ``executemany``."""
+        copy = _COPYABLE.match(sql) if self._dialect.name == "postgres" else None
+        if copy is None:
+            self.executemany(sql, rows)
+            return
+        table, columns = self._sql(copy.group(1)), copy.group(2)
+        with self._cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as writer:
+            for row in rows:
+                writer.write_row(row)
 
     def discard(self) -> None:
         """Forget what :meth:`defer` collected (its savepoint was rolled back)."""
