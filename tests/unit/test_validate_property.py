@@ -15,12 +15,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from contracts.commands import StartThread
 from hitlflow.settings import Settings
 from services.common.responses import decide
+from services.workflow import domain
 from services.workflow.agents import AgentRegistry
 from services.workflow.application import WorkflowService
 from services.workflow.definition import check_workflow, load_workflow, parse_workflow
@@ -152,8 +154,11 @@ def answer_pending(app: WorkflowService, thread: Thread) -> None:
                                  HealthCheck.filter_too_much])
 @given(body=rows(), state=states())
 def test_whatever_validate_accepts_starts_and_runs_without_a_crash(
-    tmp_path: Path, body: list[list[str]], state: dict[str, Any]
+    tmp_path: Path, body: list[list[str]], state: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # a graph looping through automatic nodes fails at the step limit: the same way after 40
+    # steps as after 1,000, for a fortieth of the events to write and read back
+    monkeypatch.setattr(domain, "MAX_STEPS_PER_ADVANCE", 40)
     path = tmp_path / "random.csv"
     write(path, body)
     report = check_workflow(path, registry=REGISTRY)
@@ -216,6 +221,28 @@ def test_a_loop_that_feeds_a_node_its_own_growing_output_fails_the_thread(
     thread: Thread = app.repository.get(thread_uuid("grow-1"))
     assert thread.status == "failed"
     assert "more than the 524,288 bytes (512 KiB) allowed" in str(thread.error)
+    app.close()
+
+
+def test_a_loop_of_automatic_nodes_fails_the_thread_at_the_step_limit(tmp_path: Path) -> None:
+    """Nodes that pass the same value round and round never pause: the thread fails after
+    ``MAX_STEPS_PER_ADVANCE`` steps, saying why, instead of looping for ever."""
+    registry = AgentRegistry({"same": lambda inputs, ctx: inputs["text"]})
+    csv_text = (
+        "graph_name,node_name,agent_type,input_fields,output_field,next_on_success,"
+        "next_on_failure,prompt,context\n"
+        "Spin,start,input,text,text,a,,,\n"
+        "Spin,a,same,text,text,b,,,\n"
+        "Spin,b,same,text,text,a,,,\n"
+    )
+    spec = parse_workflow(csv_text, "Spin", registry)
+    app = WorkflowService(Settings(home=tmp_path).store_env("workflow"), agents=registry)
+    reply = app.start_thread(StartThread(thread_id="spin-1", workflow=spec,
+                                         state={"text": "ab"}), "t", 1)
+    assert reply.ok, reply.error
+    thread: Thread = app.repository.get(thread_uuid("spin-1"))
+    assert thread.status == "failed"
+    assert f"more than {domain.MAX_STEPS_PER_ADVANCE} steps without a pause" in str(thread.error)
     app.close()
 
 
