@@ -70,6 +70,9 @@ class ThreadKeys:
         self._app = app
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, bytes | None] = OrderedDict()
+        #: data key → its AES-GCM cipher, made once: a thread's events are sealed and opened
+        #: with the same key, and making a cipher costs more than opening a small seal
+        self._ciphers: dict[bytes, AESGCM] = {}
         #: thread id → (wrapped key, erased at), read at once by :meth:`preload`
         self._preloaded: dict[str, tuple[str | None, str | None]] = {}
         self._local = threading.local()  # ``made``: the keys of a deferred mapping, if any
@@ -142,6 +145,15 @@ class ThreadKeys:
         key = self._unwrap(wrapped) if wrapped else None
         self._remember(thread_id, key)
         return key
+
+    def cipher(self, key: bytes) -> AESGCM:
+        """The AES-GCM cipher of a data key (forgotten when its thread is erased)."""
+        cipher = self._ciphers.get(key)
+        if cipher is None:
+            if len(self._ciphers) >= CACHE_SIZE:  # as many as the keys held: start again
+                self._ciphers.clear()
+            cipher = self._ciphers[key] = AESGCM(key)
+        return cipher
 
     def _store(self, thread_id: str, key: bytes) -> bool:
         """Store a new data key; False when the thread has one already (another writer's).
@@ -222,10 +234,6 @@ class ThreadKeys:
             return [tuple(r.values()) if isinstance(r, dict) else tuple(r)
                     for r in cursor.fetchall()]
 
-    def _erased(self, thread_id: str) -> bool:
-        rows = self._rows(thread_id)
-        return bool(rows and rows[0][1])
-
     def _remember(self, thread_id: str, key: bytes | None) -> None:
         with self._lock:
             self._cache[thread_id] = key
@@ -237,7 +245,9 @@ class ThreadKeys:
         """Destroy the thread's data key (a tombstone stays); False when it was erased before."""
         m = self._mark
         now = datetime.now(UTC).isoformat()
-        already = self._erased(thread_id)
+        rows = self._rows(thread_id)
+        already = bool(rows and rows[0][1])
+        key = self._unwrap(rows[0][0]) if rows and rows[0][0] else None
         with self._datastore.transaction(commit=True) as cursor:
             if self._sqlite:
                 cursor.execute("PRAGMA secure_delete = ON")  # the old bytes are zeroed
@@ -248,6 +258,8 @@ class ThreadKeys:
         if not self._sqlite:
             self._vacuum()
         self._remember(thread_id, None)
+        if key is not None:  # no cipher of the key outlives it in this process
+            self._ciphers.pop(key, None)
         return not already
 
     def _vacuum(self) -> None:
@@ -269,17 +281,6 @@ class SealingMapper(Mapper[Any]):
         super().__init__(*args, **kwargs)
         self._threads: OrderedDict[Any, str] = OrderedDict()
         self._threads_lock = threading.Lock()
-        #: data key → its AES-GCM cipher, made once (a thread's events are sealed and opened
-        #: with the same key, and making the cipher costs more than opening a small seal)
-        self._aeads: dict[bytes, AESGCM] = {}
-
-    def _aead(self, key: bytes) -> AESGCM:
-        aead = self._aeads.get(key)
-        if aead is None:
-            if len(self._aeads) >= CACHE_SIZE:  # as many as the keys held: start again
-                self._aeads.clear()
-            aead = self._aeads[key] = AESGCM(key)
-        return aead
 
     def note_threads(self, aggregates: Any) -> None:
         """Remember which thread each of these aggregates belongs to, for the events about to
@@ -317,7 +318,7 @@ class SealingMapper(Mapper[Any]):
             body = None
         else:
             nonce = os.urandom(12)
-            body = b64encode(nonce + self._aead(key).encrypt(
+            body = b64encode(nonce + self.keys.cipher(key).encrypt(
                 nonce, json.dumps(values, default=str).encode(), thread_id.encode())).decode()
         sealed[SEAL] = {"t": thread_id, "c": body, "d": digests}
         event = object.__new__(type(domain_event))
@@ -330,10 +331,13 @@ class SealingMapper(Mapper[Any]):
         if seal is None:
             return event
         thread_id = str(seal["t"])
-        key = self.keys.key(thread_id, create=False) if self.keys and seal["c"] else None
-        if key is not None:
+        cipher = None
+        if self.keys is not None and seal["c"]:
+            key = self.keys.key(thread_id, create=False)
+            cipher = None if key is None else self.keys.cipher(key)
+        if cipher is not None:
             raw = a2b_base64(seal["c"])
-            filled = loads(self._aead(key).decrypt(raw[:12], raw[12:], thread_id.encode()))
+            filled = loads(cipher.decrypt(raw[:12], raw[12:], thread_id.encode()))
         else:
             filled = [erased(d) for d in seal["d"]]
         _fill(event.__dict__, filled)

@@ -98,3 +98,18 @@ def test_values_only_json_reads_come_back(workflow: WorkflowService) -> None:
         event = _event(f"t-{uuid.uuid4()}", {"prompt": "p", "context": context})
         back = mapper.to_domain_event(mapper.to_stored_event(event))
         assert back.prompt == "p" and _text(back.context) == _text(context)
+
+
+def test_a_key_s_cipher_is_made_once_and_forgotten_when_its_thread_is_erased(
+        workflow: WorkflowService) -> None:
+    keys = workflow.mapper.keys
+    assert keys is not None
+    thread_id = f"t-{uuid.uuid4()}"
+    workflow.mapper.to_stored_event(_event(thread_id, {"prompt": "p"}))
+    key = keys.key(thread_id, create=False)
+    assert key is not None
+    held = keys.cipher(key)
+    assert keys.cipher(key) is held  # every event of the thread: the same cipher
+    assert keys.erase(thread_id)
+    assert keys.key(thread_id, create=False) is None
+    assert keys.cipher(key) is not held  # the old one was dropped with the key
