@@ -32,8 +32,9 @@ NOT_FOR_READERS = ("faststream", "nats", "uvicorn", "fastapi", "starlette")
 
 #: ``python -m projections.rebuild_worker ARGS``, noting at its exit the modules it imported.
 WORKER = """
-import atexit, os, runpy, sys
-atexit.register(lambda: open(os.environ["MODULES_FILE"], "w").write("\\n".join(sys.modules)))
+import atexit, os, pathlib, runpy, sys
+noted = pathlib.Path(os.environ["MODULES_FILE"])
+atexit.register(lambda: noted.write_text("\\n".join(sys.modules)))
 runpy.run_module("projections.rebuild_worker", run_name="__main__", alter_sys=True)
 """
 
