@@ -1,62 +1,47 @@
 """The real command, as separate processes: `hitlflow up --detach` found by other commands with
-no configuration, one process per service under `hitlflow up` (restarted when one dies, all gone
-after `hitlflow down`), `--one-process` on the same data, each service running alone with
-`hitlflow serve`, and the HTTP gateway that `up` starts with the stack."""
+no configuration, one process per service under `hitlflow up` (all gone after `hitlflow down`),
+each service running alone with `hitlflow serve`, and the HTTP gateway that `up` starts with the
+stack. (When processes are killed: test_processes_recovery.py.)"""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import signal
 import socket
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from hitlflow.stack import EmbeddedNats, free_port, port_is_free
-from tests.conftest import EXAMPLE_AGENTS, ROOT
+from tests.e2e.processes import (
+    HITLFLOW,
+    PARTS,
+    SERVICES,
+    TYPES,
+    alive,
+    children_of,
+    hitlflow,
+    http_status,
+    linux_only,
+    nice_of,
+    parent_of,
+    processes_of,
+    run_to_completion,
+    stack_env,
+    stack_info,
+)
 from tests.helpers import wait_for
-
-HITLFLOW = [sys.executable, "-m", "hitlflow"]
-TYPES = str(ROOT / "tests" / "workflows" / "types.csv")
-SERVICES = {"workflow", "interaction", "timeout", "projections"}
-#: What `up` runs: the services and the HTTP gateway.
-PARTS = {*SERVICES, "gateway"}
-linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
-                                reason="looks at processes in /proc")
-
-
-def hitlflow(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([*HITLFLOW, *args], env=env, capture_output=True, text=True,
-                          timeout=timeout, check=False)
-
-
-def http_status(url: str, headers: dict[str, str] | None = None) -> int:
-    try:
-        request = urllib.request.Request(url, headers=headers or {})
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as error:
-        return int(error.code)
-    except OSError:
-        return 0
 
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("HITLFLOW_")}
-    # the gateway `up` starts on a free port: 8080 may be taken, and tests run side by side
-    return {**clean, "HITLFLOW_HOME": str(tmp_path / "home"), "HITLFLOW_AGENTS": EXAMPLE_AGENTS,
-            "COLUMNS": "200", "HITLFLOW_EMBEDDED_PORT": str(free_port()),
-            "HITLFLOW_GATEWAY_PORT": "0"}
+    return stack_env(tmp_path)
 
 
 def test_up_detach_is_found_by_other_commands(env: dict[str, str]) -> None:
@@ -126,78 +111,6 @@ def test_each_service_runs_alone(env: dict[str, str], nats: EmbeddedNats) -> Non
 # -- one process per service under `hitlflow up` ----------------------------------------------
 
 
-def stack_info(env: dict[str, str]) -> dict[str, Any]:
-    info: dict[str, Any] = json.loads((Path(env["HITLFLOW_HOME"]) / "stack.json").read_text())
-    return info
-
-
-def _stat(pid: int) -> list[str]:
-    """The fields of /proc/PID/stat after the command name (state first); [] if it is gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return []
-
-
-def alive(pid: int) -> bool:
-    """Running: neither gone nor a zombie waiting to be reaped."""
-    fields = _stat(pid)
-    return bool(fields) and fields[0] != "Z"
-
-
-def identity(pid: int) -> tuple[int, str]:
-    """The pid with its start time: the same process, never another one given the pid later."""
-    fields = _stat(pid)
-    return pid, fields[19] if fields else ""
-
-
-def still_running(process: tuple[int, str]) -> bool:
-    return alive(process[0]) and identity(process[0]) == process
-
-
-def nice_of(pid: int) -> int:
-    return int(_stat(pid)[16])
-
-
-def parent_of(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
-def children_of(pid: int) -> dict[int, str]:
-    """Live child processes of ``pid``: pid → name."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                if parent_of(int(entry.name)) == pid and alive(int(entry.name)):
-                    found[int(entry.name)] = (entry / "comm").read_text().strip()
-    return found
-
-
-def processes_of(env: dict[str, str]) -> list[int]:
-    """Every live process whose command line names this test's home or NATS port."""
-    marks = (env["HITLFLOW_HOME"], f":{env['HITLFLOW_EMBEDDED_PORT']}")
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            with contextlib.suppress(OSError):
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-                if any(mark in cmdline for mark in marks) and alive(int(entry.name)):
-                    found.append(int(entry.name))
-    return found
-
-
-def run_to_completion(env: dict[str, str], thread_id: str) -> None:
-    """Start → pause → resume → complete, through the CLI."""
-    run = hitlflow(env, "run", f"{TYPES}::Approve", "--thread-id", thread_id,
-                   "--state", f'{{"request": "{thread_id}"}}', "--json")
-    assert run.returncode == 0, run.stderr
-    assert json.loads(run.stdout)["status"] == "paused"
-    resumed = hitlflow(env, "resume", thread_id, "approve", "--json")
-    assert resumed.returncode == 0, resumed.stderr
-    assert json.loads(resumed.stdout)["output"] == f"Approved: {thread_id}"
-
-
 @linux_only
 def test_up_runs_each_service_in_its_own_process(env: dict[str, str]) -> None:
     started = hitlflow(env, "up", "--detach")
@@ -247,61 +160,6 @@ def test_up_runs_each_service_in_its_own_process(env: dict[str, str]) -> None:
 
 
 @linux_only
-def test_a_killed_service_is_restarted(env: dict[str, str]) -> None:
-    started = hitlflow(env, "up", "--detach")
-    assert started.returncode == 0, started.stderr
-    try:
-        killed = int(stack_info(env)["services"]["workflow"])
-        os.kill(killed, signal.SIGKILL)
-        # stack.json names the new process once it is ready
-        restarted = wait_for(
-            lambda: (pid := int(stack_info(env)["services"]["workflow"])) != killed and pid,
-            timeout=60, what="the workflow service to be restarted")
-        assert alive(restarted) and not alive(killed)
-        assert parent_of(restarted) == int(stack_info(env)["pid"])
-        log = (Path(env["HITLFLOW_HOME"]) / "stack.log").read_text()
-        assert "service_exited" in log and "returncode=-9" in log
-
-        run_to_completion(env, "after-restart")
-    finally:
-        stopped = hitlflow(env, "down")
-    assert stopped.returncode == 0, stopped.stderr
-    assert not alive(restarted)
-    assert processes_of(env) == []
-
-
-@linux_only
-def test_one_process_mode_on_the_same_data(env: dict[str, str]) -> None:
-    started = hitlflow(env, "up", "--detach")
-    assert started.returncode == 0, started.stderr
-    try:
-        run = hitlflow(env, "run", f"{TYPES}::Approve", "--thread-id", "across",
-                       "--state", '{"request": "across modes"}', "--json")
-        assert run.returncode == 0, run.stderr
-        assert json.loads(run.stdout)["status"] == "paused"
-    finally:
-        stopped = hitlflow(env, "down")
-    assert stopped.returncode == 0, stopped.stderr
-
-    started = hitlflow(env, "up", "--detach", "--one-process")
-    assert started.returncode == 0, started.stderr
-    try:
-        info = stack_info(env)
-        assert info["mode"] == "one-process"
-        assert info["services"] == dict.fromkeys(PARTS, info["pid"])
-        # the thread paused by the service processes resumes here: the same stores
-        resumed = hitlflow(env, "resume", "across", "approve", "--json")
-        assert resumed.returncode == 0, resumed.stderr
-        assert json.loads(resumed.stdout)["output"] == "Approved: across modes"
-
-        run_to_completion(env, "one-process")
-    finally:
-        stopped = hitlflow(env, "down")
-    assert stopped.returncode == 0, stopped.stderr
-    assert processes_of(env) == []
-
-
-@linux_only
 def test_up_fails_when_a_service_cannot_start(env: dict[str, str], tmp_path: Path) -> None:
     env = {**env, "HITLFLOW_AGENTS": str(tmp_path / "missing_agents.py")}
     failed = hitlflow(env, "up")
@@ -310,50 +168,6 @@ def test_up_fails_when_a_service_cannot_start(env: dict[str, str], tmp_path: Pat
     assert "missing_agents.py" in failed.stderr  # the service's own error, above
     assert not (Path(env["HITLFLOW_HOME"]) / "stack.json").exists()
     assert processes_of(env) == []
-
-
-@linux_only
-def test_a_killed_stack_leaves_no_process(env: dict[str, str]) -> None:
-    started = hitlflow(env, "up", "--detach")
-    assert started.returncode == 0, started.stderr
-    info = stack_info(env)
-    children = [identity(int(pid))
-                for pid in {*info["services"].values(), *children_of(int(info["pid"]))}]
-    assert len(children) == len(PARTS) + 1  # and nats-server
-    try:
-        os.kill(int(info["pid"]), signal.SIGKILL)
-        # Each child is told by the kernel (PR_SET_PDEATHSIG) and stops, within its own limit.
-        # Waited for by identity: a process in the middle of exiting has no command line yet is
-        # not gone, so it is missed by processes_of.
-        wait_for(lambda: not any(still_running(child) for child in children)
-                 and processes_of(env) == [], timeout=45,
-                 what="the stack's processes to end after their parent was killed")
-    finally:
-        for pid in [*processes_of(env), *(child[0] for child in children if still_running(child))]:
-            with contextlib.suppress(OSError):  # only should the test fail
-                os.kill(pid, signal.SIGKILL)
-
-
-@linux_only
-def test_up_starts_at_once_after_the_stack_crashed(env: dict[str, str]) -> None:
-    """A stack killed without stopping leaves its stack.json: the next `up` sees that nobody
-    is behind it (the pid is gone, a zombie, or another process's) and starts."""
-    started = hitlflow(env, "up", "--detach")
-    assert started.returncode == 0, started.stderr
-    info = stack_info(env)
-    os.kill(int(info["pid"]), signal.SIGKILL)
-    wait_for(lambda: not alive(int(info["pid"])), what="the stack to be gone")
-    assert (Path(env["HITLFLOW_HOME"]) / "stack.json").exists()
-    try:
-        again = hitlflow(env, "up", "--detach")
-        assert again.returncode == 0, again.stderr
-        assert "ended without stopping" in again.stderr
-        run = hitlflow(env, "run", f"{TYPES}::Approve", "--thread-id", "after-crash",
-                       "--state", '{"request": "r"}', "--json")
-        assert run.returncode == 0, run.stderr
-    finally:
-        assert hitlflow(env, "down").returncode == 0
-
 
 
 def test_an_invalid_setting_is_named_not_traced_back(env: dict[str, str]) -> None:
