@@ -198,52 +198,43 @@ def _app(tmp_path: Path) -> WorkflowService:
     return _apps[tmp_path]
 
 
+def run_loop(tmp_path: Path, registry: AgentRegistry, rows: str) -> Thread:
+    """Start the graph ``Loop`` (its rows, without the header) with ``text`` = "ab" on a
+    workflow store of its own; the thread as it ended."""
+    header = ("graph_name,node_name,agent_type,input_fields,output_field,next_on_success,"
+              "next_on_failure,prompt,context\n")
+    spec = parse_workflow(header + rows, "Loop", registry)
+    app = WorkflowService(Settings(home=tmp_path).store_env("workflow"), agents=registry)
+    try:
+        reply = app.start_thread(StartThread(thread_id="loop-1", workflow=spec,
+                                             state={"text": "ab"}), "t", 1)
+        assert reply.ok, reply.error
+        thread: Thread = app.repository.get(thread_uuid("loop-1"))
+        return thread
+    finally:
+        app.close()
+
+
 def test_a_loop_that_feeds_a_node_its_own_growing_output_fails_the_thread(
         tmp_path: Path) -> None:
     """Each pass doubles the text: the node fails once its output passes the size limit,
     instead of the service running out of memory."""
-
-    def double(inputs: dict[str, Any], ctx: Any) -> str:
-        return str(inputs["text"]) * 2
-
-    registry = AgentRegistry({"double": double})
-    csv_text = (
-        "graph_name,node_name,agent_type,input_fields,output_field,next_on_success,"
-        "next_on_failure,prompt,context\n"
-        "Grow,start,input,text,text,grow,,,\n"
-        "Grow,grow,double,text,text,grow,,,\n"
-    )
-    spec = parse_workflow(csv_text, "Grow", registry)
-    app = WorkflowService(Settings(home=tmp_path).store_env("workflow"), agents=registry)
-    reply = app.start_thread(StartThread(thread_id="grow-1", workflow=spec,
-                                         state={"text": "ab"}), "t", 1)
-    assert reply.ok, reply.error
-    thread: Thread = app.repository.get(thread_uuid("grow-1"))
+    registry = AgentRegistry({"double": lambda inputs, ctx: str(inputs["text"]) * 2})
+    thread = run_loop(tmp_path, registry, "Loop,start,input,text,text,grow,,,\n"
+                                          "Loop,grow,double,text,text,grow,,,\n")
     assert thread.status == "failed"
     assert "more than the 524,288 bytes (512 KiB) allowed" in str(thread.error)
-    app.close()
 
 
 def test_a_loop_of_automatic_nodes_fails_the_thread_at_the_step_limit(tmp_path: Path) -> None:
     """Nodes that pass the same value round and round never pause: the thread fails after
     ``MAX_STEPS_PER_ADVANCE`` steps, saying why, instead of looping for ever."""
     registry = AgentRegistry({"same": lambda inputs, ctx: inputs["text"]})
-    csv_text = (
-        "graph_name,node_name,agent_type,input_fields,output_field,next_on_success,"
-        "next_on_failure,prompt,context\n"
-        "Spin,start,input,text,text,a,,,\n"
-        "Spin,a,same,text,text,b,,,\n"
-        "Spin,b,same,text,text,a,,,\n"
-    )
-    spec = parse_workflow(csv_text, "Spin", registry)
-    app = WorkflowService(Settings(home=tmp_path).store_env("workflow"), agents=registry)
-    reply = app.start_thread(StartThread(thread_id="spin-1", workflow=spec,
-                                         state={"text": "ab"}), "t", 1)
-    assert reply.ok, reply.error
-    thread: Thread = app.repository.get(thread_uuid("spin-1"))
+    thread = run_loop(tmp_path, registry, "Loop,start,input,text,text,a,,,\n"
+                                          "Loop,a,same,text,text,b,,,\n"
+                                          "Loop,b,same,text,text,a,,,\n")
     assert thread.status == "failed"
     assert f"more than {domain.MAX_STEPS_PER_ADVANCE} steps without a pause" in str(thread.error)
-    app.close()
 
 
 def test_a_graph_checked_once_is_still_checked_for_each_start_s_own_state(
