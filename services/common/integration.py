@@ -90,7 +90,7 @@ def payload_of(model: type[BaseModel], fields: dict[str, Any]) -> dict[str, Any]
             model.__pydantic_validator__.validate_python(fields), mode="json",
             exclude=_NOT_IN_PAYLOADS)
     # erased values are not of their fields' types, knowingly: no serializer warnings
-    payload = model.model_construct(**fields).model_dump(mode="json", exclude={"schema_version"},
+    payload = model.model_construct(**fields).model_dump(mode="json", exclude=_NOT_IN_PAYLOADS,
                                                          warnings=False)
     for name, value in payload.items():
         annotation = str(model.model_fields[name].annotation) if name in model.model_fields else ""
