@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hitlflow.stack import SERVICES, EmbeddedNats, ServiceProcess, free_port
+from hitlflow.stack import SERVICES, EmbeddedNats, ServiceProcess, free_ports
 from services.common.logging import get_logger
 from services.common.messaging import check_server, connect, ensure_streams
 
@@ -29,7 +29,8 @@ class NatsCluster:
     each; a node stopped and started again keeps its ports and data."""
 
     def __init__(self, root: Path, size: int = 3, host: str = "127.0.0.1") -> None:
-        ports = [(free_port(host), free_port(host)) for _ in range(size)]
+        drawn = free_ports(2 * size, host)
+        ports = list(zip(drawn[::2], drawn[1::2], strict=True))  # (client, cluster) per node
         routes = ",".join(f"nats://{host}:{cluster}" for _, cluster in ports)
         self.nodes = [
             EmbeddedNats(root / f"nats-{index + 1}", client, host, name=f"nats-{index + 1}",
@@ -109,17 +110,18 @@ class ServiceReplicas:
     services: tuple[str, ...] = SERVICES
     members: dict[str, list[Replica]] = field(default_factory=dict)
 
-    def _replica(self, service: str, index: int) -> Replica:
+    def _replica(self, service: str, index: int, port: int) -> Replica:
         home = self.root / f"{service}-{index}"
         home.mkdir(parents=True, exist_ok=True)
-        port = free_port()
         log_path = home / "service.log"
         env = {**self.env, "HITLFLOW_HOME": str(home), "HITLFLOW_METRICS_PORT": str(port)}
         return Replica(service, index, ServiceProcess(service, self.nats_url, env, log=log_path),
                        port, log_path)
 
     async def start(self, timeout: float = 120.0) -> None:
-        self.members = {service: [self._replica(service, i) for i in range(self.replicas)]
+        ports = iter(free_ports(len(self.services) * self.replicas))
+        self.members = {service: [self._replica(service, i, next(ports))
+                                  for i in range(self.replicas)]
                         for service in self.services}
         await asyncio.gather(*(r.process.start(timeout) for r in self.all()))
 

@@ -19,7 +19,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -143,6 +143,15 @@ FREE_PORTS_FROM = 10_000
 EPHEMERAL_PORTS = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
 
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` different :func:`free_port` ports, for servers none of which is started yet
+    (each is free now, so without this two could draw the same)."""
+    ports: list[int] = []
+    for _ in range(count):
+        ports.append(free_port(host, avoid=ports))
+    return ports
+
+
 def _below_ephemeral() -> range | None:
     """The ports from :data:`FREE_PORTS_FROM` up to the kernel's ephemeral range, where the
     kernel says what that range is and there is room below it."""
@@ -153,8 +162,9 @@ def _below_ephemeral() -> range | None:
     return range(FREE_PORTS_FROM, low) if low - FREE_PORTS_FROM >= 1000 else None
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing is bound to on ``host`` now, for a server started next.
+def free_port(host: str = "127.0.0.1", avoid: Collection[int] = ()) -> int:
+    """A port nothing is bound to on ``host`` now, for a server started next, and not one of
+    ``avoid`` (ports handed out already to servers not started yet).
 
     Picked at random below the kernel's ephemeral range where there is one: a port the kernel
     picks (binding port 0) comes from that range, from which every outgoing connection also
@@ -164,11 +174,14 @@ def free_port(host: str = "127.0.0.1") -> int:
     if ports is not None:
         for _ in range(64):
             port = ports[secrets.randbelow(len(ports))]
-            if port_is_free(host, port):
+            if port not in avoid and port_is_free(host, port):
                 return port
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if port not in avoid:
+            return port
 
 
 def gateway_socket(host: str, port: int, *, listen: bool = True,
@@ -697,9 +710,11 @@ class ProcessStack(_StackBase):
         """A port per service process: ``metrics_port`` and the ones after it when set, else
         free ones."""
         base = self.settings.metrics_port
-        return {name: base + index if base else free_port(self.settings.metrics_host
-                                                         or "127.0.0.1")
-                for index, name in enumerate(self.service_names)}
+        if base:
+            return {name: base + index for index, name in enumerate(self.service_names)}
+        return dict(zip(self.service_names,
+                        free_ports(len(self.service_names),
+                                   self.settings.metrics_host or "127.0.0.1"), strict=True))
 
     async def start(self) -> None:
         """NATS, its streams, then every service process (and the gateway's); returns once all

@@ -13,6 +13,7 @@ import pytest
 
 from hitlflow import stack
 from hitlflow.cli import _stack_state
+from hitlflow.cluster import NatsCluster
 from hitlflow.settings import Settings
 from hitlflow.stack import EmbeddedNats, free_port, process_identity
 from tests.helpers import wait_for
@@ -96,6 +97,33 @@ def test_a_free_port_is_taken_below_the_ports_of_outgoing_connections(
     assert free_port() > 0
     monkeypatch.setattr(stack, "EPHEMERAL_PORTS", tmp_path / "missing")
     assert free_port() > 0
+
+
+def test_servers_started_together_get_ports_of_their_own(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No service has bound its port when the ports are handed out, so a port that is free for
+    one is free for all: each must still get another (two services once drew the same one,
+    and the second stopped `hitlflow up` with 'Address already in use')."""
+    ranges = tmp_path / "ip_local_port_range"
+    ranges.write_text("32768\t60999\n")
+    monkeypatch.setattr(stack, "EPHEMERAL_PORTS", ranges)
+    draws = iter([7, 7, 7, 9, 7, 7, 11, 9, 9, 7, 11, 12] * 20)  # the same draws, again and again
+    monkeypatch.setattr(stack.secrets, "randbelow", lambda _: next(draws))
+    processes = stack.ProcessStack(Settings(home=tmp_path / "home", metrics_port=0))
+    ports = processes._assign_metrics_ports()
+    assert sorted(ports) == sorted(stack.SERVICES)
+    assert len(set(ports.values())) == len(ports), ports
+    assert set(ports.values()) <= {stack.FREE_PORTS_FROM + n for n in (7, 9, 11, 12)}
+    # a cluster's nodes: a client and a route port each, six in all
+    nodes = NatsCluster(tmp_path / "cluster", size=3).nodes
+    routes = nodes[0].extra_args[nodes[0].extra_args.index("--routes") + 1]
+    taken = [node.port for node in nodes] + [int(url.rsplit(":", 1)[1])
+                                             for url in routes.split(",")]
+    assert len(set(taken)) == 6, taken
+    # a port set in the settings: that one and the ones after it, as documented
+    fixed = stack.ProcessStack(Settings(home=tmp_path / "home", metrics_port=19000))
+    assert sorted(fixed._assign_metrics_ports().values()) == list(
+        range(19000, 19000 + len(stack.SERVICES)))
 
 
 def test_a_port_in_use_is_not_given_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
