@@ -20,13 +20,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 from nats.aio.msg import Msg
 
-from bench.workload import AGENTS, REQUEST, WORKFLOW
+from bench.workload import AGENTS, REQUEST, WORKFLOW, summary_ms
 from contracts import subjects
 from contracts.commands import CommandReply, ResumeThread, StartThread
 from contracts.workflow import WorkflowSpec
@@ -221,6 +222,9 @@ class Driver:
         self.nc: Any = None
         self.js: Any = None
         self.refused: list[str] = []
+        #: While :meth:`follow_events` runs: each thread's published events as they arrive,
+        #: ``(perf_counter(), "<service>.<EventName>")``.
+        self.seen: dict[str, list[tuple[float, str]]] = {}
 
     async def connect(self) -> None:
         self.nc = await connect(self.nats_url, name="hitlflow-bench", **self.nats_auth)
@@ -235,6 +239,23 @@ class Driver:
     async def close(self) -> None:
         if self.nc is not None:
             await self.nc.drain()
+
+    @contextlib.asynccontextmanager
+    async def follow_events(self) -> AsyncIterator[dict[str, list[tuple[float, str]]]]:
+        """Note when every published event arrives (in :attr:`seen`, by thread) while open."""
+        self.seen = {}
+
+        async def noted(msg: Msg) -> None:
+            _, _, service, kind, thread_id = msg.subject.split(".", 4)
+            self.seen.setdefault(thread_id, []).append((time.perf_counter(),
+                                                        f"{service}.{kind}"))
+
+        sub = await self.nc.subscribe("hitl.evt.>", cb=noted)
+        await self.nc.flush()
+        try:
+            yield self.seen
+        finally:
+            await sub.unsubscribe()
 
     @staticmethod
     def _resolve(futures: dict[str, asyncio.Future[None]], thread_id: str,
@@ -295,3 +316,51 @@ class Driver:
 
     async def cycle(self, thread_id: str) -> tuple[float, float]:
         return await self.pause(thread_id), await self.resume(thread_id)
+
+
+#: Seconds to wait after the last lone cycle for the events that follow its completion (the
+#: timeout service clears a deadline after lingering: services/timeout/handlers.py).
+TRAILING = 1.0
+
+
+async def lone_cycles(driver: Driver, cycles: int, prefix: str = "lone") -> dict[str, Any]:
+    """``cycles`` cycles one after the other, hop by hop (see :func:`hops`)."""
+    sent: dict[str, tuple[float, float]] = {}
+    async with driver.follow_events() as seen:
+        for n in range(cycles):
+            thread_id = f"{prefix}-{n}"
+            began = time.perf_counter()
+            to_pause = await driver.pause(thread_id)
+            sent[thread_id] = (began, began + to_pause)  # the resume goes out at once
+            await driver.resume(thread_id)
+        await asyncio.sleep(TRAILING)
+    return hops(sent, seen)
+
+
+def hops(sent: dict[str, tuple[float, float]],
+         seen: dict[str, list[tuple[float, str]]]) -> dict[str, Any]:
+    """Where a lone cycle's time goes: for each kind of event a cycle publishes, in each half
+    (``start``: up to its request, InteractionRequested, which the resume answers;
+    ``resume``: after it), when the last one of the half was seen, in ms after the start
+    command was sent; and how many a cycle has. ``sent`` holds each thread's (start sent,
+    resume sent), ``seen`` its events as :meth:`Driver.follow_events` noted them."""
+    offsets: dict[tuple[str, str], list[float]] = {}
+    counts: dict[tuple[str, str], int] = {}
+    for thread_id, (began, _) in sent.items():
+        last: dict[tuple[str, str], float] = {}
+        half = "start"
+        for at, event in seen.get(thread_id, []):
+            key = (half, event)
+            if event == "interaction.InteractionRequested":
+                half = "resume"
+            last[key] = at - began
+            counts[key] = counts.get(key, 0) + 1
+        for key, offset in last.items():
+            offsets.setdefault(key, []).append(offset)
+    rows: list[dict[str, Any]] = [
+        {"half": half, "event": event, "per_cycle": round(counts[half, event] / len(sent), 2),
+         **summary_ms(values)} for (half, event), values in offsets.items()]
+    rows.sort(key=lambda row: row["p50_ms"])
+    return {"cycles": len(sent),
+            "resume_sent": summary_ms([resumed - began for began, resumed in sent.values()]),
+            "events": rows}

@@ -36,7 +36,7 @@ from urllib.parse import urlparse, urlunparse
 import psutil
 
 from bench import langgraph_load
-from bench.hitl_load import Driver, StackProcess
+from bench.hitl_load import Driver, StackProcess, lone_cycles
 from bench.workload import (
     REQUEST,
     load_average,
@@ -163,15 +163,20 @@ async def hitl_phases(stack: StackProcess, args: argparse.Namespace, backend: st
                         if args.profile else None)
             result = (await run_cycles(driver.cycle, n, args.duration, args.warmup,
                                        f"c{n}")).as_dict()
-            cycles_all = result["cycles_all"]
-            cpu1 = stack.cpu_split()
-            result["cpu_ms_per_cycle"] = {  # (a process restarted meanwhile: left out)
-                key: round((cpu1[key] - cpu0[key]) * 1000 / max(cycles_all, 1), 3)
-                for key in cpu0 if cpu1.get(key, -1.0) >= cpu0[key]}
+            result["cpu_ms_per_cycle"] = per_cycle(cpu0, stack.cpu_split(), result["cycles_all"])
             result["load_average"] = load
             results[f"cycles_{n}"] = result
             if profiler is not None:
                 profiler.wait()
+        if args.hops:
+            await asyncio.to_thread(stack.wait_idle)
+            say(f"hitlflow ({backend}): {args.hops} lone cycles, hop by hop")
+            load = load_average()
+            cpu0 = stack.cpu_split()
+            lone = await lone_cycles(driver, args.hops)
+            lone["cpu_ms_per_cycle"] = per_cycle(cpu0, stack.cpu_split(), args.hops)
+            lone["load_average"] = load
+            results["hops"] = lone
         if args.client_cycles:
             await asyncio.to_thread(stack.wait_idle)
             say(f"hitlflow: {args.client_cycles} cycles through HitlClient, one at a time")
@@ -189,6 +194,14 @@ async def hitl_phases(stack: StackProcess, args: argparse.Namespace, backend: st
     finally:
         await driver.close()
     return results
+
+
+def per_cycle(before: dict[str, float], after: dict[str, float], cycles: int
+              ) -> dict[str, float]:
+    """CPU ms per cycle of each entry of :meth:`StackProcess.cpu_split` between two readings
+    (a process restarted meanwhile is left out)."""
+    return {key: round((after[key] - before[key]) * 1000 / max(cycles, 1), 3)
+            for key in before if after.get(key, -1.0) >= before[key]}
 
 
 async def client_phase(stack: StackProcess, driver: Driver, cycles: int) -> dict[str, Any]:
@@ -400,6 +413,7 @@ def print_table(report: dict[str, Any]) -> None:
         print(line.format(*(("",) if row[0] == previous else (row[0],)), *row[1:]))
         previous = row[0]
     print_cpu_by_process(report)
+    print_hops(report)
     m = report["machine"]
     print(f"\n{m['cores']} cores ({m['cpu']}), load average at start {m['load_average_at_start']}"
           f", at end {report['load_average_at_end']}")
@@ -424,6 +438,30 @@ def print_cpu_by_process(report: dict[str, Any]) -> None:
         print("\n".join(lines))
 
 
+def print_hops(report: dict[str, Any]) -> None:
+    """Where a lone cycle's time goes: when each of its events was seen."""
+    for backend, found in report["hitlflow"].items():
+        lone = found.get("hops")
+        if not lone:
+            continue
+        print(f"\nhitlflow {LABELS[backend]}, {lone['cycles']} lone cycles, hop by hop (ms after "
+              "the start command was sent, p50 / p90; the last event of its kind in each half):")
+        sent = lone["resume_sent"]
+        rows = [("start", "(start command sent)", "", "0.00"),
+                *((row["half"], row["event"], f"x{row['per_cycle']:g}",
+                   f"{row['p50_ms']:.2f} / {row['p90_ms']:.2f}") for row in lone["events"]),
+                ("resume", "(resume command sent)", "",
+                 f"{sent['p50_ms']:.2f} / {sent['p90_ms']:.2f}")]
+        rows.sort(key=lambda row: float(row[3].split(" ")[0]))
+        for half, event, count, ms in rows:
+            print(f"  {half:<7}{event:<42}{count:<6}{ms}")
+        cpu = lone["cpu_ms_per_cycle"]
+        print("  CPU ms per cycle: " + ", ".join(
+            f"{name.split(':', 1)[1]} {value:.2f}" for name, value in cpu.items()
+            if name.startswith("process:") and name != "process:up")
+            + f"; nats-server {cpu['nats']:.2f}; load generator {cpu['load_generator']:.2f}")
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -436,6 +474,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=100.0, help="resumes per second")
     parser.add_argument("--resumes", type=int, default=2000,
                         help="resumes sent in the latency phase")
+    parser.add_argument("--hops", type=int, default=200,
+                        help="cycles run one at a time to time each hop (0 skips them)")
     parser.add_argument("--client-cycles", type=int, default=200,
                         help="cycles through HitlClient, one at a time (0 skips them)")
     parser.add_argument("--paused", type=int, default=100_000,
@@ -479,7 +519,8 @@ def main(argv: list[str] | None = None) -> None:
         "parameters": {"backends": args.backends, "in_flight": args.in_flight,
                        "duration_s": args.duration, "warmup_s": args.warmup, "rate": args.rate,
                        "resumes": args.resumes, "paused": args.paused,
-                       "client_cycles": args.client_cycles, "log_level": args.log_level,
+                       "client_cycles": args.client_cycles, "hops": args.hops,
+                       "log_level": args.log_level,
                        "one_process": args.one_process,
                        "skip_langgraph": args.skip_langgraph},
         "command": "python -m bench.run " + " ".join(sys.argv[1:] if argv is None else argv),

@@ -9,7 +9,7 @@ import asyncio
 from pathlib import Path
 
 from bench.decisions import Services
-from bench.hitl_load import BENCH_USER, Driver, StackProcess
+from bench.hitl_load import BENCH_USER, Driver, StackProcess, lone_cycles
 from bench.workload import open_loop, prepare_paused, run_cycles
 from hitlflow.settings import Settings
 from services.workflow.domain import thread_uuid
@@ -31,6 +31,17 @@ def test_the_bench_drives_cycles_and_resumes_on_an_up_stack(tmp_path: Path) -> N
                 assert await prepare_paused(driver.pause, paused, 5) == 0
                 latency = await open_loop(driver.resume, paused, rate=50)
                 assert latency["errors"] == 0 and latency["count"] == 10
+                lone = await lone_cycles(driver, 3)
+                assert lone["cycles"] == 3 and lone["resume_sent"]["count"] == 3
+                rows = {(row["half"], row["event"]): row for row in lone["events"]}
+                path = [("start", "workflow.ThreadPaused"),
+                        ("start", "interaction.InteractionRequested"),
+                        ("resume", "interaction.ResponseAccepted"),
+                        ("resume", "workflow.ThreadCompleted")]
+                assert all(rows[key]["per_cycle"] == 1 for key in path), rows
+                # each hop waits for the one before it, in every cycle: so do their medians
+                at = [rows[key]["p50_ms"] for key in path]
+                assert at == sorted(at) and at[0] > 0, at
                 assert driver.refused == []
             finally:
                 await driver.close()
