@@ -51,7 +51,11 @@ from hitlflow.cli_timeouts import app as timeouts_app
 from hitlflow.client import NoOutcomeError, Outcome, StackUnavailableError
 from hitlflow.settings import Settings, SettingsError, load_settings
 from services.common.keyring import KeyRingError
-from services.common.logging import configure_logging, get_logger
+from services.common.logging import (
+    configure_command_logging,
+    configure_logging,
+    get_logger,
+)
 from services.common.messaging import ServerLimitError
 from services.common.output import whole_text
 from services.workflow.definition import WorkflowError, load_workflow
@@ -705,6 +709,7 @@ app.command("doctor")(cli_doctor.doctor)  # the stack's health and what was quar
 def main() -> None:
     # what the commands print reaches a pipe whole, even across Ctrl-Z and fg
     sys.stdout, sys.stderr = whole_text(sys.stdout), whole_text(sys.stderr)
+    configure_command_logging()
     try:
         app()
     except SettingsError as error:  # read by any command: said once, here
