@@ -44,6 +44,7 @@ from hitlflow.cli_common import (
     describe_input_error,
     err,
     fail,
+    flow_help,
     out,
     say_error,
 )
@@ -704,6 +705,7 @@ cli_projections.register(app)  # threads, show, audit, analytics, projections re
 cli_identity.register(app)  # users, token, claim, release, delegate, reassign
 app.command("demo")(cli_demo.demo)  # the guide's five patterns, asked or scripted
 app.command("doctor")(cli_doctor.doctor)  # the stack's health and what was quarantined
+flow_help(app)
 
 
 def main() -> None:

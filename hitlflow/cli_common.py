@@ -7,6 +7,7 @@ rejected); 2 bad input; 3 no stack (nothing answers at the NATS URL, or no outco
 
 from __future__ import annotations
 
+import inspect
 from typing import Annotated, NoReturn
 
 import typer
@@ -57,6 +58,33 @@ def describe_input_error(error: ValidationError, names: dict[str, str] | None = 
         field = ".".join(str(p) for p in item["loc"])
         problems.append(f"{names.get(field, field)}: {item['msg']}")
     return "invalid input: " + "; ".join(problems)
+
+
+def flowing(text: str) -> str:
+    """``text`` with each paragraph on one line (paragraphs apart by a blank line; one that
+    starts with ``\\b`` is kept as written, as click does)."""
+    return "\n\n".join(
+        paragraph if paragraph.startswith("\b")
+        else " ".join(line.strip() for line in paragraph.splitlines())
+        for paragraph in text.split("\n\n"))
+
+
+def flow_help(app: typer.Typer) -> None:
+    """Every command's help as flowing paragraphs, in ``app`` and the groups under it. typer
+    keeps a docstring's line breaks, so a paragraph wrapped at the source's width came out
+    broken again inside the terminal's ("… and the" / "HTTP gateway …")."""
+    for command in app.registered_commands:
+        text = command.help or inspect.getdoc(command.callback)
+        if text:
+            command.help = flowing(text)
+    called = app.registered_callback  # a group's own help: its callback's docstring
+    if called is not None and called.callback is not None:
+        text = called.help or inspect.getdoc(called.callback)
+        if isinstance(text, str):
+            called.help = flowing(text)
+    for group in app.registered_groups:
+        if group.typer_instance is not None:
+            flow_help(group.typer_instance)
 
 
 def client_for(settings: Settings) -> HitlClient:
