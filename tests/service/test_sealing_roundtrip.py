@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from hitlflow.settings import Settings
 from projections.chain import PLAIN, digest
+from services.common import sealing
 from services.common.sealing import SEAL, SealingMapper, erased
 from services.workflow.application import WorkflowService
 
@@ -113,3 +114,28 @@ def test_a_key_s_cipher_is_made_once_and_forgotten_when_its_thread_is_erased(
     assert keys.erase(thread_id)
     assert keys.key(thread_id, create=False) is None
     assert keys.cipher(key) is not held  # the old one was dropped with the key
+
+
+def test_only_the_ciphers_made_last_are_held(workflow: WorkflowService,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cipher holds kilobytes of OpenSSL state: as many as the data keys held in memory
+    made the services' memory grow by a kilobyte per paused thread."""
+    monkeypatch.setattr(sealing, "CIPHERS_HELD", 8)
+    keys = workflow.mapper.keys
+    assert keys is not None
+    threads = [f"t-{uuid.uuid4()}" for _ in range(30)]
+    for thread_id in threads:
+        back = workflow.mapper.to_domain_event(workflow.mapper.to_stored_event(
+            _event(thread_id, {"prompt": thread_id})))
+        assert back.prompt == thread_id
+    assert len(keys._ciphers) == 8
+    first = keys.key(threads[0], create=False)
+    recent = keys.key(threads[-1], create=False)
+    assert first is not None and recent is not None
+    held = keys.cipher(recent)
+    assert keys.cipher(recent) is held  # the last thread's, still held
+    assert first not in keys._ciphers  # the first's went long ago (and comes back if asked)
+    assert len(keys._ciphers) == 8
+    old = workflow.mapper.to_domain_event(workflow.mapper.to_stored_event(
+        _event(threads[0], {"prompt": "again"})))
+    assert old.prompt == "again" and first in keys._ciphers
