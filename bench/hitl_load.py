@@ -318,9 +318,11 @@ class Driver:
         return await self.pause(thread_id), await self.resume(thread_id)
 
 
-#: Seconds to wait after the last lone cycle for the events that follow its completion (the
-#: timeout service clears a deadline after lingering: services/timeout/handlers.py).
-TRAILING = 1.0
+#: After the last lone cycle, the events that follow its completion (the timeout service
+#: clears a deadline after lingering: services/timeout/handlers.py) are waited for until none
+#: has come for ``QUIET`` s, at most ``TRAILING`` s.
+QUIET = 0.5
+TRAILING = 5.0
 
 
 async def lone_cycles(driver: Driver, cycles: int, prefix: str = "lone") -> dict[str, Any]:
@@ -333,8 +335,18 @@ async def lone_cycles(driver: Driver, cycles: int, prefix: str = "lone") -> dict
             to_pause = await driver.pause(thread_id)
             sent[thread_id] = (began, began + to_pause)  # the resume goes out at once
             await driver.resume(thread_id)
-        await asyncio.sleep(TRAILING)
+        await _until_quiet(seen)
     return hops(sent, seen)
+
+
+async def _until_quiet(seen: dict[str, list[tuple[float, str]]]) -> None:
+    """Until no event has arrived for :data:`QUIET` seconds (at most :data:`TRAILING`)."""
+    give_up = time.perf_counter() + TRAILING
+    while (now := time.perf_counter()) < give_up:
+        last = max((events[-1][0] for events in seen.values() if events), default=0.0)
+        if now - last >= QUIET:
+            return
+        await asyncio.sleep(min(QUIET - (now - last), give_up - now))
 
 
 def hops(sent: dict[str, tuple[float, float]],

@@ -8,11 +8,10 @@ import json
 from pathlib import Path
 
 from bench.projections import generate
-from tests.e2e.processes import hitlflow, stack_env
+from tests.e2e.processes import hitlflow
 
 
-def test_offline_commands_print_their_result_alone(tmp_path: Path) -> None:
-    env = stack_env(tmp_path)
+def test_offline_commands_print_their_result_alone(env: dict[str, str]) -> None:
     home = Path(env["HITLFLOW_HOME"])
     generate(home / "stores", 60, batch=10)  # approval threads, as the services store them
 

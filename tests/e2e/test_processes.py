@@ -33,15 +33,9 @@ from tests.e2e.processes import (
     parent_of,
     processes_of,
     run_to_completion,
-    stack_env,
     stack_info,
 )
 from tests.helpers import wait_for
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    return stack_env(tmp_path)
 
 
 def test_up_detach_is_found_by_other_commands(env: dict[str, str]) -> None:

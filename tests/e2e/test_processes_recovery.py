@@ -10,8 +10,6 @@ import os
 import signal
 from pathlib import Path
 
-import pytest
-
 from tests.e2e.processes import (
     PARTS,
     TYPES,
@@ -23,16 +21,10 @@ from tests.e2e.processes import (
     parent_of,
     processes_of,
     run_to_completion,
-    stack_env,
     stack_info,
     still_running,
 )
 from tests.helpers import wait_for
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    return stack_env(tmp_path)
 
 
 @linux_only
