@@ -17,7 +17,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, TypedDict
 
-from bench.workload import REQUEST, load_average, open_loop, prepare_paused, run_cycles
+from bench.host import Meter
+from bench.workload import REQUEST, open_loop, prepare_paused, run_cycles
 from examples.agents import process_request, validate_request
 from hitlflow.agents import AgentContext, AgentResult
 
@@ -209,18 +210,18 @@ async def async_phases(kind: str, workdir: Path, dsn: str | None, in_flights: li
             return await pause(thread_id), await resume(thread_id)
 
         for n in in_flights:
-            load = load_average()
+            meter = Meter()
             cpu0 = _own_cpu()
             result = (await run_cycles(cycle, n, duration, warmup, f"lga{n}")).as_dict()
             result["cpu_ms_per_cycle"] = {"load_generator": round(
                 (_own_cpu() - cpu0) * 1000 / max(result["cycles_all"], 1), 3)}
-            result["load_average"] = load
+            result.update(meter.reading())
             results[f"cycles_{n}"] = result
         ids = [f"lgl-{i}" for i in range(resumes)]
         failed = await prepare_paused(pause, ids, 64)
-        load = load_average()
+        meter = Meter()
         results["latency"] = {**await open_loop(resume, ids, rate), "prepare_failed": failed,
-                              "load_average": load}
+                              **meter.reading()}
     return results
 
 
@@ -237,9 +238,9 @@ def run(kind: str, workdir: Path, *, dsn: str | None, in_flights: list[int], dur
                            "checkpointer": DESCRIPTION[kind],
                            "durability": ("none (in memory)" if kind == "memory"
                                           else "async (LangGraph's default)")}
-    load = load_average()
+    meter = Meter()
     out["sync_cycles_1"] = {**sync_cycles(kind, workdir, dsn, duration, warmup),
-                            "load_average": load}
+                            **meter.reading()}
     out.update(asyncio.run(async_phases(kind, workdir, dsn, in_flights, duration, warmup, rate,
                                         resumes)))
     return out

@@ -33,6 +33,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench import host
+from bench.host import Meter
 from contracts.events import EventEnvelope, shown_digest, shown_token
 from hitlflow.auth import OPERATOR_USER
 from hitlflow.client import HitlClient
@@ -162,7 +164,7 @@ def bench_rebuild(data: Path, events: int, postgres_dsn: str | None = None
     results: dict[str, dict[str, Any]] = {}
     try:
         for case in ("fresh", "anchored"):
-            load = os.getloadavg()
+            meter = Meter()
             before = _cpu()
             result = rebuild_from_stores(db, Projector(db), Settings(home=data),
                                          data_dir=stores)
@@ -175,8 +177,7 @@ def bench_rebuild(data: Path, events: int, postgres_dsn: str | None = None
                 "audit_chains": "computed and anchored" if case == "fresh"
                                 else "anchored already",
                 "cpu_seconds": {"main": round(main_cpu, 1), "workers": round(workers_cpu, 1)},
-                "load_average": {"before": [round(x, 2) for x in load],
-                                 "after": [round(x, 2) for x in os.getloadavg()]},
+                "host": meter.reading(),
                 "target_events_per_second": 50_000,
             }
     finally:
@@ -272,25 +273,36 @@ def main() -> None:
     parser.add_argument("--skip-rebuild", action="store_true")
     parser.add_argument("--skip-lag", action="store_true")
     args = parser.parse_args()
-    results: dict[str, Any] = {"cpus": os.cpu_count(), "load_average_before": os.getloadavg()}
+    args.data.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"cpus": os.cpu_count(),
+                               "host_at_start": host.probe(args.data)}
+    print(f"the host: {_speed(results['host_at_start'])}", flush=True)
     if not args.skip_rebuild:
-        args.data.mkdir(parents=True, exist_ok=True)
         results["rebuild"] = rebuilds = bench_rebuild(args.data, args.events,
                                                       args.postgres_dsn)
         for case, rebuild in rebuilds.items():
             print(f"rebuild, {case} ({rebuild['views']} views, audit chains "
                   f"{rebuild['audit_chains']}): {rebuild['events']:,} events in "
                   f"{rebuild['seconds']} s = {rebuild['events_per_second']:,} events/s (target "
-                  f">= 50,000); CPU s: {rebuild['cpu_seconds']}; load average "
-                  f"{rebuild['load_average']}", flush=True)
+                  f">= 50,000); CPU s: {rebuild['cpu_seconds']}; host "
+                  f"{host.describe(rebuild['host'])}", flush=True)
     if not args.skip_lag:
+        meter = Meter()
         results["lag"] = lag = bench_lag(args.rate, args.lag_seconds)
+        lag["host"] = meter.reading()
         print(f"lag at {lag['achieved_events_per_second']} events/s over {args.lag_seconds:g} s "
               f"({lag['events_measured']:,} events): p50 {lag['lag_ms']['p50']} ms, "
               f"p95 {lag['lag_ms']['p95']} ms, p99 {lag['lag_ms']['p99']} ms, "
-              f"max {lag['lag_ms']['max']} ms (target p99 < 100 ms)", flush=True)
-    results["load_average_after"] = os.getloadavg()
+              f"max {lag['lag_ms']['max']} ms (target p99 < 100 ms); host "
+              f"{host.describe(lag['host'])}", flush=True)
+    results["host_at_end"] = host.probe(args.data)
+    print(f"the host at the end: {_speed(results['host_at_end'])}", flush=True)
     print(json.dumps(results, indent=2))
+
+
+def _speed(probe: dict[str, Any]) -> str:
+    return (f"a million-step Python loop in {probe['python_loop_ms']:.1f} ms (best of 5), "
+            f"a 4 KiB write and fsync in {probe['fsync_ms']['p50']:.2f} ms (p50)")
 
 
 if __name__ == "__main__":

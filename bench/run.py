@@ -35,11 +35,11 @@ from urllib.parse import urlparse, urlunparse
 
 import psutil
 
-from bench import langgraph_load
+from bench import host, langgraph_load
 from bench.hitl_load import Driver, StackProcess, lone_cycles
+from bench.host import Meter, load_average
 from bench.workload import (
     REQUEST,
-    load_average,
     open_loop,
     prepare_paused,
     run_cycles,
@@ -156,7 +156,7 @@ async def hitl_phases(stack: StackProcess, args: argparse.Namespace, backend: st
         for n in args.in_flight:
             await asyncio.to_thread(stack.wait_idle)
             say(f"hitlflow ({backend}): cycles, {n} in flight")
-            load = load_average()
+            meter = Meter()
             cpu0 = stack.cpu_split()
             profiler = (start_profiler(stack.pid, args.warmup + args.duration,
                                        args.profile / f"hitlflow-{backend}-cycles-{n}.txt")
@@ -164,18 +164,18 @@ async def hitl_phases(stack: StackProcess, args: argparse.Namespace, backend: st
             result = (await run_cycles(driver.cycle, n, args.duration, args.warmup,
                                        f"c{n}")).as_dict()
             result["cpu_ms_per_cycle"] = per_cycle(cpu0, stack.cpu_split(), result["cycles_all"])
-            result["load_average"] = load
+            result.update(meter.reading())
             results[f"cycles_{n}"] = result
             if profiler is not None:
                 profiler.wait()
         if args.hops:
             await asyncio.to_thread(stack.wait_idle)
             say(f"hitlflow ({backend}): {args.hops} lone cycles, hop by hop")
-            load = load_average()
+            meter = Meter()
             cpu0 = stack.cpu_split()
             lone = await lone_cycles(driver, args.hops)
             lone["cpu_ms_per_cycle"] = per_cycle(cpu0, stack.cpu_split(), args.hops)
-            lone["load_average"] = load
+            lone.update(meter.reading())
             results["hops"] = lone
         if args.client_cycles:
             await asyncio.to_thread(stack.wait_idle)
@@ -185,9 +185,9 @@ async def hitl_phases(stack: StackProcess, args: argparse.Namespace, backend: st
         ids = [f"lat-{i}" for i in range(args.resumes)]
         failed = await prepare_paused(driver.pause, ids, 64)
         await asyncio.to_thread(stack.wait_idle)
-        load = load_average()
+        meter = Meter()
         latency = await open_loop(driver.resume, ids, args.rate)
-        results["latency"] = {**latency, "prepare_failed": failed, "load_average": load}
+        results["latency"] = {**latency, "prepare_failed": failed, **meter.reading()}
         if paused:
             results["memory"] = await memory_phase(stack, driver, paused)
         results["refused"] = driver.refused[:10]
@@ -414,6 +414,7 @@ def print_table(report: dict[str, Any]) -> None:
         previous = row[0]
     print_cpu_by_process(report)
     print_hops(report)
+    print_host(report)
     m = report["machine"]
     print(f"\n{m['cores']} cores ({m['cpu']}), load average at start {m['load_average_at_start']}"
           f", at end {report['load_average_at_end']}")
@@ -436,6 +437,29 @@ def print_cpu_by_process(report: dict[str, Any]) -> None:
     if lines:
         print("\nhitlflow CPU ms per cycle, by process:")
         print("\n".join(lines))
+
+
+def print_host(report: dict[str, Any]) -> None:
+    """How fast the host was: at the start and end of the run, and during each phase (a
+    pair's two sides ran at different times; their ratio means little when these differ)."""
+    found = report.get("host")
+    if not found:
+        return
+    print("\nthe host (a million-step Python loop, best of 5; a 4 KiB write and fsync, p50):")
+    for when in ("at_start", "at_end"):
+        if when in found:
+            probe = found[when]
+            print(f"  {when.replace('_', ' '):<9}loop {probe['python_loop_ms']:.1f} ms, "
+                  f"fsync {probe['fsync_ms']['p50']:.2f} ms")
+    if found.get("over_the_run"):
+        print(f"  over the run: {host.describe(found['over_the_run'])}")
+    for side in ("langgraph", "hitlflow"):
+        for backend, phases in report[side].items():
+            each = [f"{name.replace('_', ' ')}: {host.describe(phase)}"
+                    for name, phase in phases.items()
+                    if isinstance(phase, dict) and phase.get("busy_pct") is not None]
+            if each:
+                print(f"  {side} {LABELS[backend]}: " + "; ".join(each))
 
 
 def print_hops(report: dict[str, Any]) -> None:
@@ -528,6 +552,9 @@ def main(argv: list[str] | None = None) -> None:
         "langgraph": {},
     }
     workdir = Path(tempfile.mkdtemp(prefix="hitlflow-bench-"))
+    say("the host's speed at the start")
+    report["host"] = {"at_start": host.probe(workdir)}
+    whole_run = Meter()
     try:
         # each pair one after the other (LangGraph, then the hitlflow stack: never at once)
         for backend in ("sqlite", "postgres"):
@@ -549,6 +576,8 @@ def main(argv: list[str] | None = None) -> None:
                 report["hitlflow"][backend] = run_hitlflow(args, workdir, backend, dsn)
         if "memory" in args.backends and not args.skip_langgraph:
             report["langgraph"]["memory"] = run_langgraph(args, workdir, "memory", None)
+        report["host"]["over_the_run"] = whole_run.reading()
+        report["host"]["at_end"] = host.probe(workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     report["load_average_at_end"] = load_average()

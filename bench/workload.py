@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,10 +40,6 @@ def summary_ms(seconds: Sequence[float]) -> dict[str, float]:
         "max_ms": round(max(ms), 3) if ms else math.nan,
         "mean_ms": round(sum(ms) / len(ms), 3) if ms else math.nan,
     }
-
-
-def load_average() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 @dataclass
