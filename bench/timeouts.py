@@ -11,7 +11,12 @@ its own process (``hitlflow serve timeout``, SQLite store), then:
    the service's resident memory as the number of pending deadlines grows;
 2. with all of them pending, adds ``--fire`` deadlines due over the next ``--spread`` seconds
    and measures, for each, how late its TimeoutInteraction command is published after the
-   deadline (``hitl.cmd.timeout.>``).
+   deadline (``hitl.cmd.timeout.>``);
+3. answers ``--clear`` of the pending requests (ResponseAccepted events) and times how fast
+   the service clears their deadlines and drops their NATS schedules.
+
+For the scheduling and clearing phases it also prints the CPU the timeout service and
+nats-server spent per deadline.
 
 Prints the figures; asserts nothing (targets: lateness p99 under 1 s, memory flat in the number
 of pending deadlines).
@@ -38,7 +43,7 @@ import nats
 from nats.js import JetStreamContext
 
 from contracts import subjects
-from contracts.events import EventEnvelope, InteractionRequested
+from contracts.events import EventEnvelope, InteractionRequested, ResponseAccepted
 from contracts.timeouts import TimeoutInteraction
 from hitlflow.stack import EmbeddedNats, free_port
 from services.common.messaging import ensure_streams
@@ -56,6 +61,26 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def answered(position: int, of: EventEnvelope, now: datetime) -> EventEnvelope:
+    """The ResponseAccepted that answers the request ``of`` announced (clearing its deadline)."""
+    payload = ResponseAccepted(
+        request_id=of.aggregate_id, node_name="gate", interaction_type="approval",
+        action="approve", route="success", timestamp=now, responder="bench",
+        idempotency_key=str(uuid.uuid4()),
+    ).model_dump(mode="json", exclude={"schema_version"})
+    return EventEnvelope(
+        event_type="ResponseAccepted", service="interaction", thread_id=of.thread_id,
+        event_id=str(uuid.uuid4()), aggregate_id=of.aggregate_id, aggregate_version=2,
+        position=position, occurred_at=now, payload=payload,
+    )
 
 
 def envelope(position: int, deadline: datetime, now: datetime) -> EventEnvelope:
@@ -125,6 +150,7 @@ async def run(args: argparse.Namespace, home: Path, server: EmbeddedNats) -> Non
         far = now + timedelta(hours=1)
         envelopes = [envelope(i + 1, far, now) for i in range(args.pending)]
         started = time.perf_counter()
+        cpu_before = cpu_seconds(service.pid), cpu_seconds(server.process.pid)
         feeder = asyncio.create_task(publish(js, envelopes))
         samples: list[tuple[int, float]] = [(0, idle_rss)]
         step = max(1, args.pending // 5)
@@ -137,6 +163,8 @@ async def run(args: argparse.Namespace, home: Path, server: EmbeddedNats) -> Non
             await asyncio.sleep(0.2)
         await feeder
         scheduling_s = time.perf_counter() - started
+        scheduling_cpu = [cpu_seconds(pid) - before for pid, before
+                          in zip((service.pid, server.process.pid), cpu_before, strict=True)]
         held = (await js.stream_info(subjects.SCHEDULES_STREAM)).state.messages
         samples.append((args.pending, rss_mb(service.pid)))
 
@@ -166,11 +194,32 @@ async def run(args: argparse.Namespace, home: Path, server: EmbeddedNats) -> Non
         await sub.unsubscribe()
         final_rss = rss_mb(service.pid)
 
+        # -- 3. clearing: requests answered before their deadlines ---------------------------
+        position = args.pending + args.fire
+        answers = [answered(position + i + 1, of, datetime.now(UTC))
+                   for i, of in enumerate(envelopes[:args.clear])]
+        started = time.perf_counter()
+        cpu_before = cpu_seconds(service.pid), cpu_seconds(server.process.pid)
+        await publish(js, answers)
+        # (every answer is in the stream now: the consumer is done when none is left to it)
+        while (await handled(js))[1] != 0:  # noqa: ASYNC110 (polling the server)
+            await asyncio.sleep(0.05)
+        clearing_s = time.perf_counter() - started
+        clearing_cpu = [cpu_seconds(pid) - before for pid, before
+                        in zip((service.pid, server.process.pid), cpu_before, strict=True)]
+        held_after = (await js.stream_info(subjects.SCHEDULES_STREAM)).state.messages
+
         # -- figures ------------------------------------------------------------------------
         print(f"pending deadlines           {args.pending:>10,}")
         print(f"held NATS schedules         {held:>10,}")
         print(f"scheduling rate             {args.pending / scheduling_s:>10,.0f} deadlines/s "
               f"({scheduling_s:.1f} s for all)")
+        print(f"  CPU per deadline          {_per(scheduling_cpu, args.pending)}")
+        if answers:
+            print(f"clearing rate               {len(answers) / clearing_s:>10,.0f} deadlines/s "
+                  f"({clearing_s:.1f} s for {len(answers):,}; schedules held after: "
+                  f"{held_after:,})")
+            print(f"  CPU per deadline          {_per(clearing_cpu, len(answers))}")
         if lateness:
             print(f"fired                       {len(lateness):>10,} of {args.fire:,} "
                   f"(due over {args.spread:g} s)")
@@ -189,10 +238,17 @@ async def run(args: argparse.Namespace, home: Path, server: EmbeddedNats) -> Non
         await nc.close()
 
 
+def _per(cpu: list[float], deadlines: int) -> str:
+    service, server = (seconds * 1e6 / max(deadlines, 1) for seconds in cpu)
+    return f"{service:>10,.0f} µs timeout service, {server:,.0f} µs nats-server"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pending", type=int, default=100_000)
     parser.add_argument("--fire", type=int, default=2_000)
+    parser.add_argument("--clear", type=int, default=20_000,
+                        help="pending requests answered at the end (their deadlines cleared)")
     parser.add_argument("--spread", type=float, default=10.0,
                         help="seconds over which the fired deadlines fall due")
     parser.add_argument("--keep", action="store_true", help="keep the data directory")

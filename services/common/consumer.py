@@ -324,11 +324,13 @@ Prepare = Callable[[Msg], Awaitable[Work | None]]
 
 async def handle_jobs(messages: Sequence[Msg], prepare: Prepare, app: ServiceApplication, *,
                       consumer: str, holds: Holds,
-                      policy: RetryPolicy = DEFAULT_POLICY) -> None:
+                      policy: RetryPolicy = DEFAULT_POLICY,
+                      then_all: Callable[[list[Job]], Awaitable[None]] | None = None) -> None:
     """A batch as one application call (:meth:`ServiceApplication.run_jobs`): decode every
     message, decide them all in one transaction (in a worker thread, or on the loop when the
-    application allows it: ``decides_in_loop``), then act and acknowledge in stream order.
-    ``prepare`` returns None for a message with nothing to do."""
+    application allows it: ``decides_in_loop``), then act (``then_all`` for the batch, each
+    work's ``then``) and acknowledge in stream order. ``prepare`` returns None for a message
+    with nothing to do."""
     works: list[Work] = []
     for msg in messages:
         if holds.holds_back(msg):
@@ -358,6 +360,13 @@ async def handle_jobs(messages: Sequence[Msg], prepare: Prepare, app: ServiceApp
             for job in jobs:
                 job.error = job.error or error
         await asyncio.sleep(0)  # let the relay publish what was saved before replies go out
+        done = [job for job in jobs if not job.failed]
+        if then_all is not None and done:
+            try:
+                await then_all(done)
+            except Exception as error:  # delivered again: the jobs are then duplicates
+                for job in done:
+                    job.error = error
     for work in works:
         job = work.job
         if not job.failed and work.then is not None:
@@ -388,8 +397,13 @@ class Subscription:
     prepare: Prepare | None = None
     app: ServiceApplication | None = None
     #: Seconds to let messages gather after the first of a batch arrives (0: hand it over at
-    #: once). For work no caller waits on: fewer, larger batches, each one transaction.
+    #: once), unless the batch fills up first. For work no caller waits on: fewer, larger
+    #: batches, each one transaction.
     linger: float = 0.0
+    #: Called once a batch's jobs are saved, with those that succeeded (in stream order),
+    #: before their messages are acknowledged: what is done for the batch as a whole (the
+    #: timeout service's timers). When it raises, every one of them is delivered again.
+    then_all: Callable[[list[Job]], Awaitable[None]] | None = None
 
     def batch_handler(self, policy: RetryPolicy = DEFAULT_POLICY
                       ) -> Callable[[list[Msg]], Awaitable[None]]:
@@ -398,10 +412,38 @@ class Subscription:
         holds = Holds(policy.redelivery_delay + HOLD_SLACK)
         if prepare is not None and app is not None:
             return lambda batch: handle_jobs(batch, prepare, app, consumer=self.durable,
-                                             holds=holds, policy=policy)
+                                             holds=holds, policy=policy,
+                                             then_all=self.then_all)
         assert handle is not None, f"subscription {self.durable} has nothing to handle with"
         return lambda batch: handle_batch(batch, handle, consumer=self.durable, holds=holds,
                                           policy=policy)
+
+
+class _Deliveries:
+    """What a pull consumer's open request delivers, in the order it arrives."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self._enough = asyncio.Event()
+        self._awaiting = 0
+
+    async def deliver(self, msg: Msg) -> None:
+        self.queue.put_nowait(msg)
+        if self._awaiting and self.queue.qsize() >= self._awaiting:
+            self._enough.set()
+
+    async def gather(self, count: int, linger: float) -> None:
+        """Wait until ``count`` messages are waiting, or ``linger`` seconds have passed."""
+        if self.queue.qsize() >= count:
+            return
+        self._awaiting = count
+        self._enough.clear()
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(linger):
+                    await self._enough.wait()
+        finally:
+            self._awaiting = 0
 
 
 class PullConsumer:
@@ -455,12 +497,9 @@ class PullConsumer:
         nc: Any = self._js._nc
         next_subject = f"{self._js._prefix}.CONSUMER.MSG.NEXT.{spec.stream}.{spec.durable}"
         inbox = nc.new_inbox()
-        arrived: asyncio.Queue[Msg] = asyncio.Queue()
-
-        async def deliver(msg: Msg) -> None:
-            arrived.put_nowait(msg)
-
-        sub = await nc.subscribe(inbox, cb=deliver)
+        deliveries = _Deliveries()
+        arrived = deliveries.queue
+        sub = await nc.subscribe(inbox, cb=deliveries.deliver)
         handle_messages = self._handle_messages or spec.batch_handler(self._policy)
         request = json.dumps({"batch": self._batch_size,
                               "expires": int(self._idle_timeout * 1_000_000_000)}).encode()
@@ -479,8 +518,8 @@ class PullConsumer:
                     except TimeoutError:  # the request was lost (e.g. a reconnect): renew it
                         open_for = 0
                         continue
-                    if spec.linger > 0:
-                        await asyncio.sleep(spec.linger)
+                    if spec.linger > 0:  # what the open request may still deliver
+                        await deliveries.gather(open_for - 1, spec.linger)
                     batch, ended = _drain(first, arrived)
                     open_for -= len(batch)
                     if ended is not None:  # the request ended: ask again

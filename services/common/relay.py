@@ -59,8 +59,8 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
-#: A message to publish: subject, data, Nats-Msg-Id, other headers.
-Outgoing = tuple[str, bytes, str, dict[str, str]]
+#: A message to publish: subject, data, Nats-Msg-Id (None: none), other headers.
+Outgoing = tuple[str, bytes, str | None, dict[str, str]]
 
 
 class PublishError(RuntimeError):
@@ -115,7 +115,8 @@ class AckedPublisher:
         done = self._done = asyncio.get_running_loop().create_future()
         for index, (subject, data, msg_id, extra) in enumerate(messages):
             await self._nc.publish(subject, data, reply=f"{self._prefix}.{batch}.{index}",
-                                   headers={"Nats-Msg-Id": msg_id, **extra})
+                                   headers={"Nats-Msg-Id": msg_id, **extra} if msg_id
+                                   else extra)
         try:
             async with asyncio.timeout(self._timeout):
                 await done

@@ -55,11 +55,11 @@ def subscriptions(broker: Any, app: TimeoutService) -> list[Subscription]:
         envelope = decode_envelope(msg.data)
         job = app.deadline_job(envelope.thread_id, envelope.event_type, envelope.payload,
                                envelope.service, envelope.position)
-        return None if job is None else Work(msg, job, set_timer)
+        return None if job is None else Work(msg, job)
 
-    async def set_timer(job: Job) -> None:
-        if job.result is not None:
-            await timers.apply(job.result)
+    async def set_timers(jobs: list[Job]) -> None:
+        await timers.apply([(job.result, job.correlation_id) for job in jobs
+                            if job.result is not None])
 
     async def on_fire(msg: Msg) -> None:
         command = read_command(msg, TimeoutInteraction, subjects.schedule_fire_subject)
@@ -83,7 +83,7 @@ def subscriptions(broker: Any, app: TimeoutService) -> list[Subscription]:
     return [
         Subscription(subjects.events_of("interaction", DEADLINE_EVENTS), subjects.EVENTS_STREAM,
                      DEADLINES_CONSUMER, prepare=interaction_event, app=app,
-                     linger=DEADLINE_LINGER),
+                     linger=DEADLINE_LINGER, then_all=set_timers),
         Subscription(subjects.SCHEDULE_FIRE_ALL, subjects.SCHEDULES_STREAM, "timeout-fire",
                      on_fire),
     ]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -28,6 +29,7 @@ from contracts.timeouts import CheckedDeadline, TimeoutInteraction
 from services.common.clock import Clock
 from services.common.correlation import CURRENT
 from services.common.logging import get_logger
+from services.common.relay import AckedPublisher
 from services.common.threads import in_thread
 from services.timeout.application import TimeoutService, Timer
 from services.timeout.domain import DeadlineNotDueError
@@ -46,10 +48,11 @@ def at_header(moment: datetime) -> str:
 
 
 class Timers:
-    """Sets and clears the NATS schedule of each deadline."""
+    """Sets and clears the NATS schedule of each deadline, a batch of timers at a time."""
 
     def __init__(self, js: JetStreamContext) -> None:
         self._js = js
+        self._publisher = AckedPublisher(js)
         self._supported: bool | None = None
 
     async def supported(self) -> bool:
@@ -62,28 +65,49 @@ class Timers:
                             detail="deadlines fire by the sweep only; use nats-server 2.12+")
         return self._supported
 
-    async def apply(self, timer: Timer) -> None:
-        """Make the held schedule match the deadline: set it, or clear it."""
-        if not await self.supported():
+    async def apply(self, timers: Sequence[tuple[Timer, str | None]]) -> None:
+        """Make the held schedules match the deadlines, given as (timer, correlation id) in the
+        order they changed: a request's last timer counts. The schedules to set go out
+        together, and the stream has stored every one when this returns (else
+        :class:`PublishError`); the ones to clear are purged meanwhile."""
+        if not timers or not await self.supported():
             return
-        subject = subjects.schedule_subject(timer.request_id, timer.thread_id)
-        if not timer.armed or timer.due_at is None:
-            with contextlib.suppress(Exception):  # a leftover timer fires into a no-op
-                await self._js.purge_stream(subjects.SCHEDULES_STREAM, subject=subject)
-            return
-        command = TimeoutInteraction(thread_id=timer.thread_id, request_id=timer.request_id,
-                                     step=timer.step, due_at=timer.due_at)
-        await self._js.publish(
-            subject, command.model_dump_json().encode(),
-            headers={
-                "Nats-Schedule": at_header(timer.due_at),
-                "Nats-Schedule-Target": subjects.schedule_fire_subject(timer.thread_id),
-                "Nats-Schedule-TTL": FIRED_TTL,
-                # the timer's command carries on the thread's correlation id when it fires
-                **({subjects.CORRELATION_HEADER: cid} if (cid := CURRENT.get()) else {}),
-            },
-            stream=subjects.SCHEDULES_STREAM,
-        )
+        latest = {subjects.schedule_subject(timer.request_id, timer.thread_id): (timer, cid)
+                  for timer, cid in timers}
+        armed = [(subject, timer, cid) for subject, (timer, cid) in latest.items()
+                 if timer.armed and timer.due_at is not None]
+        cleared = [subject for subject, (timer, _) in latest.items()
+                   if not timer.armed or timer.due_at is None]
+        schedules = [(subject, _command(timer).model_dump_json().encode(), None,
+                      _schedule_headers(timer, cid)) for subject, timer, cid in armed]
+        published = asyncio.ensure_future(self._publisher.publish(schedules))
+        await asyncio.gather(published, *(self._purge(subject) for subject in cleared))
+        refused = published.result()
+        for index, reason in refused.items():  # the sweep fires these deadlines
+            _, timer, _ = armed[index]
+            log.error("timer_refused", thread_id=timer.thread_id,
+                      interaction_id=timer.request_id, reason=reason)
+
+    async def _purge(self, subject: str) -> None:
+        with contextlib.suppress(Exception):  # a leftover timer fires into a no-op
+            await self._js.purge_stream(subjects.SCHEDULES_STREAM, subject=subject)
+
+
+def _command(timer: Timer) -> TimeoutInteraction:
+    assert timer.due_at is not None
+    return TimeoutInteraction(thread_id=timer.thread_id, request_id=timer.request_id,
+                              step=timer.step, due_at=timer.due_at)
+
+
+def _schedule_headers(timer: Timer, correlation_id: str | None) -> dict[str, str]:
+    assert timer.due_at is not None
+    return {
+        "Nats-Schedule": at_header(timer.due_at),
+        "Nats-Schedule-Target": subjects.schedule_fire_subject(timer.thread_id),
+        "Nats-Schedule-TTL": FIRED_TTL,
+        # the timer's command carries on the thread's correlation id when it fires
+        **({subjects.CORRELATION_HEADER: correlation_id} if correlation_id else {}),
+    }
 
 
 async def send_timeout(js: JetStreamContext, command: TimeoutInteraction,

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from eventsourcing.persistence import Tracking
 from nats.js.errors import NotFoundError
 
 from contracts import subjects
@@ -256,3 +257,76 @@ def test_a_lingering_consumer_gathers_what_arrives_soon_after_into_one_batch(
     else:
         assert batches[0] == ["t-1"]
         assert [thread for batch in batches for thread in batch] == ["t-1", "t-2", "t-3", "t-4"]
+
+
+def test_a_lingering_consumer_hands_over_a_full_batch_without_waiting(
+        nats_server: EmbeddedNats) -> None:
+    """Four messages wait; the open pull request takes four: nothing more can come, so the
+    batch goes at once instead of after the linger (a minute here)."""
+    batches: list[list[str]] = []
+
+    async def body(nc: Any, js: Any) -> None:
+        for thread in ("t-1", "t-2", "t-3", "t-4", "t-5"):
+            await js.publish(f"hitl.evt.interaction.ResponseAccepted.{thread}", b"{}")
+        got_first = asyncio.Event()
+
+        async def handle(batch: list[Any]) -> None:
+            batches.append([thread_of(msg) for msg in batch])
+            for msg in batch:
+                await msg.ack()
+            got_first.set()
+
+        spec = Subscription(subjects.events_of("interaction", ["ResponseAccepted"]),
+                            subjects.EVENTS_STREAM, "full", linger=60.0)
+        task = asyncio.create_task(PullConsumer(js, spec, batch_size=4,
+                                                handle_messages=handle).run())
+        try:
+            await asyncio.wait_for(got_first.wait(), 10)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    on_nats(nats_server, body)
+    assert batches == [["t-1", "t-2", "t-3", "t-4"]]
+
+
+def test_what_a_batch_does_as_a_whole_comes_after_its_save_and_a_failure_redelivers_it(
+        nats_server: EmbeddedNats, tmp_path: Path) -> None:
+    """``then_all`` gets the saved jobs of each batch in stream order, before their messages
+    are acknowledged; when it fails they are delivered again, as duplicates of saved jobs."""
+    app = make_app(tmp_path)
+    calls: list[list[tuple[str, str, bool]]] = []
+
+    async def body(nc: Any, js: Any) -> None:
+        for thread, n in (("t-1", 1), ("t-2", 1), ("t-1", 2)):
+            await js.publish(f"hitl.cmd.start.{thread}", f"{thread}:{n}".encode(),
+                             headers={"Nats-Msg-Id": f"{thread}:{n}"})
+        done = asyncio.Event()
+
+        async def prepare(msg: Any) -> Work:
+            name = msg.data.decode()
+            position = int(msg.metadata.sequence.stream)
+            return Work(msg, Job(thread_of(msg), lambda: ([], name),
+                                 Tracking("starts", position), on_duplicate=lambda: name))
+
+        async def then_all(jobs: list[Job]) -> None:
+            calls.append([(job.key, job.result, job.duplicate) for job in jobs])
+            if len(calls) == 1:
+                raise RuntimeError("the timers could not be set")
+            info = await js.consumer_info(subjects.COMMANDS_STREAM, "whole")
+            assert info.num_ack_pending >= len(jobs)  # not acknowledged yet
+            if sum(map(len, calls)) >= 6:
+                done.set()
+
+        spec = Subscription(subjects.START_ALL, subjects.COMMANDS_STREAM, "whole",
+                            prepare=prepare, app=app, then_all=then_all)
+        await consume(js, spec, done, RetryPolicy(poison_attempts=5, redelivery_delay=0.1))
+
+    on_nats(nats_server, body)
+    app.close()
+    first = [("t-1", "t-1:1", False), ("t-2", "t-2:1", False), ("t-1", "t-1:2", False)]
+    assert calls[0] == first
+    again = [item for call in calls[1:] for item in call]
+    assert sorted(again) == sorted((key, result, True) for key, result, _ in first)
+    assert [result for key, result, _ in again if key == "t-1"] == ["t-1:1", "t-1:2"]
