@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,16 +44,36 @@ def on_nats(server: EmbeddedNats, body: Callable[[Any, Any], Awaitable[None]]) -
     asyncio.run(main())
 
 
-async def consume(js: Any, subscription: Subscription, done: asyncio.Event,
-                  policy: RetryPolicy = DEFAULT_POLICY) -> None:
-    """Run a pull consumer until ``done`` is set."""
-    task = asyncio.create_task(PullConsumer(js, subscription, policy=policy).run())
+@contextlib.asynccontextmanager
+async def pulling(consumer: PullConsumer) -> AsyncIterator[None]:
+    """Run a pull consumer for the time of the block."""
+    task = asyncio.create_task(consumer.run())
     try:
-        await asyncio.wait_for(done.wait(), 10)
+        yield
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def consume(js: Any, subscription: Subscription, done: asyncio.Event,
+                  policy: RetryPolicy = DEFAULT_POLICY) -> None:
+    """Run a pull consumer until ``done`` is set."""
+    async with pulling(PullConsumer(js, subscription, policy=policy)):
+        await asyncio.wait_for(done.wait(), 10)
+
+
+def batches_into(batches: list[list[str]], *, each: Callable[[], None]
+                 ) -> Callable[[list[Any]], Awaitable[None]]:
+    """A batch handler that notes each batch's threads, acknowledges it, then calls ``each``."""
+
+    async def handle(batch: list[Any]) -> None:
+        batches.append([thread_of(msg) for msg in batch])
+        for msg in batch:
+            await msg.ack()
+        each()
+
+    return handle
 
 
 async def wait_until(js: Any, durable: str, condition: Callable[[Any], bool]) -> None:
@@ -226,17 +246,14 @@ def test_a_lingering_consumer_gathers_what_arrives_soon_after_into_one_batch(
         subject = subjects.events_of("interaction", ["ResponseAccepted"])
         got_first, got_all = asyncio.Event(), asyncio.Event()
 
-        async def handle(batch: list[Any]) -> None:
-            batches.append([thread_of(msg) for msg in batch])
-            for msg in batch:
-                await msg.ack()
+        def each() -> None:
             got_first.set()
             if sum(map(len, batches)) == 4:
                 got_all.set()
 
         spec = Subscription(subject, subjects.EVENTS_STREAM, "gathering", linger=linger)
-        task = asyncio.create_task(PullConsumer(js, spec, handle_messages=handle).run())
-        try:
+        handle = batches_into(batches, each=each)
+        async with pulling(PullConsumer(js, spec, handle_messages=handle)):
             await wait_until_pulling(js, "gathering")
             await js.publish("hitl.evt.interaction.ResponseAccepted.t-1", b"{}")
             if not linger:
@@ -246,10 +263,6 @@ def test_a_lingering_consumer_gathers_what_arrives_soon_after_into_one_batch(
             for thread in ("t-2", "t-3", "t-4"):
                 await js.publish(f"hitl.evt.interaction.ResponseAccepted.{thread}", b"{}")
             await asyncio.wait_for(got_all.wait(), 5)
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     on_nats(nats_server, body)
     if linger:
@@ -269,23 +282,11 @@ def test_a_lingering_consumer_hands_over_a_full_batch_without_waiting(
         for thread in ("t-1", "t-2", "t-3", "t-4", "t-5"):
             await js.publish(f"hitl.evt.interaction.ResponseAccepted.{thread}", b"{}")
         got_first = asyncio.Event()
-
-        async def handle(batch: list[Any]) -> None:
-            batches.append([thread_of(msg) for msg in batch])
-            for msg in batch:
-                await msg.ack()
-            got_first.set()
-
         spec = Subscription(subjects.events_of("interaction", ["ResponseAccepted"]),
                             subjects.EVENTS_STREAM, "full", linger=60.0)
-        task = asyncio.create_task(PullConsumer(js, spec, batch_size=4,
-                                                handle_messages=handle).run())
-        try:
+        handle = batches_into(batches, each=got_first.set)
+        async with pulling(PullConsumer(js, spec, batch_size=4, handle_messages=handle)):
             await asyncio.wait_for(got_first.wait(), 10)
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     on_nats(nats_server, body)
     assert batches == [["t-1", "t-2", "t-3", "t-4"]]
