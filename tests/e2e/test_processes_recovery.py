@@ -1,11 +1,9 @@
-"""The real command when things go wrong: a service killed under `hitlflow up` is restarted,
-a killed stack leaves no process behind and the next `up` starts at once, and `--one-process`
-takes over the data the service processes left."""
+"""The real command when things go wrong: a service killed under `hitlflow up` is restarted, and
+a killed stack leaves no process behind and the next `up` starts at once."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 from pathlib import Path
@@ -48,37 +46,6 @@ def test_a_killed_service_is_restarted(env: dict[str, str]) -> None:
         stopped = hitlflow(env, "down")
     assert stopped.returncode == 0, stopped.stderr
     assert not alive(restarted)
-    assert processes_of(env) == []
-
-
-@linux_only
-def test_one_process_mode_on_the_same_data(env: dict[str, str]) -> None:
-    started = hitlflow(env, "up", "--detach")
-    assert started.returncode == 0, started.stderr
-    try:
-        run = hitlflow(env, "run", f"{TYPES}::Approve", "--thread-id", "across",
-                       "--state", '{"request": "across modes"}', "--json")
-        assert run.returncode == 0, run.stderr
-        assert json.loads(run.stdout)["status"] == "paused"
-    finally:
-        stopped = hitlflow(env, "down")
-    assert stopped.returncode == 0, stopped.stderr
-
-    started = hitlflow(env, "up", "--detach", "--one-process")
-    assert started.returncode == 0, started.stderr
-    try:
-        info = stack_info(env)
-        assert info["mode"] == "one-process"
-        assert info["services"] == dict.fromkeys(PARTS, info["pid"])
-        # the thread paused by the service processes resumes here: the same stores
-        resumed = hitlflow(env, "resume", "across", "approve", "--json")
-        assert resumed.returncode == 0, resumed.stderr
-        assert json.loads(resumed.stdout)["output"] == "Approved: across modes"
-
-        run_to_completion(env, "one-process")
-    finally:
-        stopped = hitlflow(env, "down")
-    assert stopped.returncode == 0, stopped.stderr
     assert processes_of(env) == []
 
 
