@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import psutil
 from nats.js import JetStreamContext
 
 from contracts import subjects
@@ -63,10 +64,9 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU seconds a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def cpu_seconds(*pids: int) -> list[float]:
+    """User and system CPU seconds each process has used so far."""
+    return [sum(psutil.Process(pid).cpu_times()[:2]) for pid in pids]
 
 
 def answered(position: int, of: EventEnvelope, now: datetime) -> EventEnvelope:
@@ -143,6 +143,7 @@ async def run(args: argparse.Namespace, home: Path, server: EmbeddedNats) -> Non
                 raise RuntimeError(f"timeout service exited; see {home / 'timeout.log'}")
             await asyncio.sleep(0.1)
         idle_rss = rss_mb(service.pid)
+        pids = (service.pid, server.process.pid)
         say(f"timeout service up (pid {service.pid}), RSS {idle_rss:.1f} MB")
 
         # -- 1. scheduling ----------------------------------------------------------------
@@ -150,7 +151,7 @@ async def run(args: argparse.Namespace, home: Path, server: EmbeddedNats) -> Non
         far = now + timedelta(hours=1)
         envelopes = [envelope(i + 1, far, now) for i in range(args.pending)]
         started = time.perf_counter()
-        cpu_before = cpu_seconds(service.pid), cpu_seconds(server.process.pid)
+        cpu_before = cpu_seconds(*pids)
         feeder = asyncio.create_task(publish(js, envelopes))
         samples: list[tuple[int, float]] = [(0, idle_rss)]
         step = max(1, args.pending // 5)
@@ -163,8 +164,8 @@ async def run(args: argparse.Namespace, home: Path, server: EmbeddedNats) -> Non
             await asyncio.sleep(0.2)
         await feeder
         scheduling_s = time.perf_counter() - started
-        scheduling_cpu = [cpu_seconds(pid) - before for pid, before
-                          in zip((service.pid, server.process.pid), cpu_before, strict=True)]
+        scheduling_cpu = [now - then for now, then in zip(cpu_seconds(*pids), cpu_before,
+                                                          strict=True)]
         held = (await js.stream_info(subjects.SCHEDULES_STREAM)).state.messages
         samples.append((args.pending, rss_mb(service.pid)))
 
@@ -199,14 +200,14 @@ async def run(args: argparse.Namespace, home: Path, server: EmbeddedNats) -> Non
         answers = [answered(position + i + 1, of, datetime.now(UTC))
                    for i, of in enumerate(envelopes[:args.clear])]
         started = time.perf_counter()
-        cpu_before = cpu_seconds(service.pid), cpu_seconds(server.process.pid)
+        cpu_before = cpu_seconds(*pids)
         await publish(js, answers)
         # (every answer is in the stream now: the consumer is done when none is left to it)
         while (await handled(js))[1] != 0:  # noqa: ASYNC110 (polling the server)
             await asyncio.sleep(0.05)
         clearing_s = time.perf_counter() - started
-        clearing_cpu = [cpu_seconds(pid) - before for pid, before
-                        in zip((service.pid, server.process.pid), cpu_before, strict=True)]
+        clearing_cpu = [now - then for now, then in zip(cpu_seconds(*pids), cpu_before,
+                                                        strict=True)]
         held_after = (await js.stream_info(subjects.SCHEDULES_STREAM)).state.messages
 
         # -- figures ------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from contracts.timeouts import CheckedDeadline, TimeoutInteraction
 from services.common.clock import Clock
 from services.common.correlation import CURRENT
 from services.common.logging import get_logger
-from services.common.relay import AckedPublisher
+from services.common.relay import AckedPublisher, Outgoing
 from services.common.threads import in_thread
 from services.timeout.application import TimeoutService, Timer
 from services.timeout.domain import DeadlineNotDueError
@@ -74,35 +74,38 @@ class Timers:
             return
         latest = {subjects.schedule_subject(timer.request_id, timer.thread_id): (timer, cid)
                   for timer, cid in timers}
-        armed = [(subject, timer, cid) for subject, (timer, cid) in latest.items()
-                 if timer.armed and timer.due_at is not None]
-        cleared = [subject for subject, (timer, _) in latest.items()
-                   if not timer.armed or timer.due_at is None]
-        schedules = [(subject, _command(timer).model_dump_json().encode(), None,
-                      _schedule_headers(timer, cid)) for subject, timer, cid in armed]
-        published = asyncio.ensure_future(self._publisher.publish(schedules))
-        await asyncio.gather(published, *(self._purge(subject) for subject in cleared))
-        refused = published.result()
+        armed: list[tuple[Timer, Outgoing]] = []
+        cleared: list[str] = []
+        for subject, (timer, cid) in latest.items():
+            if timer.armed and timer.due_at is not None:
+                armed.append((timer, _schedule(subject, timer, timer.due_at, cid)))
+            else:
+                cleared.append(subject)
+        refused, _ = await asyncio.gather(self._publisher.publish([m for _, m in armed]),
+                                          self._purge(cleared))
         for index, reason in refused.items():  # the sweep fires these deadlines
-            _, timer, _ = armed[index]
+            timer = armed[index][0]
             log.error("timer_refused", thread_id=timer.thread_id,
                       interaction_id=timer.request_id, reason=reason)
 
-    async def _purge(self, subject: str) -> None:
-        with contextlib.suppress(Exception):  # a leftover timer fires into a no-op
-            await self._js.purge_stream(subjects.SCHEDULES_STREAM, subject=subject)
+    async def _purge(self, cleared: Sequence[str]) -> None:
+        """Drop the schedules held on these subjects, all at once."""
+
+        async def purge(subject: str) -> None:
+            with contextlib.suppress(Exception):  # a leftover timer fires into a no-op
+                await self._js.purge_stream(subjects.SCHEDULES_STREAM, subject=subject)
+
+        await asyncio.gather(*(purge(subject) for subject in cleared))
 
 
-def _command(timer: Timer) -> TimeoutInteraction:
-    assert timer.due_at is not None
-    return TimeoutInteraction(thread_id=timer.thread_id, request_id=timer.request_id,
-                              step=timer.step, due_at=timer.due_at)
-
-
-def _schedule_headers(timer: Timer, correlation_id: str | None) -> dict[str, str]:
-    assert timer.due_at is not None
-    return {
-        "Nats-Schedule": at_header(timer.due_at),
+def _schedule(subject: str, timer: Timer, due_at: datetime, correlation_id: str | None
+              ) -> Outgoing:
+    """The schedule message that fires ``timer`` at ``due_at`` (no Nats-Msg-Id: the same
+    schedule set again after a clear must not be dropped as a duplicate)."""
+    command = TimeoutInteraction(thread_id=timer.thread_id, request_id=timer.request_id,
+                                 step=timer.step, due_at=due_at)
+    return subject, command.model_dump_json().encode(), None, {
+        "Nats-Schedule": at_header(due_at),
         "Nats-Schedule-Target": subjects.schedule_fire_subject(timer.thread_id),
         "Nats-Schedule-TTL": FIRED_TTL,
         # the timer's command carries on the thread's correlation id when it fires

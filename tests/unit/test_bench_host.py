@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 
 from bench import host
 from bench.run import print_host
+from tests.helpers import wait_for
 
 STAT = """cpu  {user} 0 {system} {idle} {iowait} 0 0 {steal} 0 0
 cpu0 1 2 3 4 5 6 7 8 0 0
@@ -53,7 +53,9 @@ def test_without_proc_stat_the_shares_are_unknown(tmp_path: Path, text: str | No
 
 def test_a_meter_reads_this_hosts_cores_and_load() -> None:
     meter = host.Meter()
-    time.sleep(0.1)  # ten jiffies or more between the readings, idle ones included
+    if Path("/proc/stat").exists():  # some time between the readings, idle time included
+        start = host.cpu_times()
+        wait_for(lambda: host.cpu_times() != start, what="the cores' clock to tick")
     reading = meter.reading()
     assert len(reading["load_average"]) == 3
     if Path("/proc/stat").exists():
