@@ -142,6 +142,10 @@ class Settings(BaseSettings):
     #: Rows of applied_events (the views' tracking) older than this many seconds of live
     #: work are compacted into each view's position.
     projections_compact_after: float = Field(default=1800.0, gt=0)
+    #: Seconds the projections consumer lets events gather after the first of a batch (0: none):
+    #: fewer, larger commits for a little lag. A query waiting to read its writes does not wait
+    #: for it.
+    projections_linger: float = Field(default=0.025, ge=0, le=1)
 
     @field_validator("timeout_approval", "timeout_edit", "timeout_choice", "timeout_text_input",
                      "timeout_conversation", mode="before")

@@ -165,6 +165,7 @@ class ProjectionsRuntime:
         self.directory = Directory(settings.identity_file)
         self.broker: NatsBroker | None = None
         self._task: asyncio.Task[None] | None = None
+        self._consumer: PullConsumer | None = None  # the leader's, while it consumes
         self._leader: asyncio.Task[None] | None = None
         self._monitor: asyncio.Task[None] | None = None
         self._lease_changed = asyncio.Event()
@@ -316,10 +317,12 @@ class ProjectionsRuntime:
 
     # -- consuming ----------------------------------------------------------------------------
 
-    @staticmethod
-    def events_subscription() -> Subscription:
-        """The durable consumer the views are fed from: every event."""
-        return Subscription(subjects.EVENTS_ALL, subjects.EVENTS_STREAM, DURABLE)
+    def events_subscription(self) -> Subscription:
+        """The durable consumer the views are fed from: every event, in batches that linger
+        ``projections_linger`` seconds for company (one commit for several events), except
+        while a query waits to read its writes (:meth:`caught_up`)."""
+        return Subscription(subjects.EVENTS_ALL, subjects.EVENTS_STREAM, DURABLE,
+                            linger=self.settings.projections_linger)
 
     async def _consume(self, js: JetStreamContext) -> None:
         applied_seq = await in_thread(self.db.consumer_position, DURABLE)
@@ -335,12 +338,12 @@ class ProjectionsRuntime:
         with contextlib.suppress(NotFoundError):
             await js.delete_consumer(subjects.EVENTS_STREAM, DURABLE)
         await js.add_consumer(subjects.EVENTS_STREAM, config=config)
-        consumer = PullConsumer(js, events,
-                                batch_size=self.batch_size, handle_messages=self.apply_batch,
-                                policy=RetryPolicy(self.poison_attempts,
-                                                   self.settings.redelivery_delay),
-                                ack_wait=self.settings.ack_wait)
-        await consumer.run()
+        self._consumer = PullConsumer(js, events, batch_size=self.batch_size,
+                                      handle_messages=self.apply_batch,
+                                      policy=RetryPolicy(self.poison_attempts,
+                                                         self.settings.redelivery_delay),
+                                      ack_wait=self.settings.ack_wait)
+        await self._consumer.run()
 
     async def apply_batch(self, messages: list[Msg]) -> None:
         """Apply a fetched batch, in stream order (see the module's docstring for failures).
@@ -465,11 +468,12 @@ class ProjectionsRuntime:
             return True
         if not self.leading:  # a standby: another replica applies; read what is there
             return await self._polled(reached, timeout)
-        async with self._applied:
-            try:
-                await asyncio.wait_for(self._applied.wait_for(reached), timeout)
-            except TimeoutError:
-                return False
+        with self._consumer.hurried() if self._consumer else contextlib.nullcontext():
+            async with self._applied:
+                try:
+                    await asyncio.wait_for(self._applied.wait_for(reached), timeout)
+                except TimeoutError:
+                    return False
         return True
 
     async def _polled(self, reached: Callable[[], bool], timeout: float) -> bool:

@@ -27,7 +27,7 @@ import contextlib
 import json
 import time
 from collections import OrderedDict, defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -397,8 +397,8 @@ class Subscription:
     prepare: Prepare | None = None
     app: ServiceApplication | None = None
     #: Seconds to let messages gather after the first of a batch arrives (0: hand it over at
-    #: once), unless the batch fills up first. For work no caller waits on: fewer, larger
-    #: batches, each one transaction.
+    #: once), unless the batch fills up first or a caller waits (:meth:`PullConsumer.hurried`).
+    #: For work no caller waits on: fewer, larger batches, each one transaction.
     linger: float = 0.0
     #: Called once a batch's jobs are saved, with those that succeeded (in stream order),
     #: before their messages are acknowledged: what is done for the batch as a whole (the
@@ -426,15 +426,28 @@ class _Deliveries:
         self.queue: asyncio.Queue[Msg] = asyncio.Queue()
         self._enough = asyncio.Event()
         self._awaiting = 0
+        self._hurried = 0  # callers waiting for what arrives to be handled
 
     async def deliver(self, msg: Msg) -> None:
         self.queue.put_nowait(msg)
         if self._awaiting and self.queue.qsize() >= self._awaiting:
             self._enough.set()
 
+    @contextlib.contextmanager
+    def hurried(self) -> Iterator[None]:
+        """While in the block, batches are handed over as they arrive, without lingering
+        (one that lingers now goes at once)."""
+        self._hurried += 1
+        self._enough.set()
+        try:
+            yield
+        finally:
+            self._hurried -= 1
+
     async def gather(self, count: int, linger: float) -> None:
-        """Wait until ``count`` messages are waiting, or ``linger`` seconds have passed."""
-        if self.queue.qsize() >= count:
+        """Wait until ``count`` messages are waiting, or ``linger`` seconds have passed, or
+        someone is in a :meth:`hurried` block."""
+        if self._hurried or self.queue.qsize() >= count:
             return
         self._awaiting = count
         self._enough.clear()
@@ -455,9 +468,10 @@ class PullConsumer:
 
     One pull request for up to ``batch_size`` messages stays open at the server while the
     handler works; deliveries go to a plain subscription, and whatever has arrived when the
-    handler is free is the next batch. A new request goes out only when the open one is used up
-    or ended by the server (expiry, leadership change): no round trip, task or timer per
-    message, which nats-py's ``fetch`` costs.
+    handler is free is the next batch (or, with the subscription's ``linger``, what has arrived
+    when that has passed). A new request goes out only when the open one is used up or ended by
+    the server (expiry, leadership change): no round trip, task or timer per message, which
+    nats-py's ``fetch`` costs.
     """
 
     def __init__(self, js: JetStreamContext, subscription: Subscription, *,
@@ -472,6 +486,13 @@ class PullConsumer:
         self._handle_messages = handle_messages
         self._policy = policy
         self._delivered = metrics.DELIVERED.labels(subscription.durable)
+        self._deliveries = _Deliveries()
+
+    def hurried(self) -> contextlib.AbstractContextManager[None]:
+        """A block during which the consumer does not linger: for a caller waiting until what
+        it wrote has been handled (read-your-writes), while the consumer otherwise gathers
+        larger batches for work no one waits on."""
+        return self._deliveries.hurried()
 
     async def _ensure_consumer(self) -> None:
         spec = self._sub
@@ -497,7 +518,7 @@ class PullConsumer:
         nc: Any = self._js._nc
         next_subject = f"{self._js._prefix}.CONSUMER.MSG.NEXT.{spec.stream}.{spec.durable}"
         inbox = nc.new_inbox()
-        deliveries = _Deliveries()
+        deliveries = self._deliveries
         arrived = deliveries.queue
         sub = await nc.subscribe(inbox, cb=deliveries.deliver)
         handle_messages = self._handle_messages or spec.batch_handler(self._policy)

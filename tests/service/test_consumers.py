@@ -292,6 +292,44 @@ def test_a_lingering_consumer_hands_over_a_full_batch_without_waiting(
     assert batches == [["t-1", "t-2", "t-3", "t-4"]]
 
 
+def test_a_caller_waiting_on_the_handling_cuts_the_linger_short(
+        nats_server: EmbeddedNats) -> None:
+    """A consumer that lingers a minute hands its batch over at once while a caller is in a
+    ``hurried`` block (a query waiting to read its writes), whether the block began before the
+    message came or while the batch lingered; outside the block it lingers again."""
+    batches: list[list[str]] = []
+
+    async def body(nc: Any, js: Any) -> None:
+        handed = asyncio.Event()
+        spec = Subscription(subjects.events_of("interaction", ["ResponseAccepted"]),
+                            subjects.EVENTS_STREAM, "hurried", linger=60.0)
+        consumer = PullConsumer(js, spec, handle_messages=batches_into(batches,
+                                                                       each=handed.set))
+
+        async def publish(thread: str) -> None:
+            await js.publish(f"hitl.evt.interaction.ResponseAccepted.{thread}", b"{}")
+
+        async def handed_over() -> None:  # well before the linger would have ended
+            await asyncio.wait_for(handed.wait(), 10)
+            handed.clear()
+
+        async with pulling(consumer):
+            await wait_until_pulling(js, "hurried")
+            with consumer.hurried():  # the caller waits before the message comes
+                await publish("t-1")
+                await handed_over()
+            await publish("t-2")  # no one waits: t-2 lingers, and t-3 joins it
+            await wait_until(js, "hurried", lambda info: info.num_ack_pending == 1)
+            await publish("t-3")
+            await wait_until(js, "hurried", lambda info: info.num_ack_pending == 2)
+            assert not handed.is_set()
+            with consumer.hurried():  # a caller comes while the batch lingers
+                await handed_over()
+
+    on_nats(nats_server, body)
+    assert batches == [["t-1"], ["t-2", "t-3"]]
+
+
 def test_what_a_batch_does_as_a_whole_comes_after_its_save_and_a_failure_redelivers_it(
         nats_server: EmbeddedNats, tmp_path: Path) -> None:
     """``then_all`` gets the saved jobs of each batch in stream order, before their messages

@@ -174,6 +174,22 @@ def test_thread_status_through_every_ending(hitl: HitlTestStack) -> None:
     assert code == 2 and "expected one of: running, paused" in stderr
 
 
+def test_a_command_reads_its_writes_without_waiting_for_the_linger(tmp_path: Path,
+                                                                   settings: Settings) -> None:
+    """The views' consumer lets events gather before it applies them (here for a minute, far
+    longer than a command may wait for the view); a command's read-your-writes query has it
+    apply them at once: right after ``resume`` returns, the view is the new one."""
+    lingering = settings.model_copy(update={"projections_linger": 60.0})
+    with HitlTestStack(tmp_path, settings=lingering) as hitl:
+        assert hitl.stack.runtimes["projections"].events_subscription().linger == 60.0
+        hitl.assert_paused(hitl.start(f"{TYPES}::Approve", {"request": "desk"},
+                                      thread_id="rw"))
+        assert hitl.resume("rw", "approve").status == "completed"
+        view = hitl.status("rw")
+        assert view is not None and (view.status, view.output) == ("completed",
+                                                                   "Approved: desk")
+
+
 def test_show_prints_the_status_and_the_whole_timeline(hitl: HitlTestStack) -> None:
     hitl.start(f"{TYPES}::Approve", {"request": "laptops"}, thread_id="shown")
     hitl.resume("shown", "maybe")
