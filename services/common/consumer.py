@@ -512,9 +512,29 @@ class PullConsumer:
                                     config=consumer_config(spec.durable, spec.subject,
                                                            ack_wait=self._ack_wait))
 
+    async def _made(self) -> None:
+        """Make or update the durable consumer, trying again for as long as NATS cannot (a node
+        starting, a JetStream leader being elected, the stream not made yet): a consumer that
+        gave up here would leave its service unready until restarted. An error no retry mends
+        (the server refuses the consumer's configuration) is raised."""
+        delay = 0.25
+        while True:
+            try:
+                await self._ensure_consumer()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                if not is_transient(error):
+                    raise
+                log.warning("consumer_not_made", consumer=self._sub.durable, error=repr(error),
+                            retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
     async def run(self) -> None:
         spec = self._sub
-        await self._ensure_consumer()
+        await self._made()
         nc: Any = self._js._nc
         next_subject = f"{self._js._prefix}.CONSUMER.MSG.NEXT.{spec.stream}.{spec.durable}"
         inbox = nc.new_inbox()

@@ -117,6 +117,43 @@ def test_a_consumer_made_with_an_older_filter_is_narrowed_in_place(
     assert seen == ["hitl.evt.workflow.ThreadStarted.t-1", "hitl.evt.workflow.ThreadPaused.t-1"]
 
 
+def test_a_consumer_started_before_its_stream_waits_for_it(nats_server: EmbeddedNats) -> None:
+    """A service that starts while JetStream cannot make its consumer yet (here: the stream
+    does not exist; in a cluster, a node still catching up) keeps trying instead of ending its
+    consumer, which would leave the service unready until it is restarted."""
+    handled: list[str] = []
+
+    async def main() -> None:
+        nc = await connect(nats_server.url, name="test", reconnect_attempts=0)
+        try:
+            js = nc.jetstream()
+            done = asyncio.Event()
+
+            async def handle(msg: Any) -> None:
+                handled.append(thread_of(msg))
+                done.set()
+
+            spec = Subscription(subjects.events_of("interaction", ["ResponseAccepted"]),
+                                subjects.EVENTS_STREAM, "early", handle)
+            consumer = PullConsumer(js, spec)
+            task = asyncio.create_task(consumer.run())
+            try:
+                with pytest.raises(TimeoutError):  # no stream: it keeps trying, it does not end
+                    await asyncio.wait_for(asyncio.shield(task), 1.0)
+                await ensure_streams(js)
+                await js.publish("hitl.evt.interaction.ResponseAccepted.t-1", b"{}")
+                await asyncio.wait_for(done.wait(), 15)
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        finally:
+            await nc.close()
+
+    asyncio.run(main())
+    assert handled == ["t-1"]
+
+
 @pytest.mark.parametrize("mode", ["jobs", "one by one"])
 @pytest.mark.parametrize("later", ["published before", "published once it failed"])
 def test_a_message_that_fails_holds_back_the_rest_of_its_thread(
