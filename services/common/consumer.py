@@ -512,7 +512,7 @@ class PullConsumer:
                                     config=consumer_config(spec.durable, spec.subject,
                                                            ack_wait=self._ack_wait))
 
-    async def _made(self) -> None:
+    async def _ensure_consumer_retrying(self) -> None:
         """Make or update the durable consumer, trying again for as long as NATS cannot (a node
         starting, a JetStream leader being elected, the stream not made yet): a consumer that
         gave up here would leave its service unready until restarted. An error no retry mends
@@ -534,7 +534,7 @@ class PullConsumer:
 
     async def run(self) -> None:
         spec = self._sub
-        await self._made()
+        await self._ensure_consumer_retrying()
         nc: Any = self._js._nc
         next_subject = f"{self._js._prefix}.CONSUMER.MSG.NEXT.{spec.stream}.{spec.durable}"
         inbox = nc.new_inbox()
