@@ -325,25 +325,29 @@ class ProjectionsRuntime:
                             linger=self.settings.projections_linger)
 
     async def _consume(self, js: JetStreamContext) -> None:
+        self._consumer = PullConsumer(js, self.events_subscription(),
+                                      batch_size=self.batch_size,
+                                      handle_messages=self.apply_batch,
+                                      policy=RetryPolicy(self.poison_attempts,
+                                                         self.settings.redelivery_delay),
+                                      ack_wait=self.settings.ack_wait,
+                                      make=functools.partial(self._make_consumer, js))
+        await self._consumer.run()
+
+    async def _make_consumer(self, js: JetStreamContext) -> None:
+        """The durable consumer, made anew to start where the views are, whatever it had
+        acknowledged before (a crash, another replica's lease, its deletion)."""
         applied_seq = await in_thread(self.db.consumer_position, DURABLE)
-        events = self.events_subscription()
         config = ConsumerConfig(
-            durable_name=DURABLE, filter_subject=str(events.subject),
+            durable_name=DURABLE, filter_subject=subjects.EVENTS_ALL,
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE if applied_seq else DeliverPolicy.ALL,
             opt_start_seq=applied_seq + 1 if applied_seq else None,
             ack_policy=AckPolicy.ALL, ack_wait=self.settings.ack_wait, max_deliver=-1,
             max_ack_pending=max(1000, self.batch_size * 4),
         )
-        # Start where the views are, whatever the consumer acknowledged before a crash.
         with contextlib.suppress(NotFoundError):
             await js.delete_consumer(subjects.EVENTS_STREAM, DURABLE)
         await js.add_consumer(subjects.EVENTS_STREAM, config=config)
-        self._consumer = PullConsumer(js, events, batch_size=self.batch_size,
-                                      handle_messages=self.apply_batch,
-                                      policy=RetryPolicy(self.poison_attempts,
-                                                         self.settings.redelivery_delay),
-                                      ack_wait=self.settings.ack_wait)
-        await self._consumer.run()
 
     async def apply_batch(self, messages: list[Msg]) -> None:
         """Apply a fetched batch, in stream order (see the module's docstring for failures).

@@ -477,8 +477,12 @@ class PullConsumer:
     def __init__(self, js: JetStreamContext, subscription: Subscription, *,
                  batch_size: int = 64, idle_timeout: float = 5.0,
                  handle_messages: Callable[[list[Msg]], Awaitable[None]] | None = None,
-                 policy: RetryPolicy = DEFAULT_POLICY, ack_wait: float = 60.0) -> None:
+                 policy: RetryPolicy = DEFAULT_POLICY, ack_wait: float = 60.0,
+                 make: Callable[[], Awaitable[None]] | None = None) -> None:
         self._js = js
+        #: Makes the durable consumer (at the start, and again when it was deleted): by
+        #: default as :func:`consumer_config` describes it, kept if it exists.
+        self._make = make or self._ensure_consumer
         self._ack_wait = ack_wait
         self._sub = subscription
         self._batch_size = batch_size
@@ -512,7 +516,7 @@ class PullConsumer:
                                     config=consumer_config(spec.durable, spec.subject,
                                                            ack_wait=self._ack_wait))
 
-    async def _ensure_consumer_retrying(self) -> None:
+    async def _made(self) -> None:
         """Make or update the durable consumer, trying again for as long as NATS cannot (a node
         starting, a JetStream leader being elected, the stream not made yet): a consumer that
         gave up here would leave its service unready until restarted. An error no retry mends
@@ -520,7 +524,7 @@ class PullConsumer:
         delay = 0.25
         while True:
             try:
-                await self._ensure_consumer()
+                await self._make()
                 return
             except asyncio.CancelledError:
                 raise
@@ -532,9 +536,21 @@ class PullConsumer:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
+    async def _gone(self) -> bool:
+        """Was the durable consumer deleted (by an operator, or with its stream)? Asked when a
+        pull request ends as one to a deleted or unknown consumer does (409, 503)."""
+        spec = self._sub
+        try:
+            await self._js.consumer_info(spec.stream, spec.durable)
+        except NotFoundError:
+            log.warning("consumer_gone", consumer=spec.durable, stream=spec.stream,
+                        detail="made again")
+            return True
+        return False
+
     async def run(self) -> None:
         spec = self._sub
-        await self._ensure_consumer_retrying()
+        await self._made()
         nc: Any = self._js._nc
         next_subject = f"{self._js._prefix}.CONSUMER.MSG.NEXT.{spec.stream}.{spec.durable}"
         inbox = nc.new_inbox()
@@ -565,7 +581,9 @@ class PullConsumer:
                     open_for -= len(batch)
                     if ended is not None:  # the request ended: ask again
                         open_for = 0
-                        if ended != "408" and not batch:  # not a plain expiry: do not spin
+                        if ended in ("409", "503") and not batch and await self._gone():
+                            await self._made()
+                        elif ended != "408" and not batch:  # not a plain expiry: do not spin
                             await asyncio.sleep(0.1)
                 except asyncio.CancelledError:
                     raise

@@ -154,6 +154,35 @@ def test_a_consumer_started_before_its_stream_waits_for_it(nats_server: Embedded
     assert handled == ["t-1"]
 
 
+def test_a_consumer_deleted_while_it_runs_is_made_again(nats_server: EmbeddedNats) -> None:
+    """An operator deletes a service's durable consumer (or recreates its stream): the service
+    makes it again, as at its first start, and goes on instead of pulling from nothing. Made
+    anew it reads the stream from its start (t-1 again: the services' tracking knows it)."""
+    handled: list[str] = []
+
+    async def body(nc: Any, js: Any) -> None:
+        got = asyncio.Event()
+
+        async def handle(msg: Any) -> None:
+            handled.append(thread_of(msg))
+            got.set()
+
+        spec = Subscription(subjects.events_of("interaction", ["ResponseAccepted"]),
+                            subjects.EVENTS_STREAM, "deleted", handle)
+        async with pulling(PullConsumer(js, spec)):
+            await wait_until_pulling(js, "deleted")
+            await js.publish("hitl.evt.interaction.ResponseAccepted.t-1", b"{}")
+            await asyncio.wait_for(got.wait(), 10)
+            got.clear()
+            await js.delete_consumer(subjects.EVENTS_STREAM, "deleted")
+            await wait_until_pulling(js, "deleted")  # made again, its pull request open
+            await js.publish("hitl.evt.interaction.ResponseAccepted.t-2", b"{}")
+            await asyncio.wait_for(got.wait(), 10)
+
+    on_nats(nats_server, body)
+    assert handled == ["t-1", "t-1", "t-2"]
+
+
 @pytest.mark.parametrize("mode", ["jobs", "one by one"])
 @pytest.mark.parametrize("later", ["published before", "published once it failed"])
 def test_a_message_that_fails_holds_back_the_rest_of_its_thread(

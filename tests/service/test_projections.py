@@ -190,6 +190,23 @@ def test_a_command_reads_its_writes_without_waiting_for_the_linger(tmp_path: Pat
                                                                    "Approved: desk")
 
 
+def test_the_views_consumer_deleted_while_it_runs_is_made_again_where_the_views_are(
+        hitl: HitlTestStack) -> None:
+    """The projections' durable consumer is deleted while the stack runs: it is made again from
+    the views' own position, so what happens next still reaches the views."""
+    hitl.assert_paused(hitl.start(f"{TYPES}::Approve", {"request": "a"}, thread_id="before"))
+
+    async def delete() -> None:
+        await hitl.client.nc.jetstream().delete_consumer(subjects.EVENTS_STREAM,
+                                                         projections_main.DURABLE)
+
+    hitl.call(delete())
+    assert hitl.resume("before", "approve").status == "completed"
+    hitl.assert_paused(hitl.start(f"{TYPES}::Approve", {"request": "b"}, thread_id="after"))
+    assert [(v.thread_id, v.status) for v in (hitl.status("before"), hitl.status("after"))
+            if v is not None] == [("before", "completed"), ("after", "paused")]
+
+
 def test_show_prints_the_status_and_the_whole_timeline(hitl: HitlTestStack) -> None:
     hitl.start(f"{TYPES}::Approve", {"request": "laptops"}, thread_id="shown")
     hitl.resume("shown", "maybe")
