@@ -76,6 +76,21 @@ def batches_into(batches: list[list[str]], *, each: Callable[[], None]
     return handle
 
 
+def noting(handled: list[str]) -> tuple[Callable[[Any], Awaitable[None]], asyncio.Event]:
+    """A message handler that notes each message's thread, and the event it sets each time."""
+    got = asyncio.Event()
+
+    async def handle(msg: Any) -> None:
+        handled.append(thread_of(msg))
+        got.set()
+
+    return handle, got
+
+
+#: The subject of the consumers these tests make (any one event type would do).
+ACCEPTED = subjects.events_of("interaction", ["ResponseAccepted"])
+
+
 async def wait_until(js: Any, durable: str, condition: Callable[[Any], bool]) -> None:
     """Until the consumer's state, as the server reports it, meets ``condition``."""
     async with asyncio.timeout(10):
@@ -127,15 +142,9 @@ def test_a_consumer_started_before_its_stream_waits_for_it(nats_server: Embedded
         nc = await connect(nats_server.url, name="test", reconnect_attempts=0)
         try:
             js = nc.jetstream()
-            done = asyncio.Event()
-
-            async def handle(msg: Any) -> None:
-                handled.append(thread_of(msg))
-                done.set()
-
-            spec = Subscription(subjects.events_of("interaction", ["ResponseAccepted"]),
-                                subjects.EVENTS_STREAM, "early", handle)
-            consumer = PullConsumer(js, spec)
+            handle, done = noting(handled)
+            consumer = PullConsumer(js, Subscription(ACCEPTED, subjects.EVENTS_STREAM, "early",
+                                                     handle))
             task = asyncio.create_task(consumer.run())
             try:
                 with pytest.raises(TimeoutError):  # no stream: it keeps trying, it does not end
@@ -161,14 +170,8 @@ def test_a_consumer_deleted_while_it_runs_is_made_again(nats_server: EmbeddedNat
     handled: list[str] = []
 
     async def body(nc: Any, js: Any) -> None:
-        got = asyncio.Event()
-
-        async def handle(msg: Any) -> None:
-            handled.append(thread_of(msg))
-            got.set()
-
-        spec = Subscription(subjects.events_of("interaction", ["ResponseAccepted"]),
-                            subjects.EVENTS_STREAM, "deleted", handle)
+        handle, got = noting(handled)
+        spec = Subscription(ACCEPTED, subjects.EVENTS_STREAM, "deleted", handle)
         async with pulling(PullConsumer(js, spec)):
             await wait_until_pulling(js, "deleted")
             await js.publish("hitl.evt.interaction.ResponseAccepted.t-1", b"{}")
@@ -309,7 +312,6 @@ def test_a_lingering_consumer_gathers_what_arrives_soon_after_into_one_batch(
     batches: list[list[str]] = []
 
     async def body(nc: Any, js: Any) -> None:
-        subject = subjects.events_of("interaction", ["ResponseAccepted"])
         got_first, got_all = asyncio.Event(), asyncio.Event()
 
         def each() -> None:
@@ -317,7 +319,7 @@ def test_a_lingering_consumer_gathers_what_arrives_soon_after_into_one_batch(
             if sum(map(len, batches)) == 4:
                 got_all.set()
 
-        spec = Subscription(subject, subjects.EVENTS_STREAM, "gathering", linger=linger)
+        spec = Subscription(ACCEPTED, subjects.EVENTS_STREAM, "gathering", linger=linger)
         handle = batches_into(batches, each=each)
         async with pulling(PullConsumer(js, spec, handle_messages=handle)):
             await wait_until_pulling(js, "gathering")
@@ -348,8 +350,7 @@ def test_a_lingering_consumer_hands_over_a_full_batch_without_waiting(
         for thread in ("t-1", "t-2", "t-3", "t-4", "t-5"):
             await js.publish(f"hitl.evt.interaction.ResponseAccepted.{thread}", b"{}")
         got_first = asyncio.Event()
-        spec = Subscription(subjects.events_of("interaction", ["ResponseAccepted"]),
-                            subjects.EVENTS_STREAM, "full", linger=60.0)
+        spec = Subscription(ACCEPTED, subjects.EVENTS_STREAM, "full", linger=60.0)
         handle = batches_into(batches, each=got_first.set)
         async with pulling(PullConsumer(js, spec, batch_size=4, handle_messages=handle)):
             await asyncio.wait_for(got_first.wait(), 10)
@@ -367,8 +368,7 @@ def test_a_caller_waiting_on_the_handling_cuts_the_linger_short(
 
     async def body(nc: Any, js: Any) -> None:
         handed = asyncio.Event()
-        spec = Subscription(subjects.events_of("interaction", ["ResponseAccepted"]),
-                            subjects.EVENTS_STREAM, "hurried", linger=60.0)
+        spec = Subscription(ACCEPTED, subjects.EVENTS_STREAM, "hurried", linger=60.0)
         consumer = PullConsumer(js, spec, handle_messages=batches_into(batches,
                                                                        each=handed.set))
 
