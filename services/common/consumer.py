@@ -54,6 +54,7 @@ log = get_logger(__name__)
 HELD_BACK = "an earlier message of its thread is to be delivered again first"
 
 P = TypeVar("P", bound=BaseModel)
+R = TypeVar("R")
 
 
 class PoisonMessageError(ValueError):
@@ -322,6 +323,14 @@ class Work:
 Prepare = Callable[[Msg], Awaitable[Work | None]]
 
 
+async def with_store(app: ServiceApplication, call: Callable[..., R], *args: Any) -> R:
+    """``call(*args)``, work on the application's store, where its decisions run: on the loop
+    when the application allows it (``decides_in_loop``), else in a worker thread."""
+    if app.decides_in_loop:
+        return call(*args)
+    return await in_thread(call, *args)
+
+
 async def handle_jobs(messages: Sequence[Msg], prepare: Prepare, app: ServiceApplication, *,
                       consumer: str, holds: Holds,
                       policy: RetryPolicy = DEFAULT_POLICY,
@@ -352,10 +361,7 @@ async def handle_jobs(messages: Sequence[Msg], prepare: Prepare, app: ServiceApp
     if works:
         jobs = [work.job for work in works]
         try:
-            if app.decides_in_loop:
-                app.run_jobs(jobs)
-            else:
-                await in_thread(app.run_jobs, jobs)
+            await with_store(app, app.run_jobs, jobs)
         except Exception as error:  # (each job's own failure is kept on the job)
             for job in jobs:
                 job.error = job.error or error

@@ -504,6 +504,14 @@ class ServiceApplication(Application[UUID]):
                 return aggregates
         raise AssertionError("unreachable")
 
+    def peek(self, aggregate_id: UUID) -> Any:
+        """The aggregate as saved, to read and not to change: the copy this process cached
+        when it saved it (left in the cache), else the store's; None when there is none. A
+        copy may be older than what another replica saved since."""
+        with self._cache_lock:
+            cached = self._cache.get(aggregate_id)
+        return cached if cached is not None else self.get_or_none(aggregate_id)
+
     def get_or_none(self, aggregate_id: UUID) -> Any:
         try:
             return self.load(aggregate_id)

@@ -234,6 +234,16 @@ class InteractionService(ServiceApplication):
         inbox: Inbox | None = self.get_or_none(inbox_uuid(thread_id))
         return inbox
 
+    def settled(self, request_id: str) -> str | None:
+        """How the request was closed (``answered``, ``timed_out``, ``cancelled``); None while
+        it is open, or when this store does not hold it."""
+        try:
+            aggregate_id = Interaction.create_id(request_id)
+        except ValueError:
+            return None
+        interaction: Interaction | None = self.peek(aggregate_id)
+        return None if interaction is None or interaction.is_open else str(interaction.status)
+
     # -- helpers ----------------------------------------------------------------------------
 
     def _inbox(self, thread_id: str) -> Inbox:

@@ -325,6 +325,11 @@ class Interaction(Aggregate):
         self.view_version += 1
 
     @property
+    def is_open(self) -> bool:
+        """Waiting for an answer: not answered, timed out or cancelled."""
+        return self.status == "pending"
+
+    @property
     def shown(self) -> str:
         """What an answer must carry back: this version of the request."""
         return shown_token(self.view_version, self.digest)
@@ -338,7 +343,7 @@ class Interaction(Aggregate):
 
     def time_out(self, step: int, now: datetime) -> TimeoutDecision:
         """Take expiry ``step`` of the request's timeout policy, once, if it is due."""
-        if self.status != "pending":
+        if not self.is_open:
             raise StaleTimeoutError(f"request {self.request_id} is {self.status}; "
                                     "nothing to time out")
         if step != self.timeout_step or self.deadline is None:
@@ -426,7 +431,7 @@ class Interaction(Aggregate):
                 f"request {self.request_id} timed out (deadline "
                 f"{self.deadline.isoformat() if self.deadline else 'passed'}); "
                 "the answer came too late")
-        if self.status != "pending":
+        if not self.is_open:
             raise AlreadyAnsweredError(self._closed_reason())
         closed_at = self._closing_deadline_passed(now)
         if closed_at is not None:
@@ -543,7 +548,7 @@ class Interaction(Aggregate):
                          shown_token(self.view_version + 1, self.digest))
 
     def cancel(self, reason: str) -> None:
-        if self.status == "pending":
+        if self.is_open:
             self._cancelled(self.request_id, reason)
 
     def _closed_reason(self) -> str:

@@ -17,7 +17,9 @@ from services.common.consumer import (
     decode_envelope,
     decode_payload,
     thread_of,
+    with_store,
 )
+from services.common.logging import get_logger
 from services.common.replies import (
     CommandRefusedError,
     audit_refusal,
@@ -30,6 +32,8 @@ from services.common.store import Job
 from services.common.threads import in_thread
 from services.interaction.application import THREAD_EVENTS, InteractionService
 from services.interaction.notifications import Notifier, notification_from
+
+log = get_logger(__name__)
 
 
 def subscriptions(broker: Any, app: InteractionService) -> list[Subscription]:
@@ -91,14 +95,22 @@ def subscriptions(broker: Any, app: InteractionService) -> list[Subscription]:
     ]
 
 
-def notification_subscriptions(notifier: Notifier) -> list[Subscription]:
-    """Announce every InteractionRequested (this service's own events) to the sinks."""
+def notification_subscriptions(notifier: Notifier,
+                               app: InteractionService) -> list[Subscription]:
+    """Announce every InteractionRequested (this service's own events) to the sinks, unless the
+    request was closed before its turn came: a consumer made anew replays the stream from its
+    start, and people are not told again of requests settled long ago. (An open request may be
+    announced twice: receivers drop repeats by the notification id.)"""
 
     async def on_requested(msg: Msg) -> None:
         envelope = decode_envelope(msg.data)
         request = decode_payload(envelope, InteractionRequested)
         with structlog.contextvars.bound_contextvars(thread_id=envelope.thread_id,
                                                      interaction_id=request.id):
+            settled = await with_store(app, app.settled, request.id)
+            if settled is not None:
+                log.info("notification_skipped", reason=f"the request is {settled}")
+                return
             await notifier.notify(notification_from(request))
 
     return [Subscription("hitl.evt.interaction.InteractionRequested.>", subjects.EVENTS_STREAM,

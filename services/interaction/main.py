@@ -30,7 +30,7 @@ def build(
     def subscriptions(broker: Any, service: InteractionService) -> list[Subscription]:
         notifier = Notifier(sinks_from_settings(settings, broker.connection))
         return [*handlers.subscriptions(broker, service),
-                *handlers.notification_subscriptions(notifier)]
+                *handlers.notification_subscriptions(notifier, service)]
 
     return ServiceRuntime(
         "interaction", app,

@@ -11,7 +11,8 @@ so a request saved just before a crash is still announced) and hands each one, a
   connection errors, timeouts, 429 and 5xx (``HITLFLOW_NOTIFY_WEBHOOK_RETRIES`` / ``_BACKOFF`` /
   ``_TIMEOUT``). Header ``Hitl-Notification-Id`` carries the request id.
 
-Delivery is at least once: a receiver drops repeats by the notification id. A sink that keeps
+Delivery is at least once: a receiver drops repeats by the notification id. A request closed
+before its turn came is not announced (``handlers.notification_subscriptions``). A sink that keeps
 failing is logged (``notification_failed``) and does not hold back the others.
 """
 

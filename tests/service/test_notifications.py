@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from contracts import subjects
 from contracts.events import InteractionRequested
 from hitlflow.settings import Settings
 from hitlflow.testing import HitlTestStack
@@ -24,6 +25,9 @@ from services.interaction.notifications import (
 )
 from tests.conftest import EXAMPLE_AGENTS, example
 from tests.helpers import wait_for
+
+#: The durable consumer that announces the requests (``services/interaction/handlers.py``).
+NOTIFY_DURABLE = "interaction-notify"
 
 
 class Hook:
@@ -122,6 +126,38 @@ def test_a_request_with_a_timeout_is_urgent(notifying: HitlTestStack, hook: Hook
                       what="the urgent webhook notification")
     assert posted[0]["body"]["urgency"] == "high"
     assert posted[0]["body"]["prompt"] == "Approve the hotfix today"
+
+
+def test_a_consumer_made_anew_announces_again_only_the_requests_still_open(
+        notifying: HitlTestStack, hook: Hook) -> None:
+    """The notifications' durable consumer is deleted while the stack runs. Made again, it
+    reads the stream from its start: the request answered meanwhile is not announced again,
+    the one still open is (delivery is at least once)."""
+    flow = example("approval.csv") + "::ApprovalFlow"
+    notifying.assert_paused(notifying.start(flow, {"user_request": "a desk"},
+                                            thread_id="answered"))
+    assert notifying.resume("answered", "approve").status == "completed"
+    notifying.assert_paused(notifying.start(flow, {"user_request": "a chair"},
+                                            thread_id="open"))
+
+    def posted(thread_id: str) -> list[dict[str, Any]]:
+        with hook.lock:
+            return [r for r in hook.received if r["body"]["thread_id"] == thread_id]
+
+    wait_for(lambda: posted("answered") and posted("open"), what="the first notifications")
+    js = notifying.client.nc.jetstream()
+    notifying.call(js.delete_consumer(subjects.EVENTS_STREAM, NOTIFY_DURABLE))
+
+    wait_for(lambda: len(posted("open")) == 2, what="the open request announced again")
+
+    async def replayed() -> bool:  # the remade consumer has handled the whole stream
+        info = await js.consumer_info(subjects.EVENTS_STREAM, NOTIFY_DURABLE)
+        return info.num_pending == 0 and info.num_ack_pending == 0
+
+    wait_for(lambda: notifying.call(replayed()), what="the replay's end")
+    assert len(posted("answered")) == 1
+    assert len(notifying.notifications("answered")) == 1
+    assert len(notifying.notifications("open", count=2)) == 2
 
 
 # -- the webhook sink alone -------------------------------------------------------------------

@@ -67,7 +67,7 @@ def subscriptions(tmp_path: Path) -> dict[str, list[tuple[str, str]]]:
 
     consumers("workflow", workflow_handlers.subscriptions(Mock(), Mock()))
     consumers("interaction", interaction_handlers.subscriptions(Mock(), Mock()))
-    consumers("interaction", interaction_handlers.notification_subscriptions(Mock()))
+    consumers("interaction", interaction_handlers.notification_subscriptions(Mock(), Mock()))
     consumers("timeout", timeout_handlers.subscriptions(Mock(), Mock()))
     nc = Mock(subscribe=AsyncMock(), jetstream=Mock())
     asyncio.run(timeout_handlers.serve_control(nc, Mock(), 1.0))
