@@ -38,6 +38,7 @@ from eventsourcing.persistence import IntegrityError, Mapper, StoredEvent
 
 from contracts.jsontext import loads
 from projections.chain import NESTED, PLAIN, digest
+from services.common.datastores import reading
 
 SEAL = "_seal_"
 MARK = "_sealed_"
@@ -226,7 +227,7 @@ class ThreadKeys:
         the cost of reading a store back but decryption). Each is unwrapped when first asked
         for, and then held as any other. Like the cache, this is a snapshot: a key erased
         after it still reads as it was, so only a reader that ends soon may call it."""
-        with self._datastore.transaction(commit=False) as cursor:
+        with reading(self._datastore) as cursor:
             cursor.execute(f"SELECT thread_id, wrapped, erased_at FROM {self._table}")  # noqa: S608
             rows = [tuple(r.values()) if isinstance(r, dict) else tuple(r)
                     for r in cursor.fetchall()]
@@ -236,7 +237,7 @@ class ThreadKeys:
         return len(rows)
 
     def _rows(self, thread_id: str) -> list[Any]:
-        with self._datastore.transaction(commit=False) as cursor:
+        with reading(self._datastore) as cursor:
             cursor.execute(f"SELECT wrapped, erased_at FROM {self._table} WHERE thread_id ="  # noqa: S608
                            f" {self._mark}", (thread_id,))
             return [tuple(r.values()) if isinstance(r, dict) else tuple(r)

@@ -29,6 +29,7 @@ from eventsourcing.persistence import (
 )
 
 from services.common.correlation import correlated, stamp
+from services.common.datastores import reading
 from services.common.keyring import check_readable
 from services.common.sealing import SealingMapper, ThreadKeys
 from services.common.transcoding import QuickJSONTranscoder
@@ -647,7 +648,7 @@ class ServiceApplication(Application[UUID]):
             query = SQL("SELECT application_name, notification_id FROM {} WHERE ").format(
                 Identifier(datastore.schema or "public", recorder.tracking_table_name)
             ) + SQL(where)
-        with datastore.transaction(commit=False) as cursor:
+        with reading(datastore) as cursor:
             cursor.execute(query, [value for t in trackings
                                    for value in (t.application_name, t.notification_id)])
             rows = [row.values() if isinstance(row, dict) else row  # PostgreSQL: dict rows

@@ -1,0 +1,25 @@
+"""Reading a store's own tables (tracking positions, thread keys) beside eventsourcing's
+recorders, on SQLite and on PostgreSQL alike."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+
+@contextlib.contextmanager
+def reading(datastore: Any) -> Iterator[Any]:
+    """A cursor for read-only statements.
+
+    On PostgreSQL the statements run on a connection of the pool as it is, in autocommit mode,
+    not in a transaction rolled back at its end (eventsourcing's ``transaction(commit=False)``):
+    psycopg deallocates every prepared statement of a connection when a transaction is rolled
+    back (``DEALLOCATE ALL``), so each such read made eventsourcing prepare its statements
+    again, and the BEGIN and ROLLBACK were two more round trips to the server."""
+    if type(datastore).__module__.endswith("postgres"):
+        with datastore.get_connection() as conn, conn.cursor() as cursor:
+            yield cursor
+    else:
+        with datastore.transaction(commit=False) as cursor:
+            yield cursor
