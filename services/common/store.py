@@ -177,30 +177,41 @@ class GroupCommit:
 
 
 class PostgresBatchWrite:
-    """The events and tracking rows of a batch of jobs in one PostgreSQL transaction: the
-    events table locked once, one commit (eventsourcing's ``insert_events``, for many
-    trackings). Any failure leaves nothing written."""
+    """The events and tracking rows of a job, or of a batch of jobs, in one PostgreSQL
+    transaction with the data keys of threads new to the store: the events table locked once,
+    one commit (eventsourcing's ``insert_events``, for many trackings and the keys). Any
+    failure leaves nothing written."""
 
     def __init__(self, recorder: Any) -> None:
         self._recorder = recorder
 
-    def write(self, events: list[StoredEvent], trackings: list[Tracking]) -> Sequence[int]:
+    def write(self, events: list[StoredEvent], trackings: list[Tracking],
+              prepare: Callable[[Any], None] | None = None) -> Sequence[int]:
+        """Save ``events`` and ``trackings`` all together or not at all (with what ``prepare``
+        writes first); returns the notification ids the events got."""
+        from psycopg import Rollback
+
         recorder = self._recorder
         error: Exception | None = None
         ids: Sequence[int] | None = None
         with recorder.datastore.get_connection() as conn:
-            with conn.pipeline() as pipeline, conn.transaction():
-                with conn.cursor() as cursor:
-                    for tracking in trackings:
-                        recorder._insert_tracking(cursor, tracking)
-                if events:
+            with conn.pipeline() as pipeline, conn.transaction() as transaction:
+                try:
                     with conn.cursor() as cursor:
-                        try:
+                        if prepare is not None:
+                            prepare(cursor)
+                        for tracking in trackings:
+                            recorder._insert_tracking(cursor, tracking)
+                    if events:
+                        with conn.cursor() as cursor:
                             recorder._insert_stored_events(cursor, events)
                             pipeline.sync()  # a conflict is raised here, not at commit
                             ids = recorder._fetch_ids_after_insert_events(cursor, events)
-                        except Exception as raised:  # re-raised once the pipeline is left
-                            error = raised
+                except Exception as raised:  # re-raised once the pipeline is left
+                    error = raised
+                    # rolled back, not committed: an error raised here rather than by the
+                    # server (a value psycopg cannot send) leaves the transaction open
+                    raise Rollback(transaction) from None
             if error is not None:
                 raise error
         return ids or ()
@@ -378,9 +389,9 @@ class ServiceApplication(Application[UUID]):
             return
         ids: Sequence[int] = ()
         try:
-            if self._group is not None:
-                ids = self._group_write(processing_event.events,
-                                        [] if tracking is None else [tracking])
+            if self._batch_write is not None:  # (a new thread's data key goes in with it)
+                ids = self._write_sealed(processing_event.events,
+                                         [] if tracking is None else [tracking])
                 self._take_snapshots(processing_event)
             elif processing_event.events:
                 recordings = self._record(processing_event)
@@ -395,15 +406,16 @@ class ServiceApplication(Application[UUID]):
         self._remember(processing_event.aggregates.values())
         self._notify_saved(processing_event.events, ids)
 
-    def _group_write(self, events: Sequence[Any], trackings: list[Tracking]) -> Sequence[int]:
-        """Map ``events`` and write them with ``trackings`` through the group commit; the data
-        keys of threads new to this store are stored by the same transaction."""
-        assert self._group is not None
+    def _write_sealed(self, events: Sequence[Any], trackings: list[Tracking]) -> Sequence[int]:
+        """Map ``events`` and write them with ``trackings`` in one transaction (SQLite's group
+        commit, PostgreSQL's batch write); the data keys of threads new to this store are
+        stored by the same transaction."""
+        assert self._batch_write is not None
         keys = self.thread_keys
         with keys.deferred() as made:
             stored = [self.mapper.to_stored_event(e) for e in events]
-        ids = self._group.write(stored, trackings,
-                                (lambda cursor: keys.insert_made(cursor, made)) if made else None)
+        ids = self._batch_write.write(
+            stored, trackings, (lambda cursor: keys.insert_made(cursor, made)) if made else None)
         keys.stored(made)
         return ids
 
@@ -590,9 +602,7 @@ class ServiceApplication(Application[UUID]):
                     trackings.append(tracking)
             if events or trackings:
                 self.sealing.note_threads(batch.changed.values())
-                ids = (self._group_write(events, trackings) if self._group is not None else
-                       self._batch_write.write([self.mapper.to_stored_event(e) for e in events],
-                                               trackings))
+                ids = self._write_sealed(events, trackings)
         except BaseException:  # what the batch changed may be stale: read it again next time
             self._forget(batch.changed)
             raise
