@@ -133,18 +133,19 @@ def test_a_consumer_made_anew_announces_again_only_the_requests_still_open(
     """The notifications' durable consumer is deleted while the stack runs. Made again, it
     reads the stream from its start: the request answered meanwhile is not announced again,
     the one still open is (delivery is at least once)."""
-    flow = example("approval.csv") + "::ApprovalFlow"
-    notifying.assert_paused(notifying.start(flow, {"user_request": "a desk"},
-                                            thread_id="answered"))
-    assert notifying.resume("answered", "approve").status == "completed"
-    notifying.assert_paused(notifying.start(flow, {"user_request": "a chair"},
-                                            thread_id="open"))
-
     def posted(thread_id: str) -> list[dict[str, Any]]:
         with hook.lock:
             return [r for r in hook.received if r["body"]["thread_id"] == thread_id]
 
-    wait_for(lambda: posted("answered") and posted("open"), what="the first notifications")
+    flow = example("approval.csv") + "::ApprovalFlow"
+    notifying.assert_paused(notifying.start(flow, {"user_request": "a desk"},
+                                            thread_id="answered"))
+    # (answered before its turn came, it would not be announced at all)
+    wait_for(lambda: posted("answered"), what="the first request announced")
+    assert notifying.resume("answered", "approve").status == "completed"
+    notifying.assert_paused(notifying.start(flow, {"user_request": "a chair"},
+                                            thread_id="open"))
+    wait_for(lambda: posted("open"), what="the second request announced")
     js = notifying.client.nc.jetstream()
     notifying.call(js.delete_consumer(subjects.EVENTS_STREAM, NOTIFY_DURABLE))
 
