@@ -249,7 +249,8 @@ class Settings(BaseSettings):
                 "HITLFLOW_PERSISTENCE=postgres needs HITLFLOW_POSTGRES_DSN, "
                 "e.g. postgresql://postgres@127.0.0.1:5432/postgres"
             )
-        env.update(PERSISTENCE_MODULE="eventsourcing.postgres", **postgres_env(self.postgres_dsn))
+        env.update(PERSISTENCE_MODULE="eventsourcing.postgres", **postgres_env(self.postgres_dsn),
+                   PROCESS_RECORDER_TOPIC="services.common.pgrecorder:PostgresStoreRecorder")
         env.update(POSTGRES_POOL_SIZE=str(self.postgres_pool_size),
                    POSTGRES_MAX_OVERFLOW=str(self.postgres_max_overflow))
         if self.postgres_schema:

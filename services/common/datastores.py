@@ -8,6 +8,12 @@ from collections.abc import Iterator
 from typing import Any
 
 
+def on_postgres(datastore: Any) -> bool:
+    """Is this eventsourcing's PostgreSQL datastore? (Told by its module, so that SQLite
+    installs never import psycopg; the recorder may be a class of the project's own.)"""
+    return type(datastore).__module__ == "eventsourcing.postgres"
+
+
 @contextlib.contextmanager
 def reading(datastore: Any) -> Iterator[Any]:
     """A cursor for read-only statements.
@@ -17,7 +23,7 @@ def reading(datastore: Any) -> Iterator[Any]:
     psycopg deallocates every prepared statement of a connection when a transaction is rolled
     back (``DEALLOCATE ALL``), so each such read made eventsourcing prepare its statements
     again, and the BEGIN and ROLLBACK were two more round trips to the server."""
-    if type(datastore).__module__.endswith("postgres"):
+    if on_postgres(datastore):
         with datastore.get_connection() as conn, conn.cursor() as cursor:
             yield cursor
     else:

@@ -29,7 +29,7 @@ from eventsourcing.persistence import (
 )
 
 from services.common.correlation import correlated, stamp
-from services.common.datastores import reading
+from services.common.datastores import on_postgres, reading
 from services.common.keyring import check_readable
 from services.common.sealing import SealingMapper, ThreadKeys
 from services.common.transcoding import QuickJSONTranscoder
@@ -311,7 +311,7 @@ class ServiceApplication(Application[UUID]):
         #: Where a batch of jobs is saved in one transaction (:meth:`run_jobs`).
         self._batch_write: GroupCommit | PostgresBatchWrite | None = self._group or (
             PostgresBatchWrite(self.recorder)
-            if type(self.recorder).__module__.endswith("postgres") else None
+            if on_postgres(getattr(self.recorder, "datastore", None)) else None
         )
 
     def construct_recorder(self) -> ProcessRecorder:

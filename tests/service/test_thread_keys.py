@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
 from eventsourcing.persistence import IntegrityError, OperationalError
@@ -18,7 +17,7 @@ from services.workflow.agents import AgentRegistry
 from services.workflow.application import WorkflowService
 from services.workflow.definition import load_workflow
 from services.workflow.domain import Thread, thread_uuid
-from tests.conftest import EXAMPLE_AGENTS, example, make_settings
+from tests.conftest import EXAMPLE_AGENTS, example
 
 
 def keys_of(app: WorkflowService) -> ThreadKeys:
@@ -268,29 +267,5 @@ def test_a_key_stored_earlier_in_the_same_transaction_is_no_conflict(tmp_path: P
             other["t-1"] = (b"\x02" * 32, keys._wrap(b"\x02" * 32))
         with pytest.raises(IntegrityError, match="another writer"):
             group.write([], [], lambda cursor: keys.insert_made(cursor, other))
-    finally:
-        app.close()
-
-
-@pytest.mark.postgres
-def test_the_stores_own_reads_keep_the_connections_prepared_statements(tmp_path: Path) -> None:
-    """Reading a position's tracking or a thread's key runs outside a transaction: one rolled
-    back at its end makes psycopg deallocate every prepared statement of the connection, and
-    eventsourcing then prepared its statements again after each such read (PostgreSQL)."""
-    settings = make_settings("postgres", tmp_path).model_copy(
-        update={"postgres_pool_size": 1, "postgres_max_overflow": 0})  # one connection
-    app = WorkflowService(settings.store_env("workflow"))
-    try:
-        datastore: Any = app.recorder.datastore
-
-        def prepared() -> int:
-            with datastore.get_connection() as conn:
-                return len(conn.execute("SELECT name FROM pg_prepared_statements").fetchall())
-
-        app.recorder.select_events(uuid.uuid4())  # (eventsourcing prepares it at once)
-        assert prepared() >= 1
-        assert app.is_tracked("upstream", 1) is False
-        assert keys_of(app).key("thread-1", create=False) is None
-        assert prepared() >= 1
     finally:
         app.close()
