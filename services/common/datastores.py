@@ -1,5 +1,5 @@
-"""Reading a store's own tables (tracking positions, thread keys) beside eventsourcing's
-recorders, on SQLite and on PostgreSQL alike."""
+"""A store's datastore beside eventsourcing's recorders: which backend it is, and reads of
+the store's own tables (tracking positions, thread keys) on SQLite and PostgreSQL alike."""
 
 from __future__ import annotations
 
