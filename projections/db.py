@@ -133,6 +133,9 @@ class SqliteDialect:
         conn.row_factory = _dict_row
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
+        # the views hold personal values: what is deleted or overwritten (an erased thread's
+        # rows) is zeroed in the file, whatever SQLite's build chose as its default
+        conn.execute("PRAGMA secure_delete=ON")
         return conn
 
     def sql(self, text: str) -> str:

@@ -236,6 +236,13 @@ class ThreadKeys:
                                for thread, wrapped, erased_at in rows}
         return len(rows)
 
+    def erased(self) -> set[str]:
+        """The threads whose data key was destroyed (:meth:`erase`)."""
+        with reading(self._datastore) as cursor:
+            cursor.execute(f"SELECT thread_id FROM {self._table} WHERE erased_at IS NOT NULL")  # noqa: S608
+            return {str(r["thread_id"] if isinstance(r, dict) else r[0])
+                    for r in cursor.fetchall()}
+
     def _rows(self, thread_id: str) -> list[Any]:
         with reading(self._datastore) as cursor:
             cursor.execute(f"SELECT wrapped, erased_at FROM {self._table} WHERE thread_id ="  # noqa: S608
