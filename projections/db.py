@@ -22,6 +22,7 @@ rebuild has dropped make them wait, until it commits.
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 import threading
@@ -341,6 +342,9 @@ class Tx:
         """Settings for a transaction that writes a whole view (a rebuild)."""
         if self._dialect.name == "sqlite":
             self._cursor.execute("PRAGMA cache_size = -131072")  # 128 MiB of page cache
+            # the indexes built after the rows sort them with helper threads (the cores are
+            # free by then: the stores are read)
+            self._cursor.execute(f"PRAGMA threads = {min(os.cpu_count() or 1, 4)}")
         else:
             self._cursor.execute("SET LOCAL maintenance_work_mem = '256MB'")
 

@@ -45,7 +45,8 @@ class Event(Protocol):
 
 @dataclass(slots=True)
 class Replayed:
-    """An event read back from a store for a rebuild (fields as in the envelope)."""
+    """An event read back from a store for a rebuild (fields as in the envelope; its time as
+    ISO text and as seconds, the datetime made only when asked for)."""
 
     event_type: str
     service: str
@@ -53,7 +54,6 @@ class Replayed:
     aggregate_id: str
     position: int
     aggregate_version: int
-    occurred_at: datetime
     payload: dict[str, Any]
     #: ``payload_json(payload)``, written once where the store was read.
     payload_text: str
@@ -63,6 +63,10 @@ class Replayed:
     #: The event's audit record (``projections.chain.record``), made where the store was
     #: read; None where the rebuild needs none (the event is anchored already).
     record: str | None = None
+
+    @property
+    def occurred_at(self) -> datetime:
+        return datetime.fromisoformat(self.at)
 
 
 #: The compact JSON encoder, made once.

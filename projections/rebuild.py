@@ -35,7 +35,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, Protocol, cast
 
@@ -201,14 +200,14 @@ class WorkerSource:
 
     def blocks(self) -> Iterator[list[Event]]:
         """The events of each block this worker read, a list per block, in its order."""
-        parse, make = datetime.fromisoformat, Replayed
+        make = Replayed
         block: list[Event] = []
         while True:
             kind, body = self._frames.get()
             if kind in (b"E", b"B"):
                 block.extend(
                     make(event_type, service, thread_id, aggregate_id, position, version,
-                         parse(at), json_loads(text), text, at, at_ts, record)
+                         json_loads(text), text, at, at_ts, record)
                     for event_type, service, thread_id, aggregate_id, position, version, at,
                     at_ts, text, record in orjson.loads(body))
                 if kind == b"B":
@@ -268,8 +267,8 @@ def _row(source: Source, notification: Any, anchored: int) -> tuple[Any, ...] | 
     record = None
     if notification.id > anchored:  # not anchored yet: its audit record
         record = chain.record(Replayed(event_type, source.service, thread_id, aggregate_id,
-                                       notification.id, event.originator_version,
-                                       event.timestamp, payload, text, at, at_ts), at)
+                                       notification.id, event.originator_version, payload,
+                                       text, at, at_ts), at)
     return (event_type, source.service, thread_id, aggregate_id, notification.id,
             event.originator_version, at, at_ts, text, record)
 
