@@ -14,6 +14,12 @@ def on_postgres(datastore: Any) -> bool:
     return type(datastore).__module__ == "eventsourcing.postgres"
 
 
+def on_sqlite(datastore: Any) -> bool:
+    """Is this eventsourcing's SQLite datastore? (As :func:`on_postgres`; a store in memory,
+    eventsourcing's POPO recorders, has neither.)"""
+    return type(datastore).__module__ == "eventsourcing.sqlite"
+
+
 @contextlib.contextmanager
 def reading(datastore: Any) -> Iterator[Any]:
     """A cursor for read-only statements.

@@ -38,7 +38,7 @@ from eventsourcing.persistence import IntegrityError, Mapper, StoredEvent
 
 from contracts.jsontext import loads
 from projections.chain import NESTED, PLAIN, digest
-from services.common.datastores import reading
+from services.common.datastores import on_sqlite, reading
 
 SEAL = "_seal_"
 MARK = "_sealed_"
@@ -84,7 +84,7 @@ class ThreadKeys:
         self._local = threading.local()  # ``made``: the keys of a deferred mapping, if any
         recorder = app.recorder
         self._datastore = recorder.datastore
-        self._sqlite = type(recorder).__module__.endswith("sqlite")
+        self._sqlite = on_sqlite(self._datastore)
         self._mark = "?" if self._sqlite else "%s"
         schema = getattr(self._datastore, "schema", None) or "public"
         self._table = TABLE if self._sqlite else f'"{schema}"."{TABLE}"'

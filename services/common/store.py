@@ -29,7 +29,7 @@ from eventsourcing.persistence import (
 )
 
 from services.common.correlation import correlated, stamp
-from services.common.datastores import on_postgres, reading
+from services.common.datastores import on_postgres, on_sqlite, reading
 from services.common.keyring import check_readable
 from services.common.sealing import SealingMapper, ThreadKeys
 from services.common.transcoding import QuickJSONTranscoder
@@ -305,7 +305,7 @@ class ServiceApplication(Application[UUID]):
         self._cache_lock = threading.Lock()
         #: SQLite: concurrent writes share transactions (PostgreSQL commits each on its own).
         self._group: GroupCommit | None = (
-            GroupCommit(self.recorder) if type(self.recorder).__module__.endswith("sqlite")
+            GroupCommit(self.recorder) if on_sqlite(getattr(self.recorder, "datastore", None))
             else None
         )
         #: Where a batch of jobs is saved in one transaction (:meth:`run_jobs`).
