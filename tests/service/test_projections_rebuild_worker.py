@@ -1,5 +1,5 @@
 """A rebuild's store readers are processes of their own (``python -m
-projections.rebuild_worker``), started afresh for every rebuild, one more than the cores. What
+projections.rebuild_worker``), started afresh for every rebuild, one per core. What
 they import is paid for by each of them before it reads a single event: they import what reading
 and converting a store needs, and not the NATS client, the broker or the HTTP server that the
 services' wiring brings in (each service's ``published`` module says what its relay publishes,
