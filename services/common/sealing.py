@@ -78,7 +78,7 @@ class ThreadKeys:
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, bytes | None] = OrderedDict()
         #: data key → its AES-GCM cipher, the ones made last (:data:`CIPHERS_HELD`)
-        self._ciphers: dict[bytes, AESGCM] = {}
+        self._ciphers: OrderedDict[bytes, AESGCM] = OrderedDict()
         #: thread id → (wrapped key, erased at), read at once by :meth:`preload`
         self._preloaded: dict[str, tuple[str | None, str | None]] = {}
         self._local = threading.local()  # ``made``: the keys of a deferred mapping, if any
@@ -161,7 +161,7 @@ class ThreadKeys:
                 ciphers = self._ciphers
                 ciphers[key] = cipher
                 while len(ciphers) > CIPHERS_HELD:
-                    del ciphers[next(iter(ciphers))]
+                    ciphers.popitem(last=False)
         return cipher
 
     def _store(self, thread_id: str, key: bytes) -> bool:
