@@ -375,8 +375,8 @@ def read_in_worker(settings: Any, data_dir: Path | None, service: str, out: Whol
 def _readers() -> int:
     """Worker processes that read the stores: one per core. (With this process folding
     beside them the cores are busy already; one reader more cost its start-up and a share of
-    the cores' switching: at a million events on 2 cores, 3 readers took 47.7–49.5 s, 2 took
-    46.4–47.0 s.)"""
+    the cores' switching: at a million events on 2 cores, 3 readers took 47.7 to 49.5 s, 2 took
+    46.4 to 47.0 s.)"""
     return os.cpu_count() or 2
 
 
